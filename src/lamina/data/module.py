@@ -1,0 +1,411 @@
+"""TextDataModule: source -> tokenizer -> token cache -> random training windows, fixed val windows.
+
+Training batches are a pure function of (seed, global batch index): window offsets come from an
+integer hash, never from a stateful RNG, so a run resumed at step N sees exactly the batches an
+uninterrupted run would, and DDP ranks and DataLoader workers take disjoint batch indices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from lamina.data.packing import SPLITS, build_token_cache, open_split, read_meta
+from lamina.data.sources import resolve_source
+from lamina.data.tokenizer import (
+    END_THINK,
+    EOT,
+    MIN_BPE_VOCAB_SIZE,
+    THINK,
+    check_kind,
+    load_tokenizer,
+    model_vocab_size,
+    save_tokenizer,
+    special_ids,
+    token_byte_lengths,
+)
+from lamina.errors import ConfigError
+
+
+class TextDataModule(L.LightningDataModule):
+    """Text from `data.source`, tokenised once into a cached memmap; random training windows
+    (reproducible and resumable), a fixed validation set, and exact bits-per-byte accounting.
+
+    After setup(): `tokenizer` (tokenizers.Tokenizer), `cache_path`, `meta`, `train_data` and
+    `val_data` (token memmaps), `val_tokens_per_byte`, `eot_id`, `think_id`, `end_think_id`.
+    """
+
+    def __init__(
+        self,
+        source: str = "world",
+        tokenizer: str = "byte",
+        vocab_size: int = 8192,
+        batch_size: int = 32,
+        block_size: int = 256,
+        max_bytes: int | None = 20_000_000,
+        val_fraction: float = 0.02,
+        val_tokens: int = 65_536,
+        families: list[str] | None = None,
+        dataset_config: str | None = None,
+        dataset_split: str = "train",
+        text_column: str = "text",
+        probe_files: list[str] = [],  # noqa: B006 - copied below, never mutated
+        seed: int = 0,
+        cache_dir: str = ".cache/lamina",
+        num_workers: int = 0,
+        tokenizer_sample_bytes: int = 4_000_000,
+    ):
+        """Text for next-token training, tokenised once and cached.
+
+        Args:
+            source: `world` (the built-in corpus), a Hugging Face dataset name
+                (e.g. `HuggingFaceFW/fineweb-edu`), or a local file, folder or glob of
+                .txt/.jsonl/.json/.parquet files.
+            tokenizer: `byte` (256 byte ids + 3 special tokens) or `bpe` (byte-level BPE trained on
+                the training text, cached).
+            vocab_size: vocabulary size of a `bpe` tokenizer, special tokens included (>= 259).
+            batch_size: sequences per batch (per device and per micro-batch).
+            block_size: tokens per training sequence; linked from `model.block_size`.
+            max_bytes: cap on the UTF-8 bytes of text taken from the source, train and val together
+                (null: all of it; the world corpus is endless and needs a cap).
+            val_fraction: share of documents held out for validation (0 < val_fraction < 1).
+            val_tokens: tokens in the fixed validation set, taken from the start of the val split.
+            families: world families to train on (null: all of prose, arith, strings).
+            dataset_config: Hugging Face dataset config name (e.g. `sample-10BT`).
+            dataset_split: Hugging Face dataset split to stream.
+            text_column: column holding the text in a Hugging Face dataset or .jsonl/.json/.parquet file.
+            probe_files: local text files, each an extra out-of-distribution probe `ood/<stem>`.
+            seed: seed of the world corpus and of the training window order.
+            cache_dir: folder for trained tokenizers and token caches.
+            num_workers: DataLoader worker processes.
+            tokenizer_sample_bytes: bytes of training text a `bpe` tokenizer is trained on.
+        """
+        super().__init__()
+        # Kept in checkpoints, not sent to the logger: LightningCLI's config.yaml records them, and
+        # Lightning refuses to merge a data.vocab_size (unused by byte) with model.vocab_size.
+        self.save_hyperparameters(logger=False)
+        check_args(self.hparams)
+        self.corpus = resolve_source(
+            source,
+            seed=seed,
+            families=families,
+            dataset_config=dataset_config,
+            dataset_split=dataset_split,
+            text_column=text_column,
+        )
+        self.probe_files = list(probe_files)
+        # Set by setup():
+        self.tokenizer = None  # tokenizers.Tokenizer
+        self.cache_path: Path | None = None
+        self.meta: dict | None = None
+        self.train_data: np.ndarray | None = None  # token ids, read-only memmaps
+        self.val_data: np.ndarray | None = None
+        self.val_tokens_per_byte: float | None = None  # of the val set's predicted tokens: exact bpb
+        self.eot_id = self.think_id = self.end_think_id = None
+
+    @property
+    def model_vocab_size(self) -> int:
+        """Embedding rows the model needs, from the config alone (nothing is built)."""
+        return model_vocab_size(self.hparams.tokenizer, self.hparams.vocab_size)
+
+    # ---- LightningDataModule hooks ----------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Train (or load) the tokenizer and build the token cache; once per node."""
+        _, self.cache_path = self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.tokenizer, self.cache_path = self._build()  # a cache hit after prepare_data
+        self.meta = read_meta(self.cache_path)
+        self.train_data = open_split(self.cache_path, "train")
+        self.val_data = open_split(self.cache_path, "val")
+        ids = special_ids(self.tokenizer)
+        self.eot_id, self.think_id, self.end_think_id = ids[EOT], ids[THINK], ids[END_THINK]
+        self.val_tokens_per_byte = self._val_tokens_per_byte()
+        if stage == "fit":
+            self._save_tokenizer_to_run()
+
+    def train_dataloader(self) -> DataLoader:
+        start, rank, world_size = 0, 0, 1
+        if self.trainer is not None:
+            # Batches already consumed by this rank: resuming continues the same stream.
+            start = self.trainer.global_step * self.trainer.accumulate_grad_batches
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        windows = RandomWindows(
+            self._require_setup(),
+            batch_size=self.hparams.batch_size,
+            block_size=self.hparams.block_size,
+            seed=self.hparams.seed,
+            start=start,
+            rank=rank,
+            world_size=world_size,
+        )
+        return DataLoader(windows, batch_size=None, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        windows = FixedWindows(
+            self._require_setup(), block_size=self.hparams.block_size, n_windows=self.n_val_windows
+        )
+        return DataLoader(
+            windows,
+            batch_size=self.hparams.batch_size,
+            shuffle=False,
+            drop_last=False,
+            **self._loader_kwargs(),
+        )
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    @property
+    def n_val_windows(self) -> int:
+        """Windows in the fixed val set: `val_tokens` tokens from the start of the val split, cut
+        into windows of block_size + 1 that share one token, so every token is predicted once."""
+        usable = min(self.hparams.val_tokens, len(self.val_data))
+        return (usable - 1) // self.hparams.block_size
+
+    def _build(self):
+        hp = self.hparams
+        sample_bytes = min(hp.tokenizer_sample_bytes, hp.max_bytes or hp.tokenizer_sample_bytes)
+        tokenizer = load_tokenizer(
+            hp.tokenizer,
+            self.corpus,
+            vocab_size=hp.vocab_size,
+            sample_bytes=sample_bytes,
+            val_fraction=hp.val_fraction,
+            cache_dir=hp.cache_dir,
+        )
+        path = build_token_cache(
+            self.corpus,
+            tokenizer,
+            cache_dir=hp.cache_dir,
+            max_bytes=hp.max_bytes,
+            val_fraction=hp.val_fraction,
+        )
+        self._check_split_sizes(read_meta(path))
+        return tokenizer, path
+
+    def _check_split_sizes(self, meta: dict) -> None:
+        hp = self.hparams
+        need = hp.block_size + 1
+        capped = hp.max_bytes is not None and sum(s["bytes"] for s in meta["splits"].values()) >= hp.max_bytes
+        for split in SPLITS:
+            have = meta["splits"][split]["tokens"]
+            if have >= need:
+                continue
+            fixes = [
+                "lower data.block_size",
+                "lower data.val_fraction" if split == "train" else "raise data.val_fraction",
+            ]
+            if capped:
+                fixes.insert(0, "raise data.max_bytes")
+            raise ConfigError(
+                f"data.source: the {split} split of {hp.source!r} has {have} tokens, fewer than "
+                f"block_size + 1 = {need}; {', or '.join(fixes)}"
+            )
+
+    def _val_tokens_per_byte(self) -> float:
+        # Exact for the val set: the tokens it predicts over the raw bytes they stand for.
+        n = self.n_val_windows * self.hparams.block_size
+        predicted = np.asarray(self.val_data[1 : n + 1])
+        n_bytes = int(token_byte_lengths(self.tokenizer)[predicted].sum())
+        return n / max(n_bytes, 1)
+
+    def _save_tokenizer_to_run(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.loggers:
+            return
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, rank zero writes
+        if log_dir and trainer.is_global_zero:
+            save_tokenizer(self.tokenizer, Path(log_dir) / "tokenizer.json")
+
+    def _require_setup(self) -> Path:
+        if self.cache_path is None:
+            raise RuntimeError(
+                "TextDataModule: call prepare_data() and setup() before asking for a dataloader"
+            )
+        return self.cache_path
+
+    def _loader_kwargs(self) -> dict:
+        workers = self.hparams.num_workers
+        return dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+
+# ---- datasets -------------------------------------------------------------------------------------
+
+
+class RandomWindows(IterableDataset):
+    """Endless batches of random windows from the train split, yielded whole (DataLoader
+    batch_size=None). This rank's k-th batch is global batch k * world_size + rank; DataLoader
+    workers take every num_workers-th k, and the loader interleaves them back in order."""
+
+    def __init__(
+        self,
+        cache_path,
+        *,
+        batch_size: int,
+        block_size: int,
+        seed: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.cache_path = Path(cache_path)
+        self.batch_size, self.block_size, self.seed = batch_size, block_size, seed
+        self.start, self.rank, self.world_size = start, rank, world_size
+        self._data = None
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:  # opened in each worker process, never pickled
+            self._data = open_split(self.cache_path, "train")
+        return self._data
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_data": None}
+
+    def global_batch_indices(self):
+        worker = get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for k in itertools.count(self.start + first, step):
+            yield k * self.world_size + self.rank
+
+    def __iter__(self):
+        for index in self.global_batch_indices():
+            yield self.batch(index)
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global batch `index`: (x, y) int64 [batch_size, block_size], y shifted by one."""
+        n_starts = len(self.data) - self.block_size  # windows of block_size + 1 tokens
+        offsets = window_offsets(self.seed, index, self.batch_size, n_starts)
+        windows = self.data[offsets[:, None] + np.arange(self.block_size + 1)]  # one vectorised gather
+        windows = torch.from_numpy(windows.astype(np.int64))
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+class FixedWindows(Dataset):
+    """The fixed val set: window i holds tokens [i * block_size, (i + 1) * block_size] of val."""
+
+    def __init__(self, cache_path, *, block_size: int, n_windows: int):
+        self.cache_path, self.block_size, self.n_windows = Path(cache_path), block_size, n_windows
+        self._data = None
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            self._data = open_split(self.cache_path, "val")
+        return self._data
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_data": None}
+
+    def __len__(self) -> int:
+        return self.n_windows
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < self.n_windows:
+            raise IndexError(i)
+        start = i * self.block_size
+        window = torch.from_numpy(self.data[start : start + self.block_size + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+# ---- window offsets: an integer hash, no RNG state -----------------------------------------------
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64_array(x: np.ndarray) -> np.ndarray:
+    """splitmix64 over a uint64 array (wrapping arithmetic), equal to sources.splitmix64."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def window_offsets(seed: int, batch_index: int, batch_size: int, n_starts: int) -> np.ndarray:
+    """Start offsets in [0, n_starts) of the rows of global batch `batch_index`: a pure function
+    of its arguments, the same on every machine."""
+    rows = np.arange(batch_size, dtype=np.uint64)
+    counter = np.uint64(batch_index) * np.uint64(batch_size) + rows
+    key = splitmix64_array(np.array([seed & MASK64], dtype=np.uint64))
+    return (splitmix64_array(counter ^ key) % np.uint64(n_starts)).astype(np.int64)
+
+
+# ---- config checks: every mistake is a one-line ConfigError naming its key -----------------------
+
+
+def check_args(hp) -> None:
+    check_kind(hp.tokenizer)
+    _expect(_is_int(hp.batch_size) and hp.batch_size >= 1, "batch_size", "an integer >= 1", hp.batch_size)
+    _expect(_is_int(hp.block_size) and hp.block_size >= 1, "block_size", "an integer >= 1", hp.block_size)
+    if hp.tokenizer == "bpe":
+        _expect(
+            _is_int(hp.vocab_size) and hp.vocab_size >= MIN_BPE_VOCAB_SIZE,
+            "vocab_size",
+            f"an integer >= {MIN_BPE_VOCAB_SIZE} for bpe (256 bytes + 3 special tokens)",
+            hp.vocab_size,
+        )
+        _expect(
+            _is_int(hp.tokenizer_sample_bytes) and hp.tokenizer_sample_bytes >= 1,
+            "tokenizer_sample_bytes",
+            "an integer >= 1",
+            hp.tokenizer_sample_bytes,
+        )
+    _expect(
+        hp.max_bytes is None or (_is_int(hp.max_bytes) and hp.max_bytes >= 1),
+        "max_bytes",
+        "null or an integer >= 1",
+        hp.max_bytes,
+    )
+    _expect(
+        isinstance(hp.val_fraction, (int, float))
+        and not isinstance(hp.val_fraction, bool)
+        and 0 < hp.val_fraction < 1,
+        "val_fraction",
+        "a number between 0 and 1 (exclusive)",
+        hp.val_fraction,
+    )
+    need = hp.block_size + 1
+    _expect(
+        _is_int(hp.val_tokens) and hp.val_tokens >= need,
+        "val_tokens",
+        f"an integer >= block_size + 1 = {need}",
+        hp.val_tokens,
+    )
+    _expect(_is_int(hp.seed), "seed", "an integer", hp.seed)
+    _expect(_is_int(hp.num_workers) and hp.num_workers >= 0, "num_workers", "an integer >= 0", hp.num_workers)
+    _expect(
+        isinstance(hp.cache_dir, (str, os.PathLike)) and str(hp.cache_dir) != "",
+        "cache_dir",
+        "a folder path",
+        hp.cache_dir,
+    )
+    if os.path.exists(hp.cache_dir) and not os.path.isdir(hp.cache_dir):
+        raise ConfigError(f"data.cache_dir: {str(hp.cache_dir)!r} exists and is not a folder")
+    _expect(
+        isinstance(hp.dataset_split, str) and hp.dataset_split != "",
+        "dataset_split",
+        "a split name",
+        hp.dataset_split,
+    )
+    _expect(isinstance(hp.probe_files, (list, tuple)), "probe_files", "a list of files", hp.probe_files)
+    for path in hp.probe_files:
+        if not os.path.isfile(os.path.expanduser(str(path))):
+            raise ConfigError(f"data.probe_files: no such file {str(path)!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _expect(ok: bool, key: str, expected: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"data.{key}: expected {expected}, got {value!r}")

@@ -1,0 +1,197 @@
+"""The next-token objective as a LightningModule: optimizer, schedule, bits per byte, throughput, MFU."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lamina.errors import ConfigError
+from lamina.model import GPT, GPTConfig
+
+# Dense peak FLOP/s per device for the dtype of the matmuls; MFU is only reported where it is known.
+PEAK_FLOPS = {
+    ("H100", "bf16"): 989e12,
+    ("H200", "bf16"): 989e12,
+    ("A100", "bf16"): 312e12,
+}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak FLOP/s from the table, or None (CPU, unknown card, or a precision the table does not hold)."""
+    if device.type != "cuda":
+        return None
+    dtype = "bf16" if "bf16" in str(precision) else None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for (card, dt), flops in PEAK_FLOPS.items() if card in name and dt == dtype), None)
+
+
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to `min_lr_ratio` at `max_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def bits_per_byte(loss_nats: torch.Tensor | float, tokens_per_byte: float) -> torch.Tensor | float:
+    """Mean next-token loss (nats per token) as bits per byte of raw text: comparable across tokenizers."""
+    return loss_nats / math.log(2) * tokens_per_byte
+
+
+class LanguageModel(L.LightningModule):
+    def __init__(
+        self,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        block_size: int = 256,
+        activation: str = "gelu",
+        vocab_size: int = 259,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        bias: bool = False,
+        rotary: bool = False,
+        lr: float = 1e-3,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 100,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        compile: bool = False,
+        peak_flops: float | None = None,
+    ):
+        """
+        Args:
+            n_layer: transformer blocks.
+            n_head: attention heads; must divide n_embd.
+            n_embd: width of the residual stream.
+            block_size: the one context length (the data module gets it by a link).
+            activation: MLP activation: gelu, relu, relu2, silu, swiglu, geglu.
+            vocab_size: tokenizer vocabulary (linked from the data module).
+            mlp_ratio: MLP width over n_embd (gated activations keep the parameter count).
+            dropout: dropout probability (0 for pretraining from scratch).
+            bias: biases in linear layers and layer norms.
+            rotary: rotary position embeddings instead of learned positions.
+            lr: peak learning rate.
+            min_lr_ratio: final learning rate as a fraction of lr.
+            warmup_steps: linear warmup steps.
+            weight_decay: AdamW decay on matrices (never on norms, biases, embeddings).
+            betas: AdamW betas.
+            compile: torch.compile the model (GPU runs).
+            peak_flops: device peak FLOP/s for MFU, overriding the built-in table.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = GPTConfig(
+            vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+            activation=activation, mlp_ratio=mlp_ratio, dropout=dropout, bias=bias, rotary=rotary,
+        )
+        for key, value in (("lr", lr), ("weight_decay", weight_decay), ("min_lr_ratio", min_lr_ratio)):
+            if not value >= 0:
+                raise ConfigError(f"model.{key}: expected a non-negative number, got {value}")
+        if warmup_steps < 0:
+            raise ConfigError(f"model.warmup_steps: expected >= 0, got {warmup_steps}")
+        self.model = GPT(self.config)
+        self._interval_start: tuple[float, int] | None = None
+        self._tokens_since = 0
+        self._peak_flops: float | None = None
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.model.compile()  # in place: state_dict keys stay those of the plain model
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, record: dict | None = None):
+        return self.model(idx, targets, record)
+
+    # ---- training -------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        self._tokens_since += y.numel()
+        return loss
+
+    def on_train_start(self) -> None:
+        self._peak_flops = self.hparams.peak_flops or peak_flops(self.device, self.trainer.precision)
+        if self._peak_flops is None:
+            rank_zero_info(
+                f"lamina: no MFU logged: peak FLOP/s unknown for {self.device} at precision "
+                f"{self.trainer.precision} (set model.peak_flops to report it)"
+            )
+        if self.global_step == 0 and self.trainer.datamodule is not None:
+            self._validate_before_training()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Time over the logging interval, never per step: no device synchronisation in the hot path.
+        every = self.trainer.log_every_n_steps
+        if self._interval_start is None:
+            self._interval_start, self._tokens_since = (time.perf_counter(), self.global_step), 0
+            return
+        if self.global_step % every:
+            return
+        start_time, _ = self._interval_start
+        elapsed = time.perf_counter() - start_time
+        tokens_per_sec = self._tokens_since * self.trainer.world_size / elapsed
+        self.log("perf/tokens_per_sec", tokens_per_sec, rank_zero_only=True)
+        if self._peak_flops:
+            mfu = tokens_per_sec * self.model.flops_per_token() / (self._peak_flops * self.trainer.world_size)
+            self.log("perf/mfu", mfu, rank_zero_only=True)
+        self._interval_start, self._tokens_since = (time.perf_counter(), self.global_step), 0
+
+    # ---- validation -----------------------------------------------------------------------------
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        # Weighted by rows so a short last batch counts for what it holds.
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.size(0))
+        self.log("val/bpb", bits_per_byte(loss, self._tokens_per_byte()), sync_dist=True, batch_size=x.size(0))
+
+    def _tokens_per_byte(self) -> float:
+        return self.trainer.datamodule.val_tokens_per_byte
+
+    @torch.no_grad()
+    def _validate_before_training(self) -> None:
+        """val/loss and val/bpb of the untrained model at step 0, so curves start from the beginning."""
+        was_training = self.training
+        self.eval()
+        total, rows = torch.zeros((), device=self.device), 0
+        for x, y in self.trainer.datamodule.val_dataloader():
+            x, y = x.to(self.device), y.to(self.device)
+            with self.trainer.precision_plugin.forward_context():
+                _, loss = self.model(x, y)
+            total += loss.float() * x.size(0)
+            rows += x.size(0)
+        loss = self.trainer.strategy.reduce(total / rows, reduce_op="mean")
+        metrics = {"val/loss": loss.item(), "val/bpb": bits_per_byte(loss.item(), self._tokens_per_byte())}
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=0)
+        self.train(was_training)
+
+    # ---- optimisation ---------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        if self.trainer.max_steps is None or self.trainer.max_steps < 1:
+            raise ConfigError("trainer.max_steps: expected a positive number of steps (training streams endlessly)")
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_embedding = name.startswith(("transformer.wte", "transformer.wpe", "lm_head"))
+            (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=self.device.type == "cuda"
+        )
+        max_steps, warmup, floor = self.trainer.max_steps, self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, max_steps, floor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

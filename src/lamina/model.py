@@ -1,0 +1,216 @@
+"""The GPT: pre-norm transformer blocks, tied embeddings, GPT-2 init (after nanoGPT's model.py).
+
+No framework inside: plain torch.nn. The one narrow interface the instrumentation reads is
+`GPT.forward(idx, record=...)`: pass a dict and each block appends its MLP post-activation
+(`record["mlp"]`, `[B, T, d_ff]` per layer) and its output residual stream (`record["resid"]`,
+`[B, T, n_embd]` per layer). With `record=None`, the default, the training path carries no
+hooks and no extra work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lamina.errors import ConfigError
+
+ACTIVATIONS = ("gelu", "relu", "relu2", "silu", "swiglu", "geglu")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 259
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    activation: str = "gelu"
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    bias: bool = False
+    rotary: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}: expected a positive integer, got {getattr(self, key)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_head: {self.n_head} heads do not divide model.n_embd={self.n_embd} "
+                f"(expected n_embd to be a multiple of n_head)"
+            )
+        if self.rotary and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"model.rotary: needs an even head size, got {self.n_embd // self.n_head}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation: expected one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: expected a value in [0, 1), got {self.dropout}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        # A multiple of 64 keeps the output matmul on fast tensor-core shapes; the extra ids are never targets.
+        return 64 * math.ceil(self.vocab_size / 64)
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in ("swiglu", "geglu")
+
+    @property
+    def d_ff(self) -> int:
+        hidden = int(self.mlp_ratio * self.n_embd)
+        if self.gated:  # keep the parameter count of a plain MLP: 2/3 of the width, rounded to 64
+            hidden = 64 * math.ceil(2 * hidden / 3 / 64)
+        return hidden
+
+
+def rotary_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rotary(q, cos[:T], sin[:T]), apply_rotary(k, cos[:T], sin[:T])
+        # Flash / memory-efficient attention where the device has it.
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.activation = config.activation
+        width = config.d_ff * (2 if config.gated else 1)
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """The post-activation value `a` whose sparsity the lab measures (the input of c_proj)."""
+        if self.activation == "gelu":
+            return F.gelu(h)
+        if self.activation == "relu":
+            return F.relu(h)
+        if self.activation == "relu2":
+            return F.relu(h).square()
+        if self.activation == "silu":
+            return F.silu(h)
+        gate, up = h.chunk(2, dim=-1)
+        return (F.silu(gate) if self.activation == "swiglu" else F.gelu(gate)) * up
+
+    def forward(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        a = self.activate(self.c_fc(x))
+        if record is not None:
+            record.setdefault("mlp", []).append(a)
+        return self.dropout(self.c_proj(a))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope=None, record: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
+        x = x + self.mlp(self.ln_2(x), record)
+        if record is not None:
+            record.setdefault("resid", []).append(x)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        if not config.rotary:
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
+        if config.rotary:
+            cos, sin = rotary_tables(config.n_embd // config.n_head, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_position_embeddings: bool = True) -> int:
+        """Parameters counted once (the tied embedding is the output layer's weight)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_position_embeddings and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6N + 12 * n_layer * n_embd * block_size (PaLM appendix B, as nanoGPT)."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, record: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits `[B, T, padded_vocab]` and, with targets, the mean next-token cross-entropy."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} exceeds model.block_size={self.config.block_size}")
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.rotary:
+            rope = (self.rope_cos, self.rope_sin)
+        else:
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, record)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
