@@ -64,10 +64,14 @@ _IMPLS = ("auto", "kernel", "reference")
 # ------------------------------------------------------------------------------------------
 
 
-def _use_kernel(acts: torch.Tensor, impl: str) -> bool:
-    """Whether to run the Triton kernel for ``acts`` under ``impl``."""
+def _check_impl(impl: str) -> None:
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+
+
+def _use_kernel(acts: torch.Tensor, impl: str) -> bool:
+    """Whether to run the Triton kernel for ``acts`` under ``impl``."""
+    _check_impl(impl)
     if impl == "reference":
         return False
     if impl == "kernel" and not kernels_can_run(acts):
@@ -88,11 +92,6 @@ def _as_tokens(acts: torch.Tensor, d: int | None = None) -> torch.Tensor:
     if acts.shape[1] < 2:
         raise ValueError(f"activation measures need d >= 2 units, got {acts.shape[1]}")
     return acts.detach()
-
-
-def _check_impl(impl: str) -> None:
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
 
 
 # ------------------------------------------------------------------------------------------
