@@ -95,9 +95,13 @@ class LanguageModel(L.LightningModule):
         if warmup_steps < 0:
             raise ConfigError(f"model.warmup_steps: expected >= 0, got {warmup_steps}")
         self.model = GPT(self.config)
-        self._interval_start: tuple[float, int] | None = None
-        self._tokens_since = 0
+        self._interval_start: float | None = None
+        self._tokens_since = 0  # this rank's training tokens since the interval started
         self._peak_flops: float | None = None
+        self._last_logged_step = -1
+        # Cumulative over the whole run (all ranks), kept in checkpoints: the x axes of `lamina compare`.
+        self.tokens_seen = 0
+        self.flops_seen = 0.0
 
     def configure_model(self) -> None:
         if self.hparams.compile:
@@ -127,21 +131,33 @@ class LanguageModel(L.LightningModule):
             self._validate_before_training()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        tokens = batch[1].numel() * self.trainer.world_size
+        self.tokens_seen += tokens
+        self.flops_seen += tokens * self.model.flops_per_token()
         # Time over the logging interval, never per step: no device synchronisation in the hot path.
-        every = self.trainer.log_every_n_steps
-        if self._interval_start is None:
-            self._interval_start, self._tokens_since = (time.perf_counter(), self.global_step), 0
+        if self._interval_start is None:  # the first step pays for warm-up and compilation: not timed
+            self._interval_start, self._tokens_since = time.perf_counter(), 0
             return
-        if self.global_step % every:
-            return
-        start_time, _ = self._interval_start
-        elapsed = time.perf_counter() - start_time
+        if self.global_step % self.trainer.log_every_n_steps or self.global_step == self._last_logged_step:
+            return  # (micro-batches of one accumulated step share its global_step)
+        self._last_logged_step = self.global_step
+        elapsed = time.perf_counter() - self._interval_start
         tokens_per_sec = self._tokens_since * self.trainer.world_size / elapsed
         self.log("perf/tokens_per_sec", tokens_per_sec, rank_zero_only=True)
+        self.log("perf/tokens_seen", float(self.tokens_seen), rank_zero_only=True)
+        self.log("perf/flops", self.flops_seen, rank_zero_only=True)
         if self._peak_flops:
             mfu = tokens_per_sec * self.model.flops_per_token() / (self._peak_flops * self.trainer.world_size)
             self.log("perf/mfu", mfu, rank_zero_only=True)
-        self._interval_start, self._tokens_since = (time.perf_counter(), self.global_step), 0
+        self._interval_start, self._tokens_since = time.perf_counter(), 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lamina"] = {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("lamina", {})
+        self.tokens_seen = state.get("tokens_seen", 0)
+        self.flops_seen = state.get("flops_seen", 0.0)
 
     # ---- validation -----------------------------------------------------------------------------
 
