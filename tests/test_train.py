@@ -124,3 +124,13 @@ def test_console_script_reports_errors_in_one_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("lamina: error: model.n_head")
     assert result.stderr.count("error") == 1
+
+
+def test_fit_on_own_text_file_with_byte_tokenizer(tmp_path):
+    text = tmp_path / "notes.txt"
+    line = "The quick brown fox jumps over the lazy dog; caf\u00e9 na\u00efve r\u00e9sum\u00e9.\n"
+    text.write_text(line * 3000, encoding="utf-8")
+    main(fit_args(tmp_path, "notes", "--data.source", str(text), "--data.tokenizer", "byte",
+                  "--trainer.max_steps", "60", "--trainer.val_check_interval", "60"))
+    bpb = scalars(tmp_path / "runs" / "notes" / "version_0")["val/bpb"]
+    assert bpb[max(bpb)] < 0.7 * bpb[0]  # a repeated line is easy: bits per byte must fall fast

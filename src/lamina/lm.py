@@ -127,7 +127,7 @@ class LanguageModel(L.LightningModule):
                 f"lamina: no MFU logged: peak FLOP/s unknown for {self.device} at precision "
                 f"{self.trainer.precision} (set model.peak_flops to report it)"
             )
-        if self.global_step == 0 and self.trainer.datamodule is not None:
+        if self.global_step == 0 and self.trainer.datamodule is not None and self.trainer.limit_val_batches != 0:
             self._validate_before_training()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -29,7 +29,8 @@ from lamina.errors import ConfigError
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SUFFIXES = ", ".join(BUILDERS)
-TXT_PASSAGE_CHARS = 1 << 16  # a paragraph longer than this is cut at a line end
+TXT_PASSAGE_CHARS = 1 << 12  # a paragraph longer than this is cut at a line end: a file without
+# blank lines still gives many passages, so even a small one has a val split
 SPLIT_SALT = 0x243F6A8885A308D3  # fixed (digits of pi): the split must not move with data.seed
 ROWS_PER_READ = 1024
 
