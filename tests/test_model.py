@@ -110,3 +110,70 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.55)
     assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(500, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+# ---- KV cache and generate ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_cached_decoding_matches_full_recompute(rotary):
+    from lamina.model import KVCache
+
+    model = GPT(tiny(rotary=rotary)).eval()
+    idx = torch.randint(0, 259, (3, 16))
+    full, _ = model(idx)
+    cache = KVCache(model.config.n_layer)
+    chunks = [model(idx[:, :6], kv_cache=cache)[0], model(idx[:, 6:9], kv_cache=cache)[0]]  # prefill, a chunk
+    chunks += [model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(9, 16)]  # one token at a time
+    assert cache.length == 16
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+    # a shared prefix: its keys repeated for several continuations, gradients flowing into it
+    model.train()
+    cache = KVCache(model.config.n_layer)
+    model(idx[:1, :6], kv_cache=cache)
+    tails = idx[:, 6:]
+    shared, _ = model(tails, kv_cache=cache.repeat_interleave(3))
+    separate, _ = model(torch.cat((idx[:1, :6].expand(3, 6), tails), dim=1))
+    torch.testing.assert_close(shared, separate[:, 6:], atol=1e-5, rtol=1e-5)
+    shared.sum().backward()
+    assert model.transformer.wte.weight.grad is not None
+
+
+def test_cache_past_block_size_is_refused():
+    from lamina.model import KVCache
+
+    model = GPT(tiny()).eval()
+    cache = KVCache(model.config.n_layer)
+    model(torch.zeros(1, 16, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_greedy_generate_matches_step_by_step_argmax(rotary):
+    model = GPT(tiny(rotary=rotary)).eval()
+    idx = torch.randint(0, 259, (2, 5))
+    tokens, lengths = model.generate(idx, 8, temperature=0)
+    seq = idx
+    for _ in range(8):
+        logits, _ = model(seq)
+        seq = torch.cat((seq, logits[:, -1, :259].argmax(-1, keepdim=True)), dim=1)
+    assert torch.equal(tokens, seq[:, 5:]) and lengths.tolist() == [8, 8]
+
+
+def test_generate_stops_groups_samples_and_keeps_to_the_vocabulary():
+    model = GPT(tiny()).eval()
+    idx = torch.randint(0, 259, (2, 4))
+    g = torch.Generator().manual_seed(0)
+    tokens, lengths = model.generate(idx, 10, temperature=5.0, num_samples=3, generator=g)
+    assert tokens.shape == (6, 10) and (tokens < 259).all()  # padded vocabulary ids are never drawn
+    greedy, _ = model.generate(idx, 4, temperature=0, num_samples=3)
+    assert torch.equal(greedy[0], greedy[2]) and torch.equal(greedy[3], greedy[5])  # rows b*3.. continue idx[b]
+    first = greedy[:, 1]  # stop on the second greedy token: every row stops at step 2
+    _, stopped = model.generate(idx, 4, temperature=0, stop_id=first.tolist())
+    assert (stopped <= 2).all()
+    stop = int(greedy[0, 0])
+    out, lengths = model.generate(idx[:1], 4, temperature=0, stop_id=stop)
+    assert lengths.tolist() == [1] and out.shape == (1, 1)
+    with pytest.raises(ValueError, match="block_size"):
+        model.generate(idx, 16, temperature=0)

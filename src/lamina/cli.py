@@ -30,6 +30,9 @@ class LaminaCLI(LightningCLI):
         parser.link_arguments("model.block_size", "data.block_size")
         parser.link_arguments("data.model_vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        from lamina.instrument import Instrumentation  # (imported here: cli.py's one instrumentation hook)
+
+        parser.add_lightning_class_args(Instrumentation, "instrument")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -93,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if words[:1] == ["prepare"]:
             prepare(words[1:])
+        elif words[:1] == ["compare"]:
+            from lamina.compare import main as compare_main
+
+            compare_main(words[1:])
         else:
             LaminaCLI(LanguageModel, TextDataModule, args=argv, **cli_kwargs())
     except (ConfigError, ArgumentError) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import lightning as L
@@ -11,6 +12,16 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig
+from lamina.rlp import (
+    RLPConfig,
+    ThoughtEvalConfig,
+    ThoughtEvaluator,
+    ema_update,
+    frozen_copy,
+    rlp_step,
+    step_generator,
+    thought_eval_settings,
+)
 
 # Dense peak FLOP/s per device for the dtype of the matmuls; MFU is only reported where it is known.
 PEAK_FLOPS = {
@@ -62,6 +73,9 @@ class LanguageModel(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         compile: bool = False,
         peak_flops: float | None = None,
+        init_from: str | None = None,
+        rlp: RLPConfig | None = None,
+        thought_eval: ThoughtEvalConfig | None = None,
     ):
         """
         Args:
@@ -82,6 +96,12 @@ class LanguageModel(L.LightningModule):
             betas: AdamW betas.
             compile: torch.compile the model (GPU runs).
             peak_flops: device peak FLOP/s for MFU, overriding the built-in table.
+            init_from: a lamina checkpoint whose model weights (and nothing else: no optimizer, step or
+                counters) the run starts from; a phase on a pretrained model. Ignored when resuming.
+            rlp: train with the RLP objective (reinforcement as a pretraining objective) instead of
+                next-token prediction; see lamina.rlp.RLPConfig for its keys (`model.rlp.group_size`, ...).
+            thought_eval: evaluate thinking every N steps (held-out arithmetic with and without a
+                thought, next-token loss with a sampled thought); see lamina.rlp.ThoughtEvalConfig.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -102,6 +122,16 @@ class LanguageModel(L.LightningModule):
         # Cumulative over the whole run (all ranks), kept in checkpoints: the x axes of `lamina compare`.
         self.tokens_seen = 0
         self.flops_seen = 0.0
+        # RLP: the EMA baseline model (and, for the `frozen` control, the starting model) are
+        # submodules that never train, kept in checkpoints; both start as copies of the start weights.
+        self.rlp_config, self.thought_eval_config = rlp, thought_eval
+        self.rlp_ema = frozen_copy(self.model) if rlp is not None else None
+        self.rlp_frozen = frozen_copy(self.model) if rlp is not None and rlp.thoughts == "frozen" else None
+        self.rlp_sample_tokens = 0  # cumulative, all ranks: forward tokens spent sampling thoughts
+        self._rlp_ids: dict | None = None
+        self._restored = False  # set when a checkpoint is loaded: a resumed run keeps its EMA model
+        self._evaluator: ThoughtEvaluator | None = None
+        self._last_eval_step = -1
 
     def configure_model(self) -> None:
         if self.hparams.compile:
@@ -113,12 +143,22 @@ class LanguageModel(L.LightningModule):
     # ---- training -------------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.rlp_config is not None:
+            return self._rlp_training_step(batch, batch_idx)
         x, y = batch
         _, loss = self.model(x, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         self._tokens_since += y.numel()
+        self._count(y.numel(), y.numel() * self.model.flops_per_token())
         return loss
+
+    def _count(self, tokens: int, flops: float) -> None:
+        """Add this rank's batch (times the world size) to the cumulative counters. Counted here, in
+        training_step, so that a checkpoint saved at this step (ModelCheckpoint saves in its
+        on_train_batch_end, before the module's) already holds them: a resumed run counts exactly."""
+        self.tokens_seen += tokens * self.trainer.world_size
+        self.flops_seen += flops * self.trainer.world_size
 
     def on_train_start(self) -> None:
         self._peak_flops = self.hparams.peak_flops or peak_flops(self.device, self.trainer.precision)
@@ -129,11 +169,12 @@ class LanguageModel(L.LightningModule):
             )
         if self.global_step == 0 and self.trainer.datamodule is not None and self.trainer.limit_val_batches != 0:
             self._validate_before_training()
+        if self.thought_eval_config is not None:
+            self._evaluate_thinking(at_start=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        tokens = batch[1].numel() * self.trainer.world_size
-        self.tokens_seen += tokens
-        self.flops_seen += tokens * self.model.flops_per_token()
+        if self.thought_eval_config is not None:
+            self._evaluate_thinking()
         # Time over the logging interval, never per step: no device synchronisation in the hot path.
         if self._interval_start is None:  # the first step pays for warm-up and compilation: not timed
             self._interval_start, self._tokens_since = time.perf_counter(), 0
@@ -146,6 +187,8 @@ class LanguageModel(L.LightningModule):
         self.log("perf/tokens_per_sec", tokens_per_sec, rank_zero_only=True)
         self.log("perf/tokens_seen", float(self.tokens_seen), rank_zero_only=True)
         self.log("perf/flops", self.flops_seen, rank_zero_only=True)
+        if self.rlp_config is not None:
+            self.log("perf/rlp_sample_tokens", float(self.rlp_sample_tokens), rank_zero_only=True)
         if self._peak_flops:
             mfu = tokens_per_sec * self.model.flops_per_token() / (self._peak_flops * self.trainer.world_size)
             self.log("perf/mfu", mfu, rank_zero_only=True)
@@ -153,11 +196,20 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lamina"] = {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen}
+        if self.rlp_config is not None:
+            checkpoint["lamina"]["rlp_sample_tokens"] = self.rlp_sample_tokens
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("lamina", {})
         self.tokens_seen = state.get("tokens_seen", 0)
         self.flops_seen = state.get("flops_seen", 0.0)
+        self.rlp_sample_tokens = state.get("rlp_sample_tokens", 0)
+        self._restored = True
+        if self.rlp_config is not None and not any(k.startswith("rlp_ema.") for k in checkpoint["state_dict"]):
+            raise ConfigError(
+                "ckpt_path: the checkpoint holds no RLP EMA model (it is not from an RLP run); to start RLP "
+                "from a pretrained checkpoint, pass it as model.init_from instead"
+            )
 
     # ---- validation -----------------------------------------------------------------------------
 
@@ -211,3 +263,126 @@ class LanguageModel(L.LightningModule):
         max_steps, warmup, floor = self.trainer.max_steps, self.hparams.warmup_steps, self.hparams.min_lr_ratio
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, max_steps, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- a phase on a pretrained checkpoint: init_from, the RLP objective, thinking evaluations -------
+
+    def on_fit_start(self) -> None:
+        # A fresh run starts from init_from; a resumed one has restored its model, EMA and frozen
+        # models already (or restores them right after this hook, which overwrites what is set here).
+        if not self._restored:
+            if self.hparams.init_from:
+                self._load_init_from(self.hparams.init_from)
+            for other in (self.rlp_ema, self.rlp_frozen):
+                if other is not None:
+                    other.load_state_dict(self.model.state_dict())
+        if self.rlp_config is not None:
+            self._rlp_ids = self._think_ids()
+
+    def _load_init_from(self, path: str) -> None:
+        """Copy the model weights of a lamina checkpoint into this model; nothing else."""
+        if not os.path.isfile(path):
+            raise ConfigError(f"model.init_from: no such checkpoint file {path!r}")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise ConfigError(f"model.init_from: cannot read {path!r} as a lamina checkpoint ({err})") from err
+        state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+        if not state:
+            raise ConfigError(f"model.init_from: {path!r} is not a lamina checkpoint (no state_dict)")
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        own = self.model.state_dict()
+        bad = sorted(own.keys() ^ weights.keys()) + sorted(
+            k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape
+        )
+        if bad:
+            saved = checkpoint.get("hyper_parameters", {})
+            keys = (
+                "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "activation", "mlp_ratio", "bias", "rotary"
+            )
+            differ = [
+                f"model.{k} is {saved[k]} there, {self.hparams[k]} here"
+                for k in keys
+                if k in saved and saved[k] != self.hparams[k]
+            ]
+            raise ConfigError(
+                f"model.init_from: the weights in {path!r} do not fit this model: "
+                + ("; ".join(differ) if differ else f"{len(bad)} tensors differ, e.g. {bad[0]}")
+            )
+        self.model.load_state_dict(weights)
+        rank_zero_info(f"lamina: model weights from {path}")
+
+    def _think_ids(self) -> dict[str, int]:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or getattr(datamodule, "think_id", None) is None:
+            raise ConfigError("model.rlp: needs the data module's tokenizer with <think> and </think> tokens")
+        ids = {"think_id": datamodule.think_id, "end_think_id": datamodule.end_think_id}
+        if max(ids.values()) >= self.config.vocab_size:
+            raise ConfigError(f"model.vocab_size: {self.config.vocab_size} has no room for the think tokens {ids}")
+        if self.rlp_config.thoughts == "filler":
+            filler = datamodule.tokenizer.encode(self.rlp_config.filler_token).ids
+            if len(filler) != 1:
+                raise ConfigError(
+                    f"model.rlp.filler_token: {self.rlp_config.filler_token!r} is {len(filler)} tokens, expected one"
+                )
+            ids["filler_id"] = filler[0]
+        return ids
+
+    def _rlp_training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        accumulate = self.trainer.accumulate_grad_batches
+        generator = step_generator(
+            self.rlp_config.seed, self.global_step * accumulate + batch_idx % accumulate, self.global_rank, self.device
+        )
+        step = rlp_step(
+            self.model, self.rlp_ema, x, y, self.rlp_config,
+            generator=generator, sampler=self.rlp_frozen, **self._rlp_ids,
+        )
+        for name, value in step.metrics.items():
+            self.log(f"rlp/{name}", value, prog_bar=name == "reward_mean")
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        self._tokens_since += y.numel()
+        # tokens_seen counts the batch's data tokens, as for next-token training; flops_seen all the
+        # step's compute: sampling, EMA scoring, and the policy's forward and backward
+        self._count(y.numel(), step.flops)
+        self.rlp_sample_tokens += step.sample_tokens * self.trainer.world_size
+        return step.loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.rlp_ema is not None:  # once per optimizer step (not per accumulated micro-batch)
+            ema_update(self.rlp_ema, self.model, self.rlp_config.ema_decay)
+
+    def _evaluate_thinking(self, at_start: bool = False) -> None:
+        """eval/... at step 0, every thought_eval.every_n_steps optimizer steps and after the last one;
+        on global rank zero, logged straight to the loggers (not gated by log_every_n_steps)."""
+        config, step = self.thought_eval_config, self.global_step
+        if not config.every_n_steps or step == self._last_eval_step or (at_start and step != 0):
+            return
+        if not at_start and step % config.every_n_steps and step < (self.trainer.max_steps or 0):
+            return
+        self._last_eval_step = step
+        if self._evaluator is None:
+            self._evaluator = self._build_evaluator()
+        if not self.trainer.is_global_zero:
+            return
+        start = time.perf_counter()
+        with self.trainer.precision_plugin.forward_context():
+            metrics = self._evaluator.evaluate(self.model)
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
+        if self._interval_start is not None:  # evaluation time is not training time
+            self._interval_start += time.perf_counter() - start
+
+    def _build_evaluator(self) -> ThoughtEvaluator:
+        datamodule, config = self.trainer.datamodule, self.thought_eval_config
+        if datamodule is None or getattr(datamodule, "tokenizer", None) is None:
+            raise ConfigError("model.thought_eval: needs the data module's tokenizer")
+        if datamodule.hparams.get("source") == "world" and datamodule.hparams.get("seed") == config.seed:
+            raise ConfigError(
+                f"model.thought_eval.seed: {config.seed} is also data.seed; held-out problems need another seed"
+            )
+        tokens, temperature = thought_eval_settings(self.rlp_config, config)
+        return ThoughtEvaluator(
+            config, datamodule.tokenizer, datamodule.think_id, datamodule.end_think_id, datamodule.eot_id,
+            self.config.block_size, datamodule.val_data, tokens, temperature,
+        )

@@ -5,6 +5,10 @@ No framework inside: plain torch.nn. The one narrow interface the instrumentatio
 (`record["mlp"]`, `[B, T, d_ff]` per layer) and its output residual stream (`record["resid"]`,
 `[B, T, n_embd]` per layer). With `record=None`, the default, the training path carries no
 hooks and no extra work.
+
+Decoding: `GPT.forward(idx, kv_cache=KVCache(n_layer))` runs `idx` after the positions already in
+the cache and appends its keys and values; `GPT.generate` samples (or picks greedily) many rows
+together, one forward per new token. With `kv_cache=None` the training path is unchanged.
 """
 
 from __future__ import annotations
@@ -79,6 +83,36 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return rotated.type_as(x)
 
 
+class KVCache:
+    """Keys and values of the positions already run, one `[B, n_head, T, head_dim]` pair per layer,
+    so that decoding feeds one new token per step instead of the whole sequence. The cache grows by
+    concatenation, which keeps it differentiable: a prefix can be run once and its keys shared by
+    several continuations (`repeat_interleave`), with gradients flowing back into the prefix."""
+
+    def __init__(self, n_layer: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        """Positions cached (the position of the next token fed)."""
+        return 0 if self.keys[0] is None else self.keys[0].size(2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this chunk's keys and values to `layer`'s; return all of them."""
+        if self.keys[layer] is not None:
+            k, v = torch.cat((self.keys[layer], k), dim=2), torch.cat((self.values[layer], v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def repeat_interleave(self, n: int) -> KVCache:
+        """A cache whose rows r*n ... r*n + n - 1 each hold this cache's row r."""
+        out = KVCache(len(self.keys))
+        out.keys = [None if k is None else k.repeat_interleave(n, dim=0) for k in self.keys]
+        out.values = [None if v is None else v.repeat_interleave(n, dim=0) for v in self.values]
+        return out
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -88,15 +122,30 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if rope is not None:
+        if rope is not None:  # the cos/sin rows of this chunk's positions
             cos, sin = rope
-            q, k = apply_rotary(q, cos[:T], sin[:T]), apply_rotary(k, cos[:T], sin[:T])
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        mask, causal = None, True
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
+            past = k.size(2) - T
+            if past:  # the chunk's queries see every cached key, and the chunk itself causally
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         # Flash / memory-efficient attention where the device has it.
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -138,8 +187,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope=None, record: dict | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope)
+    def forward(
+        self, x: torch.Tensor, rope=None, record: dict | None = None, kv_cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, layer)
         x = x + self.mlp(self.ln_2(x), record)
         if record is not None:
             record.setdefault("resid", []).append(x)
@@ -194,23 +245,82 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, record: dict | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        record: dict | None = None,
+        kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits `[B, T, padded_vocab]` and, with targets, the mean next-token cross-entropy."""
+        """Logits `[B, T, padded_vocab]` and, with targets, the mean next-token cross-entropy.
+        With a `kv_cache`, `idx` holds the positions after those cached, and is appended to it."""
         T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} exceeds model.block_size={self.config.block_size}")
+        past = 0 if kv_cache is None else kv_cache.length
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} exceeds model.block_size={self.config.block_size}")
         x = self.transformer.wte(idx)
         rope = None
         if self.config.rotary:
-            rope = (self.rope_cos, self.rope_sin)
+            rope = (self.rope_cos[past : past + T], self.rope_sin[past : past + T])
         else:
-            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+            x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, rope, record)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, rope, record, kv_cache, layer)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop_id: int | list[int] | None = None,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continue every row of `idx` `[B, T]` by up to `max_new_tokens` tokens, `num_samples` times:
+        rows b*num_samples ... (b+1)*num_samples - 1 of the output continue idx[b]. All rows decode
+        together with a KV cache, one forward per new token; the prompt runs once per row and its
+        keys are shared by its samples. Tokens are drawn from softmax(logits / temperature) over the
+        real vocabulary (padding ids never), or picked greedily with temperature 0. Call it in eval mode.
+
+        Returns (tokens `[B*num_samples, n]`, lengths `[B*num_samples]`), n <= max_new_tokens: row r's
+        continuation is tokens[r, :lengths[r]], ending with its first stop token when it produced one
+        (positions after it repeat that stop id); decoding ends once every row has stopped.
+        """
+        B, T = idx.shape
+        if max_new_tokens < 1 or T + max_new_tokens - 1 > self.config.block_size:
+            raise ValueError(
+                f"generate: a prompt of {T} tokens and {max_new_tokens} new ones exceed model.block_size="
+                f"{self.config.block_size}"
+            )
+        stops = None if stop_id is None else torch.as_tensor(stop_id, device=idx.device).view(-1)
+        cache = KVCache(self.config.n_layer)
+        logits = self(idx, kv_cache=cache)[0][:, -1]
+        if num_samples > 1:
+            logits, cache = logits.repeat_interleave(num_samples, dim=0), cache.repeat_interleave(num_samples)
+        rows = B * num_samples
+        lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=idx.device)
+        done = torch.zeros(rows, dtype=torch.bool, device=idx.device)
+        tokens = []
+        for step in range(max_new_tokens):
+            logits = logits[:, : self.config.vocab_size].float()
+            if temperature == 0:
+                token = logits.argmax(dim=-1)
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            if stops is not None:
+                token = torch.where(done, stops[0], token)  # finished rows repeat a stop id
+                stopped = torch.isin(token, stops) & ~done
+                lengths = torch.where(stopped, step + 1, lengths)
+                done = done | stopped
+            tokens.append(token)
+            if step == max_new_tokens - 1 or (stops is not None and bool(done.all())):
+                break
+            logits = self(token[:, None], kv_cache=cache)[0][:, -1]
+        return torch.stack(tokens, dim=1), lengths

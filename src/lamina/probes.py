@@ -1,0 +1,342 @@
+"""Fixed probe sets: what the instrumentation feeds the model to measure it (DESIGN.md, "Measures").
+
+Probes are built once at fit start from the data module and never change during a run, so every
+curve compares the same inputs. They are a pure function of (data seed, probe seed, config): the
+same on every machine and on resume. Nothing here touches the global torch / numpy / Python RNG;
+every draw comes from a `numpy.random.Generator` seeded by `numpy.random.SeedSequence`.
+
+Activation probes (token windows `[n_windows, block_size]`, about `tokens` tokens each):
+
+- `id`: held-out windows of the training distribution: random, non-overlapping windows of the
+  packed validation split (documents separated by `<|endoftext|>`, as training sees them).
+- `id_b`: a second sample of the same distribution, disjoint from `id` (other windows of the val
+  split). `sparsity/gap/id_b` is the noise floor any other gap must clear.
+- `shuffled`: the tokens of `id`, permuted within each window (same unigram statistics, no order).
+- `random`: uniform over the tokenizer's ordinary ids (special tokens excluded).
+- `ood/<family>`: built-in corpus families the run does not train on (`data.source: world`).
+- `ood/<file stem>`: each file of `data.probe_files`, read as UTF-8 text.
+- `level/<k>`: arithmetic examples of difficulty level k (`data.source: world`).
+
+Task probe (for ablation): world `strings` examples, `examples_per_task` per task, packed whole
+into rows; targets are the answer tokens (after `->`) and every target carries its task's index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from lamina.data import world
+
+READ_CHUNK = 1 << 20  # bytes of a probe file read at a time
+
+
+@dataclass(frozen=True)
+class TaskProbe:
+    """Rows of whole examples: `inputs` [n, T] int64; `targets` [n, T] (-1: not scored);
+    `task_ids` [n, T] index into `tasks` where scored, -1 elsewhere."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    task_ids: torch.Tensor
+    tasks: tuple[str, ...]
+
+    @property
+    def scored_tokens(self) -> int:
+        return int((self.targets >= 0).sum())
+
+
+@dataclass
+class ProbeSet:
+    """Activation probes by name (in logging order), the task probe, and what was skipped and why."""
+
+    probes: dict[str, torch.Tensor] = field(default_factory=dict)
+    tasks: TaskProbe | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{name}: {w.shape[0]} windows x {w.shape[1]} tokens" for name, w in self.probes.items()]
+        if self.tasks is not None:
+            lines.append(
+                f"tasks: {len(self.tasks.tasks)} string tasks, {self.tasks.inputs.shape[0]} rows, "
+                f"{self.tasks.scored_tokens} answer tokens"
+            )
+        lines += [f"skipped: {reason}" for reason in self.skipped]
+        return "\n".join(lines)
+
+
+# ---- seeds ---------------------------------------------------------------------------------------
+
+
+def probe_rng(data_seed: int, probe_seed: int, purpose: str) -> np.random.Generator:
+    """A generator owned by one probe: a pure function of the seeds and the probe's name."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(_entropy(data_seed, probe_seed, purpose))))
+
+
+def world_seed(data_seed: int, probe_seed: int, purpose: str) -> int:
+    """A world-corpus seed for one probe, far from the training stream's seed (`data.seed`)."""
+    return int(np.random.SeedSequence(_entropy(data_seed, probe_seed, purpose)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _entropy(data_seed: int, probe_seed: int, purpose: str) -> list[int]:
+    digest = hashlib.sha256(purpose.encode("utf-8")).digest()  # never hash(): it is salted per process
+    return [int(data_seed) & (2**63 - 1), int(probe_seed) & (2**63 - 1), int.from_bytes(digest[:8], "little")]
+
+
+# ---- building blocks (plain arrays in, int64 tensors out) ----------------------------------------
+
+
+def n_windows_for(tokens: int, block_size: int) -> int:
+    """Windows of block_size for a probe of about `tokens` tokens (at least one)."""
+    return max(1, tokens // block_size)
+
+
+def held_out_windows(
+    data: np.ndarray, block_size: int, n_windows: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint samples (`id`, `id_b`) of non-overlapping windows of `data`.
+
+    `data` is cut into slots of block_size tokens; a random permutation of the slots gives `id`
+    its first n and `id_b` the next n, so no token position is in both. With fewer than 2n slots
+    each gets half of them (at least one for `id`; `id_b` may then be empty)."""
+    n_slots = len(data) // block_size
+    if n_slots < 1:
+        raise ValueError(f"need at least {block_size} tokens for a probe window, got {len(data)}")
+    n = min(n_windows, n_slots // 2) if n_slots >= 2 else 0
+    order = rng.permutation(n_slots)
+    first = order[: max(n, 1)]
+    second = order[max(n, 1) : max(n, 1) + n]
+    return _gather(data, first, block_size), _gather(data, second, block_size)
+
+
+def _gather(data: np.ndarray, slots: np.ndarray, block_size: int) -> torch.Tensor:
+    if len(slots) == 0:
+        return torch.zeros(0, block_size, dtype=torch.int64)
+    starts = np.sort(slots) * block_size
+    windows = np.asarray(data[starts[:, None] + np.arange(block_size)], dtype=np.int64)
+    return torch.from_numpy(windows)
+
+
+def shuffle_within_windows(windows: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Each window's tokens in a random order (one independent permutation per window)."""
+    arr = windows.numpy().copy()
+    order = np.argsort(rng.random(arr.shape), axis=1)
+    return torch.from_numpy(np.take_along_axis(arr, order, axis=1))
+
+
+def uniform_windows(ids: np.ndarray, n_windows: int, block_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Tokens drawn uniformly from `ids`."""
+    picks = rng.integers(0, len(ids), size=(n_windows, block_size))
+    return torch.from_numpy(np.asarray(ids, dtype=np.int64)[picks])
+
+
+def pack_documents(
+    documents: Iterable[list[int]], eot_id: int, block_size: int, n_windows: int
+) -> torch.Tensor | None:
+    """Documents concatenated, each followed by `<|endoftext|>` (as the packer writes training
+    data), cut into n_windows windows of block_size; None if they run out before one window."""
+    need = n_windows * block_size
+    stream: list[int] = []
+    for ids in documents:
+        stream.extend(ids)
+        stream.append(eot_id)
+        if len(stream) >= need:
+            break
+    n = min(n_windows, len(stream) // block_size)
+    if n == 0:
+        return None
+    return torch.tensor(stream[: n * block_size], dtype=torch.int64).view(n, block_size)
+
+
+def encoded(texts: Iterable[str], encode_batch: Callable[[list[str]], list], batch: int = 256):
+    """Token ids of each text, tokenised `batch` texts at a time."""
+    pending: list[str] = []
+    for text in texts:
+        pending.append(text)
+        if len(pending) == batch:
+            yield from (e.ids for e in encode_batch(pending))
+            pending = []
+    if pending:
+        yield from (e.ids for e in encode_batch(pending))
+
+
+def world_windows(
+    tokenizer, seed: int, families: Sequence[str], eot_id: int, block_size: int, n_windows: int,
+    levels: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Windows of freshly generated world examples (a seed other than training's)."""
+    texts = (example.text for example in world.generate(seed, families, levels=levels))
+    windows = pack_documents(encoded(texts, _fast(tokenizer)), eot_id, block_size, n_windows)
+    assert windows is not None  # the world is endless
+    return windows
+
+
+def file_windows(path: str | Path, tokenizer, block_size: int, n_windows: int) -> torch.Tensor | None:
+    """Windows from the start of a text file (read in chunks until there are enough tokens);
+    a file shorter than one window gives one shorter window; an empty file gives None."""
+    need = n_windows * block_size
+    ids: list[int] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        while len(ids) < need:
+            chunk = f.read(READ_CHUNK)
+            if not chunk:
+                break
+            ids.extend(_fast(tokenizer)([chunk])[0].ids)
+    if not ids:
+        return None
+    if len(ids) < block_size:
+        return torch.tensor(ids, dtype=torch.int64).view(1, -1)
+    n = min(n_windows, len(ids) // block_size)
+    return torch.tensor(ids[: n * block_size], dtype=torch.int64).view(n, block_size)
+
+
+def string_task_probe(
+    tokenizer, seed: int, eot_id: int, block_size: int, examples_per_task: int,
+    tasks: Sequence[str] = world.STRING_TASKS,
+) -> TaskProbe:
+    """`examples_per_task` world string examples per task, packed whole into rows of block_size
+    (+1 for the shifted targets), each followed by `<|endoftext|>`. Scored targets: the tokens that
+    overlap the answer (the letters after `-> `), labelled with the task's index."""
+    rows: list[tuple[list[int], list[int]]] = []  # (tokens, task index per token or -1)
+    cur_tokens: list[int] = []
+    cur_tasks: list[int] = []
+    width = block_size + 1
+    for t, task in enumerate(tasks):
+        examples = world.generate(world_seed_for(seed, task), ["strings"], tasks=[task])
+        texts = [next(examples).text for _ in range(examples_per_task)]
+        for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
+            start = text.index("-> ") + 3
+            end = len(text.rstrip("\n"))
+            tokens = list(enc.ids) + [eot_id]
+            labels = [t if (e > start and s < end) else -1 for s, e in enc.offsets] + [-1]
+            if len(tokens) > width:  # longer than a row: keep its end (the answer)
+                tokens, labels = tokens[-width:], labels[-width:]
+            if len(cur_tokens) + len(tokens) > width:
+                rows.append((cur_tokens, cur_tasks))
+                cur_tokens, cur_tasks = [], []
+            cur_tokens += tokens
+            cur_tasks += labels
+    if cur_tokens:
+        rows.append((cur_tokens, cur_tasks))
+    n = len(rows)
+    inputs = torch.full((n, block_size), eot_id, dtype=torch.int64)
+    targets = torch.full((n, block_size), -1, dtype=torch.int64)
+    task_ids = torch.full((n, block_size), -1, dtype=torch.int64)
+    for r, (tokens, labels) in enumerate(rows):
+        tok, lab = torch.tensor(tokens), torch.tensor(labels)
+        k = len(tokens) - 1
+        inputs[r, :k] = tok[:-1]
+        # Position p predicts token p + 1: it is scored when token p + 1 is an answer token.
+        scored = lab[1:] >= 0
+        targets[r, :k] = torch.where(scored, tok[1:], -1)
+        task_ids[r, :k] = lab[1:]
+    used = max(len(tokens) for tokens, _ in rows) - 1  # columns past the longest row hold nothing
+    return TaskProbe(inputs[:, :used], targets[:, :used], task_ids[:, :used], tuple(tasks))
+
+
+def world_seed_for(seed: int, task: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{task}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def _fast(tokenizer):
+    encode = getattr(tokenizer, "encode_batch_fast", None) or tokenizer.encode_batch
+    return lambda texts: encode(texts, add_special_tokens=False)
+
+
+# ---- the probe set of a run --------------------------------------------------------------------
+
+
+def ordinary_ids(tokenizer) -> np.ndarray:
+    """Every id of the tokenizer except its special (added) tokens."""
+    special = set(tokenizer.get_added_tokens_decoder())
+    return np.array([i for i in range(tokenizer.get_vocab_size()) if i not in special], dtype=np.int64)
+
+
+def build_probes(
+    datamodule,
+    *,
+    tokens: int = 8192,
+    seed: int = 0,
+    task_examples: int = 32,
+    tasks: bool = True,
+) -> ProbeSet:
+    """The probe set of a run, from a set-up TextDataModule (it needs `tokenizer`, `val_data`,
+    `eot_id`, `probe_files` and `hparams.{seed, source, families, block_size}`).
+
+    `tokens`: about how many tokens each activation probe holds; `seed`: the probe seed (with
+    `data.seed` it fixes every probe); `task_examples`: string examples per task for ablation;
+    `tasks`: build the task probe at all. Probes the source cannot offer are listed in `skipped`.
+    """
+    hp = datamodule.hparams
+    tok, eot, block_size = datamodule.tokenizer, datamodule.eot_id, int(hp.block_size)
+    data_seed = int(hp.seed)
+    n = n_windows_for(tokens, block_size)
+    out = ProbeSet()
+
+    id_windows, id_b = held_out_windows(datamodule.val_data, block_size, n, probe_rng(data_seed, seed, "id"))
+    out.probes["id"] = id_windows
+    if len(id_b):
+        out.probes["id_b"] = id_b
+    else:
+        out.skipped.append("id_b: the validation split holds a single window (raise data.val_fraction)")
+    if len(id_windows) < n:
+        out.skipped.append(
+            f"id, id_b: the validation split holds {len(id_windows)} windows each, not {n} (raise data.val_fraction)"
+        )
+    out.probes["shuffled"] = shuffle_within_windows(id_windows, probe_rng(data_seed, seed, "shuffled"))
+    out.probes["random"] = uniform_windows(ordinary_ids(tok), n, block_size, probe_rng(data_seed, seed, "random"))
+
+    is_world = hp.source == "world"
+    trained = tuple(world.FAMILIES if hp.families is None else hp.families) if is_world else ()
+    if is_world:
+        for family in world.FAMILIES:
+            if family not in trained:
+                out.probes[f"ood/{family}"] = world_windows(
+                    tok, world_seed(data_seed, seed, f"ood/{family}"), [family], eot, block_size, n
+                )
+        if all(f in trained for f in world.FAMILIES):
+            out.skipped.append("ood/<family>: the run trains on every world family")
+    else:
+        out.skipped.append(f"ood/<family>, level/<k>, tasks: data.source {hp.source!r} is not the world corpus")
+
+    for path in datamodule.probe_files:
+        name = f"ood/{Path(path).stem}"
+        if name in out.probes:
+            out.skipped.append(f"{name} ({path}): a probe of that name exists already")
+            continue
+        windows = file_windows(path, tok, block_size, n)
+        if windows is None:
+            out.skipped.append(f"{name}: {path} holds no text")
+        else:
+            out.probes[name] = windows
+
+    if is_world:
+        for level in world.ARITH_LEVELS:
+            out.probes[f"level/{level}"] = world_windows(
+                tok, world_seed(data_seed, seed, f"level/{level}"), ["arith"], eot, block_size, n, levels=[level]
+            )
+        if tasks:
+            if "strings" in trained:
+                out.tasks = string_task_probe(
+                    tok, world_seed(data_seed, seed, "tasks"), eot, block_size, task_examples
+                )
+            else:
+                out.skipped.append("tasks (ablation): the run does not train on the strings family")
+    return out
+
+
+__all__ = [
+    "ProbeSet",
+    "TaskProbe",
+    "build_probes",
+    "held_out_windows",
+    "shuffle_within_windows",
+    "string_task_probe",
+    "uniform_windows",
+]
