@@ -7,7 +7,7 @@ STAMP      := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench compare-demo clean
 
 install: $(STAMP)
 
@@ -26,6 +26,19 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py --out bench/results
+
+# RLP against its controls from the demo's checkpoint, three seeds each, then the report.
+# CPU; long (roughly an hour on 2 cores): every arm is a real run.
+COMPARE_ARMS  ?= rlp-tiny ntp-tiny ntp-tiny-flops rlp-tiny-filler rlp-tiny-frozen
+COMPARE_SEEDS ?= 1 2 3
+compare-demo: $(STAMP)
+	test -f runs/tiny/version_0/checkpoints/last.ckpt || $(MAKE) demo
+	for seed in $(COMPARE_SEEDS); do for arm in $(COMPARE_ARMS); do \
+	  $(VENV)/bin/lamina fit --config configs/$$arm.yaml --seed_everything $$seed --data.seed $$seed \
+	    --trainer.logger.init_args.save_dir runs/compare-demo --trainer.enable_progress_bar false || exit 1; \
+	done; done
+	$(VENV)/bin/lamina compare $(addprefix runs/compare-demo/,$(COMPARE_ARMS)) --out compare/demo
+	@echo "Report: compare/demo/report.md"
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache
