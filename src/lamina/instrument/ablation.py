@@ -1,8 +1,10 @@
 """Ablation: zero each module of a layer in turn and measure the damage on each string task.
 
-For layer i and module m, a `register_forward_pre_hook` on `block.mlp.c_proj` multiplies the MLP
-post-activation by a 0/1 mask that is 0 on the module's units. The hook exists only while that
-measurement runs (it is removed in a `finally`), never in the training path.
+For layer i, a `register_forward_pre_hook` on `block.mlp.c_proj` multiplies the MLP post-activation
+by a 0/1 mask that is 0 on the zeroed module's units; each row of a forward carries its own mask, so
+one forward can ablate several modules (row r of the probe with module m zeroed, for many (m, r)).
+The hook exists only while that measurement runs (it is removed in a `finally`), never in the
+training path.
 
 Damage D[m, t] = (mean next-token loss on task t's answer tokens with module m zeroed) minus (the
 same without ablation), in nats per answer token.

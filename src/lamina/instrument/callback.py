@@ -236,14 +236,16 @@ class Instrumentation(L.Callback):
             autocast=trainer.precision_plugin.forward_context(),
         )
         self.last_step = trainer.global_step
-        self.last_seconds = time.perf_counter() - started
+        if trainer.is_global_zero:
+            self._log(trainer, measurement)
+        self.last_seconds = time.perf_counter() - started  # measuring and logging
         self.timings.append(
             {"step": trainer.global_step, "hook": hook, "seconds": self.last_seconds, "partition": partition,
              "ablate": ablate}
         )
-        measurement.scalars["perf/instrument_seconds"] = self.last_seconds
         if trainer.is_global_zero:
-            self._log(trainer, measurement)
+            for logger in trainer.loggers:
+                logger.log_metrics({"perf/instrument_seconds": self.last_seconds}, step=trainer.global_step)
 
     def measure(
         self,

@@ -20,7 +20,7 @@ VIRIDIS = np.array(
 NAN_COLOUR = (128, 128, 128)
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
-MAX_PIXELS = 512  # matrices larger than this are block-averaged down to fit
+MAX_PIXELS = 256  # matrices larger than this are block-averaged down to fit (PNG encoding is the cost)
 
 
 def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
