@@ -50,7 +50,7 @@ def test_probes_are_deterministic_shaped_and_leave_global_rngs_alone(dm):
         assert torch.equal(getattr(a.tasks, key), getattr(b.tasks, key))
     other = build_probes(dm, tokens=TOKENS, seed=1, task_examples=4)
     assert not torch.equal(a.probes["id"], other.probes["id"])
-    assert "ood/<family>: the run trains on every world family" in a.skipped
+    assert "ood/<family> skipped: the run trains on every world family" in a.notes
 
 
 def test_shuffled_permutes_id_within_each_window_and_random_avoids_specials(dm):
@@ -82,7 +82,7 @@ def test_ood_families_probe_files_and_task_probe(tmp_path):
     built = build_probes(dm, tokens=TOKENS, seed=0, task_examples=3)
     assert "ood/arith" in built.probes and "ood/prose" not in built.probes
     assert built.probes["ood/poems"].shape == (TOKENS // BLOCK, BLOCK)
-    assert any("empty" in reason for reason in built.skipped)
+    assert any("empty" in note for note in built.notes)
     assert built.tasks is not None
     no_strings = build_probes(datamodule(tmp_path / "cache", families=["prose", "arith"]), tokens=TOKENS)
     assert no_strings.tasks is None and "ood/strings" in no_strings.probes
@@ -134,4 +134,4 @@ def test_non_world_source_skips_world_probes_gracefully():
     built = build_probes(fake, tokens=TOKENS)
     assert list(built.probes) == ["id", "id_b", "shuffled", "random"]
     assert built.tasks is None
-    assert any("not the world corpus" in reason for reason in built.skipped)
+    assert any("not the world corpus" in note for note in built.notes)

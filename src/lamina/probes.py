@@ -53,11 +53,12 @@ class TaskProbe:
 
 @dataclass
 class ProbeSet:
-    """Activation probes by name (in logging order), the task probe, and what was skipped and why."""
+    """Activation probes by name (in logging order), the task probe, and notes on what was skipped
+    or shrunk, and why."""
 
     probes: dict[str, torch.Tensor] = field(default_factory=dict)
     tasks: TaskProbe | None = None
-    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{name}: {w.shape[0]} windows x {w.shape[1]} tokens" for name, w in self.probes.items()]
@@ -66,7 +67,7 @@ class ProbeSet:
                 f"tasks: {len(self.tasks.tasks)} string tasks, {self.tasks.inputs.shape[0]} rows, "
                 f"{self.tasks.scored_tokens} answer tokens"
             )
-        lines += [f"skipped: {reason}" for reason in self.skipped]
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -271,7 +272,7 @@ def build_probes(
 
     `tokens`: about how many tokens each activation probe holds; `seed`: the probe seed (with
     `data.seed` it fixes every probe); `task_examples`: string examples per task for ablation;
-    `tasks`: build the task probe at all. Probes the source cannot offer are listed in `skipped`.
+    `tasks`: build the task probe at all. Probes the source cannot offer are named in `notes`.
     """
     hp = datamodule.hparams
     tok, eot, block_size = datamodule.tokenizer, datamodule.eot_id, int(hp.block_size)
@@ -284,10 +285,11 @@ def build_probes(
     if len(id_b):
         out.probes["id_b"] = id_b
     else:
-        out.skipped.append("id_b: the validation split holds a single window (raise data.val_fraction)")
+        out.notes.append("id_b skipped: the validation split holds a single window (raise data.val_fraction)")
     if len(id_windows) < n:
-        out.skipped.append(
-            f"id, id_b: the validation split holds {len(id_windows)} windows each, not {n} (raise data.val_fraction)"
+        out.notes.append(
+            f"id, id_b: {len(id_windows)} windows each, not {n}: the validation split is small "
+            f"(raise data.val_fraction)"
         )
     out.probes["shuffled"] = shuffle_within_windows(id_windows, probe_rng(data_seed, seed, "shuffled"))
     out.probes["random"] = uniform_windows(ordinary_ids(tok), n, block_size, probe_rng(data_seed, seed, "random"))
@@ -301,18 +303,20 @@ def build_probes(
                     tok, world_seed(data_seed, seed, f"ood/{family}"), [family], eot, block_size, n
                 )
         if all(f in trained for f in world.FAMILIES):
-            out.skipped.append("ood/<family>: the run trains on every world family")
+            out.notes.append("ood/<family> skipped: the run trains on every world family")
     else:
-        out.skipped.append(f"ood/<family>, level/<k>, tasks: data.source {hp.source!r} is not the world corpus")
+        out.notes.append(
+            f"ood/<family>, level/<k> and the task probe skipped: data.source {hp.source!r} is not the world corpus"
+        )
 
     for path in datamodule.probe_files:
         name = f"ood/{Path(path).stem}"
         if name in out.probes:
-            out.skipped.append(f"{name} ({path}): a probe of that name exists already")
+            out.notes.append(f"{name} ({path}) skipped: a probe of that name exists already")
             continue
         windows = file_windows(path, tok, block_size, n)
         if windows is None:
-            out.skipped.append(f"{name}: {path} holds no text")
+            out.notes.append(f"{name} skipped: {path} holds no text")
         else:
             out.probes[name] = windows
 
@@ -327,7 +331,7 @@ def build_probes(
                     tok, world_seed(data_seed, seed, "tasks"), eot, block_size, task_examples
                 )
             else:
-                out.skipped.append("tasks (ablation): the run does not train on the strings family")
+                out.notes.append("task probe (ablation) skipped: the run does not train on the strings family")
     return out
 
 

@@ -210,10 +210,10 @@ class Instrumentation(L.Callback):
             f"lamina: instrumentation: {len(self.probes.probes)} probes built in "
             f"{time.perf_counter() - started:.1f}s: {', '.join(self.probes.probes)}"
         )
-        for reason in self.probes.skipped:
-            rank_zero_info(f"lamina: instrumentation skips {reason}")
+        for note in self.probes.notes:
+            rank_zero_info(f"lamina: instrumentation: {note}")
         if self.ablation and not self.modularity:
-            rank_zero_info("lamina: instrumentation skips ablation: it needs instrument.modularity")
+            rank_zero_info("lamina: instrumentation: ablation skipped: it needs instrument.modularity")
         if trainer.is_global_zero and self.pictures:
             for logger in self._tensorboards(trainer):
                 logger.experiment.add_text("instrument/probes", self.probes.summary().replace("\n", "  \n"), 0)
