@@ -115,6 +115,7 @@ class LanguageModel(L.LightningModule):
         if warmup_steps < 0:
             raise ConfigError(f"model.warmup_steps: expected >= 0, got {warmup_steps}")
         self.model = GPT(self.config)
+        self.flops_per_token = self.model.flops_per_token()  # fixed by the shape; not recounted per step
         self._interval_start: float | None = None
         self._tokens_since = 0  # this rank's training tokens since the interval started
         self._peak_flops: float | None = None
@@ -150,7 +151,7 @@ class LanguageModel(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         self._tokens_since += y.numel()
-        self._count(y.numel(), y.numel() * self.model.flops_per_token())
+        self._count(y.numel(), y.numel() * self.flops_per_token)
         return loss
 
     def _count(self, tokens: int, flops: float) -> None:
@@ -190,7 +191,7 @@ class LanguageModel(L.LightningModule):
         if self.rlp_config is not None:
             self.log("perf/rlp_sample_tokens", float(self.rlp_sample_tokens), rank_zero_only=True)
         if self._peak_flops:
-            mfu = tokens_per_sec * self.model.flops_per_token() / (self._peak_flops * self.trainer.world_size)
+            mfu = tokens_per_sec * self.flops_per_token / (self._peak_flops * self.trainer.world_size)
             self.log("perf/mfu", mfu, rank_zero_only=True)
         self._interval_start, self._tokens_since = time.perf_counter(), 0
 
