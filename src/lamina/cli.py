@@ -15,6 +15,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lamina.checkpointing import StopOnSignal, use_atomic_checkpoints
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
@@ -44,6 +45,11 @@ class LaminaCLI(LightningCLI):
                 "trainer.gradient_clip_val": 1.0,
             }
         )
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -83,6 +89,7 @@ def cli_kwargs() -> dict:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "default_env": False},
         auto_configure_optimizers=False,
+        trainer_defaults={"callbacks": [StopOnSignal()]},
     )
 
 
@@ -101,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
 
             compare_main(words[1:])
         else:
-            LaminaCLI(LanguageModel, TextDataModule, args=argv, **cli_kwargs())
+            cli = LaminaCLI(LanguageModel, TextDataModule, args=argv, **cli_kwargs())
+            stop = next((c for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)), None)
+            if stop is not None and stop.saved_step is not None:
+                print(stop.message(), file=sys.stderr)
+                sys.exit(130)
     except (ConfigError, ArgumentError) as err:
         print(f"lamina: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)

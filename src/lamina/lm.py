@@ -8,6 +8,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.errors import ConfigError
@@ -24,6 +25,8 @@ from lamina.rlp import (
 )
 
 # Dense peak FLOP/s per device for the dtype of the matmuls; MFU is only reported where it is known.
+NONFINITE_POLICIES = ("stop", "skip")
+
 PEAK_FLOPS = {
     ("H100", "bf16"): 989e12,
     ("H200", "bf16"): 989e12,
@@ -38,6 +41,19 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     dtype = "bf16" if "bf16" in str(precision) else None
     name = torch.cuda.get_device_name(device)
     return next((flops for (card, dt), flops in PEAK_FLOPS.items() if card in name and dt == dtype), None)
+
+
+class NonFiniteError(ConfigError):
+    """Training produced a NaN/Inf and the policy is to stop: one line for the user, not a traceback."""
+
+
+def _scaler_owns_infs(precision) -> bool:
+    """fp16 mixed precision: the GradScaler skips overflowing steps and lowers its scale itself."""
+    return str(precision) in ("16-mixed", "16")
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
@@ -76,6 +92,8 @@ class LanguageModel(L.LightningModule):
         init_from: str | None = None,
         rlp: RLPConfig | None = None,
         thought_eval: ThoughtEvalConfig | None = None,
+        on_nonfinite: str = "stop",
+        max_nonfinite_skips: int = 10,
     ):
         """
         Args:
@@ -102,6 +120,9 @@ class LanguageModel(L.LightningModule):
                 next-token prediction; see lamina.rlp.RLPConfig for its keys (`model.rlp.group_size`, ...).
             thought_eval: evaluate thinking every N steps (held-out arithmetic with and without a
                 thought, next-token loss with a sampled thought); see lamina.rlp.ThoughtEvalConfig.
+            on_nonfinite: a NaN/Inf loss or gradient: `stop` (one-line error naming the step and the
+                last good checkpoint) or `skip` (drop the update, count it in train/nonfinite_skips).
+            max_nonfinite_skips: with `skip`, stop anyway after this many non-finite steps in a row.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +135,10 @@ class LanguageModel(L.LightningModule):
                 raise ConfigError(f"model.{key}: expected a non-negative number, got {value}")
         if warmup_steps < 0:
             raise ConfigError(f"model.warmup_steps: expected >= 0, got {warmup_steps}")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"model.on_nonfinite: expected one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
+        if isinstance(max_nonfinite_skips, bool) or not isinstance(max_nonfinite_skips, int) or max_nonfinite_skips < 1:
+            raise ConfigError(f"model.max_nonfinite_skips: expected an integer >= 1, got {max_nonfinite_skips!r}")
         self.model = GPT(self.config)
         self.flops_per_token = self.model.flops_per_token()  # fixed by the shape; not recounted per step
         self._interval_start: float | None = None
@@ -133,6 +158,10 @@ class LanguageModel(L.LightningModule):
         self._restored = False  # set when a checkpoint is loaded: a resumed run keeps its EMA model
         self._evaluator: ThoughtEvaluator | None = None
         self._last_eval_step = -1
+        # The non-finite guard: this step's losses (micro-batches) are checked with the gradients.
+        self._step_loss_finite: torch.Tensor | None = None
+        self.nonfinite_skips = 0  # cumulative, kept in checkpoints
+        self._nonfinite_in_a_row = 0
 
     def configure_model(self) -> None:
         if self.hparams.compile:
@@ -148,11 +177,18 @@ class LanguageModel(L.LightningModule):
             return self._rlp_training_step(batch, batch_idx)
         x, y = batch
         _, loss = self.model(x, y)
-        self.log("train/loss", loss, prog_bar=True)
+        # The mean over ranks (an all-reduce queued on the device, no host sync): under DDP the
+        # curve is the global batch's loss, the same as one process with that batch.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         self._tokens_since += y.numel()
         self._count(y.numel(), y.numel() * self.flops_per_token)
+        self._note_loss(loss)
         return loss
+
+    def _note_loss(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach())
+        self._step_loss_finite = finite if self._step_loss_finite is None else self._step_loss_finite & finite
 
     def _count(self, tokens: int, flops: float) -> None:
         """Add this rank's batch (times the world size) to the cumulative counters. Counted here, in
@@ -196,7 +232,9 @@ class LanguageModel(L.LightningModule):
         self._interval_start, self._tokens_since = time.perf_counter(), 0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lamina"] = {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen}
+        checkpoint["lamina"] = {
+            "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "nonfinite_skips": self.nonfinite_skips
+        }
         if self.rlp_config is not None:
             checkpoint["lamina"]["rlp_sample_tokens"] = self.rlp_sample_tokens
 
@@ -204,6 +242,7 @@ class LanguageModel(L.LightningModule):
         state = checkpoint.get("lamina", {})
         self.tokens_seen = state.get("tokens_seen", 0)
         self.flops_seen = state.get("flops_seen", 0.0)
+        self.nonfinite_skips = state.get("nonfinite_skips", 0)
         self.rlp_sample_tokens = state.get("rlp_sample_tokens", 0)
         self._restored = True
         if self.rlp_config is not None and not any(k.startswith("rlp_ema.") for k in checkpoint["state_dict"]):
@@ -214,12 +253,28 @@ class LanguageModel(L.LightningModule):
 
     # ---- validation -----------------------------------------------------------------------------
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum, self._val_rows = torch.zeros((), dtype=_sum_dtype(self.device), device=self.device), 0
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         _, loss = self.model(x, y)
-        # Weighted by rows so a short last batch counts for what it holds.
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x.size(0))
-        self.log("val/bpb", bits_per_byte(loss, self._tokens_per_byte()), sync_dist=True, batch_size=x.size(0))
+        # Weighted by rows, summed here and over ranks at the end: exact for a short last batch and
+        # for val shards of unequal size under DDP (Lightning's sync_dist mean is not, for those).
+        self._val_sum += loss.detach().to(self._val_sum.dtype) * x.size(0)
+        self._val_rows += x.size(0)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_rows == 0 and self.trainer.world_size == 1:
+            return
+        loss = self._mean_over_ranks(self._val_sum, self._val_rows).float()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/bpb", bits_per_byte(loss, self._tokens_per_byte()))
+
+    def _mean_over_ranks(self, total: torch.Tensor, rows: int) -> torch.Tensor:
+        strategy = self.trainer.strategy
+        rows = torch.tensor(float(rows), dtype=total.dtype, device=total.device)
+        return strategy.reduce(total, reduce_op="sum") / strategy.reduce(rows, reduce_op="sum")
 
     def _tokens_per_byte(self) -> float:
         return self.trainer.datamodule.val_tokens_per_byte
@@ -229,14 +284,14 @@ class LanguageModel(L.LightningModule):
         """val/loss and val/bpb of the untrained model at step 0, so curves start from the beginning."""
         was_training = self.training
         self.eval()
-        total, rows = torch.zeros((), device=self.device), 0
+        total, rows = torch.zeros((), dtype=_sum_dtype(self.device), device=self.device), 0
         for x, y in self.trainer.datamodule.val_dataloader():
             x, y = x.to(self.device), y.to(self.device)
             with self.trainer.precision_plugin.forward_context():
                 _, loss = self.model(x, y)
-            total += loss.float() * x.size(0)
+            total += loss.to(total.dtype) * x.size(0)
             rows += x.size(0)
-        loss = self.trainer.strategy.reduce(total / rows, reduce_op="mean")
+        loss = self._mean_over_ranks(total, rows).float()
         metrics = {"val/loss": loss.item(), "val/bpb": bits_per_byte(loss.item(), self._tokens_per_byte())}
         if self.trainer.is_global_zero:
             for logger in self.loggers:
@@ -268,6 +323,10 @@ class LanguageModel(L.LightningModule):
     # ---- a phase on a pretrained checkpoint: init_from, the RLP objective, thinking evaluations -------
 
     def on_fit_start(self) -> None:
+        if isinstance(self.trainer.strategy, FSDPStrategy) and (self.rlp_config or self.thought_eval_config):
+            # Sampling runs the plain model outside the sharded wrapper, and the EMA copy is not sharded.
+            key = "model.rlp" if self.rlp_config else "model.thought_eval"
+            raise ConfigError(f"{key}: RLP and thinking evaluations do not run under FSDP yet; use DDP")
         # A fresh run starts from init_from; a resumed one has restored its model, EMA and frozen
         # models already (or restores them right after this hook, which overwrites what is set here).
         if not self._restored:
@@ -346,7 +405,46 @@ class LanguageModel(L.LightningModule):
         # step's compute: sampling, EMA scoring, and the policy's forward and backward
         self._count(y.numel(), step.flops)
         self.rlp_sample_tokens += step.sample_tokens * self.trainer.world_size
+        self._note_loss(step.loss)
         return step.loss
+
+    # ---- the non-finite guard ---------------------------------------------------------------------
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """After backward (gradients all-reduced under DDP), before clipping and the update: one
+        host sync per optimizer step decides whether the loss and every gradient are finite."""
+        finite = self._step_loss_finite
+        self._step_loss_finite = None
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not _scaler_owns_infs(self.trainer.precision):
+            grads_finite = torch.isfinite(torch.nn.utils.get_total_norm(grads))
+            finite = grads_finite if finite is None else finite & grads_finite.to(finite.device)
+        ok = True if finite is None else bool(finite)
+        if self.trainer.world_size > 1:  # a NaN on one rank is a NaN for all: they must agree
+            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if ok:
+            self._nonfinite_in_a_row = 0
+            return
+        self._on_nonfinite(optimizer)
+
+    def _on_nonfinite(self, optimizer) -> None:
+        from lamina.checkpointing import last_good_checkpoint
+
+        step = self.global_step
+        self.nonfinite_skips += 1
+        self._nonfinite_in_a_row += 1
+        if self.hparams.on_nonfinite == "stop" or self._nonfinite_in_a_row > self.hparams.max_nonfinite_skips:
+            why = (
+                "model.on_nonfinite is stop" if self.hparams.on_nonfinite == "stop"
+                else f"{self._nonfinite_in_a_row} in a row, more than model.max_nonfinite_skips"
+            )
+            raise NonFiniteError(
+                f"train: non-finite loss or gradient at step {step} ({why}); "
+                f"{last_good_checkpoint(self.trainer)}; try a lower model.lr or model.on_nonfinite skip"
+            )
+        optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips), rank_zero_only=True)
+        rank_zero_info(f"lamina: step {step}: non-finite loss or gradient, update skipped")
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -140,6 +140,19 @@ class SparsityAccumulator:
             raise ValueError("SparsityAccumulator.compute() before any token was seen")
         return stats_from_sums(self._sums)
 
+    def all_reduce(self, device: torch.device | str | None = None) -> None:
+        """Sum the state over the ranks of torch.distributed's default group (one collective), so
+        that ``compute()`` describes every rank's tokens. Every rank must call it; a rank that saw
+        no batch takes part with zeros (``device``: where they live, for the backend)."""
+        if self._sums is None:
+            self._sums = SparsitySums.zeros(self.d, self.device or device)
+        s = self._sums
+        parts = [s.active, s.abs_sum, s.sq_sum, s.hoyer_sum, s.top10_sum, torch.tensor(s.tokens)]
+        summed = sum_over_ranks(parts, s.abs_sum)
+        self._sums = SparsitySums(
+            summed[0].to(s.active.dtype), *summed[1:5], tokens=int(summed[5].item())
+        )
+
 
 class CoactivationAccumulator:
     """Streams activation batches into ``coactivation`` with one [d, d] count buffer.
@@ -186,6 +199,20 @@ class CoactivationAccumulator:
             self._since_fold += chunk.shape[0]
             self.tokens += chunk.shape[0]
 
+    def all_reduce(self, device: torch.device | str | None = None) -> None:
+        """Sum the counts over the ranks of torch.distributed's default group (see
+        ``SparsityAccumulator.all_reduce``)."""
+        self.device = self.device or torch.device(device or "cpu")
+        if self._counts is None:
+            self._counts = torch.zeros(self.d, self.d, dtype=torch.float32, device=self.device)
+        total = self._counts.to(wide_dtype(self.device))
+        if self._folded is not None:
+            total = total + self._folded
+        counts, tokens = sum_over_ranks([total, torch.tensor(self.tokens)], total)
+        self._folded, self.tokens = counts, int(tokens.item())
+        self._counts.zero_()
+        self._since_fold = 0
+
     def compute(self) -> torch.Tensor:
         if self.tokens == 0:
             raise ValueError("CoactivationAccumulator.compute() before any token was seen")
@@ -193,6 +220,20 @@ class CoactivationAccumulator:
         if self._folded is not None:
             counts = counts + self._folded
         return (counts / self.tokens).float()
+
+
+def sum_over_ranks(parts: list[torch.Tensor], like: torch.Tensor) -> list[torch.Tensor]:
+    """Sum tensors over torch.distributed's default group in one collective: flattened into one
+    buffer of ``like``'s dtype (float64: exact for counts below 2**53) on its device."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.to(like.device, like.dtype).reshape(-1) for p in parts])
+    dist.all_reduce(flat)
+    out, start = [], 0
+    for p in parts:
+        out.append(flat[start : start + p.numel()].reshape(p.shape))
+        start += p.numel()
+    return out
 
 
 def sparsity_stats(acts: torch.Tensor, eps: float, *, impl: str = "auto") -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from lamina.data.packing import SPLITS, build_token_cache, open_split, read_meta
 from lamina.data.sources import resolve_source
@@ -152,10 +152,14 @@ class TextDataModule(L.LightningDataModule):
         windows = FixedWindows(
             self._require_setup(), block_size=self.hparams.block_size, n_windows=self.n_val_windows
         )
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = ContiguousShards(windows, self.trainer.global_rank, self.trainer.world_size)
         return DataLoader(
             windows,
             batch_size=self.hparams.batch_size,
             shuffle=False,
+            sampler=sampler,
             drop_last=False,
             **self._loader_kwargs(),
         )
@@ -313,6 +317,24 @@ class FixedWindows(Dataset):
         start = i * self.block_size
         window = torch.from_numpy(self.data[start : start + self.block_size + 1].astype(np.int64))
         return window[:-1], window[1:]
+
+
+class ContiguousShards(DistributedSampler):
+    """Rank r's contiguous share of a map-style dataset, without the padding DistributedSampler
+    adds to even the shards: every val window is counted once, so val/loss under DDP (a mean
+    weighted by rows across ranks) equals one process's. Lightning keeps a DistributedSampler
+    it is given rather than inserting its own."""
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+        self.indices = range(len(dataset))[rank * len(dataset) // world_size : (rank + 1) * len(dataset) // world_size]
+        self.num_samples = self.total_size = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 # ---- window offsets: an integer hash, no RNG state -----------------------------------------------

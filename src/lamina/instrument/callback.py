@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.errors import ConfigError
@@ -151,6 +152,12 @@ class Instrumentation(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
             return
+        if isinstance(trainer.strategy, FSDPStrategy):
+            # The probes run the plain model outside the sharded wrapper: they need whole weights.
+            raise ConfigError(
+                "instrument.enabled: the measurements need the whole model on each rank and do not run "
+                "under FSDP yet; use DDP, or pass --instrument.enabled false"
+            )
         if self.probes is None:
             self._build(trainer, pl_module)
         if self.probes is not None and trainer.global_step == 0 and self.last_step != 0:
@@ -221,10 +228,8 @@ class Instrumentation(L.Callback):
     def _measure(
         self, trainer: L.Trainer, pl_module: L.LightningModule, partition: bool, ablate: bool, hook: str
     ) -> None:
-        # Under DDP every rank measures the same probes with the same weights (FSDP needs every
-        # rank in the forward anyway), so no reduction is needed; rank zero logs.
-        # TODO(ddp): shard the probe windows over ranks and all-reduce the accumulators' sums to
-        # divide the cost by the world size.
+        # Under DDP each rank measures its share of the probe windows and the sums are all-reduced;
+        # rank zero partitions, ablates, draws and logs (once).
         started = time.perf_counter()
         model = getattr(pl_module, "model", pl_module)
         measurement = self.measure(
@@ -234,6 +239,8 @@ class Instrumentation(L.Callback):
             ablate=ablate,
             device=pl_module.device,
             autocast=trainer.precision_plugin.forward_context(),
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
         )
         self.last_step = trainer.global_step
         if trainer.is_global_zero:
@@ -256,10 +263,13 @@ class Instrumentation(L.Callback):
         ablate: bool = False,
         device: torch.device | None = None,
         autocast=None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Measurement:
         """Measure `model` (a GPT) on `self.probes`; returns the tags, logs nothing. `partition`:
         run modularity (if switched on) at this step; `ablate`: also the ablation (if switched on).
-        Updates the previous partitions (for stability)."""
+        Updates the previous partitions (for stability). With world_size > 1 every rank must call
+        it (the probe statistics are summed over ranks); only rank 0 gets the tags."""
         if self.probes is None:
             raise RuntimeError("Instrumentation.measure: no probes (they are built at fit start)")
         device = device or next(model.parameters()).device
@@ -276,7 +286,10 @@ class Instrumentation(L.Callback):
                 stats = measure_probes(
                     model, self.probes.probes, eps=eps, batch_size=batch, device=device,
                     impl=impl, gather="id", coactivation=self.modularity and partition, residual=self.layers,
+                    rank=rank, world_size=world_size,
                 )
+                if rank != 0:
+                    return out
                 out.scalars.update(sparsity_scalars(stats.stats))
                 if stats.grams is not None:
                     for i, gram in enumerate(stats.grams):

@@ -31,6 +31,16 @@ class GramAccumulator:
         self.gram.addmm_(x.T, x)
         self.rows += x.shape[0]
 
+    def all_reduce(self, d: int, device: torch.device) -> None:
+        """Sum G and the row count over torch.distributed's default group (every rank calls it;
+        one that saw no rows takes part with zeros of width d)."""
+        from lamina.measures import sum_over_ranks
+
+        if self.gram is None:
+            self.gram = torch.zeros(d, d, dtype=_wide(device), device=device)
+        self.gram, rows = sum_over_ranks([self.gram, torch.tensor(self.rows)], self.gram)
+        self.rows = int(rows.item())
+
     def singular_values(self) -> torch.Tensor:
         if self.gram is None:
             raise ValueError("GramAccumulator: no rows seen")

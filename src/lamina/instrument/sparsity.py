@@ -67,11 +67,18 @@ def measure_probes(
     gather: str | None = "id",
     coactivation: bool = True,
     residual: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> ProbeStats:
     """Sparsity statistics of every layer on every probe; co-activation and residual Grams on
-    the `gather` probe. The caller sets eval mode, no_grad and autocast."""
+    the `gather` probe. The caller sets eval mode, no_grad and autocast.
+
+    With world_size > 1 (torch.distributed initialised, every rank calling with the same probes
+    and weights) each rank measures its share of the windows and the accumulators are summed over
+    the ranks, so every rank returns the statistics of the whole probe set."""
     out = ProbeStats()
     for name, windows in probes.items():
+        windows = shard_windows(windows, rank, world_size)
         is_gather = name == gather
         sparsity: list[measures.SparsityAccumulator] = []
         coact: list[measures.CoactivationAccumulator] = []
@@ -92,11 +99,26 @@ def measure_probes(
             for layer, resid in enumerate(record.get("resid", []) if grams else []):
                 grams[layer].update(resid)
             del record
+        if world_size > 1:
+            for acc in [*sparsity, *coact]:
+                acc.all_reduce()
+            for gram in grams:
+                gram.all_reduce(gram.gram.shape[0], device)
         out.stats[name] = [acc.compute() for acc in sparsity]
         if is_gather:
             out.coactivation = [acc.compute() for acc in coact] if coact else None
             out.grams = grams or None
     return out
+
+
+def shard_windows(windows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's contiguous share of a probe's windows. With fewer windows than ranks every
+    rank takes all of them: each measure is a mean over tokens (and effective rank is scale
+    free), so counting every token world_size times changes nothing, and no rank sits idle in a
+    collective with nothing to add."""
+    if world_size == 1 or len(windows) < world_size:
+        return windows
+    return windows.tensor_split(world_size)[rank]
 
 
 def sparsity_scalars(stats: dict[str, list[dict]], reference: str = "id") -> dict[str, float]:

@@ -1,0 +1,165 @@
+"""Checkpoints that survive faults: atomic writes, and a clean stop on Ctrl-C or SIGTERM.
+
+`AtomicCheckpointIO` writes each checkpoint to a temporary file beside its target, flushes and
+fsyncs it, then renames it into place (an atomic replace on POSIX), so a kill, a crash or a full
+disk at any moment leaves the previous checkpoint whole. `StopOnSignal` turns the first Ctrl-C
+(SIGINT) or SIGTERM into "finish this step, save `last.ckpt`, exit"; a second Ctrl-C aborts at
+once (the last good checkpoint is still whole).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from lamina.errors import ConfigError
+
+TEMP_MARK = ".tmp-"
+
+
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to `<path>.tmp-<pid>`, fsync, rename over `<path>`, fsync the folder."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        tmp = path.with_name(f"{path.name}{TEMP_MARK}{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            why = "out of disk space" if err.errno == errno.ENOSPC else err.strerror or str(err)
+            raise CheckpointWriteError(
+                f"checkpoint: cannot write {path} ({why}); the previous checkpoint there, if any, is intact"
+            ) from err
+        except BaseException:  # Ctrl-C or a bug mid-write: never leave the half-written file behind
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Temp files of writers that were killed before their rename (one writer per path)."""
+    for stale in path.parent.glob(f"{path.name}{TEMP_MARK}*"):
+        stale.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power cut after it keeps the new file)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems cannot open a folder: the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Give the trainer's strategy AtomicCheckpointIO unless the user configured another IO plugin."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    """Where `last.ckpt` of this run lives (the ModelCheckpoint folder, else <log_dir>/checkpoints)."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if callback is not None and callback.dirpath:
+        return Path(callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    if trainer.log_dir:
+        return Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
+    return None
+
+
+def last_good_checkpoint(trainer: L.Trainer) -> str:
+    """A phrase naming the newest checkpoint on disk, for error messages."""
+    path = last_checkpoint_path(trainer)
+    if path is not None and path.is_file():
+        return f"the last good checkpoint is {path} (resume with --ckpt_path last)"
+    return "no checkpoint was saved yet"
+
+
+class StopOnSignal(L.Callback):
+    """First SIGINT/SIGTERM: finish the current optimizer step, save last.ckpt, stop. Second SIGINT:
+    abort at once. Under DDP the ranks agree on the stop every `log_every_n_steps` steps (no
+    collective in every step), so all of them save and stop at the same step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: str | None = None  # the signal's name once one arrived
+        self.saved_step: int | None = None
+        self.saved_path: Path | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        rank_zero_info(
+            f"\nlamina: {self.requested}: saving a checkpoint after this step, then stopping "
+            "(Ctrl-C again to abort without saving)"
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.saved_step is not None or not self._agreed(trainer):
+            return
+        path = last_checkpoint_path(trainer)
+        if path is not None:
+            trainer.save_checkpoint(path)
+        self.saved_step, self.saved_path = trainer.global_step, path
+        trainer.should_stop = True
+
+    def _agreed(self, trainer: L.Trainer) -> bool:
+        if trainer.world_size == 1:
+            return self.requested is not None
+        if trainer.global_step % max(1, trainer.log_every_n_steps):
+            return False
+        return trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def message(self) -> str:
+        """One line for the user after the run stopped on a signal."""
+        where = f"saved {self.saved_path}" if self.saved_path else "no checkpoint folder to save to"
+        return f"lamina: stopped by {self.requested} after step {self.saved_step}; {where}; resume with --ckpt_path last"

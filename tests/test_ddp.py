@@ -1,0 +1,101 @@
+"""Scale-out through Lightning's own DDP: two CPU processes (gloo) against one process with the
+same global batch. Losses, validation and every instrumentation tag must agree, and rank zero must
+log each tag once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lamina.data.module import ContiguousShards, window_offsets
+from tests.test_train import TINY, scalars
+
+STEPS = 10
+# Tags whose values depend on timing, not on the model.
+NOT_COMPARED = ("perf/", "epoch")
+
+
+def run_fit(tmp_path: Path, name: str, *extra: str) -> Path:
+    lamina = Path(sys.executable).parent / "lamina"
+    args = [
+        str(lamina), "fit", *TINY,
+        "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.logger.init_args.name", name,
+        "--trainer.max_steps", str(STEPS), "--trainer.log_every_n_steps", "1",
+        "--trainer.val_check_interval", "5",
+        "--instrument.every_n_steps", "5", "--instrument.probe_tokens", "512", "--instrument.ablation", "false",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "runs" / name / "version_0"
+
+
+@pytest.fixture(scope="module")
+def ddp_and_single(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    # TINY has data.batch_size 8: two ranks of 4 hold the same global batch as one process of 8.
+    ddp = run_fit(tmp, "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "4")
+    single = run_fit(tmp, "single", "--trainer.devices", "1", "--data.batch_size", "8")
+    return ddp, single
+
+
+def test_ddp_losses_match_one_process_with_the_same_global_batch(ddp_and_single):
+    ddp, single = (scalars(run) for run in ddp_and_single)
+    for tag in ("train/loss", "val/loss", "val/bpb"):
+        assert sorted(ddp[tag]) == sorted(single[tag]), tag
+        for step, value in single[tag].items():
+            assert ddp[tag][step] == pytest.approx(value, rel=1e-5, abs=1e-6), (tag, step)
+    assert len(single["train/loss"]) == STEPS
+    assert single["train/loss"][STEPS - 1] < single["train/loss"][0]  # it trained
+
+
+def test_ddp_instrumentation_reduces_over_ranks(ddp_and_single):
+    ddp, single = (scalars(run) for run in ddp_and_single)
+    measured = [tag for tag in single if tag.startswith(("sparsity/", "modularity/", "layers/"))]
+    assert any(t.startswith("sparsity/id/") for t in measured) and any(t.startswith("modularity/") for t in measured)
+    for tag in measured:
+        assert sorted(ddp[tag]) == sorted(single[tag]), tag
+        assert set(single[tag]) <= {0, 5, STEPS} and len(single[tag]) >= 2, tag
+        for step, value in single[tag].items():
+            # each rank measured half the probe windows; the sums were all-reduced
+            assert ddp[tag][step] == pytest.approx(value, rel=1e-4, abs=1e-6), (tag, step)
+
+
+def test_ddp_logs_each_tag_once_from_rank_zero(ddp_and_single):
+    ddp, _ = ddp_and_single
+    assert len(list(ddp.glob("events.out.tfevents.*"))) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(ddp), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag in acc.Tags()["scalars"]:
+        if tag.startswith(NOT_COMPARED):
+            continue
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert len(steps) == len(set(steps)), f"{tag} logged more than once per step: {steps}"
+
+
+def test_rank_batches_together_are_the_one_process_batch():
+    """Rank r's k-th batch of b rows is global batch k * W + r; together the W ranks' rows at step k
+    are exactly the rows of one process's batch k of W * b (none twice, none missing)."""
+    seed, n_starts, per_rank, world = 7, 10_000, 4, 2
+    for step in range(5):
+        ranks = [window_offsets(seed, step * world + r, per_rank, n_starts) for r in range(world)]
+        one = window_offsets(seed, step, per_rank * world, n_starts)
+        assert np.array_equal(np.concatenate(ranks), one)
+
+
+@pytest.mark.parametrize("n, world", [(63, 2), (5, 4), (8, 3), (3, 3)])
+def test_val_shards_count_every_window_once(n, world):
+    shards = [list(ContiguousShards(range(n), r, world)) for r in range(world)]
+    assert sum(shards, []) == list(range(n))
+    assert [len(ContiguousShards(range(n), r, world)) for r in range(world)] == [len(s) for s in shards]
