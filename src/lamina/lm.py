@@ -443,7 +443,9 @@ class LanguageModel(L.LightningModule):
                 f"{last_good_checkpoint(self.trainer)}; try a lower model.lr or model.on_nonfinite skip"
             )
         optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
-        self.log("train/nonfinite_skips", float(self.nonfinite_skips), rank_zero_only=True)
+        if self.trainer.is_global_zero:  # straight to the loggers: only at the steps that skipped
+            for logger in self.loggers:
+                logger.log_metrics({"train/nonfinite_skips": float(self.nonfinite_skips)}, step=step)
         rank_zero_info(f"lamina: step {step}: non-finite loss or gradient, update skipped")
 
     def optimizer_step(self, *args, **kwargs) -> None:

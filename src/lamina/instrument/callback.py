@@ -169,7 +169,8 @@ class Instrumentation(L.Callback):
         step = trainer.global_step
         if step == self.last_step:  # micro-batches of one accumulated step share its global_step
             return
-        ablate = step % self.ablation_every_n_steps == 0
+        final = trainer.max_steps is not None and 0 < trainer.max_steps <= step  # the end: everything
+        ablate = final or step % self.ablation_every_n_steps == 0
         partition = ablate or step % self.modularity_every_n_steps == 0
         if step % self.every_n_steps == 0 or partition:
             self._measure(trainer, pl_module, partition=partition, ablate=ablate, hook="batch")

@@ -1,0 +1,270 @@
+"""Nothing lost under faults: atomic checkpoints under SIGKILL, Ctrl-C saves and exits, a full disk
+leaves the last checkpoint whole, non-finite steps are caught, and resume is exact with the
+instrumentation's state."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lamina import checkpointing
+from lamina.checkpointing import AtomicCheckpointIO
+from lamina.cli import main
+from lamina.lm import LanguageModel
+from tests.test_train import fit_args, scalars
+
+NO_INSTRUMENT = ("--instrument.enabled", "false")
+
+
+# ---- atomic checkpoints ---------------------------------------------------------------------------
+
+
+def _save_forever(path: str, payload: torch.Tensor, pipe) -> None:
+    """Child: save checkpoints to `path` in a loop, telling the parent when each save starts."""
+    io = AtomicCheckpointIO()
+    for step in range(1_000_000):
+        pipe.send(("saving", step))
+        io.save_checkpoint({"step": step, "payload": payload, "stamp": torch.full((4,), step)}, path)
+        pipe.send(("saved", step))
+
+
+def test_sigkill_during_saves_never_corrupts_the_last_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    payload = torch.arange(4_000_000, dtype=torch.float32)  # 16 MB: a save takes a while
+    context = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    kills, mid_save, last_saved = 24, 0, -1
+    for _ in range(kills):
+        parent, child = context.Pipe()
+        process = context.Process(target=_save_forever, args=(str(path), payload, child), daemon=True)
+        process.start()
+        started = {}
+        while True:  # let it complete a save or two, then kill it while the next one is under way
+            event, step = parent.recv()
+            started[event] = time.perf_counter()
+            if event == "saved":
+                last_saved = step
+                duration = started["saved"] - started["saving"]
+            if event == "saving" and step >= 1 + rng.randrange(2):
+                break
+        time.sleep(rng.uniform(0.0, duration))
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+        mid_save += any(tmp_path.glob(f"last.ckpt{checkpointing.TEMP_MARK}*"))
+        checkpoint = torch.load(path, weights_only=True)  # whole, whatever the moment of the kill
+        assert checkpoint["step"] >= last_saved  # (the child may have finished more saves than we read)
+        assert torch.equal(checkpoint["payload"], payload)
+        assert torch.equal(checkpoint["stamp"], torch.full((4,), checkpoint["step"]))
+    # The kills must really land inside saves for this test to mean anything.
+    assert mid_save >= kills // 3, f"only {mid_save} of {kills} kills hit a save in progress"
+    AtomicCheckpointIO().save_checkpoint({"step": -1}, path)
+    assert not list(tmp_path.glob(f"*{checkpointing.TEMP_MARK}*")), "stale temp files are cleaned"
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    with pytest.raises(checkpointing.CheckpointWriteError, match=r"checkpoint: cannot write .*out of disk space"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_full_disk_during_fit_is_one_line_and_the_last_checkpoint_loads(tmp_path, monkeypatch, capsys):
+    real_save, calls = torch.save, []
+
+    def fills_up(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # the two files of the first checkpoint fit; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.torch, "save", fills_up)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "full", *NO_INSTRUMENT, "--trainer.max_steps", "9",
+                      "--checkpoint.every_n_train_steps", "3"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "out of disk space" in errors[0] and errors[0].startswith("lamina: error:"), err
+    last = tmp_path / "runs" / "full" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+
+
+def test_cli_runs_write_checkpoints_atomically(tmp_path):
+    from lamina.cli import LaminaCLI, cli_kwargs
+    from lamina.data import TextDataModule
+
+    cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=fit_args(tmp_path, "io")[1:], **cli_kwargs())
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    lamina = Path(sys.executable).parent / "lamina"
+    # A constant learning rate after warmup: the interrupted run's schedule does not depend on its max_steps.
+    common = [*NO_INSTRUMENT, "--model.min_lr_ratio", "1.0", "--trainer.log_every_n_steps", "1",
+              "--trainer.val_check_interval", "1000",
+              "--checkpoint.every_n_train_steps", "100000"]
+    process = subprocess.Popen(
+        [str(lamina), *fit_args(tmp_path, "ctrlc", *common, "--trainer.max_steps", "100000")],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    for line in process.stderr:  # training has started once the module reports its MFU status
+        if "MFU" in line:
+            break
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 130, err
+    assert "Traceback" not in err
+    stopped = [line for line in err.splitlines() if line.startswith("lamina: stopped by SIGINT")]
+    assert stopped, err
+    step = int(stopped[0].split("after step ")[1].split(";")[0])
+    last = tmp_path / "runs" / "ctrlc" / "version_0" / "checkpoints" / "last.ckpt"
+    assert step >= 1 and torch.load(last, weights_only=False)["global_step"] == step
+
+    end = step + 4
+    main(fit_args(tmp_path, "ctrlc", *common, "--trainer.max_steps", str(end), "--ckpt_path", "last"))
+    main(fit_args(tmp_path, "straight", *common, "--trainer.max_steps", str(end)))
+    resumed = scalars(tmp_path / "runs" / "ctrlc" / "version_0")["train/loss"]
+    straight = scalars(tmp_path / "runs" / "straight" / "version_0")["train/loss"]
+    assert [resumed[s] for s in range(step, end)] == [straight[s] for s in range(step, end)]
+
+
+# ---- non-finite steps -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def poisoned_steps(monkeypatch):
+    """Steps at which the training loss is multiplied by NaN (so every gradient is NaN too)."""
+    steps: set[int] = set()
+    original = LanguageModel.training_step
+
+    def training_step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step in steps else loss
+
+    monkeypatch.setattr(LanguageModel, "training_step", training_step)
+    return steps
+
+
+def test_nonfinite_loss_stops_with_the_step_and_last_checkpoint(tmp_path, capsys, poisoned_steps):
+    poisoned_steps.add(5)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "nan", *NO_INSTRUMENT, "--trainer.max_steps", "10",
+                      "--checkpoint.every_n_train_steps", "3"))
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("lamina: error:"))
+    assert "non-finite loss or gradient at step 5" in line
+    last = tmp_path / "runs" / "nan" / "version_0" / "checkpoints" / "last.ckpt"
+    assert str(last) in line
+    state = torch.load(last, weights_only=False)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point())
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, poisoned_steps):
+    poisoned_steps.update({3, 7})
+    main(fit_args(tmp_path, "skip", *NO_INSTRUMENT, "--trainer.max_steps", "10", "--model.on_nonfinite", "skip",
+                  "--trainer.log_every_n_steps", "1"))
+    run = tmp_path / "runs" / "skip" / "version_0"
+    skips = scalars(run)["train/nonfinite_skips"]
+    assert skips == {3: 1.0, 7: 2.0}
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["lamina"]["nonfinite_skips"] == 2
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point())
+    adam_steps = {float(s["step"]) for s in state["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {8.0}  # 10 steps, 2 of them skipped: the optimizer took 8
+
+
+def test_nonfinite_gradient_with_a_finite_loss_is_caught(tmp_path, monkeypatch):
+    original = LanguageModel.on_before_optimizer_step
+
+    def poison_grad(self, optimizer):
+        if self.global_step == 2:
+            next(p for p in self.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+        original(self, optimizer)
+
+    monkeypatch.setattr(LanguageModel, "on_before_optimizer_step", poison_grad)
+    main(fit_args(tmp_path, "grad", *NO_INSTRUMENT, "--trainer.max_steps", "5", "--model.on_nonfinite", "skip",
+                  "--trainer.log_every_n_steps", "1"))
+    assert scalars(tmp_path / "runs" / "grad" / "version_0")["train/nonfinite_skips"] == {2: 1.0}
+
+
+def test_too_many_skips_in_a_row_stop_the_run(tmp_path, capsys, poisoned_steps):
+    poisoned_steps.update(range(2, 100))
+    with pytest.raises(SystemExit):
+        main(fit_args(tmp_path, "diverged", *NO_INSTRUMENT, "--trainer.max_steps", "20",
+                      "--model.on_nonfinite", "skip", "--model.max_nonfinite_skips", "3"))
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient at step 5 (4 in a row" in err
+
+
+# ---- measures and resume ------------------------------------------------------------------------
+
+
+def test_a_model_with_only_dead_units_measures_without_nan(tmp_path):
+    from lamina.data import TextDataModule
+    from lamina.instrument import Instrumentation
+    from lamina.probes import build_probes
+
+    dm = TextDataModule(batch_size=4, block_size=32, max_bytes=200_000, val_tokens=2048,
+                        cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32, activation="relu", vocab_size=dm.model_vocab_size)
+    with torch.no_grad():
+        for block in lm.model.transformer.h:
+            block.mlp.c_fc.weight.zero_()  # relu(0) = 0: every unit dead on every token
+    instrument = Instrumentation(probe_tokens=256, ablation_examples=2)
+    instrument.probes = build_probes(dm, tokens=256, seed=0, task_examples=2, tasks=True)
+    measurement = instrument.measure(lm.model, step=0, partition=True, ablate=True)
+    assert measurement.scalars["sparsity/id/layer0"] == 0.0
+    assert measurement.scalars["sparsity/id/layer0/dead_frac"] == 1.0
+    bad = {tag: v for tag, v in measurement.scalars.items() if not torch.isfinite(torch.tensor(v))}
+    assert not bad, bad
+
+
+def test_resume_with_instrumentation_repeats_its_measurements(tmp_path):
+    n = 6
+    common = ["--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", str(n),
+              "--instrument.every_n_steps", "3", "--instrument.probe_tokens", "256",
+              "--instrument.ablation_examples", "2"]
+    main(fit_args(tmp_path, "once", *common, "--trainer.max_steps", str(2 * n),
+                  "--checkpoint.every_n_train_steps", str(n), "--checkpoint.save_top_k", "-1"))
+    once_dir = tmp_path / "runs" / "once" / "version_0"
+    midway = next((once_dir / "checkpoints").glob(f"*step={n}.ckpt"))
+    main(fit_args(tmp_path, "resumed", *common, "--trainer.max_steps", str(2 * n), "--ckpt_path", str(midway)))
+    once, resumed = scalars(once_dir), scalars(tmp_path / "runs" / "resumed" / "version_0")
+    measured = [t for t in once if t.startswith(("sparsity/", "modularity/", "layers/"))]
+    assert any("stability" in t for t in measured)
+    compared = 0
+    for tag in measured:
+        later = {s: v for s, v in once[tag].items() if s > n}
+        assert {s: resumed[tag][s] for s in later} == later, tag
+        compared += bool(later)
+    assert compared > 20 and any(t.startswith("modularity/layer0/ablation") for t in measured)
