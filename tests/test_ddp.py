@@ -99,3 +99,30 @@ def test_val_shards_count_every_window_once(n, world):
     shards = [list(ContiguousShards(range(n), r, world)) for r in range(world)]
     assert sum(shards, []) == list(range(n))
     assert [len(ContiguousShards(range(n), r, world)) for r in range(world)] == [len(s) for s in shards]
+
+
+@pytest.mark.parametrize("overlay", ["ddp", "fsdp"])
+def test_scale_out_overlays_parse_onto_gpt2(overlay, capsys):
+    """The overlays (which need GPUs to run) parse on top of a model config, and FSDP wraps each
+    transformer block."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lamina.cli import main
+    from lamina.model import Block
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(root / "gpt2-124m.yaml"), "--config", str(root / f"{overlay}.yaml"),
+              "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "devices: -1" in printed and "num_nodes: 1" in printed
+    if overlay == "fsdp":
+        import yaml
+
+        spec = yaml.safe_load((root / "fsdp.yaml").read_text())["trainer"]["strategy"]
+        parser = ArgumentParser()
+        parser.add_argument("--strategy", type=FSDPStrategy)
+        strategy = parser.instantiate(parser.parse_object({"strategy": spec})).strategy
+        assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
