@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/throughput.py --out bench/results
 
 # RLP against its controls from the demo's checkpoint, three seeds each, then the report.
-# CPU; long (roughly an hour on 2 cores): every arm is a real run.
+# CPU: 15 real runs, about 14 minutes on one core of the development machine (2026-11-25).
 COMPARE_ARMS  ?= rlp-tiny ntp-tiny ntp-tiny-flops rlp-tiny-filler rlp-tiny-frozen
 COMPARE_SEEDS ?= 1 2 3
 compare-demo: $(STAMP)
