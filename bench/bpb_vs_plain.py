@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
-import platform
 import sys
 import sysconfig
 import tempfile
@@ -25,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import mean_val_loss, train_plain  # noqa: E402
+from report import write_result  # noqa: E402
 from throughput import build  # noqa: E402
 
 from lamina.lm import bits_per_byte  # noqa: E402
@@ -96,16 +94,10 @@ def main() -> None:
         "lamina_val_bpb": bpb["lamina"],
         "plain_val_bpb": bpb["plain"],
         "lamina_minus_plain": bpb["lamina"] - bpb["plain"],
-        "device": "cuda" if torch.cuda.is_available() and tc.accelerator != "cpu" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "lightning": L.__version__},
-        "date": dt.date.today().isoformat(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bpb_vs_plain-{Path(args.config).stem}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("lamina_val_bpb", "plain_val_bpb", "lamina_minus_plain")}))
-    print(f"wrote {path}")
+    device = torch.device("cuda" if torch.cuda.is_available() and tc.accelerator != "cpu" else "cpu")
+    write_result(result, args.out, "bpb_vs_plain", args.config, device,
+                 ("lamina_val_bpb", "plain_val_bpb", "lamina_minus_plain"))
 
 
 if __name__ == "__main__":

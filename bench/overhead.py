@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import math
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -37,6 +34,7 @@ from lamina.cli import LaminaCLI, cli_kwargs
 from lamina.data import TextDataModule
 from lamina.instrument import Instrumentation
 from lamina.lm import LanguageModel
+from report import write_result
 
 
 class WindowTimer(L.Callback):
@@ -148,18 +146,9 @@ def main() -> None:
         "measured_share_pct_median": 100 * statistics.median(shares),
         "off_step_seconds_median": statistics.median(r["off"]["seconds"] for r in rounds) / steps,
         "rounds": rounds,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
-        "date": dt.date.today().isoformat(),
     }
-    path = Path(args.out)
-    path.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if device.type == "cuda" else "cpu"
-    path = path / f"overhead-{Path(args.config).stem}-{tag}-{out['date']}.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: out[k] for k in ("ratio_on_over_off", "overhead_pct_median", "measured_share_pct_median")}))
-    print(f"wrote {path}")
+    write_result(out, args.out, "overhead", args.config, device,
+                 ("ratio_on_over_off", "overhead_pct_median", "measured_share_pct_median"))
 
 
 if __name__ == "__main__":

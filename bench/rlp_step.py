@@ -18,21 +18,17 @@ counted FLOPs and tokens of both arms, thought lengths, device, versions.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
-import lightning as L
 import torch
 
 import lamina.rlp as rlp
 from lamina.cli import LaminaCLI, cli_kwargs
 from lamina.data import TextDataModule
 from lamina.lm import LanguageModel
+from report import write_result
 
 
 def synchronize(device: torch.device) -> None:
@@ -165,22 +161,12 @@ def main() -> None:
         "decode_steps_mean": statistics.mean(d["decode_steps"] for d in details),
         "timed_steps_per_arm": len(times["rlp"]),
         "step_seconds": times,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "precision": str(config.trainer.precision),
-        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
-        "date": dt.date.today().isoformat(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if device.type == "cuda" else "cpu"
-    path = out / f"rlp_step-{Path(args.config).stem}-{tag}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2))
-    keys = ("ntp_step_seconds", "rlp_step_seconds", "ratio_rlp_over_ntp", "sampling_share_of_rlp_step",
-            "flops_ratio_rlp_over_ntp", "thought_len_mean")
-    print(json.dumps({k: result[k] for k in keys}))
-    print(f"wrote {path}")
+    write_result(result, args.out, "rlp_step", args.config, device,
+                 ("ntp_step_seconds", "rlp_step_seconds", "ratio_rlp_over_ntp", "sampling_share_of_rlp_step",
+                  "flops_ratio_rlp_over_ntp", "thought_len_mean"))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import train_plain  # noqa: E402
+from report import write_result  # noqa: E402
 
 from lamina.cli import LaminaCLI, cli_kwargs  # noqa: E402
 from lamina.data import TextDataModule  # noqa: E402
@@ -131,18 +129,9 @@ def main() -> None:
         "ratio_lamina_over_plain": best["lamina"] / best["plain"],
         "rounds": arms,
         "mfu": {arm: (tps * flops_per_token / peak if peak else None) for arm, tps in best.items()},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
-        "date": dt.date.today().isoformat(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if device.type == "cuda" else "cpu"
-    path = out / f"throughput-{Path(args.config).stem}-{tag}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("lamina_tokens_per_sec", "plain_tokens_per_sec", "ratio_lamina_over_plain")}))
-    print(f"wrote {path}")
+    write_result(result, args.out, "throughput", args.config, device,
+                 ("lamina_tokens_per_sec", "plain_tokens_per_sec", "ratio_lamina_over_plain"))
 
 
 if __name__ == "__main__":

@@ -99,14 +99,8 @@ def _as_tokens(acts: torch.Tensor, d: int | None = None) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------
 
 
-class SparsityAccumulator:
-    """Streams activation batches into ``sparsity_stats`` with O(d) state.
-
-    Each ``update(acts)`` reduces its batch at once to per-unit sums and sums over tokens of the
-    per-token values (nothing of size tokens x d is kept); ``compute()`` returns the same dict
-    as ``sparsity_stats`` on all batches seen. State lives on ``device`` (default: the first
-    batch's device) in float64 (float32 on MPS); updates never synchronise the device.
-    """
+class _Accumulator:
+    """A stream of activation batches of d units, thresholded at eps, kept on ``device``."""
 
     def __init__(self, d: int, eps: float, device: torch.device | str | None = None, *,
                  impl: str = "auto"):
@@ -116,6 +110,19 @@ class SparsityAccumulator:
         self.d, self.eps, self.impl = d, float(eps), impl
         self.device = torch.device(device) if device is not None else None
         self.reset()
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class SparsityAccumulator(_Accumulator):
+    """Streams activation batches into ``sparsity_stats`` with O(d) state.
+
+    Each ``update(acts)`` reduces its batch at once to per-unit sums and sums over tokens of the
+    per-token values (nothing of size tokens x d is kept); ``compute()`` returns the same dict
+    as ``sparsity_stats`` on all batches seen. State lives on ``device`` (default: the first
+    batch's device) in float64 (float32 on MPS); updates never synchronise the device.
+    """
 
     def reset(self) -> None:
         self._sums: SparsitySums | None = None
@@ -154,7 +161,7 @@ class SparsityAccumulator:
         )
 
 
-class CoactivationAccumulator:
+class CoactivationAccumulator(_Accumulator):
     """Streams activation batches into ``coactivation`` with one [d, d] count buffer.
 
     Counts B^T B accumulate in an fp32 buffer on ``device`` (default: the first batch's device;
@@ -162,15 +169,6 @@ class CoactivationAccumulator:
     could pass that, it is folded into a float64 total, so counts stay exact for any stream.
     ``compute()`` returns float32 [d, d] counts / tokens.
     """
-
-    def __init__(self, d: int, eps: float, device: torch.device | str | None = None, *,
-                 impl: str = "auto"):
-        if d < 2:
-            raise ValueError(f"activation measures need d >= 2 units, got {d}")
-        _check_impl(impl)
-        self.d, self.eps, self.impl = d, float(eps), impl
-        self.device = torch.device(device) if device is not None else None
-        self.reset()
 
     def reset(self) -> None:
         self._counts: torch.Tensor | None = None  # fp32, exact while _since_fold < 2**24
