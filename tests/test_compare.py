@@ -302,4 +302,186 @@ def test_two_real_fits_compare_end_to_end(tmp_path):
     for name in ("val_bpb_vs_tokens.png", "val_bpb_vs_flops.png", "val_loss_vs_flops.png"):
         with Image.open(out / name) as image:
             assert image.size == (960, 600)
-    print((out / "report.md").read_text())
+    md = (out / "report.md").read_text()  # the seeds LightningCLI saved: one pair, so Welch's difference
+    assert "| narrow | narrow/version_0 | 7 / 0 |" in md and "| wide − narrow (Welch) |" in md
+    assert table["wide", "val/bpb"]["end_paired_n"] == "1"
+    print(md)
+
+
+# ---- differences paired by seed ----------------------------------------------------------------
+
+SHARED = {1: -0.5, 2: 0.25, 3: 1.0}  # per-seed offsets both arms share (say, the seed's validation text)
+EFFECT = 1 / 64  # arm b - arm a, exactly, at every seed; all exact in float32
+
+
+def lightning_config(seed, data_seed) -> str:
+    """A config.yaml as LightningCLI saves it, cut down; other `seed` keys must not be read as the seed."""
+    return (f"seed_everything: {seed}\ntrainer:\n  max_steps: 40\nmodel:\n  rlp:\n    seed: 0\n"
+            f"data:\n  source: world\n  seed: {data_seed}\n  batch_size: 4\ninstrument:\n  probe_seed: 0\n")
+
+
+def seeded_run(folder: Path, seed: int | None, bpb0: float, config: str | None = None,
+               extra: dict[str, dict[int, float]] | None = None) -> None:
+    """A 40-step run whose val/bpb is bpb0 - tokens / 65536 + SHARED[seed], with its config.yaml
+    (`config` as given, else seeds (seed, seed); seed None and no config: no config.yaml)."""
+    write_run(folder, synthetic_run(39, 8, bpb0, 1 / 65536, SHARED.get(seed, 0.0), 10, extra))
+    if config is not None or seed is not None:
+        (folder / "config.yaml").write_text(config if config is not None else lightning_config(seed, seed))
+
+
+def md_row_of(md: str, metric: str, section: str = "## At the end of each run") -> list[str]:
+    table = md.split(section, 1)[1]
+    line = next(line for line in table.splitlines() if line.startswith(f"| `{metric}` |"))
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_paired_by_seed_cancels_what_the_seeds_share(tmp_path):
+    root = tmp_path / "runs"
+    for version, seed in enumerate([1, 2, 3]):
+        seeded_run(root / "a" / f"version_{version}", seed, 4.0,
+                   extra={"eval/arith_acc/level1": {39: 0.25 + seed / 8}, "rlp/reward_mean": {39: float(seed)}})
+    extras = {  # b logs arithmetic at seeds 3 and 1 only, the reward at seed 3 only
+        3: {"eval/arith_acc/level1": {39: 0.25 + 3 / 8 + 0.125}, "rlp/reward_mean": {39: 3.5}},
+        1: {"eval/arith_acc/level1": {39: 0.25 + 1 / 8 + 0.125}},
+    }
+    for version, seed in enumerate([3, 1, 2]):  # matched by seed, not by version number
+        seeded_run(root / "b" / f"version_{version}", seed, 4.0 + EFFECT, extra=extras.get(seed))
+    out = tmp_path / "cmp"
+    result = compare.main([str(root / "a"), str(root / "b"), "--out", str(out)])
+    assert [(a.label, b.label) for a, b in result.pairs["b"]] == [
+        ("a/version_0", "b/version_1"), ("a/version_1", "b/version_2"), ("a/version_2", "b/version_0")]
+
+    table = read_csv(out)
+    b = table["b", "val/bpb"]
+    for view in ("end", "at_tokens", "at_flops"):
+        assert b[f"{view}_paired_n"] == "3"
+        # every pair differs by exactly EFFECT: a zero-width interval on it ...
+        assert float(b[f"{view}_paired_delta"]) == EFFECT
+        assert float(b[f"{view}_paired_delta_ci95_low"]) == float(b[f"{view}_paired_delta_ci95_high"]) == EFFECT
+        # ... where Welch's, fed the shared offsets as noise, cannot tell the arms apart
+        assert float(b[f"{view}_delta"]) == pytest.approx(EFFECT)
+        assert float(b[f"{view}_delta_ci95_low"]) < 0 < float(b[f"{view}_delta_ci95_high"])
+    assert float(table["b", "val/loss"]["end_paired_delta"]) == 2 * EFFECT
+    assert table["a", "val/bpb"]["end_paired_n"] == table["a", "val/bpb"]["end_paired_delta"] == ""
+
+    arith = table["b", "eval/arith_acc/level1"]  # 2 pairs have it: paired, n=2, all differences 0.125
+    assert arith["end_paired_n"] == "2" and float(arith["end_paired_delta"]) == 0.125
+    assert float(arith["end_paired_delta_ci95_low"]) == float(arith["end_paired_delta_ci95_high"]) == 0.125
+    reward = table["b", "rlp/reward_mean"]  # 1 pair: its difference, no interval
+    assert reward["end_paired_n"] == "1" and float(reward["end_paired_delta"]) == 0.5
+    assert reward["end_paired_delta_ci95_low"] == ""
+
+    md = (out / "report.md").read_text()
+    assert "| b − a (paired by seed, n=3) |" in md
+    assert "| a/version_0 | 1 / 1 |" in md and "| b/version_0 | 3 / 3 |" in md
+    assert md_row_of(md, "val/bpb")[-1] == "+0.0156 [+0.0156, +0.0156]"
+    assert md_row_of(md, "val/bpb", "## At matched FLOPs")[-1] == "+0.0156 [+0.0156, +0.0156]"
+    assert md_row_of(md, "eval/arith_acc/level1")[-1] == "+0.125 [+0.125, +0.125] (n=2)"
+    # one pair: Welch's difference of means (a: 3 runs, b: 1 run, so no interval), named so
+    assert md_row_of(md, "rlp/reward_mean")[-1] == f"{float(reward['end_delta']):+.3g} (Welch)"
+
+
+def test_paired_interval_by_hand(tmp_path):
+    """Differences that vary by seed: mean and t-interval (n - 1 dof) over the pairs."""
+    root = tmp_path / "runs"
+    shifts = {1: 0.0, 2: 0.125, 3: 0.5}
+    for seed in SHARED:
+        seeded_run(root / "a" / f"version_{seed}", seed, 4.0)
+        seeded_run(root / "b" / f"version_{seed}", seed, 4.0 + shifts[seed])
+    compare.main([str(root / "a"), str(root / "b"), "--out", str(tmp_path / "cmp")])
+    row = read_csv(tmp_path / "cmp")["b", "val/bpb"]
+    mean, _, lo, hi = by_hand(list(shifts.values()))
+    assert row["end_paired_n"] == "3"
+    for key, want in (("paired_delta", mean), ("paired_delta_ci95_low", lo), ("paired_delta_ci95_high", hi)):
+        assert float(row[f"end_{key}"]) == pytest.approx(want, rel=1e-12), key
+
+
+def test_unmatched_seeds_fall_back_to_welch(tmp_path):
+    root = tmp_path / "runs"
+    for seed in SHARED:
+        seeded_run(root / "a" / f"version_{seed}", seed, 4.0)
+    for version, seed in enumerate([4, 5, 6]):  # no seed in common with a
+        seeded_run(root / "other" / f"version_{version}", seed, 4.0 + EFFECT)
+    for version, seed in enumerate([1, 7, 8]):  # one seed in common: one pair is not enough
+        seeded_run(root / "one" / f"version_{version}", seed, 4.0 + EFFECT)
+    # same seed_everything, other data.seed: a different seed (another validation text)
+    for version, seed in enumerate(SHARED):
+        seeded_run(root / "data" / f"version_{version}", seed, 4.0, config=lightning_config(seed, seed + 10))
+    out = tmp_path / "cmp"
+    result = compare.main([str(root / g) for g in ("a", "other", "one", "data")] + ["--out", str(out)])
+    assert {label: len(pairs) for label, pairs in result.pairs.items()} == {"other": 0, "one": 1, "data": 0}
+    table = read_csv(out)
+    md = (out / "report.md").read_text()
+    for label, pairs in (("other", "0"), ("one", "1"), ("data", "0")):
+        row = table[label, "val/bpb"]
+        assert row["end_paired_n"] == pairs and row["end_paired_delta_ci95_low"] == ""
+        assert f"| {label} − a (Welch) |" in md
+        assert float(row["end_delta_ci95_low"]) < float(row["end_delta"]) < float(row["end_delta_ci95_high"])
+    assert float(table["one", "val/bpb"]["end_paired_delta"]) == EFFECT + SHARED[1] - SHARED[1]
+    cells = md_row_of(md, "val/bpb")
+    other = table["other", "val/bpb"]
+    assert cells[5] == compare.delta_cell(
+        tuple(float(other[f"end_{k}"]) for k in ("delta", "delta_ci95_low", "delta_ci95_high")))
+    assert "(Welch)" not in cells[5]  # the column says it once
+
+
+def test_runs_without_seeds_are_left_unpaired(tmp_path):
+    root = tmp_path / "runs"
+    for seed in SHARED:
+        seeded_run(root / "a" / f"version_{seed}", seed, 4.0)
+    seeded_run(root / "b" / "version_0", 1, 4.0 + EFFECT)
+    seeded_run(root / "b" / "version_1", 2, 4.0 + EFFECT)
+    seeded_run(root / "b" / "version_2", None, 9.0)  # no config.yaml at all
+    broken = {
+        "no_seed_everything": "trainer:\n  max_steps: 40\ndata:\n  seed: 1\n",
+        "seed_true": "seed_everything: true\ndata:\n  seed: 2\n",
+        "null_data_seed": "seed_everything: 3\ndata:\n  seed: null\n",
+        "no_data": "seed_everything: 1\n",
+        "not_yaml": "seed_everything: [1\n  data: {{\n",
+        "a_list": "- 1\n- 2\n",
+        "empty": "",
+    }
+    for version, text in enumerate(broken.values()):
+        seeded_run(root / "c" / f"version_{version}", None, 4.0, config=text)
+    (root / "c" / "version_0" / "config.yaml").unlink()
+    (root / "c" / "version_0" / "config.yaml").mkdir()  # not even a file
+    for name, text in broken.items():
+        (tmp_path / f"{name}").mkdir()
+        (tmp_path / f"{name}" / "config.yaml").write_text(text)
+        assert compare.read_seed(tmp_path / name) is None, name
+    assert compare.read_seed(root / "a" / "version_2") == (2, 2)
+
+    out = tmp_path / "cmp"
+    result = compare.main([str(root / "a"), str(root / "b"), str(root / "c"), "--out", str(out)])
+    assert [run.seed for run in result.groups[2].runs] == [None] * len(broken)
+    table = read_csv(out)
+    b = table["b", "val/bpb"]  # the two runs with seeds pair up, the third is left out of the pairs only
+    assert b["end_n"] == "3" and b["end_paired_n"] == "2"
+    assert float(b["end_paired_delta"]) == EFFECT
+    c = table["c", "val/bpb"]
+    assert c["end_paired_n"] == "0" and c["end_paired_delta"] == "" and c["end_delta_ci95_low"] != ""
+    md = (out / "report.md").read_text()
+    assert "| b − a (paired by seed, n=2) | c − a (Welch) |" in md
+    assert md_row_of(md, "val/bpb")[-2:] == ["+0.0156 [+0.0156, +0.0156]", compare.delta_cell(
+        tuple(float(c[f"end_{k}"]) for k in ("delta", "delta_ci95_low", "delta_ci95_high")))]
+
+
+def test_a_seed_twice_in_a_group_is_not_paired(tmp_path):
+    root = tmp_path / "runs"
+    for seed in SHARED:
+        seeded_run(root / "a" / f"version_{seed}", seed, 4.0)
+        seeded_run(root / "b" / f"version_{seed}", seed, 4.0 + EFFECT)
+    seeded_run(root / "b2" / "version_0", 1, 5.0)  # seed 1 again, in the same --group
+    result = compare.main(["--group", f"a={root / 'a'}", "--group", f"b={root / 'b'},{root / 'b2'}",
+                           "--out", str(tmp_path / "o")])
+    assert [(x.label, y.label) for x, y in result.pairs["b"]] == [("a/version_2", "b/version_2"),
+                                                                   ("a/version_3", "b/version_3")]
+    row = read_csv(tmp_path / "o")["b", "val/bpb"]
+    assert row["end_n"] == "4" and row["end_paired_n"] == "2" and float(row["end_paired_delta"]) == EFFECT
+
+
+def test_runs_without_config_keep_welch(report):
+    md = (report / "report.md").read_text()
+    assert "| rlp − base (Welch) |" in md
+    row = read_csv(report)["rlp", "val/bpb"]
+    assert row["end_paired_n"] == "0" and row["end_paired_delta"] == ""

@@ -12,10 +12,21 @@ Written to `DIR`:
 - `report.md`: per group and key metric, the value at the end of each run and at a matched
   budget (the largest tokens seen, and the largest FLOPs, that every run logging the metric
   reached), as mean ± std [95% t-interval] over the group's runs, and the difference of each
-  group from the first one (Welch's 95% interval);
-- `report.csv`: the same numbers, one row per group x metric, blank where no run has the value;
+  group from the first one: paired by seed where the runs of the two groups match by seed (see
+  below), else the difference of means with Welch's 95% interval;
+- `report.csv`: the same numbers, one row per group x metric, blank where no run has the value,
+  with both the Welch and the paired difference;
 - `<metric>_vs_tokens.png` and `<metric>_vs_flops.png`: one plot per metric family, a line per
   group (its mean over runs) with a shaded band of ±1 std where the group has several runs.
+
+Paired by seed: a run's seed is the pair (`seed_everything`, `data.seed`) of the config.yaml that
+LightningCLI saved in its folder. Runs of the two groups with the same seed (one run per seed in
+each group) make a pair; where at least 2 pairs have the value, the difference is the mean over
+pairs of (run of the group - run of the first group with the same seed), with the 95% t-interval
+over the n pairs (n - 1 degrees of freedom). Seed-to-seed spread shared by the arms (the same
+validation text, the same initialisation) cancels in each pair, where Welch's interval counts it
+as noise. Fewer than 2 pairs (runs without seeds in their config, seeds that differ between the
+groups): Welch's interval, as the report says per column and cell.
 
 Nothing is invented: a run that lacks a metric, or whose curve does not reach a budget, is left
 out of that cell, and a cell no run fills is blank.
@@ -207,6 +218,7 @@ class Run:
     label: str
     scalars: dict[str, Curve]  # tag -> (steps, values), steps increasing
     axes: dict[str, Curve | None] = field(default_factory=dict)  # axis key -> (steps, counter values)
+    seed: tuple[int, int] | None = None  # (seed_everything, data.seed) from its config.yaml, if it has both
 
     @property
     def last_step(self) -> int:
@@ -249,13 +261,31 @@ def load_run(path: Path) -> Run:
         name, label = path.parent.name, f"{path.parent.name}/{path.name}"
     else:
         name = label = path.name or str(path)
-    run = Run(path, name, label, scalars)
+    run = Run(path, name, label, scalars, seed=read_seed(path))
     run.axes = {key: counter_axis(run, tag) for key, (tag, *_) in AXES.items()}
     for key, (tag, *_) in AXES.items():  # the counters as tags: with their zero at step 0 too
         if run.axes[key] is not None:
             steps, values = run.axes[key]
             run.scalars[tag] = (steps.astype(np.int64), values)
     return run
+
+
+def read_seed(path: Path) -> tuple[int, int] | None:
+    """(seed_everything, data.seed) from the config.yaml LightningCLI saved in the run folder; None
+    where there is no such file, it does not parse, or either seed is missing or not an integer
+    (`seed_everything: true` before Lightning wrote the drawn seed back, null, ...)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        return None
+    seeds = (config.get("seed_everything"), config["data"].get("seed"))
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        return None
+    return seeds
 
 
 def counter_axis(run: Run, tag: str) -> Curve | None:
@@ -315,6 +345,18 @@ def value_at(curve: Curve | None, x: float | None) -> float | None:
 class Group:
     label: str
     runs: list[Run]
+
+
+def match_by_seed(ref: Group, other: Group) -> list[tuple[Run, Run]]:
+    """(run of `ref`, run of `other`) with the same seed, in seed order. A run without a seed is
+    matched with nothing, and so is a seed that two runs of one group share (which is which?)."""
+
+    def by_seed(group: Group) -> dict[tuple[int, int], Run]:
+        seeds = [run.seed for run in group.runs]
+        return {run.seed: run for run in group.runs if run.seed is not None and seeds.count(run.seed) == 1}
+
+    mine, theirs = by_seed(ref), by_seed(other)
+    return [(mine[seed], theirs[seed]) for seed in sorted(mine.keys() & theirs.keys())]
 
 
 def assemble(run_specs: list[str], group_specs: list[str]) -> list[Group]:
@@ -388,7 +430,13 @@ def select_metrics(runs: list[Run], patterns: list[str] | None) -> list[str]:
 class Cell:
     stats: Stats
     values: list[float]  # one per run that has the value
-    delta: tuple[float | None, float | None, float | None] = (None, None, None)
+    delta: tuple[float | None, float | None, float | None] = (None, None, None)  # Welch's, from the first group
+    paired: Stats | None = None  # over the seed pairs with the first group that have the value; None: first group
+
+    @property
+    def is_paired(self) -> bool:
+        """Whether the report gives the paired difference here (2 pairs or more), not Welch's."""
+        return self.paired is not None and self.paired.n >= 2
 
 
 @dataclass
@@ -397,6 +445,7 @@ class Comparison:
     metrics: list[str]  # rows of the tables: chosen metrics, then tokens seen and FLOPs
     budgets: dict[str, dict[str, float | None]]  # axis -> metric -> budget
     cells: dict[str, dict[str, dict[str, Cell]]]  # view -> metric -> group -> cell
+    pairs: dict[str, list[tuple[Run, Run]]] = field(default_factory=dict)  # group -> seed pairs with the first
 
     @property
     def runs(self) -> list[Run]:
@@ -415,24 +464,29 @@ def compare(groups: list[Group], metrics: list[str]) -> Comparison:
     budgets = {
         axis: {m: budget([c for r in runs if (c := r.curve(m, axis)) is not None]) for m in rows} for axis in AXES
     }
+    pairs = {group.label: match_by_seed(groups[0], group) for group in groups[1:]}
     cells: dict[str, dict[str, dict[str, Cell]]] = {view: {} for view in VIEWS}
     for metric in rows:
         for view in VIEWS:
-            per_group = {}
+            per_group, per_run = {}, {}
             for group in groups:
                 if view == "end":
                     values = [run.final(metric) for run in group.runs]
                 else:
                     b = budgets[view][metric]
                     values = [value_at(run.curve(metric, view), b) for run in group.runs]
+                per_run.update((id(run), v) for run, v in zip(group.runs, values))
                 values = [v for v in values if v is not None]
                 per_group[group.label] = Cell(describe(values), values)
             ref = per_group[groups[0].label].stats
             for group in groups[1:]:
                 cell = per_group[group.label]
                 cell.delta = welch(ref, cell.stats)
+                diffs = [per_run[id(theirs)] - per_run[id(mine)] for mine, theirs in pairs[group.label]
+                         if per_run[id(mine)] is not None and per_run[id(theirs)] is not None]
+                cell.paired = describe(diffs)
             cells[view][metric] = per_group
-    return Comparison(groups, rows, budgets, cells)
+    return Comparison(groups, rows, budgets, cells, pairs)
 
 
 # ---- writing -----------------------------------------------------------------------------------
@@ -469,6 +523,26 @@ def delta_cell(delta: tuple[float | None, float | None, float | None]) -> str:
     return f"{fmt(diff, 3, sign=True)} [{fmt(lo, 3, sign=True)}, {fmt(hi, 3, sign=True)}]"
 
 
+def difference_cell(cell: Cell, column_pairs: int) -> str:
+    """The difference the report gives: paired where the cell has 2 seed pairs or more (its n shown
+    where it has fewer pairs than its column), else Welch's (named so in a paired column)."""
+    if cell.is_paired:
+        p = cell.paired
+        text = delta_cell((p.mean, p.lo, p.hi))
+        return text + (f" (n={p.n})" if p.n != column_pairs else "")
+    text = delta_cell(cell.delta)
+    return text + (" (Welch)" if text and column_pairs >= 2 else "")
+
+
+def delta_header(result: Comparison, group: Group, ref: str) -> str:
+    n = len(result.pairs.get(group.label, []))
+    return f"{group.label} − {ref} ({f'paired by seed, n={n}' if n >= 2 else 'Welch'})"
+
+
+def seed_text(run: Run) -> str:
+    return "" if run.seed is None else f"{run.seed[0]} / {run.seed[1]}"
+
+
 def md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -476,23 +550,28 @@ def md_row(cells: list[str]) -> str:
 def write_markdown(result: Comparison, plots: list[tuple[str, list[tuple[str, str]]]], path: Path) -> None:
     groups = result.groups
     ref = groups[0].label
-    deltas = [f"{g.label} − {ref}" for g in groups[1:]]
+    deltas = [delta_header(result, g, ref) for g in groups[1:]]
     lines = [
         "# lamina compare",
         "",
         f"{len(result.runs)} runs in {len(groups)} groups. Each cell: mean ± std [95% t-interval of the mean] "
         "(n runs) over the group's runs; blank where no run of the group has the value."
-        + (f" Columns `X − {ref}`: difference of means with Welch's 95% interval." if deltas else ""),
+        + (f" Columns `X − {ref}`, marked *paired by seed, n=<pairs>*: runs of X and {ref} with the same seed "
+           "(`seed_everything` / `data.seed` of their config.yaml) are paired, and the cell is the mean over "
+           "pairs of the per-seed difference with its 95% t-interval (n − 1 degrees of freedom; a cell with "
+           "fewer pairs having the value shows its n, one with fewer than 2 falls back to Welch and says so). "
+           "Marked *Welch* (fewer than 2 seed pairs): difference of means with Welch's 95% interval."
+           if deltas else ""),
         "",
         "## Runs",
         "",
-        md_row(["group", "run", "last step", "tokens seen", "FLOPs", "folder"]),
-        md_row(["---"] * 6),
+        md_row(["group", "run", "seed / data.seed", "last step", "tokens seen", "FLOPs", "folder"]),
+        md_row(["---"] * 7),
     ]
     for group in groups:
         for run in group.runs:
-            lines.append(md_row([group.label, run.label, str(run.last_step), fmt(run.final(TOKENS)),
-                                 fmt(run.final(FLOPS)), f"`{run.path}`"]))
+            lines.append(md_row([group.label, run.label, seed_text(run), str(run.last_step),
+                                 fmt(run.final(TOKENS)), fmt(run.final(FLOPS)), f"`{run.path}`"]))
     sections = [("end", "At the end of each run", None)] + [(axis, AXES[axis][3], AXES[axis][1]) for axis in AXES]
     for view, title, budget_name in sections:
         lines += ["", f"## {title}", ""]
@@ -510,7 +589,7 @@ def write_markdown(result: Comparison, plots: list[tuple[str, list[tuple[str, st
             if budget_name:
                 row.append(fmt(result.budgets[view][metric]))
             row += [stats_cell(per_group[g.label].stats) for g in groups]
-            row += [delta_cell(per_group[g.label].delta) for g in groups[1:]]
+            row += [difference_cell(per_group[g.label], len(result.pairs.get(g.label, []))) for g in groups[1:]]
             lines.append(md_row(row))
     if plots:
         lines += ["", "## Plots", "", "Lines: a group's mean over its runs; shaded: ±1 std over runs; dotted "
@@ -520,7 +599,10 @@ def write_markdown(result: Comparison, plots: list[tuple[str, list[tuple[str, st
     path.write_text("\n".join(lines).rstrip() + "\n")
 
 
-CSV_STATS = ("n", "mean", "std", "ci95_low", "ci95_high", "delta", "delta_ci95_low", "delta_ci95_high")
+# delta*: Welch's difference from the first group; paired_*: the difference paired by seed
+# (paired_n seed pairs having the value; the report gives it where paired_n >= 2, else Welch's).
+CSV_STATS = ("n", "mean", "std", "ci95_low", "ci95_high", "delta", "delta_ci95_low", "delta_ci95_high",
+             "paired_n", "paired_delta", "paired_delta_ci95_low", "paired_delta_ci95_high")
 
 
 def csv_columns() -> list[str]:
@@ -547,8 +629,9 @@ def write_csv(result: Comparison, path: Path) -> None:
                     cell = result.cells[view][metric][group.label]
                     if view != "end":
                         row.append(num(result.budgets[view][metric]))
-                    s = cell.stats
+                    s, p = cell.stats, cell.paired
                     row += [s.n, num(s.mean), num(s.std), num(s.lo), num(s.hi), *map(num, cell.delta)]
+                    row += ["", "", "", ""] if p is None else [p.n, num(p.mean), num(p.lo), num(p.hi)]
                 writer.writerow(row)
 
 
