@@ -144,6 +144,7 @@ def test_ctrl_c_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path)
     step = int(stopped[0].split("after step ")[1].split(";")[0])
     last = tmp_path / "runs" / "ctrlc" / "version_0" / "checkpoints" / "last.ckpt"
     assert step >= 1 and torch.load(last, weights_only=False)["global_step"] == step
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no stray last-v1.ckpt
 
     end = step + 4
     main(fit_args(tmp_path, "ctrlc", *common, "--trainer.max_steps", str(end), "--ckpt_path", "last"))
@@ -297,3 +298,16 @@ def test_probe_measurement_memory_does_not_grow_with_probe_size(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     growth_mib = int(result.stdout.split()[-1]) / 1024
     assert growth_mib < 64, f"peak memory grew {growth_mib:.0f} MiB with the probe size"
+
+
+def test_fit_reports_the_run_folder_size(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        main(fit_args(tmp_path, "sized", *NO_INSTRUMENT, "--trainer.max_steps", "2"))
+    run = tmp_path / "runs" / "sized" / "version_0"
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("lamina: run folder"))
+    reported = float(line.split(": ")[2].split(" MB")[0])
+    # (event files may still grow a little when the logger closes, after the report)
+    assert str(run) in line and "checkpoints" in line
+    assert abs(reported - checkpointing.folder_bytes(run) / 1e6) <= 0.1

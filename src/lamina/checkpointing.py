@@ -95,12 +95,54 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     return None
 
 
+def save_last(trainer: L.Trainer) -> Path | None:
+    """Save last.ckpt now (every rank must call it). Through the run's ModelCheckpoint when it
+    keeps a last.ckpt, so that it knows the file is its own (and does not write a `last-v1.ckpt`
+    beside it at the end of training)."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if callback is not None and callback.save_last:
+        # Lightning has no public "save last now"; this is the method its own hooks call.
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        return Path(callback.last_model_path) if callback.last_model_path else None
+    path = last_checkpoint_path(trainer)
+    if path is not None:
+        trainer.save_checkpoint(path)
+    return path
+
+
 def last_good_checkpoint(trainer: L.Trainer) -> str:
     """A phrase naming the newest checkpoint on disk, for error messages."""
     path = last_checkpoint_path(trainer)
     if path is not None and path.is_file():
         return f"the last good checkpoint is {path} (resume with --ckpt_path last)"
     return "no checkpoint was saved yet"
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+class ReportRunFolder(L.Callback):
+    """At the end of fit, one line with the run folder's size and what takes it (checkpoints
+    grow with the model and with checkpoint.save_top_k; events with logging and pictures)."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        if trainer.is_global_zero and log_dir and Path(log_dir).is_dir():
+            rank_zero_info(run_folder_summary(Path(log_dir)))
+
+
+def run_folder_summary(folder: Path) -> str:
+    checkpoints = folder_bytes(folder / "checkpoints") if (folder / "checkpoints").is_dir() else 0
+    events = sum(f.stat().st_size for f in folder.glob("events.out.tfevents.*"))
+    return (
+        f"lamina: run folder {folder}: {megabytes(folder_bytes(folder))} "
+        f"(checkpoints {megabytes(checkpoints)}, TensorBoard events {megabytes(events)})"
+    )
 
 
 class StopOnSignal(L.Callback):
@@ -135,10 +177,7 @@ class StopOnSignal(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.saved_step is not None or not self._agreed(trainer):
             return
-        path = last_checkpoint_path(trainer)
-        if path is not None:
-            trainer.save_checkpoint(path)
-        self.saved_step, self.saved_path = trainer.global_step, path
+        self.saved_step, self.saved_path = trainer.global_step, save_last(trainer)
         trainer.should_stop = True
 
     def _agreed(self, trainer: L.Trainer) -> bool:

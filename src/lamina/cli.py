@@ -11,14 +11,14 @@ import re
 import sys
 from pathlib import Path
 
-from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lamina.checkpointing import StopOnSignal, use_atomic_checkpoints
+from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_checkpoints
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
+from lamina.user_errors import check_config_files, check_resume_config, check_trainer, user_message
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -48,8 +48,19 @@ class LaminaCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        check_trainer(trainer)
         use_atomic_checkpoints(trainer)
         return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI puts the checkpoint's model hyperparameters in place of the config's: a shape
+        # key the user set otherwise would be silently ignored, so it is refused first.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
+            defaults = self._parser(subcommand).get_defaults().model
+            check_resume_config(ckpt_path, self.config[subcommand].model, defaults)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -89,7 +100,7 @@ def cli_kwargs() -> dict:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "default_env": False},
         auto_configure_optimizers=False,
-        trainer_defaults={"callbacks": [StopOnSignal()]},
+        trainer_defaults={"callbacks": [StopOnSignal(), ReportRunFolder()]},
     )
 
 
@@ -101,24 +112,30 @@ def main(argv: list[str] | None = None) -> None:
     """The console script; `argv` (without the program name) is for calling it from Python."""
     words = sys.argv[1:] if argv is None else argv
     try:
-        if words[:1] == ["prepare"]:
-            prepare(words[1:])
-        elif words[:1] == ["compare"]:
+        if words[:1] == ["compare"]:
             from lamina.compare import main as compare_main
 
             compare_main(words[1:])
+            return
+        check_config_files(words)
+        if words[:1] == ["prepare"]:
+            prepare(words[1:])
         else:
             cli = LaminaCLI(LanguageModel, TextDataModule, args=argv, **cli_kwargs())
             stop = next((c for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)), None)
             if stop is not None and stop.saved_step is not None:
-                print(stop.message(), file=sys.stderr)
+                if cli.trainer.is_global_zero:
+                    print(stop.message(), file=sys.stderr)
                 sys.exit(130)
-    except (ConfigError, ArgumentError) as err:
-        print(f"lamina: error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        message = user_message(err)  # None for anything but a recognised user mistake
+        if message is None:
+            raise  # a bug: keep its traceback
+        print(f"lamina: error: {one_line(message)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

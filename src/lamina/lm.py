@@ -12,6 +12,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.errors import ConfigError
+from lamina.user_errors import first_sentence
 from lamina.model import GPT, GPTConfig
 from lamina.rlp import (
     RLPConfig,
@@ -133,6 +134,12 @@ class LanguageModel(L.LightningModule):
         for key, value in (("lr", lr), ("weight_decay", weight_decay), ("min_lr_ratio", min_lr_ratio)):
             if not value >= 0:
                 raise ConfigError(f"model.{key}: expected a non-negative number, got {value}")
+        if not min_lr_ratio <= 1:
+            raise ConfigError(f"model.min_lr_ratio: expected a number in [0, 1] (a fraction of lr), got {min_lr_ratio}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError(f"model.betas: expected two numbers in [0, 1), got {list(betas)}")
+        if peak_flops is not None and not peak_flops > 0:
+            raise ConfigError(f"model.peak_flops: expected null or a number of FLOP/s > 0, got {peak_flops}")
         if warmup_steps < 0:
             raise ConfigError(f"model.warmup_steps: expected >= 0, got {warmup_steps}")
         if on_nonfinite not in NONFINITE_POLICIES:
@@ -345,7 +352,9 @@ class LanguageModel(L.LightningModule):
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise ConfigError(f"model.init_from: cannot read {path!r} as a lamina checkpoint ({err})") from err
+            raise ConfigError(
+                f"model.init_from: cannot read {path!r} as a lamina checkpoint ({first_sentence(str(err))})"
+            ) from err
         state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
         if not state:
             raise ConfigError(f"model.init_from: {path!r} is not a lamina checkpoint (no state_dict)")

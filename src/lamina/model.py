@@ -40,8 +40,9 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key}: expected a positive integer, got {getattr(self, key)}")
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{key}: expected a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_head: {self.n_head} heads do not divide model.n_embd={self.n_embd} "
@@ -53,6 +54,11 @@ class GPTConfig:
             raise ConfigError(f"model.activation: expected one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: expected a value in [0, 1), got {self.dropout}")
+        if not (self.mlp_ratio > 0 and int(self.mlp_ratio * self.n_embd) >= 1):  # (not: also catches NaN)
+            raise ConfigError(
+                f"model.mlp_ratio: expected a number > 0 that gives the MLP at least one unit "
+                f"(mlp_ratio * n_embd >= 1), got {self.mlp_ratio}"
+            )
 
     @property
     def padded_vocab_size(self) -> int:

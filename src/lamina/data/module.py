@@ -7,6 +7,7 @@ uninterrupted run would, and DDP ranks and DataLoader workers take disjoint batc
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import os
 from pathlib import Path
@@ -14,9 +15,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
-from lamina.data.packing import SPLITS, build_token_cache, open_split, read_meta
+from lamina.data.packing import SPLITS, build_token_cache, describe_cache, open_split, read_meta
 from lamina.data.sources import resolve_source
 from lamina.data.tokenizer import (
     END_THINK,
@@ -119,6 +121,7 @@ class TextDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Train (or load) the tokenizer and build the token cache; once per node."""
         _, self.cache_path = self._build()
+        rank_zero_info(describe_cache(self.cache_path))
 
     def setup(self, stage: str | None = None) -> None:
         self.tokenizer, self.cache_path = self._build()  # a cache hit after prepare_data
@@ -128,6 +131,11 @@ class TextDataModule(L.LightningDataModule):
         ids = special_ids(self.tokenizer)
         self.eot_id, self.think_id, self.end_think_id = ids[EOT], ids[THINK], ids[END_THINK]
         self.val_tokens_per_byte = self._val_tokens_per_byte()
+        if self.hparams.val_tokens > len(self.val_data):  # fine (a small corpus), but say so
+            rank_zero_info(
+                f"lamina: data.val_tokens is {self.hparams.val_tokens:,} but the val split holds "
+                f"{len(self.val_data):,} tokens: validating on all of them"
+            )
         if stage == "fit":
             self._save_tokenizer_to_run()
 
@@ -203,7 +211,7 @@ class TextDataModule(L.LightningDataModule):
             if have >= need:
                 continue
             fixes = [
-                "lower data.block_size",
+                "lower model.block_size",  # (data.block_size is linked from it)
                 "lower data.val_fraction" if split == "train" else "raise data.val_fraction",
             ]
             if capped:
@@ -367,7 +375,8 @@ def window_offsets(seed: int, batch_index: int, batch_size: int, n_starts: int) 
 def check_args(hp) -> None:
     check_kind(hp.tokenizer)
     _expect(_is_int(hp.batch_size) and hp.batch_size >= 1, "batch_size", "an integer >= 1", hp.batch_size)
-    _expect(_is_int(hp.block_size) and hp.block_size >= 1, "block_size", "an integer >= 1", hp.block_size)
+    if not (_is_int(hp.block_size) and hp.block_size >= 1):  # the user sets it as model.block_size (a link)
+        raise ConfigError(f"model.block_size: expected an integer >= 1, got {hp.block_size!r}")
     if hp.tokenizer == "bpe":
         _expect(
             _is_int(hp.vocab_size) and hp.vocab_size >= MIN_BPE_VOCAB_SIZE,
@@ -420,8 +429,29 @@ def check_args(hp) -> None:
     )
     _expect(isinstance(hp.probe_files, (list, tuple)), "probe_files", "a list of files", hp.probe_files)
     for path in hp.probe_files:
-        if not os.path.isfile(os.path.expanduser(str(path))):
-            raise ConfigError(f"data.probe_files: no such file {str(path)!r}")
+        check_probe_file(str(path))
+
+
+PROBE_CHECK_BYTES = 1 << 20  # probes read only the start of a file: check that much
+
+
+def check_probe_file(path: str) -> None:
+    """A probe file exists and starts with UTF-8 text (probes decode it leniently, so a binary
+    file picked by mistake would otherwise become a probe of replacement characters)."""
+    full = os.path.expanduser(path)
+    if not os.path.isfile(full):
+        raise ConfigError(f"data.probe_files: no such file {path!r}")
+    try:
+        with open(full, "rb") as f:
+            head = f.read(PROBE_CHECK_BYTES)
+    except OSError as err:
+        raise ConfigError(f"data.probe_files: cannot read {path!r} ({err.strerror or err})") from err
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last character is fine
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"data.probe_files: {path!r} is not UTF-8 text (byte {err.start} is {head[err.start]:#04x})"
+        ) from err
 
 
 def _is_int(value) -> bool:

@@ -7,11 +7,14 @@
 `key` hashes everything the ids depend on: the source identity (local files by content), the
 tokenizer's JSON, max_bytes, val_fraction and FORMAT_VERSION. A cache is built in a temp folder
 beside its final place and renamed into place only when complete, so a killed build is never read
-back; a folder without a valid meta.json is rebuilt.
+back; a folder without a valid meta.json is rebuilt. A build that cannot write (disk full,
+read-only, no permission) removes its temp folder and says so in one line naming the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import hashlib
 import itertools
@@ -28,6 +31,7 @@ from tqdm import tqdm
 
 from lamina.data.sources import Passage, Source, iter_passages
 from lamina.data.tokenizer import EOT
+from lamina.errors import ConfigError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -73,12 +77,14 @@ def build_token_cache(
     # (or a copy cut short): never trust it. Checked again in case a build just landed.
     if final.exists() and not is_complete(final):
         shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(final)
     tmp = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        with writing():
+            final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        with writing():
+            tmp.mkdir()
         meta = write_splits(
             tmp, iter_passages(source, val_fraction, max_bytes), tokenizer, source.size_hint(), max_bytes
         )
@@ -89,14 +95,51 @@ def build_token_cache(
             max_bytes=max_bytes,
             val_fraction=val_fraction,
         )
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, final)
-    except OSError:
+        with writing():
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, final)
+    except WriteFailed as failed:
         if not is_complete(final):  # not "another process finished first": a real failure
-            raise
+            raise cache_write_error(final, disk_usage(tmp), failed.__cause__) from failed.__cause__
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+class WriteFailed(Exception):
+    """An OSError while writing the cache, told apart from one while reading the source (a hub
+    dataset's network error is not the cache folder's fault)."""
+
+
+@contextlib.contextmanager
+def writing():
+    try:
+        yield
+    except OSError as err:
+        raise WriteFailed() from err
+
+
+def cache_write_error(final: Path, written: int, err: OSError) -> ConfigError:
+    mb = f"{written / 1e6:.1f} MB written before it failed"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ConfigError(
+            f"data.cache_dir: out of disk space building the token cache in {final} ({mb}); "
+            f"free space or point data.cache_dir elsewhere"
+        )
+    why = err.strerror or str(err)
+    return ConfigError(
+        f"data.cache_dir: cannot write the token cache in {final} ({why}; {mb}); "
+        f"point data.cache_dir at a writable folder"
+    )
+
+
+def describe_cache(folder: str | os.PathLike) -> str:
+    """One line with a cache's size: tokens per split and bytes on disk."""
+    splits = read_meta(folder)["splits"]
+    return (
+        f"lamina: token cache {folder}: {splits['train']['tokens']:,} train + {splits['val']['tokens']:,} val "
+        f"tokens, {disk_usage(folder) / 1e6:.1f} MB on disk"
+    )
 
 
 def write_splits(
@@ -128,7 +171,8 @@ def write_splits(
         splits = {split: writer.close() for split, writer in writers.items()}
     finally:
         for writer in writers.values():
-            writer.file.close()
+            with contextlib.suppress(OSError):  # when already failing, the first error is the one to tell
+                writer.file.close()
     val = splits["val"]
     return {
         "format": FORMAT_VERSION,
@@ -156,7 +200,8 @@ class SplitWriter:
     """Appends one split's token ids to its file, with `<|endoftext|>` after each document."""
 
     def __init__(self, path: Path, dtype: np.dtype, eot: int):
-        self.file = open(path, "wb")
+        with writing():
+            self.file = open(path, "wb")
         self.dtype, self.eot = dtype, eot
         self.pending: list[list[int]] = []
         self.doc: int | None = None  # document of the last passage written
@@ -175,15 +220,20 @@ class SplitWriter:
 
     def flush(self) -> None:
         ids = np.fromiter(itertools.chain.from_iterable(self.pending), dtype=self.dtype)
-        ids.tofile(self.file)
+        with writing():
+            self.write(ids)
         self.tokens += ids.size
         self.pending = []
+
+    def write(self, ids: np.ndarray) -> None:
+        ids.tofile(self.file)
 
     def close(self) -> dict:
         if self.doc is not None:
             self._end_document()
         self.flush()
-        self.file.close()
+        with writing():
+            self.file.close()  # buffered bytes land here: a full disk may show only now
         return {"tokens": self.tokens, "bytes": self.bytes, "documents": self.documents}
 
 

@@ -18,8 +18,10 @@ is the same on every machine and does not depend on the seed.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,7 +298,25 @@ def _open_local(path: str):
 
     builder = BUILDERS[Path(path).suffix.lower()]
     extra = {"keep_linebreaks": True} if builder == "text" else {}
-    return datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **extra)
+    try:
+        with datasets_quiet():
+            return datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **extra)
+    except Exception as err:  # noqa: BLE001 - a .parquet that is not one fails here, before any read
+        raise ConfigError(f"data.source: cannot read {path!r}: {one_line(err)}") from err
+
+
+@contextlib.contextmanager
+def datasets_quiet(quiet: bool = True):
+    """`datasets` logs an error line of its own before it raises on a file it cannot parse; the
+    ConfigError made from that exception is the one line the user should see."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _txt_lines(path: str) -> Iterator[str]:
@@ -344,7 +364,8 @@ def _read_batches(dataset, where: str, local: bool = True) -> Iterator[dict]:
     batches = dataset.iter(batch_size=ROWS_PER_READ)
     while True:
         try:
-            batch = next(batches)
+            with datasets_quiet(local):
+                batch = next(batches)
         except StopIteration:
             return
         except ConfigError:

@@ -111,7 +111,13 @@ def load_tokenizer(
     if path.exists():
         return Tokenizer.from_file(str(path))
     tokenizer = train_bpe(train_sample(source, val_fraction, sample_bytes), vocab_size)
-    save_tokenizer(tokenizer, path)
+    try:
+        save_tokenizer(tokenizer, path)
+    except OSError as err:  # disk full, read-only, no permission: the user's to fix
+        raise ConfigError(
+            f"data.cache_dir: cannot save the trained tokenizer to {path} ({err.strerror or err}); "
+            f"free space or point data.cache_dir at a writable folder"
+        ) from err
     return tokenizer
 
 
@@ -134,8 +140,11 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # (gone after a successful replace)
 
 
 def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
