@@ -129,7 +129,9 @@ def test_ctrl_c_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path)
               "--checkpoint.every_n_train_steps", "100000"]
     process = subprocess.Popen(
         [str(lamina), *fit_args(tmp_path, "ctrlc", *common, "--trainer.max_steps", "100000")],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # as many threads as this process, which runs the resumed and the straight run: the same
+        # reductions in the same order, so the losses can be compared bit for bit
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     for line in process.stderr:  # training has started once the module reports its MFU status
         if "MFU" in line:
