@@ -313,3 +313,10 @@ def test_fit_reports_the_run_folder_size(tmp_path, caplog):
     # (event files may still grow a little when the logger closes, after the report)
     assert str(run) in line and "checkpoints" in line
     assert abs(reported - checkpointing.folder_bytes(run) / 1e6) <= 0.1
+
+
+def test_checkpointing_can_be_switched_off(tmp_path):
+    main(fit_args(tmp_path, "nockpt", *NO_INSTRUMENT, "--trainer.max_steps", "3",
+                  "--trainer.enable_checkpointing", "false"))
+    run = tmp_path / "runs" / "nockpt" / "version_0"
+    assert (run / "config.yaml").exists() and not (run / "checkpoints").exists()

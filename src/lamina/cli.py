@@ -52,6 +52,13 @@ class LaminaCLI(LightningCLI):
         use_atomic_checkpoints(trainer)
         return trainer
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # `checkpoint.*` always makes a ModelCheckpoint, which Lightning refuses beside
+        # `trainer.enable_checkpointing false`: that switch drops it instead.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI puts the checkpoint's model hyperparameters in place of the config's: a shape
         # key the user set otherwise would be silently ignored, so it is refused first.
