@@ -126,3 +126,44 @@ def test_scale_out_overlays_parse_onto_gpt2(overlay, capsys):
         parser.add_argument("--strategy", type=FSDPStrategy)
         strategy = parser.instantiate(parser.parse_object({"strategy": spec})).strategy
         assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+
+
+POISON_RANK_ONE = """
+import sys
+from lamina.cli import main
+from lamina.lm import LanguageModel
+
+original = LanguageModel.training_step
+
+def training_step(self, batch, batch_idx):  # a NaN loss on rank 1 only, at step 3
+    loss = original(self, batch, batch_idx)
+    return loss * float("nan") if self.global_rank == 1 and self.global_step == 3 else loss
+
+LanguageModel.training_step = training_step
+main()
+"""
+
+
+def test_ddp_ranks_skip_a_nonfinite_step_together(tmp_path):
+    """A NaN on one rank reaches every rank's gradients through the all-reduce: all ranks skip the
+    same update (no rank waits in a collective the others left) and the run goes on."""
+    script = tmp_path / "poisoned_fit.py"
+    script.write_text(POISON_RANK_ONE)
+    args = [
+        sys.executable, str(script), "fit", *TINY,
+        "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.logger.init_args.name", "nan", "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1",
+        "--instrument.enabled", "false", "--model.on_nonfinite", "skip",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "4",
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "nan" / "version_0"
+    assert scalars(run)["train/nonfinite_skips"] == {3: 1.0}
+    import torch
+
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert {float(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {5.0}
