@@ -494,3 +494,16 @@ def test_unwritable_tokenizer_cache_is_one_line(tmp_path, monkeypatch, capsys):
                                            "--data.vocab_size", "300", "--data.tokenizer_sample_bytes", "20000"))
     assert re.search(r"data\.cache_dir: cannot save the trained tokenizer to .*tokenizers/bpe-300-\w+\.json "
                      r"\(No space left on device\)", line), line
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ..."),
+                                   MemoryError()])
+def test_out_of_memory_is_one_line_naming_the_sizes(error, tmp_path, shared_cache, capsys, monkeypatch):
+    from lamina.lm import LanguageModel
+
+    def training_step(self, batch, batch_idx):
+        raise error
+
+    monkeypatch.setattr(LanguageModel, "training_step", training_step)
+    line = one_error_line(capsys, fit_args(tmp_path, "bad", *QUIET, "--data.cache_dir", str(shared_cache)))
+    assert re.search(r"data\.batch_size: out of (GPU|host) memory.*lower data\.batch_size", line), line

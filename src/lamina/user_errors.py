@@ -25,7 +25,7 @@ MODEL_SHAPE_KEYS = (
 
 def user_message(err: BaseException) -> str | None:
     """The one line (without the `lamina: error:` prefix) for a user mistake, else None."""
-    for rule in (config_error_cause, checkpoint_message, parser_message, lightning_init_message):
+    for rule in (config_error_cause, checkpoint_message, parser_message, lightning_init_message, memory_message):
         message = rule(err)
         if message:
             return message
@@ -45,6 +45,26 @@ def config_error_cause(err: BaseException) -> str | None:
             return str(err)
         err, seen = err.__cause__, seen + 1
     return None
+
+
+# ---- sizes that do not fit the machine -----------------------------------------------------------
+
+
+def memory_message(err: BaseException) -> str | None:
+    """Out of GPU (or host) memory: the run's sizes do not fit; say which keys set them."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        where = f"out of GPU memory ({first_sentence(str(err))})"
+    elif isinstance(err, MemoryError):
+        where = "out of host memory"
+    else:
+        return None
+    return (
+        f"data.batch_size: {where}; lower data.batch_size (raise trainer.accumulate_grad_batches to keep the "
+        f"global batch), model.block_size or the model size, or use trainer.precision bf16-mixed; the last "
+        f"checkpoint saved, if any, is intact"
+    )
 
 
 # ---- jsonargparse: wrong types, unknown keys, links, bad config text ----------------------------
