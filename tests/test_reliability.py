@@ -121,11 +121,12 @@ def test_cli_runs_write_checkpoints_atomically(tmp_path):
 # ---- Ctrl-C ------------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_ctrl_c_saves_and_the_resumed_run_matches_an_uninterrupted_one(accumulate, tmp_path):
     lamina = Path(sys.executable).parent / "lamina"
     # A constant learning rate after warmup: the interrupted run's schedule does not depend on its max_steps.
     common = [*NO_INSTRUMENT, "--model.min_lr_ratio", "1.0", "--trainer.log_every_n_steps", "1",
-              "--trainer.val_check_interval", "1000",
+              "--trainer.accumulate_grad_batches", str(accumulate), "--trainer.val_check_interval", "1000",
               "--checkpoint.every_n_train_steps", "100000"]
     process = subprocess.Popen(
         [str(lamina), *fit_args(tmp_path, "ctrlc", *common, "--trainer.max_steps", "100000")],

@@ -146,7 +146,8 @@ def run_folder_summary(folder: Path) -> str:
 
 
 class StopOnSignal(L.Callback):
-    """First SIGINT/SIGTERM: finish the current optimizer step, save last.ckpt, stop. Second SIGINT:
+    """First SIGINT/SIGTERM: finish the current optimizer step (all its micro-batches), save
+    last.ckpt, stop. Second SIGINT:
     abort at once. Under DDP the ranks agree on the stop every `log_every_n_steps` steps (no
     collective in every step), so all of them save and stop at the same step."""
 
@@ -157,8 +158,10 @@ class StopOnSignal(L.Callback):
         self.saved_step: int | None = None
         self.saved_path: Path | None = None
         self._previous: dict[int, Any] = {}
+        self._step_seen: int | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step_seen = trainer.global_step
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for sig in self.SIGNALS:
@@ -175,7 +178,10 @@ class StopOnSignal(L.Callback):
         )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.saved_step is not None or not self._agreed(trainer):
+        # Only right after an optimizer step: with gradient accumulation, never between the
+        # micro-batches of one step (a resumed run restarts the step from its first micro-batch).
+        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
+        if not stepped or self.saved_step is not None or not self._agreed(trainer):
             return
         self.saved_step, self.saved_path = trainer.global_step, save_last(trainer)
         trainer.should_stop = True
