@@ -321,3 +321,11 @@ def test_checkpointing_can_be_switched_off(tmp_path):
                   "--trainer.enable_checkpointing", "false"))
     run = tmp_path / "runs" / "nockpt" / "version_0"
     assert (run / "config.yaml").exists() and not (run / "checkpoints").exists()
+
+
+def test_remote_paths_go_to_lightnings_writer(monkeypatch):
+    seen = []
+    monkeypatch.setattr(checkpointing.TorchCheckpointIO, "save_checkpoint",
+                        lambda self, checkpoint, path, storage_options=None: seen.append(path))
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, "s3://bucket/run/last.ckpt")
+    assert seen == ["s3://bucket/run/last.ckpt"]

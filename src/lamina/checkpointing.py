@@ -32,9 +32,12 @@ class CheckpointWriteError(ConfigError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to `<path>.tmp-<pid>`, fsync, rename over `<path>`, fsync the folder."""
+    """torch.save to `<path>.tmp-<pid>`, fsync, rename over `<path>`, fsync the folder. Remote
+    URLs go to Lightning's own writer (an object store replaces an object whole)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # object storage (s3://, gs://): its own upload is all or nothing
+            return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
