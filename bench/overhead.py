@@ -39,7 +39,8 @@ from report import write_result
 
 class WindowTimer(L.Callback):
     """Wall time from the start of step `start` to the end of step `end` (device synchronised);
-    placed after Instrumentation, so a measurement at step `end` is inside the window."""
+    placed before Instrumentation, so the run's final measurement (at step `end`, the last step)
+    falls outside the window, and the period's measurements (steps start+1 .. end-1) inside."""
 
     def __init__(self, start: int, end: int):
         self.start, self.end, self.t0, self.elapsed = start, end, None, None
@@ -67,7 +68,9 @@ def build(config: str, overrides: list[str]):
 
 def run_arm(module, datamodule, trainer_cfg, instrument: Instrumentation | None, warmup: int, steps: int, logdir: str):
     timer = WindowTimer(warmup, warmup + steps)
-    callbacks = ([instrument] if instrument is not None else []) + [timer]
+    # The timer first: at the last step it stops before the run's final measurement (a one-off per
+    # run, hook "end"), so the window holds what a long run pays per period.
+    callbacks = [timer] + ([instrument] if instrument is not None else [])
     trainer = L.Trainer(
         accelerator=trainer_cfg.accelerator, devices=1, precision=trainer_cfg.precision, max_steps=warmup + steps,
         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
@@ -77,7 +80,7 @@ def run_arm(module, datamodule, trainer_cfg, instrument: Instrumentation | None,
     )
     trainer.fit(module, datamodule=datamodule)
     # Measurements inside the timed window: those of on_train_batch_end after steps warmup+1 .. warmup+steps
-    # (the one at the end of training runs in on_train_end, after the timer stopped).
+    # (not the run's final one, hook "end", which runs after the timer stopped).
     window = [
         t for t in (instrument.timings if instrument else [])
         if t["hook"] == "batch" and warmup < t["step"] <= warmup + steps

@@ -173,7 +173,7 @@ class Instrumentation(L.Callback):
         ablate = final or step % self.ablation_every_n_steps == 0
         partition = ablate or step % self.modularity_every_n_steps == 0
         if step % self.every_n_steps == 0 or partition:
-            self._measure(trainer, pl_module, partition=partition, ablate=ablate, hook="batch")
+            self._measure(trainer, pl_module, partition=partition, ablate=ablate, hook="end" if final else "batch")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and self.probes is not None and trainer.global_step != self.last_step:
