@@ -167,3 +167,38 @@ def test_ddp_ranks_skip_a_nonfinite_step_together(tmp_path):
 
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert {float(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {5.0}
+
+
+def test_ctrl_c_under_ddp_stops_every_rank_at_one_step(tmp_path):
+    import signal
+    import time
+
+    import torch
+
+    lamina = Path(sys.executable).parent / "lamina"
+    args = [
+        str(lamina), "fit", *TINY,
+        "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.logger.init_args.name", "int", "--trainer.max_steps", "100000",
+        "--trainer.log_every_n_steps", "5", "--trainer.val_check_interval", "100000",
+        "--instrument.enabled", "false", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--data.batch_size", "4",
+    ]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stderr:  # training has started once the module reports its MFU status
+        if "MFU" in line:
+            break
+    time.sleep(1.5)
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: every process of the group
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 130, err[-3000:]
+    assert "Traceback" not in err
+    stopped = [line for line in err.splitlines() if line.startswith("lamina: stopped by SIGINT")]
+    assert len(stopped) == 1, err[-3000:]  # from rank zero only
+    step = int(stopped[0].split("after step ")[1].split(";")[0])
+    assert step > 0 and step % 5 == 0  # the ranks agree at logging steps
+    last = tmp_path / "runs" / "int" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == step
