@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lamina.data.module import ContiguousShards, window_offsets
-from tests.test_train import TINY, scalars
+from tests.test_train import fit_args, scalars
 
 STEPS = 10
 # Tags whose values depend on timing, not on the model.
@@ -23,15 +23,12 @@ NOT_COMPARED = ("perf/", "epoch")
 def run_fit(tmp_path: Path, name: str, *extra: str) -> Path:
     lamina = Path(sys.executable).parent / "lamina"
     args = [
-        str(lamina), "fit", *TINY,
-        "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.logger.init_args.name", name,
-        "--trainer.max_steps", str(STEPS), "--trainer.log_every_n_steps", "1",
-        "--trainer.val_check_interval", "5",
-        "--instrument.every_n_steps", "5", "--instrument.probe_tokens", "512", "--instrument.ablation", "false",
-        *extra,
+        str(lamina), *fit_args(
+            tmp_path, name, "--trainer.max_steps", str(STEPS), "--trainer.log_every_n_steps", "1",
+            "--trainer.val_check_interval", "5",
+            "--instrument.every_n_steps", "5", "--instrument.probe_tokens", "512", "--instrument.ablation", "false",
+            *extra,
+        ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
@@ -150,13 +147,11 @@ def test_ddp_ranks_skip_a_nonfinite_step_together(tmp_path):
     script = tmp_path / "poisoned_fit.py"
     script.write_text(POISON_RANK_ONE)
     args = [
-        sys.executable, str(script), "fit", *TINY,
-        "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.logger.init_args.name", "nan", "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1",
-        "--instrument.enabled", "false", "--model.on_nonfinite", "skip",
-        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "4",
+        sys.executable, str(script), *fit_args(
+            tmp_path, "nan", "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1",
+            "--instrument.enabled", "false", "--model.on_nonfinite", "skip",
+            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "4",
+        ),
     ]
     result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             timeout=300)
@@ -177,14 +172,12 @@ def test_ctrl_c_under_ddp_stops_every_rank_at_one_step(tmp_path):
 
     lamina = Path(sys.executable).parent / "lamina"
     args = [
-        str(lamina), "fit", *TINY,
-        "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.logger.init_args.name", "int", "--trainer.max_steps", "100000",
-        "--trainer.log_every_n_steps", "5", "--trainer.val_check_interval", "100000",
-        "--instrument.enabled", "false", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--data.batch_size", "4",
+        str(lamina), *fit_args(
+            tmp_path, "int", "--trainer.max_steps", "100000",
+            "--trainer.log_every_n_steps", "5", "--trainer.val_check_interval", "100000",
+            "--instrument.enabled", "false", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            "--data.batch_size", "4",
+        ),
     ]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
