@@ -9,7 +9,6 @@ once (the last good checkpoint is still whole).
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import threading
@@ -22,7 +21,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from lamina.errors import ConfigError
+from lamina.errors import ConfigError, write_failure
 
 TEMP_MARK = ".tmp-"
 
@@ -53,9 +52,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             fsync_dir(path.parent)
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            why = "out of disk space" if err.errno == errno.ENOSPC else err.strerror or str(err)
             raise CheckpointWriteError(
-                f"checkpoint: cannot write {path} ({why}); the previous checkpoint there, if any, is intact"
+                f"checkpoint: cannot write {path} ({write_failure(err)}); the previous checkpoint there, if any, "
+                f"is intact"
             ) from err
         except BaseException:  # Ctrl-C or a bug mid-write: never leave the half-written file behind
             tmp.unlink(missing_ok=True)

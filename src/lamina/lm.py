@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina.checkpointing import last_good_checkpoint
 from lamina.errors import ConfigError
-from lamina.user_errors import first_sentence
 from lamina.model import GPT, GPTConfig
 from lamina.rlp import (
     RLPConfig,
@@ -24,10 +24,11 @@ from lamina.rlp import (
     step_generator,
     thought_eval_settings,
 )
+from lamina.user_errors import first_sentence
 
-# Dense peak FLOP/s per device for the dtype of the matmuls; MFU is only reported where it is known.
 NONFINITE_POLICIES = ("stop", "skip")
 
+# Dense peak FLOP/s per device for the dtype of the matmuls; MFU is only reported where it is known.
 PEAK_FLOPS = {
     ("H100", "bf16"): 989e12,
     ("H200", "bf16"): 989e12,
@@ -437,8 +438,6 @@ class LanguageModel(L.LightningModule):
         self._on_nonfinite(optimizer)
 
     def _on_nonfinite(self, optimizer) -> None:
-        from lamina.checkpointing import last_good_checkpoint
-
         step = self.global_step
         self.nonfinite_skips += 1
         self._nonfinite_in_a_row += 1

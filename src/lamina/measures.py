@@ -147,12 +147,12 @@ class SparsityAccumulator(_Accumulator):
             raise ValueError("SparsityAccumulator.compute() before any token was seen")
         return stats_from_sums(self._sums)
 
-    def all_reduce(self, device: torch.device | str | None = None) -> None:
+    def all_reduce(self) -> None:
         """Sum the state over the ranks of torch.distributed's default group (one collective), so
-        that ``compute()`` describes every rank's tokens. Every rank must call it; a rank that saw
-        no batch takes part with zeros (``device``: where they live, for the backend)."""
+        that ``compute()`` describes every rank's tokens. Every rank must call it, after at least
+        one batch."""
         if self._sums is None:
-            self._sums = SparsitySums.zeros(self.d, self.device or device)
+            raise ValueError("SparsityAccumulator.all_reduce() before any batch was seen")
         s = self._sums
         parts = [s.active, s.abs_sum, s.sq_sum, s.hoyer_sum, s.top10_sum, torch.tensor(s.tokens)]
         summed = sum_over_ranks(parts, s.abs_sum)
@@ -197,12 +197,11 @@ class CoactivationAccumulator(_Accumulator):
             self._since_fold += chunk.shape[0]
             self.tokens += chunk.shape[0]
 
-    def all_reduce(self, device: torch.device | str | None = None) -> None:
+    def all_reduce(self) -> None:
         """Sum the counts over the ranks of torch.distributed's default group (see
         ``SparsityAccumulator.all_reduce``)."""
-        self.device = self.device or torch.device(device or "cpu")
         if self._counts is None:
-            self._counts = torch.zeros(self.d, self.d, dtype=torch.float32, device=self.device)
+            raise ValueError("CoactivationAccumulator.all_reduce() before any batch was seen")
         total = self._counts.to(wide_dtype(self.device))
         if self._folded is not None:
             total = total + self._folded

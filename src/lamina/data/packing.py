@@ -14,7 +14,6 @@ read-only, no permission) removes its temp folder and says so in one line naming
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import hashlib
 import itertools
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from lamina.data.sources import Passage, Source, iter_passages
 from lamina.data.tokenizer import EOT
-from lamina.errors import ConfigError
+from lamina.errors import ConfigError, write_failure
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -121,12 +120,12 @@ def writing():
 
 def cache_write_error(final: Path, written: int, err: OSError) -> ConfigError:
     mb = f"{written / 1e6:.1f} MB written before it failed"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    why = write_failure(err)
+    if why == "out of disk space":
         return ConfigError(
             f"data.cache_dir: out of disk space building the token cache in {final} ({mb}); "
             f"free space or point data.cache_dir elsewhere"
         )
-    why = err.strerror or str(err)
     return ConfigError(
         f"data.cache_dir: cannot write the token cache in {final} ({why}; {mb}); "
         f"point data.cache_dir at a writable folder"

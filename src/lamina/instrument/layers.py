@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from lamina import measures
+from lamina.measures import sum_over_ranks
 
 
 def _wide(device: torch.device) -> torch.dtype:
@@ -31,13 +32,11 @@ class GramAccumulator:
         self.gram.addmm_(x.T, x)
         self.rows += x.shape[0]
 
-    def all_reduce(self, d: int, device: torch.device) -> None:
-        """Sum G and the row count over torch.distributed's default group (every rank calls it;
-        one that saw no rows takes part with zeros of width d)."""
-        from lamina.measures import sum_over_ranks
-
+    def all_reduce(self) -> None:
+        """Sum G and the row count over torch.distributed's default group (every rank calls it,
+        after at least one batch)."""
         if self.gram is None:
-            self.gram = torch.zeros(d, d, dtype=_wide(device), device=device)
+            raise ValueError("GramAccumulator.all_reduce() before any row was seen")
         self.gram, rows = sum_over_ranks([self.gram, torch.tensor(self.rows)], self.gram)
         self.rows = int(rows.item())
 

@@ -99,11 +99,9 @@ def measure_probes(
             for layer, resid in enumerate(record.get("resid", []) if grams else []):
                 grams[layer].update(resid)
             del record
-        if world_size > 1:
-            for acc in [*sparsity, *coact]:
+        if world_size > 1:  # (shard_windows gives every rank at least one window)
+            for acc in [*sparsity, *coact, *grams]:
                 acc.all_reduce()
-            for gram in grams:
-                gram.all_reduce(gram.gram.shape[0], device)
         out.stats[name] = [acc.compute() for acc in sparsity]
         if is_gather:
             out.coactivation = [acc.compute() for acc in coact] if coact else None
