@@ -11,8 +11,11 @@ On a CUDA device: for each shape (default tokens 65536, d in 1024/3072/4096, bf1
   kernel executes (upper-triangle tiles only) against the dense bf16 peak, and also the dense
   equivalent 2 n d^2;
 
-with CUDA events around each call (after warm-up, which includes Triton compilation) and the
-median over iterations, and checks the kernel against the reference on the same input.
+each under two active rules (``rule`` in the row): ``eps`` (|a| > eps on the post-activation)
+and ``sign`` (gate > 0 on the pre-activation, passed as ``gate=``: the sparsity pass reads
+both tiles, so its input bytes count both; the Gram builds B from the gate alone). Timings use
+CUDA events around each call (after warm-up, which includes Triton compilation) and the median
+over iterations, and the kernel is checked against the reference on the same input.
 
 Without CUDA it times the references only, on small shapes, and says so in the JSON: Triton's
 CPU interpreter is a correctness tool, and its timings mean nothing. It never fails for lack of
@@ -90,28 +93,30 @@ def ratio(numerator, denominator):
     return None if numerator is None or denominator in (None, 0) else numerator / denominator
 
 
-def make_acts(tokens: int, d: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """GELU-like activations: roughly half the entries near zero, as an MLP produces."""
+def make_acts(tokens: int, d: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU-like activations (roughly half the entries near zero, as an MLP produces) and the
+    pre-activation they come from, the gate of the ``sign`` rule."""
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(tokens, d, generator=g, device=device, dtype=torch.float32)
-    return torch.nn.functional.gelu(x).to(dtype)
+    return torch.nn.functional.gelu(x).to(dtype), x.to(dtype)
 
 
-def bench_sparsity(acts, eps, run_kernel, family, warmup, iters) -> dict:
+def bench_sparsity(acts, eps, run_kernel, family, warmup, iters, gate=None) -> dict:
     n, d = acts.shape
-    bytes_min = acts.numel() * acts.element_size()
-    row = {"measure": "sparsity_stats", "tokens": n, "d": d, "dtype": str(acts.dtype), "eps": eps,
-           "bytes_input": bytes_min}
-    t_ref = median_seconds(lambda: K.sparsity_sums_reference(acts, eps), warmup=warmup, iters=iters)
+    bytes_min = sum(t.numel() * t.element_size() for t in (acts, gate) if t is not None)
+    row = {"measure": "sparsity_stats", "rule": "eps" if gate is None else "sign", "tokens": n,
+           "d": d, "dtype": str(acts.dtype), "eps": eps, "bytes_input": bytes_min}
+    t_ref = median_seconds(lambda: K.sparsity_sums_reference(acts, eps, gate),
+                           warmup=warmup, iters=iters)
     row.update(reference_ms=t_ref * 1e3, reference_gbps=bytes_min / t_ref / 1e9)
     if not run_kernel:
         return row
-    t_kernel = median_seconds(lambda: K.sparsity_sums(acts, eps), warmup=warmup, iters=iters)
+    t_kernel = median_seconds(lambda: K.sparsity_sums(acts, eps, gate=gate), warmup=warmup, iters=iters)
     t_one_pass = median_seconds(
-        lambda: sparsity_module._unit_and_token_sums(acts, eps, 32, 128, None),
+        lambda: sparsity_module._unit_and_token_sums(acts, eps, 32, 128, None, gate),
         warmup=warmup, iters=iters)
     peak = HBM_BYTES_PER_S.get(family)
-    got, want = K.sparsity_sums(acts, eps), K.sparsity_sums_reference(acts, eps)
+    got, want = K.sparsity_sums(acts, eps, gate=gate), K.sparsity_sums_reference(acts, eps, gate)
     row.update(
         kernel_ms=t_kernel * 1e3,
         kernel_gbps=bytes_min / t_kernel / 1e9,
@@ -130,27 +135,28 @@ def bench_sparsity(acts, eps, run_kernel, family, warmup, iters) -> dict:
     return row
 
 
-def bench_coactivation(acts, eps, run_kernel, family, warmup, iters) -> dict:
+def bench_coactivation(acts, eps, run_kernel, family, warmup, iters, gate=None) -> dict:
     n, d = acts.shape
     block = 128  # the kernel's default output tile
     tiles = -(-d // block)
     flops_executed = 2.0 * n * (tiles * (tiles + 1) // 2) * block * block
     flops_dense = 2.0 * n * d * d
-    row = {"measure": "coactivation", "tokens": n, "d": d, "dtype": str(acts.dtype), "eps": eps,
+    row = {"measure": "coactivation", "rule": "eps" if gate is None else "sign", "tokens": n, "d": d,
+           "dtype": str(acts.dtype), "eps": eps,
            "flops_executed": flops_executed, "flops_dense_equivalent": flops_dense}
     gram_ref = torch.zeros(d, d, device=acts.device)
-    t_ref = median_seconds(lambda: K.coactivation_update_reference_(gram_ref, acts, eps),
+    t_ref = median_seconds(lambda: K.coactivation_update_reference_(gram_ref, acts, eps, gate),
                            warmup=warmup, iters=iters)
     row.update(reference_ms=t_ref * 1e3, reference_tflops_dense=flops_dense / t_ref / 1e12)
     if not run_kernel:
         return row
     gram = torch.zeros(d, d, device=acts.device)
-    t_kernel = median_seconds(lambda: K.coactivation_update_(gram, acts, eps),
+    t_kernel = median_seconds(lambda: K.coactivation_update_(gram, acts, eps, gate=gate),
                               warmup=warmup, iters=iters)
     peak = DENSE_BF16_FLOPS.get(family)
     got, want = torch.zeros_like(gram), torch.zeros_like(gram)
-    K.coactivation_update_(got, acts, eps)
-    K.coactivation_update_reference_(want, acts, eps)
+    K.coactivation_update_(got, acts, eps, gate=gate)
+    K.coactivation_update_reference_(want, acts, eps, gate)
     row.update(
         kernel_ms=t_kernel * 1e3,
         kernel_tflops=flops_executed / t_kernel / 1e12,
@@ -186,13 +192,15 @@ def main(argv=None) -> Path:
 
     results = []
     for d in dims:
-        acts = make_acts(tokens, d, getattr(torch, args.dtype), device)
+        acts, pre = make_acts(tokens, d, getattr(torch, args.dtype), device)
         for bench in (bench_sparsity, bench_coactivation):
-            row = bench(acts, args.eps, run_kernel, family, warmup, iters)
-            results.append(row)
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                              for k, v in row.items()}), flush=True)
-        del acts
+            # the eps rule at --eps, then the sign rule: gate = pre-activation, eps = 0
+            for eps, gate in ((args.eps, None), (0.0, pre)):
+                row = bench(acts, eps, run_kernel, family, warmup, iters, gate=gate)
+                results.append(row)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                                  for k, v in row.items()}), flush=True)
+        del acts, pre
         if cuda:
             torch.cuda.empty_cache()
 

@@ -24,10 +24,10 @@ import time
 
 import torch
 
-import lamina.rlp as rlp
 from lamina.cli import LaminaCLI, cli_kwargs
 from lamina.data import TextDataModule
 from lamina.lm import LanguageModel
+from lamina.rlp import objective as rlp
 from report import write_result
 
 
@@ -107,7 +107,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         rlp.ema_update(module.rlp_ema, model, module.rlp_config.ema_decay)
         return {"flops": out.flops, "sample_tokens": out.sample_tokens, "train_tokens": out.train_tokens,
-                "forward_tokens": out.forward_tokens, "thought_len": out.thoughts.n.float().mean().item(),
+                "forward_tokens": out.forward_tokens, "thought_len": out.thoughts.lengths.float().mean().item(),
                 "decode_steps": out.thoughts.decode_steps}
 
     arms = {"ntp": ntp_step, "rlp": rlp_step}

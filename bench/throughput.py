@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import train_plain  # noqa: E402
 from report import write_result  # noqa: E402
 
+from lamina.callbacks import peak_flops, training_callbacks  # noqa: E402
 from lamina.cli import LaminaCLI, cli_kwargs  # noqa: E402
 from lamina.data import TextDataModule  # noqa: E402
-from lamina.lm import LanguageModel, peak_flops  # noqa: E402
+from lamina.lm import LanguageModel  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -64,7 +65,7 @@ def run_lamina(module: LanguageModel, datamodule: TextDataModule, trainer_cfg, s
         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
         logger=L.pytorch.loggers.TensorBoardLogger(save_dir="/tmp/lamina-bench", name="throughput"),
         log_every_n_steps=trainer_cfg.log_every_n_steps, gradient_clip_val=trainer_cfg.gradient_clip_val,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, *training_callbacks()],
     )
     trainer.fit(module, datamodule=datamodule)
     return {"tokens_per_sec": timer.tokens / timer.elapsed, "seconds": timer.elapsed}

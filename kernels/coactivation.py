@@ -1,14 +1,16 @@
 """Co-activation Gram matrix: a Triton kernel beside its plain-PyTorch reference.
 
-For activations ``a`` of shape ``[n, d]`` and B = (|a| > eps) as 0/1 (compared in fp32), the
-co-activation matrix is C = B^T B / n: C[i, j] is the share of tokens on which units i and j
-are both active, and its diagonal is the firing rate (DESIGN.md, "Contracts").
+For activations ``a`` of shape ``[n, d]`` and B = active as 0/1 (``active_mask``: ``|a| > eps``,
+or ``gate > eps`` when a gate tile is given; eps a float or a per-unit tensor [d]; compared in
+fp32), the co-activation matrix is C = B^T B / n: C[i, j] is the share of tokens on which units
+i and j are both active, and its diagonal is the firing rate (DESIGN.md, "Contracts").
 
-Streaming form: ``coactivation_update_(gram, acts, eps)`` adds the counts B^T B of one batch
+Streaming form: ``coactivation_update_(gram, acts, eps, gate=None)`` adds the counts B^T B of one batch
 into an fp32 ``[d, d]`` buffer on the device; dividing by the tokens seen gives C.
 
 The kernel builds B inside the kernel from the raw tile (B never exists in memory): each program
-loads two [BLOCK_K tokens, BLOCK units] slabs of ``a``, thresholds them into 0/1 fp16 tiles and
+loads two [BLOCK_K tokens, BLOCK units] slabs of ``a`` (of the gate instead, when there is one:
+B depends on nothing else), thresholds them into 0/1 fp16 tiles and
 feeds them to ``tl.dot`` with fp32 accumulation. Products of 0/1 values summed in fp32 are exact
 integers up to 2**24, so the counts are exact and independent of summation order, which is why
 the token dimension can be split across programs that ``atomic_add`` into the same output tile
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparsity_stats import INT32_MAX, _num_sms, int32_row_chunks
+from .sparsity_stats import INT32_MAX, _num_sms, active_mask, check_gate, eps_arg, int32_row_chunks
 
 try:  # Triton is optional (absent on macOS): the reference still works without it.
     import triton
@@ -61,19 +63,22 @@ def _check(gram: torch.Tensor | None, acts: torch.Tensor) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------
 
 
-def coactivation_reference(acts: torch.Tensor, eps: float) -> torch.Tensor:
-    """C = B^T B / n with B = (|a| > eps) as 0/1; float32 [d, d] on ``acts``' device."""
+def coactivation_reference(acts: torch.Tensor, eps, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """C = B^T B / n with B = active as 0/1; float32 [d, d] on ``acts``' device."""
     n, d = _check(None, acts)
+    check_gate(gate, acts)
     if n == 0:
         raise ValueError("co-activation needs at least one token")
-    active = (acts.float().abs() > eps).float()
+    active = active_mask(acts, eps, gate).float()
     return active.T @ active / n
 
 
-def coactivation_update_reference_(gram: torch.Tensor, acts: torch.Tensor, eps: float) -> None:
+def coactivation_update_reference_(gram: torch.Tensor, acts: torch.Tensor, eps,
+                                   gate: torch.Tensor | None = None) -> None:
     """gram += B^T B (counts) for one batch; the reference for ``coactivation_update_``."""
     _check(gram, acts)
-    active = (acts.float().abs() > eps).float()
+    check_gate(gate, acts)
+    active = active_mask(acts, eps, gate).float()
     gram += active.T @ active
 
 
@@ -84,22 +89,30 @@ def coactivation_update_reference_(gram: torch.Tensor, acts: torch.Tensor, eps: 
 if HAS_TRITON:
 
     @triton.jit
-    def _active_tile(a_ptr, stride_t, stride_d, rows, row_ok, cols, col_ok, eps):
-        """0/1 fp16 tile (|a| > eps) of a [tokens, units] slab; padding is 0."""
+    def _active_tile(a_ptr, stride_t, stride_d, rows, row_ok, cols, col_ok, thr,
+                     SIGNED: tl.constexpr):
+        """0/1 fp16 tile (a > thr if SIGNED else |a| > thr) of a [tokens, units] slab; padding 0."""
         mask = row_ok[:, None] & col_ok[None, :]
         ptrs = a_ptr + rows[:, None] * stride_t + cols[None, :] * stride_d  # int32 offsets
         # Upcast before comparing: the compare is in fp32 whatever the input dtype.
         a = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-        return ((tl.abs(a) > eps) & mask).to(tl.float16)
+        if not SIGNED:
+            a = tl.abs(a)
+        return ((a > thr) & mask).to(tl.float16)
 
     @triton.jit
     def _coactivation_kernel(
         a_ptr, stride_t, stride_d, n_tokens, d, eps,
+        eps_ptr,  # [d] per-unit thresholds (read only if EPS_PER_UNIT)
         gram_ptr, stride_g,
         tokens_per_split,
         BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+        SIGNED: tl.constexpr, EPS_PER_UNIT: tl.constexpr,
     ):
-        """Program (i, j, split): gram[i-tile, j-tile] += B_i^T B_j over one range of tokens."""
+        """Program (i, j, split): gram[i-tile, j-tile] += B_i^T B_j over one range of tokens.
+
+        ``a_ptr`` is the gate when SIGNED (gate > eps), else the acts (|a| > eps).
+        """
         tile_i = tl.program_id(0)
         tile_j = tl.program_id(1)
         if tile_i > tile_j:  # C is symmetric: program (j, i) adds this tile as its transpose
@@ -109,6 +122,12 @@ if HAS_TRITON:
         cols_j = tile_j * BLOCK + tl.arange(0, BLOCK)
         ok_i = cols_i < d
         ok_j = cols_j < d
+        if EPS_PER_UNIT:  # loaded once per program, not per token step
+            thr_i = tl.load(eps_ptr + cols_i, mask=ok_i, other=0.0)[None, :]
+            thr_j = tl.load(eps_ptr + cols_j, mask=ok_j, other=0.0)[None, :]
+        else:
+            thr_i = eps
+            thr_j = eps
 
         acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
         t_start = split * tokens_per_split
@@ -116,8 +135,8 @@ if HAS_TRITON:
         for t0 in range(t_start, t_end, BLOCK_K):
             rows = t0 + tl.arange(0, BLOCK_K)
             row_ok = rows < t_end
-            b_i = _active_tile(a_ptr, stride_t, stride_d, rows, row_ok, cols_i, ok_i, eps)
-            b_j = _active_tile(a_ptr, stride_t, stride_d, rows, row_ok, cols_j, ok_j, eps)
+            b_i = _active_tile(a_ptr, stride_t, stride_d, rows, row_ok, cols_i, ok_i, thr_i, SIGNED)
+            b_j = _active_tile(a_ptr, stride_t, stride_d, rows, row_ok, cols_j, ok_j, thr_j, SIGNED)
             acc = tl.dot(tl.trans(b_i), b_j, acc)  # 0/1 fp16 in, fp32 out: exact counts
 
         # acc[r, c] counts units (cols_i[r], cols_j[c]): add it at gram[i, j] and, off the
@@ -128,28 +147,32 @@ if HAS_TRITON:
             tl.atomic_add(gram_ptr + cols_j[None, :] * stride_g + cols_i[:, None], acc, mask=out_mask)
 
 
-def coactivation_update_(gram: torch.Tensor, acts: torch.Tensor, eps: float, *,
-                         block: int = 128, block_k: int = 32,
+def coactivation_update_(gram: torch.Tensor, acts: torch.Tensor, eps, *,
+                         gate: torch.Tensor | None = None, block: int = 128, block_k: int = 32,
                          num_splits: int | None = None) -> None:
     """gram += B^T B (counts) for one batch, B built inside the kernel; any strides and dtypes.
 
-    ``gram`` is float32 [d, d] on ``acts``' device. Its counts are exact while every entry is
-    below ``EXACT_COUNT_LIMIT``. ``block`` (output tile) and ``block_k`` (tokens per step) are
+    ``eps`` is a float or a per-unit tensor [d]; with a ``gate`` (shaped like acts) B = gate > eps
+    and acts are not read. ``gram`` is float32 [d, d] on ``acts``' device. Its counts are exact
+    while every entry is below ``EXACT_COUNT_LIMIT``. ``block`` (output tile) and ``block_k`` (tokens per step) are
     powers of two >= 16 (``tl.dot``'s minimum); ``num_splits`` splits the tokens across programs.
     """
     if not HAS_TRITON:
         raise RuntimeError("the co-activation kernel needs triton; use coactivation_update_reference_")
     n, d = _check(gram, acts)
+    check_gate(gate, acts)
     if not gram.is_contiguous():
         raise ValueError("the kernel needs a contiguous gram buffer")
     if d * d > INT32_MAX:
         raise ValueError(f"d={d} is too wide for the kernel's int32 offsets into gram")
-    for chunk in int32_row_chunks(acts):
-        _launch(gram, chunk, eps, block, block_k, num_splits)
+    eps = eps_arg(eps, d, acts.device)
+    for chunk in int32_row_chunks(acts if gate is None else gate):
+        _launch(gram, chunk, eps, gate is not None, block, block_k, num_splits)
 
 
-def _launch(gram, acts, eps, block, block_k, num_splits):
+def _launch(gram, acts, eps, signed, block, block_k, num_splits):
     n, d = acts.shape
+    eps, eps_per_unit = eps
     if n == 0:
         return
     tiles = triton.cdiv(d, block)
@@ -161,7 +184,9 @@ def _launch(gram, acts, eps, block, block_k, num_splits):
     tokens_per_split = triton.cdiv(token_blocks, num_splits) * block_k
     num_splits = triton.cdiv(n, tokens_per_split)
     _coactivation_kernel[(tiles, tiles, num_splits)](
-        acts, acts.stride(0), acts.stride(1), n, d, float(eps),
+        acts, acts.stride(0), acts.stride(1), n, d, eps,
+        acts if eps_per_unit is None else eps_per_unit,  # a stand-in pointer: never read
         gram, gram.stride(0), tokens_per_split,
-        BLOCK=block, BLOCK_K=block_k, num_warps=8 if block >= 128 else 4, num_stages=3,
+        BLOCK=block, BLOCK_K=block_k, SIGNED=signed, EPS_PER_UNIT=eps_per_unit is not None,
+        num_warps=8 if block >= 128 else 4, num_stages=3,
     )

@@ -1,7 +1,15 @@
 """Activation sparsity statistics: a fused Triton reduction beside its plain-PyTorch reference.
 
-For an activation tile ``a`` of shape ``[n, d]`` (n tokens, d units) and threshold ``eps``, with
-active = ``|a| > eps`` (compared in fp32), the statistics are (DESIGN.md, "Contracts"):
+For an activation tile ``a`` of shape ``[n, d]`` (n tokens, d units) and threshold ``eps`` (a
+float, or a float tensor [d] of per-unit thresholds, +inf meaning never active), a unit is
+active by one of two rules, compared in fp32 (``active_mask``):
+
+- ``|a| > eps`` (no gate): the magnitude rule;
+- ``gate > eps`` when a ``gate`` tile of the same shape is given (signed: a negative gate is
+  inactive however large). The ``sign`` rule passes the MLP pre-activation as the gate with
+  eps = 0; the magnitude statistics below still come from ``a``.
+
+The statistics are (DESIGN.md, "Contracts"):
 
 - ``frac_active``    mean of active over all n*d entries
 - ``l1``             mean |a| over all entries
@@ -18,10 +26,11 @@ a batch is reduced to ``SparsitySums`` (O(d) per-unit sums plus O(1) sums of per
 nothing of size n x d), sums of batches add, and ``stats_from_sums`` turns them into the
 statistics. ``sparsity_sums`` computes a batch's sums with two Triton kernels:
 
-1. ``_unit_and_token_sums_kernel``: one pass over the tile giving per-unit active count, sum |a|
-   and sum a^2 and per-token ||a_t||_1 and ||a_t||_2^2. No atomics: each program owns a range of
-   tokens x a block of units and writes its own partials, summed afterwards in torch, so results
-   are deterministic.
+1. ``_unit_and_token_sums_kernel``: one pass over the tile (and the gate, if any) giving per-unit
+   active count, sum |a| and sum a^2 and per-token ||a_t||_1, ||a_t||_2^2 and, on request, the
+   token's active count (``token_active``: per-window density needs it). No atomics: each
+   program owns a range of tokens x a block of units and writes its own partials, summed
+   afterwards in torch, so results are deterministic.
 2. ``_token_topk_sum_kernel``: per token, the sum of the k = ceil(0.1 d) largest |a_tj|. A top-k
    needs the whole row, which pass 1 never holds, so this is a second read of the tile; it finds
    the k-th largest |a_tj| exactly by bisection on the fp32 bit pattern (non-negative floats
@@ -48,6 +57,8 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
 
 __all__ = [
     "SparsitySums",
+    "active_mask",
+    "eps_arg",
     "top_count",
     "sparsity_stats_reference",
     "sparsity_sums_reference",
@@ -63,7 +74,8 @@ def top_count(d: int) -> int:
     return (d + 9) // 10
 
 
-def _check_acts(acts: torch.Tensor) -> tuple[int, int]:
+def _check_acts(acts: torch.Tensor, gate: torch.Tensor | None = None,
+                token_active: torch.Tensor | None = None) -> tuple[int, int]:
     if acts.dim() != 2:
         raise ValueError(f"acts must be [tokens, d], got shape {tuple(acts.shape)}")
     n, d = acts.shape
@@ -71,7 +83,41 @@ def _check_acts(acts: torch.Tensor) -> tuple[int, int]:
         raise ValueError(f"sparsity statistics need d >= 2 units, got d={d}")
     if not acts.is_floating_point():
         raise ValueError(f"acts must be floating point, got {acts.dtype}")
+    check_gate(gate, acts)
+    if token_active is not None and (token_active.shape != (n,) or token_active.dtype != torch.float32
+                                     or token_active.device != acts.device):
+        raise ValueError(f"token_active must be float32 [{n}] on {acts.device}, got "
+                         f"{token_active.dtype} {tuple(token_active.shape)} on {token_active.device}")
     return n, d
+
+
+def check_gate(gate: torch.Tensor | None, acts: torch.Tensor) -> None:
+    if gate is not None and (gate.shape != acts.shape or not gate.is_floating_point()
+                             or gate.device != acts.device):
+        raise ValueError(f"gate must be a float tensor shaped like acts {tuple(acts.shape)} on "
+                         f"{acts.device}, got {gate.dtype} {tuple(gate.shape)} on {gate.device}")
+
+
+def eps_arg(eps, d: int, device) -> tuple[float, torch.Tensor | None]:
+    """``eps`` as (scalar, per-unit fp32 tensor [d] on ``device`` or None).
+
+    A float (or 0-d tensor) is one threshold for every unit; a tensor [d] holds per-unit ones
+    (+inf: never active; NaN compares false, so it also means never active).
+    """
+    if isinstance(eps, torch.Tensor) and eps.dim() > 0:
+        if eps.shape != (d,) or not eps.is_floating_point():
+            raise ValueError(f"per-unit eps must be a float tensor [{d}], got {eps.dtype} "
+                             f"{tuple(eps.shape)}")
+        return 0.0, eps.detach().to(device, torch.float32).contiguous()
+    return float(eps), None
+
+
+def active_mask(acts: torch.Tensor, eps, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """The active rule as a bool [n, d]: ``gate > eps`` if a gate is given, else ``|acts| > eps``;
+    fp32 compare, eps a float or a per-unit tensor [d]."""
+    scalar, per_unit = eps_arg(eps, acts.shape[-1], acts.device)
+    x = gate.float() if gate is not None else acts.float().abs()
+    return x > (scalar if per_unit is None else per_unit)
 
 
 def _token_terms(tok_l1: torch.Tensor, tok_sq: torch.Tensor, tok_top: torch.Tensor, d: int):
@@ -108,18 +154,18 @@ def _host_floats(**values: torch.Tensor) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------
 
 
-def sparsity_stats_reference(acts: torch.Tensor, eps: float) -> dict:
+def sparsity_stats_reference(acts: torch.Tensor, eps, gate: torch.Tensor | None = None) -> dict:
     """The statistics of one tile, straight from the definitions (fp32 values, exact counts).
 
     Scalars are Python floats; ``firing_rate`` is a float32 tensor [d] on ``acts``' device;
     ``tokens`` is the number of tokens n.
     """
-    n, d = _check_acts(acts)
+    n, d = _check_acts(acts, gate)
     if n == 0:
         raise ValueError("sparsity statistics need at least one token")
     a = acts.float()
     absa = a.abs()
-    active_count = (absa > eps).sum(dim=0)  # int64: counts stay exact
+    active_count = active_mask(acts, eps, gate).sum(dim=0)  # int64: counts stay exact
     wide = wide_dtype(acts.device)
     tok_l1 = absa.sum(dim=1)
     tok_sq = (a * a).sum(dim=1)
@@ -141,7 +187,7 @@ def sparsity_stats_reference(acts: torch.Tensor, eps: float) -> dict:
 class SparsitySums:
     """What a batch contributes to the statistics; sums of batches add with ``+``.
 
-    Per unit (shape [d]): ``active`` (int64 count of |a| > eps), ``abs_sum``, ``sq_sum``.
+    Per unit (shape [d]): ``active`` (int64 count of active tokens), ``abs_sum``, ``sq_sum``.
     Per batch (0-d tensors): ``hoyer_sum`` and ``top10_sum``, sums over tokens of the per-token
     values. ``tokens`` is a Python int so that adding batches never synchronises the device.
     """
@@ -175,15 +221,25 @@ class SparsitySums:
         return cls(torch.zeros(d, dtype=torch.int64, device=device), z(d), z(d), z(()), z(()), 0)
 
 
-def sparsity_sums_reference(acts: torch.Tensor, eps: float) -> SparsitySums:
-    """A batch's ``SparsitySums`` in plain PyTorch (fp32)."""
-    n, d = _check_acts(acts)
+def sparsity_sums_reference(acts: torch.Tensor, eps, gate: torch.Tensor | None = None,
+                            token_active: torch.Tensor | None = None) -> SparsitySums:
+    """A batch's ``SparsitySums`` in plain PyTorch (fp32); the reference for ``sparsity_sums``.
+
+    If ``token_active`` (float32 [n] on ``acts``' device) is given, each token's number of active
+    units is written into it.
+    """
+    n, d = _check_acts(acts, gate, token_active)
     a = acts.float()
     absa = a.abs()
-    tok_top = absa.topk(top_count(d), dim=1).values.sum(dim=1)
+    # Counted in fp32 (exact below 2**24 tokens a batch, far more than a probe batch holds): summing a
+    # bool tensor on the CPU is several times slower.
+    active = active_mask(acts, eps, gate).to(torch.float32)
+    if token_active is not None:
+        token_active.copy_(active.sum(dim=1))
+    tok_top = absa.topk(top_count(d), dim=1, sorted=False).values.sum(dim=1)
     hoyer, share = _token_terms(absa.sum(dim=1), (a * a).sum(dim=1), tok_top, d)
     return SparsitySums(
-        active=(absa > eps).sum(dim=0),
+        active=active.sum(dim=0).to(torch.int64),
         abs_sum=absa.sum(dim=0),
         sq_sum=(a * a).sum(dim=0),
         hoyer_sum=hoyer.sum(),
@@ -219,17 +275,28 @@ if HAS_TRITON:
     @triton.jit
     def _unit_and_token_sums_kernel(
         a_ptr, stride_t, stride_d, n_tokens, d, eps,
+        eps_ptr,  # [d] per-unit thresholds (read only if EPS_PER_UNIT)
+        g_ptr, g_stride_t, g_stride_d,  # the gate tile (read only if HAS_GATE)
         unit_active_ptr, unit_abs_ptr, unit_sq_ptr,  # [num_splits, d] partials
-        tok_abs_ptr, tok_sq_ptr,  # [num_unit_blocks, n_tokens] partials
+        tok_abs_ptr, tok_sq_ptr, tok_active_ptr,  # [num_unit_blocks, n_tokens] partials
         tokens_per_split,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+        EPS_PER_UNIT: tl.constexpr, HAS_GATE: tl.constexpr, COUNT_TOKENS: tl.constexpr,
     ):
-        """Program (split, unit block): tokens [split * tokens_per_split, ...) x BLOCK_D units."""
+        """Program (split, unit block): tokens [split * tokens_per_split, ...) x BLOCK_D units.
+
+        The three flags are compile-time, so the plain call (scalar eps, no gate, no token
+        counts) compiles to the same loop as before they existed.
+        """
         split = tl.program_id(0)
         unit_block = tl.program_id(1)
         cols = unit_block * BLOCK_D + tl.arange(0, BLOCK_D)
         col_ok = cols < d
         col_offs = cols * stride_d  # int32 offsets: see int32_row_chunks
+        if EPS_PER_UNIT:  # loaded once per program; padding is masked below anyway
+            thr = tl.load(eps_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        else:
+            thr = eps
 
         active = tl.zeros((BLOCK_D,), dtype=tl.int32)
         abs_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -247,12 +314,20 @@ if HAS_TRITON:
             a = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
             absa = tl.abs(a)
             sq = a * a
+            if HAS_GATE:  # signed compare on the gate; the magnitudes stay those of `a`
+                g_ptrs = g_ptr + rows[:, None] * g_stride_t + (cols * g_stride_d)[None, :]
+                on = tl.load(g_ptrs, mask=mask, other=0.0).to(tl.float32) > thr
+            else:
+                on = absa > thr
             # `& mask`: padding must not count as active even for eps < 0.
-            active += tl.sum(((absa > eps) & mask).to(tl.int32), axis=0)
+            on = (on & mask).to(tl.int32)
+            active += tl.sum(on, axis=0)
             abs_sum += tl.sum(absa, axis=0)
             sq_sum += tl.sum(sq, axis=0)
             tl.store(tok_abs_ptr + tok_row + rows, tl.sum(absa, axis=1), mask=row_ok)
             tl.store(tok_sq_ptr + tok_row + rows, tl.sum(sq, axis=1), mask=row_ok)
+            if COUNT_TOKENS:
+                tl.store(tok_active_ptr + tok_row + rows, tl.sum(on, axis=1), mask=row_ok)
 
         unit_offs = split * d + cols
         tl.store(unit_active_ptr + unit_offs, active, mask=col_ok)
@@ -306,15 +381,29 @@ def int32_row_chunks(acts: torch.Tensor) -> list[torch.Tensor]:
     addresses take (the co-activation kernel spills with them). A tile of more than 2**31
     elements is processed as several slices, each with its own base pointer.
     """
-    n, d = acts.shape
-    if (d - 1) * acts.stride(1) > INT32_MAX // 2:  # a wide strided view: make rows compact
-        acts = acts.contiguous()
-    rows = (INT32_MAX - (d - 1) * acts.stride(1)) // max(acts.stride(0), 1)
-    return list(acts.split(max(1, rows)))
+    return [chunk for chunk, in _row_chunks(acts)]
 
 
-def _unit_and_token_sums(acts, eps, block_t, block_d, num_splits):
+def _row_chunks(*tensors: torch.Tensor | None) -> list[tuple]:
+    """``int32_row_chunks`` of several [n, d] tensors (None passes through) cut at the same rows,
+    so that a tile and its gate stay aligned: tuples of slices, one per tensor."""
+    compact, rows = [], INT32_MAX
+    for t in tensors:
+        if t is not None:
+            d = t.shape[1]
+            if (d - 1) * t.stride(1) > INT32_MAX // 2:  # a wide strided view: make rows compact
+                t = t.contiguous()
+            rows = min(rows, (INT32_MAX - (d - 1) * t.stride(1)) // max(t.stride(0), 1))
+        compact.append(t)
+    n, rows = tensors[0].shape[0], max(1, rows)
+    return [tuple(None if t is None else t[start:start + rows] for t in compact)
+            for start in range(0, n, rows)] or [tuple(compact)]
+
+
+def _unit_and_token_sums(acts, eps, block_t, block_d, num_splits, gate=None, token_active=None):
+    """Pass 1: per-unit sums and per-token L1 and L2^2 (and active counts into token_active)."""
     n, d = acts.shape
+    eps, eps_per_unit = eps_arg(eps, d, acts.device)
     unit_blocks = triton.cdiv(d, block_d)
     token_blocks = triton.cdiv(n, block_t)
     if num_splits is None:  # about 4 programs per SM, never more splits than token blocks
@@ -329,11 +418,19 @@ def _unit_and_token_sums(acts, eps, block_t, block_d, num_splits):
     unit_sq = torch.empty(num_splits, d, dtype=torch.float32, device=dev)
     tok_abs = torch.empty(unit_blocks, n, dtype=torch.float32, device=dev)
     tok_sq = torch.empty(unit_blocks, n, dtype=torch.float32, device=dev)
+    count_tokens = token_active is not None
+    tok_active = torch.empty(unit_blocks, n, dtype=torch.int32, device=dev) if count_tokens else tok_sq
+    g = acts if gate is None else gate  # a stand-in pointer when there is no gate: never read
     _unit_and_token_sums_kernel[(num_splits, unit_blocks)](
-        acts, acts.stride(0), acts.stride(1), n, d, float(eps),
-        unit_active, unit_abs, unit_sq, tok_abs, tok_sq, tokens_per_split,
-        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4,
+        acts, acts.stride(0), acts.stride(1), n, d, eps,
+        acts if eps_per_unit is None else eps_per_unit,
+        g, g.stride(0), g.stride(1),
+        unit_active, unit_abs, unit_sq, tok_abs, tok_sq, tok_active, tokens_per_split,
+        BLOCK_T=block_t, BLOCK_D=block_d, EPS_PER_UNIT=eps_per_unit is not None,
+        HAS_GATE=gate is not None, COUNT_TOKENS=count_tokens, num_warps=4,
     )
+    if count_tokens:
+        token_active.copy_(tok_active.sum(dim=0))
     return (unit_active.sum(dim=0, dtype=torch.int64), unit_abs.sum(dim=0), unit_sq.sum(dim=0),
             tok_abs.sum(dim=0), tok_sq.sum(dim=0))
 
@@ -350,23 +447,30 @@ def _token_topk_sum(acts: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def sparsity_sums(acts: torch.Tensor, eps: float, *, block_t: int = 32, block_d: int = 128,
-                  num_splits: int | None = None) -> SparsitySums:
+def sparsity_sums(acts: torch.Tensor, eps, *, gate: torch.Tensor | None = None,
+                  token_active: torch.Tensor | None = None, block_t: int = 32,
+                  block_d: int = 128, num_splits: int | None = None) -> SparsitySums:
     """A batch's ``SparsitySums`` from the Triton kernels (fp32/bf16/fp16, any strides).
 
-    ``block_t``, ``block_d`` and ``num_splits`` are tuning knobs (powers of two for the blocks);
-    tests shrink them to reach edge cases on small tensors.
+    ``eps``, ``gate`` and ``token_active`` as in ``sparsity_sums_reference`` (the gate may have
+    its own dtype and strides). ``block_t``, ``block_d`` and ``num_splits`` are tuning knobs
+    (powers of two for the blocks); tests shrink them to reach edge cases on small tensors.
     """
     if not HAS_TRITON:
         raise RuntimeError("the sparsity kernel needs triton; use sparsity_sums_reference")
-    n, d = _check_acts(acts)
+    n, d = _check_acts(acts, gate, token_active)
     if n == 0:
         return SparsitySums.zeros(d, acts.device, torch.float32)
-    total = None
-    for chunk in int32_row_chunks(acts):
+    scalar, per_unit = eps_arg(eps, d, acts.device)
+    eps = scalar if per_unit is None else per_unit  # validated and moved once, not per chunk
+    total, start = None, 0
+    for chunk, gate_chunk in _row_chunks(acts, gate):
+        rows = chunk.shape[0]
+        counts = None if token_active is None else token_active[start:start + rows]
         active, abs_sum, sq_sum, tok_l1, tok_sq = _unit_and_token_sums(
-            chunk, eps, block_t, block_d, num_splits)
+            chunk, eps, block_t, block_d, num_splits, gate_chunk, counts)
         hoyer, share = _token_terms(tok_l1, tok_sq, _token_topk_sum(chunk, top_count(d)), d)
-        sums = SparsitySums(active, abs_sum, sq_sum, hoyer.sum(), share.sum(), chunk.shape[0])
+        sums = SparsitySums(active, abs_sum, sq_sum, hoyer.sum(), share.sum(), rows)
         total = sums if total is None else total + sums
+        start += rows
     return total

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from lamina import compare
 from lamina.cli import main
-from lamina.plots import PALETTE, nice_ticks, tick_labels
+from lamina.compare import report as compare_report
+from lamina.compare.stats import t_quantile
 
 T975_DF2 = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))  # Student t, 97.5% quantile, 2 dof (closed form)
 BASE_NOISE = [-0.125, 0.0, 0.25]  # per-seed offsets; every number below is exact in float32
@@ -98,13 +101,30 @@ def assert_stats(row: dict[str, str], prefix: str, values: list[float]) -> None:
         assert float(row[f"{prefix}_{key}"]) == pytest.approx(want, rel=1e-9, abs=1e-12), key
 
 
-def test_t_quantiles_match_closed_forms_and_tables():
-    assert compare.t_ppf(0.975, 1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-10)
-    assert compare.t_ppf(0.975, 2) == pytest.approx(T975_DF2, rel=1e-10)
-    assert compare.t_ppf(0.975, 4) == pytest.approx(2.7764451051977987, rel=1e-9)
-    assert compare.t_ppf(0.975, 30) == pytest.approx(2.0422724563012373, rel=1e-9)
-    assert compare.t_ppf(0.975, 1e7) == pytest.approx(1.959963984540054, rel=1e-6)
-    assert compare.t_ppf(0.025, 3) == pytest.approx(-compare.t_ppf(0.975, 3))
+def test_intervals_match_t_tables_and_scipy():
+    # the 97.5% quantile of Student's t: closed forms (1 and 2 dof) and a printed t table (4, 30 dof)
+    assert t_quantile(1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-10)
+    assert t_quantile(2) == pytest.approx(T975_DF2, rel=1e-10)
+    assert t_quantile(4) == pytest.approx(2.776, abs=5e-4)
+    assert t_quantile(30) == pytest.approx(2.042, abs=5e-4)
+
+    values = [1.0, 2.0, 4.0]  # mean 7/3, sd sqrt(7/3): by hand with the 2-dof quantile
+    s = compare.summarize(values)
+    half = T975_DF2 * math.sqrt(7 / 3) / math.sqrt(3)
+    assert (s.n, s.mean, s.std) == (3, pytest.approx(7 / 3), pytest.approx(math.sqrt(7 / 3)))
+    assert (s.lo, s.hi) == (pytest.approx(7 / 3 - half, rel=1e-12), pytest.approx(7 / 3 + half, rel=1e-12))
+    ci = scipy_stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    assert (s.lo, s.hi) == (pytest.approx(ci.low, rel=1e-12), pytest.approx(ci.high, rel=1e-12))
+    assert compare.summarize([5.0, 5.0]) == compare.Stats(2, 5.0, 0.0, 5.0, 5.0)  # no spread: zero width
+    assert compare.summarize([5.0]) == compare.Stats(1, 5.0) and compare.summarize([]) == compare.Stats(0)
+
+    ref, other = [1.0, 2.0, 4.0], [2.0, 2.5, 5.0, 7.0]  # Welch's interval is scipy's unequal-variance t-test's
+    diff, lo, hi = compare.welch(compare.summarize(ref), compare.summarize(other))
+    ci = scipy_stats.ttest_ind(other, ref, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(np.mean(other) - np.mean(ref))
+    assert (lo, hi) == (pytest.approx(ci.low, rel=1e-10), pytest.approx(ci.high, rel=1e-10))
+    assert compare.welch(compare.summarize(ref), compare.summarize([3.0])) == (pytest.approx(3.0 - 7 / 3), None, None)
+    assert compare.welch(compare.summarize([1.0, 1.0]), compare.summarize([2.0, 2.0])) == (1.0, 1.0, 1.0)
 
 
 def test_report_numbers_by_hand(report):
@@ -138,7 +158,7 @@ def test_report_numbers_by_hand(report):
     assert float(rlp["end_delta"]) == pytest.approx(diff)
     va, vb = statistics.variance(BASE_NOISE) / 3, statistics.variance(RLP_NOISE) / 3
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
-    half = compare.t_ppf(0.975, df) * math.sqrt(va + vb)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     assert float(rlp["end_delta_ci95_low"]) == pytest.approx(diff - half)
     assert float(rlp["end_delta_ci95_high"]) == pytest.approx(diff + half)
     assert base["end_delta"] == ""
@@ -208,19 +228,39 @@ def test_plots_are_real_images_one_colour_per_group(report):
             assert image.size == (960, 600) and image.format == "PNG"
             pixels = np.asarray(image.convert("RGB")).astype(int)
         assert pixels.std() > 10  # not blank
-        for colour in PALETTE[1:2] if name.startswith("arith") else PALETTE[:2]:  # colour by group index
+        groups = [1] if name.startswith("arith") else [0, 1]  # rlp alone logs arithmetic
+        for colour in [np.array(to_rgb(f"C{i}")) * 255 for i in groups]:  # colour by group index
             near = (np.abs(pixels - np.array(colour)).sum(axis=2) < 30).sum()
             assert near > 200, f"{name}: too few pixels of group colour {colour}"
     assert "![val/bpb vs tokens seen](val_bpb_vs_tokens.png)" in (out / "report.md").read_text()
 
 
-def test_ticks_are_round_numbers():
-    lo, hi, ticks = nice_ticks(0.0, 7680.0)
-    assert (lo, hi) == (0.0, 8000.0) and ticks == [0, 2000, 4000, 6000, 8000]
-    assert tick_labels(ticks, "tokens") == ["0", "2k", "4k", "6k", "8k"]
-    assert tick_labels([0.0, 5e8, 1e9, 1.5e9], "auto") == ["0", "0.5e9", "1.0e9", "1.5e9"]
-    _, _, ticks = nice_ticks(2.31, 3.07)
-    assert tick_labels(ticks) == ["2.2", "2.4", "2.6", "2.8", "3.0", "3.2"]
+def test_plots_show_a_line_per_group_and_say_so_in_the_legend(runs, tmp_path):
+    result = compare.main([str(runs / "base"), str(runs / "rlp"), "--out", str(tmp_path / "cmp")])
+    families = compare_report.families(result.metrics)
+
+    figure = compare_report.family_figure(result, families["val_bpb"], "tokens")
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["base (n=3)", "rlp (n=3)", "±1 std over seeds",
+                                                          "matched budget"]
+    ax = figure.axes[0]
+    lines = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert [to_rgb(line.get_color()) for line in lines] == [to_rgb("C0"), to_rgb("C1")]
+    base_x, base_y = lines[0].get_data()  # base's mean over its seeds, at its validation points
+    assert list(base_x) == [0.0, 25600.0, 51200.0, 76800.0, 102400.0]
+    assert base_y[-1] == pytest.approx(4.0 - 102400 / 65536 + statistics.mean(BASE_NOISE))
+    (budget,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert budget.get_xdata()[0] == 61440  # the matched budget of tokens
+    assert ax.get_title() == "val/bpb vs tokens seen" and ax.get_xlabel() == "tokens seen"
+    figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if 0 <= t.get_position()[0] <= 102400]
+    assert labels[:2] == ["0", "20k"] and all(label.endswith("k") for label in labels[1:])
+
+    arith = compare_report.family_figure(result, families["arith_acc_level1"], "flops")
+    assert [t.get_text() for t in arith.legends[0].get_texts()] == ["rlp (n=3)", "with thinking", "no thinking",
+                                                                    "±1 std over seeds"]
+    styles = sorted(line.get_linestyle() for line in arith.axes[0].get_lines())
+    assert styles == ["-", "--"] and arith.axes[0].get_ylabel() == "accuracy"
 
 
 def test_a_run_without_flops_keeps_its_end_values(tmp_path):

@@ -1,7 +1,7 @@
 """Triton kernels against their plain-PyTorch references (kernels run under TRITON_INTERPRET=1).
 
-Shapes are awkward on purpose: tokens not a multiple of any block, d = 2, odd d, d = 3072 (with
-few tokens, to keep the interpreter fast). Small block sizes and several token splits are forced
+Shapes are awkward on purpose: tokens not a multiple of any block, n = 1, d = 2, odd d, d = 3072
+(with few tokens, to keep the interpreter fast). Small block sizes and several token splits are forced
 so that edge masks and the split logic run on small tensors.
 """
 
@@ -136,9 +136,9 @@ def test_top_count_is_exact_ceiling():
 # ------------------------------------------------------------------------------------------
 
 
-def reference_counts(a, eps):
+def reference_counts(a, eps, gate=None):
     gram = torch.zeros(a.shape[1], a.shape[1])
-    K.coactivation_update_reference_(gram, a, eps)
+    K.coactivation_update_reference_(gram, a, eps, gate)
     return gram
 
 
@@ -184,3 +184,166 @@ def test_coactivation_reference_definition():
     a = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, -3.0], [1.0, 0.0, 0.1]])
     want = torch.tensor([[2.0, 0.0, 2.0], [0.0, 0.0, 0.0], [2.0, 0.0, 3.0]]) / 3
     torch.testing.assert_close(K.coactivation_reference(a, 0.0), want)
+
+
+# ------------------------------------------------------------------------------------------
+# Active rules: per-unit eps, signed gate, per-token counts
+# ------------------------------------------------------------------------------------------
+
+RULE_SHAPES = SHAPES + [(1, 40)]  # n = 1; d = 40 spans two 32-unit blocks
+
+
+def unit_eps(d):
+    """Per-unit thresholds in [0, 1] with every fifth unit at +inf (never active)."""
+    eps = torch.linspace(0.0, 1.0, d)
+    eps[1::5] = float("inf")
+    return eps
+
+
+def make_gate(n, d, dtype, seed=5):
+    """A signed gate: large negatives (|g| > eps but inactive), exact zeros, positives."""
+    g = torch.Generator().manual_seed(seed)
+    gate = 2 * torch.randn(n, d, generator=g)
+    return torch.where(torch.rand(n, d, generator=g) < 0.2, torch.zeros(()), gate).to(dtype)
+
+
+def rules(n, d, dtype):
+    other = torch.float16 if dtype == torch.float32 else torch.float32  # the gate's own dtype
+    gate = make_gate(n, d, other)
+    return {"unit_eps": (unit_eps(d), None), "gate": (0.0, gate), "gate_unit_eps": (unit_eps(d), gate)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,d", RULE_SHAPES)
+def test_sparsity_kernel_rules_match_reference(n, d, dtype):
+    a = make_acts(n, d, dtype)
+    for name, (eps, gate) in rules(n, d, dtype).items():
+        mask = K.active_mask(a, eps, gate)
+        want_counts = torch.empty(n)
+        want = K.sparsity_sums_reference(a, eps, gate, token_active=want_counts)
+        assert torch.equal(want_counts, mask.sum(dim=1).float()), name
+        assert torch.equal(want.active, mask.sum(dim=0)), name
+        got_counts = torch.full((n,), -1.0)
+        got = K.sparsity_sums(a, eps, gate=gate, token_active=got_counts, **SMALL_BLOCKS)
+        assert_sums_close(got, want)
+        assert torch.equal(got_counts, want_counts), name
+        # the magnitudes ignore the rule: they equal those of the plain call
+        plain = K.sparsity_sums_reference(a, 0.0)
+        for key in ("abs_sum", "sq_sum", "hoyer_sum", "top10_sum"):
+            assert torch.equal(getattr(want, key), getattr(plain, key)), (name, key)
+
+
+def test_active_rules_known_answer():
+    # acts carry the magnitudes (|a| = 3 everywhere); the gate alone decides who is active.
+    n, d = 7, 37  # d spans two 32-unit blocks with a ragged edge
+    acts = torch.full((n, d), 3.0)
+    acts[:, ::2] = -3.0
+    gate = torch.full((n, d), -2.0)  # |gate| > eps everywhere, but negative: inactive
+    gate[:, :5] = 0.5
+    eps = torch.zeros(d)
+    eps[3] = 0.5  # 0.5 > 0.5 is false: strict
+    eps[4] = float("inf")  # never active
+    eps[10] = -3.0  # signed: -2 > -3, active
+    want_active = torch.zeros(d, dtype=torch.int64)
+    want_active[[0, 1, 2, 10]] = n
+    for run in (K.sparsity_sums_reference, lambda *a, **k: K.sparsity_sums(*a, **k, **SMALL_BLOCKS)):
+        counts = torch.empty(n)
+        sums = run(acts, eps, gate=gate, token_active=counts)
+        assert torch.equal(sums.active, want_active)
+        assert torch.equal(counts, torch.full((n,), 4.0))
+        assert torch.equal(sums.abs_sum.double(), torch.full((d,), 3.0 * n, dtype=torch.float64))
+        # hoyer of a constant-magnitude row is 0, whatever the gate says
+        assert float(sums.hoyer_sum) == pytest.approx(0.0, abs=1e-5)
+    stats = K.sparsity_stats_reference(acts, eps, gate)
+    assert stats["frac_active"] == pytest.approx(4 / d) and stats["l1"] == pytest.approx(3.0)
+    # without the gate the magnitude rule applies: |a| = 3 > eps at every unit but 4 (inf)
+    no_gate = K.sparsity_sums(acts, eps, **SMALL_BLOCKS).active
+    assert no_gate[4] == 0 and int((no_gate == n).sum()) == d - 1
+
+
+def test_rules_with_strided_acts_and_gate():
+    a = make_acts(41, 90, torch.bfloat16).T  # [90, 41], stride_d != 1
+    gate = make_gate(90, 82, torch.float32)[:, ::2]  # [90, 41], stride_d = 2
+    eps = unit_eps(41)
+    want_counts = torch.empty(90)
+    want = K.sparsity_sums_reference(a.contiguous(), eps, gate.contiguous(), want_counts)
+    got_counts = torch.empty(90)
+    got = K.sparsity_sums(a, eps, gate=gate, token_active=got_counts, **SMALL_BLOCKS)
+    assert_sums_close(got, want)
+    assert torch.equal(got_counts, want_counts)
+    gram = torch.zeros(41, 41)
+    K.coactivation_update_(gram, a, eps, gate=gate, **SMALL_TILES)
+    assert torch.equal(gram, reference_counts(a.contiguous(), eps, gate.contiguous()))
+
+
+def test_int32_slices_keep_gate_and_token_counts_aligned(monkeypatch):
+    # With int32 ending at 103, acts [50, 13] take 7 rows a slice but the gate (every other row
+    # of a [100, 13] tile: row stride 26) only 3: both must be cut at the same rows.
+    monkeypatch.setattr(K.sparsity_stats, "INT32_MAX", 12 + 13 * 7)
+    a = make_acts(50, 13, torch.float32)
+    gate = make_gate(100, 13, torch.float32)[::2]
+    assert [len(c) for c, g in K.sparsity_stats._row_chunks(a, gate)] == [3] * 16 + [2]
+    want_counts, got_counts = torch.empty(50), torch.empty(50)
+    want = K.sparsity_sums_reference(a, 0.1, gate, want_counts)
+    assert_sums_close(K.sparsity_sums(a, 0.1, gate=gate, token_active=got_counts), want)
+    assert torch.equal(got_counts, want_counts)
+    gram = torch.zeros(13, 13)
+    K.coactivation_update_(gram, a, 0.1, gate=gate)
+    assert torch.equal(gram, reference_counts(a, 0.1, gate))
+
+
+def test_scalar_eps_path_is_bit_identical_to_the_new_forms():
+    # A float eps, the same value per unit, and a call that also counts tokens: same bits.
+    a = make_acts(100, 13, torch.bfloat16)
+    plain = K.sparsity_sums(a, 0.3, **SMALL_BLOCKS)
+    per_unit = K.sparsity_sums(a, torch.full((13,), 0.3), **SMALL_BLOCKS)
+    counted = K.sparsity_sums(a, 0.3, token_active=torch.empty(100), **SMALL_BLOCKS)
+    for other in (per_unit, counted):
+        for key in ("active", "abs_sum", "sq_sum", "hoyer_sum", "top10_sum"):
+            assert torch.equal(getattr(plain, key), getattr(other, key)), key
+    gram, gram_unit = torch.zeros(13, 13), torch.zeros(13, 13)
+    K.coactivation_update_(gram, a, 0.3, **SMALL_TILES)
+    K.coactivation_update_(gram_unit, a, torch.full((13,), 0.3), **SMALL_TILES)
+    assert torch.equal(gram, gram_unit)
+
+
+def test_bad_eps_gate_and_counts_are_refused():
+    a = torch.ones(4, 6)
+    for kwargs in (dict(eps=torch.zeros(5)), dict(eps=torch.zeros(6, dtype=torch.int64)),
+                   dict(eps=0.0, gate=torch.ones(4, 5)), dict(eps=0.0, token_active=torch.empty(3)),
+                   dict(eps=0.0, token_active=torch.empty(4, dtype=torch.float64))):
+        eps = kwargs.pop("eps")
+        with pytest.raises(ValueError):
+            K.sparsity_sums(a, eps, **kwargs)
+        with pytest.raises(ValueError):
+            K.sparsity_sums_reference(a, eps, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,d", RULE_SHAPES)
+def test_coactivation_kernel_rules_match_reference(n, d, dtype):
+    a = make_acts(n, d, dtype)
+    for name, (eps, gate) in rules(n, d, dtype).items():
+        want = reference_counts(a, eps, gate)
+        mask = K.active_mask(a, eps, gate).float()
+        assert torch.equal(want, mask.T @ mask), name
+        gram = torch.zeros(d, d)
+        K.coactivation_update_(gram, a, eps, gate=gate, **SMALL_TILES)
+        assert torch.equal(gram, want), name
+
+
+def test_coactivation_gate_known_answer():
+    # Units 0..8 gated on for the first 5 tokens, 9..17 for the last 3; the rest negative.
+    acts = torch.full((8, 18), 1.0)
+    gate = torch.full((8, 18), -4.0)
+    gate[:5, :9] = 1.0
+    gate[5:, 9:] = 1.0
+    eps = torch.zeros(18)
+    eps[17] = float("inf")
+    want = torch.zeros(18, 18)
+    want[:9, :9] = 5.0
+    want[9:17, 9:17] = 3.0
+    gram = torch.zeros(18, 18)
+    K.coactivation_update_(gram, acts, eps, gate=gate)
+    assert torch.equal(gram, want)
+    torch.testing.assert_close(K.coactivation_reference(acts, eps, gate), want / 8)

@@ -5,6 +5,7 @@ installed and through the references otherwise; where it matters, both are check
 """
 
 import math
+import os
 import subprocess
 import sys
 
@@ -166,6 +167,162 @@ def test_coactivation_accumulator_streams_and_folds_exactly(impl, monkeypatch):
         acc.update(batch)
     assert acc.tokens == 57
     torch.testing.assert_close(acc.compute(), M.coactivation(torch.cat(batches), 0.5, impl="reference"))
+
+
+# ------------------------------------------------------------------------------------------
+# Active rules (per-unit eps, signed gate) and per-window density
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gate_and_unit_eps_known_answer(impl):
+    d = 20
+    acts = torch.full((6, d), -2.0)  # the magnitudes: l1 = 2, hoyer 0, whatever is active
+    gate = torch.full((6, d), -5.0)  # |gate| > eps, but negative: inactive
+    gate[:, :8] = 1.0
+    eps = torch.zeros(d)
+    eps[6] = float("inf")  # never active
+    eps[7] = 1.0  # 1 > 1 is false: strict
+    stats = M.sparsity_stats(acts, eps, gate=gate, impl=impl)
+    assert stats["frac_active"] == 6 / d and stats["dead_frac"] == 14 / d
+    assert stats["l1"] == pytest.approx(2.0) and stats["hoyer"] == pytest.approx(0.0, abs=1e-6)
+    assert torch.equal(stats["firing_rate"].cpu(), (torch.arange(d) < 6).float())
+    want = torch.zeros(d, d)
+    want[:6, :6] = 1.0
+    assert torch.equal(M.coactivation(acts, eps, gate=gate, impl=impl).cpu(), want)
+    # leading dims flatten the gate alike
+    nested = M.sparsity_stats(acts.view(2, 3, d), eps, gate=gate.view(2, 3, d), impl=impl)
+    assert_stats_close(nested, stats)
+
+
+def test_bad_eps_and_gate_are_refused():
+    a = torch.ones(4, 6)
+    with pytest.raises(ValueError):
+        M.SparsityAccumulator(6, torch.zeros(5))
+    with pytest.raises(ValueError):
+        M.CoactivationAccumulator(6, torch.zeros(6, 1))
+    with pytest.raises(ValueError):
+        M.sparsity_stats(a, 0.0, gate=torch.ones(4, 5))
+    with pytest.raises(ValueError):
+        M.coactivation(a.view(2, 2, 6), 0.0, gate=a)  # same numel, other shape
+    with pytest.raises(ValueError):
+        M.SparsityAccumulator(6, 0.0).update(a, gate=torch.ones(6, 4))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_window_density_of_planted_windows(impl):
+    # Window w of 4 tokens x 10 units has exactly 3 w active entries (gate > 0), so its density
+    # is 3 w / 40; a 2-D batch in between adds tokens but no window.
+    d, T = 10, 4
+    gate = -torch.ones(6, T * d)
+    for w in range(6):
+        gate[w, torch.randperm(T * d, generator=torch.Generator().manual_seed(w))[: 3 * w]] = 1.0
+    gate = gate.view(6, T, d)
+    acts = torch.rand(6, T, d)
+    acc = M.SparsityAccumulator(d, 0.0, impl=impl)
+    assert acc.window_frac_active().shape == (0,)
+    acc.update(acts[:2], gate=gate[:2])
+    acc.update(acts[2], gate=gate[2])  # [T, d]: no window recorded
+    acc.update(acts[2:], gate=gate[2:])
+    got = acc.window_frac_active()
+    assert got.dtype == torch.float64
+    assert torch.equal(got, torch.arange(6, dtype=torch.float64) * 3 / 40)
+    # 3 * (0 + ... + 5) active entries in the windows, 3 * 2 more in the 2-D copy of window 2
+    assert acc.compute()["frac_active"] == pytest.approx((15 + 2) * 3 / (7 * 40))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_window_density_is_the_per_row_mean_of_the_active_mask(impl):
+    g = torch.Generator().manual_seed(6)
+    d, T = 19, 7
+    batches = [torch.randn(b, T, d, generator=g).to(torch.bfloat16) for b in (3, 1, 4)]
+    gates = [torch.randn(b.shape, generator=g, dtype=torch.float32) for b in batches]
+    eps = torch.linspace(-0.5, 0.5, d)
+    eps[2] = float("inf")
+    acc = M.SparsityAccumulator(d, eps, impl=impl)
+    for acts, gate in zip(batches, gates):
+        acc.update(acts, gate=gate)
+    masks = [K.active_mask(a.reshape(-1, d), eps, g.reshape(-1, d)).view(a.shape)
+             for a, g in zip(batches, gates)]
+    assert torch.equal(acc.window_frac_active(), torch.cat([m.double().mean(dim=(1, 2)) for m in masks]))
+    flat = [b.reshape(-1, d) for b in batches], [g.reshape(-1, d) for g in gates]
+    want = M.sparsity_stats(torch.cat(flat[0]), eps, gate=torch.cat(flat[1]), impl="reference")
+    assert_stats_close(acc.compute(), want)
+    acc.reset()
+    assert acc.window_frac_active().numel() == 0 and acc.tokens == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_coactivation_accumulator_with_gate_and_unit_eps(impl, monkeypatch):
+    # The gate is cut into the same exact-count chunks as the acts.
+    monkeypatch.setattr(M, "EXACT_COUNT_LIMIT", 16)
+    g = torch.Generator().manual_seed(7)
+    batches = [torch.randn(n, 18, generator=g) for n in (10, 40, 7)]
+    gates = [torch.randn(b.shape, generator=g) for b in batches]
+    eps = torch.linspace(0.0, 0.6, 18)
+    eps[::4] = float("inf")
+    acc = M.CoactivationAccumulator(18, eps, impl=impl)
+    for acts, gate in zip(batches, gates):
+        acc.update(acts, gate)
+    want = M.coactivation(torch.cat(batches), eps, gate=torch.cat(gates), impl="reference")
+    assert torch.equal(acc.compute(), want)
+    assert not want[::4].any()
+
+
+DDP_WORKER = r"""
+import datetime, sys, torch, torch.distributed as dist
+import lamina.measures as M
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+d, T = 12, 5
+eps = torch.linspace(0.0, 1.0, d)
+
+def batches(r, windows=True):  # rank 0: 4 windows and a 2-D batch; rank 1: 1 window
+    g = torch.Generator().manual_seed(10 + r)
+    shapes = [(3, T, d), (6, d), (1, T, d)] if r == 0 else [(1, T, d)]
+    out = [torch.randn(s, generator=g) for s in shapes]
+    return out if windows else [b.reshape(-1, d) for b in out]
+
+def fill(parts):
+    acc = M.SparsityAccumulator(d, eps, impl="reference")
+    for a in parts:
+        acc.update(a, gate=a - 0.2)
+    return acc
+
+cases = [  # (this rank's batches, one process's batches): unequal, zero on rank 1, none at all
+    (batches(rank), batches(0) + batches(1)),
+    (batches(rank, windows=rank == 0), batches(0) + batches(1, False)),
+    (batches(rank, False), batches(0, False) + batches(1, False)),
+]
+for (mine, everything), n_windows in zip(cases, (5, 4, 0)):
+    got, want = fill(mine), fill(everything)
+    got.all_reduce()
+    assert torch.equal(got.window_frac_active(), want.window_frac_active())
+    assert got.window_frac_active().numel() == n_windows
+    a, b = got.compute(), want.compute()
+    assert a["tokens"] == b["tokens"] and a["frac_active"] == b["frac_active"]
+    assert torch.equal(a["firing_rate"], b["firing_rate"])
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_sparsity_all_reduce_gathers_unequal_window_counts(tmp_path):
+    # Two gloo ranks with 4 + 1 windows (and 4 + 0, 0 + 0): after all_reduce both hold every
+    # window in rank order and the sums of both, as one process fed all batches would.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", DDP_WORKER, str(rank), str(tmp_path / "store")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for rank in range(2)]
+    try:
+        outs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip() == "ok", err[-3000:]
 
 
 def test_planted_coactivation_modules_are_recovered():

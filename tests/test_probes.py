@@ -11,7 +11,14 @@ import torch
 
 from lamina.data import TextDataModule, world
 from lamina.data.tokenizer import byte_tokenizer
-from lamina.probes import build_probes, held_out_windows, probe_rng, string_task_probe
+from lamina.probes import (
+    build_probes,
+    family_mix,
+    held_out_windows,
+    probe_rng,
+    string_task_probe,
+    world_family_of,
+)
 
 BLOCK = 32
 TOKENS = 256  # 8 windows per probe
@@ -42,7 +49,9 @@ def test_probes_are_deterministic_shaped_and_leave_global_rngs_alone(dm):
     after = rng_states()
     assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1]) and before[2] == after[2]
     b = build_probes(dm, tokens=TOKENS, seed=0, task_examples=4)
-    assert list(a.probes) == ["id", "id_b", "shuffled", "random"] + [f"level/{k}" for k in world.ARITH_LEVELS]
+    assert list(a.probes) == ["id", "id_b", "shuffled", "random", "random_uniform"] + [
+        f"level/{k}" for k in world.ARITH_LEVELS
+    ]
     for name, windows in a.probes.items():
         assert windows.shape == (TOKENS // BLOCK, BLOCK) and windows.dtype == torch.int64, name
         assert torch.equal(windows, b.probes[name]), name
@@ -59,8 +68,44 @@ def test_shuffled_permutes_id_within_each_window_and_random_avoids_specials(dm):
     assert torch.equal(ident.sort(dim=1).values, shuffled.sort(dim=1).values)
     assert not torch.equal(ident, shuffled)
     specials = {dm.eot_id, dm.think_id, dm.end_think_id}
-    ids = set(probes["random"].flatten().tolist())
+    ids = set(probes["random_uniform"].flatten().tolist())
     assert not ids & specials and max(ids) < dm.tokenizer.get_vocab_size()
+
+
+def test_random_draws_only_tokens_of_the_training_split_by_their_frequency(dm):
+    probes = build_probes(dm, tokens=TOKENS * 8, seed=0, tasks=False).probes
+    train_counts = np.bincount(np.asarray(dm.train_data), minlength=dm.tokenizer.get_vocab_size())
+    drawn = probes["random"].flatten().numpy()
+    assert (train_counts[drawn] > 0).all()  # never a token absent from the training split
+    # Byte tokens: most of the uniform probe's tokens never occur in world text; `random` has none.
+    assert (train_counts[probes["random_uniform"].flatten().numpy()] == 0).mean() > 0.5
+    # Frequencies follow the split's: the commonest token is drawn about as often as it occurs.
+    top = int(train_counts.argmax())
+    expected = train_counts[top] / train_counts.sum()
+    got = (drawn == top).mean()
+    assert abs(got - expected) < 4 * np.sqrt(expected * (1 - expected) / drawn.size)
+
+
+def test_every_probe_has_as_many_windows_as_id_and_the_family_mix_is_reported(dm):
+    built = build_probes(dm, tokens=TOKENS, seed=0, tasks=False)
+    counts = {name: len(w) for name, w in built.probes.items()}
+    assert set(counts.values()) == {len(built.probes["id"])}, counts
+    mix = [note for note in built.notes if note.startswith("id family mix")]
+    assert len(mix) == 1 and all(f in mix[0] for f in world.FAMILIES), built.notes
+
+
+def test_family_of_a_document_follows_its_template():
+    tok = byte_tokenizer()
+    eot = tok.token_to_id("<|endoftext|>")
+    for family in world.FAMILIES:
+        examples = world.generate(11, [family])
+        texts = [next(examples).text for _ in range(50)]
+        assert all(world_family_of(t) == family for t in texts), family
+        cut = [t[len(t) // 3 :] for t in texts]  # windows start mid-document
+        assert np.mean([world_family_of(t) == family for t in cut]) > 0.9, family
+    rows = torch.tensor([tok.encode("Q: 1+2=? A: 3\n").ids + [eot] + tok.encode("copy: ab -> ab\n").ids])
+    mix = family_mix(rows, tok, eot)
+    assert mix["arith"] > 0.4 and mix["strings"] > 0.4 and mix["prose"] == 0
 
 
 def test_id_and_id_b_are_disjoint_held_out_windows():
@@ -128,10 +173,12 @@ def test_non_world_source_skips_world_probes_gracefully():
     tok = byte_tokenizer()
     fake = SimpleNamespace(
         hparams=SimpleNamespace(block_size=BLOCK, seed=0, source="notes/", families=None),
-        tokenizer=tok, val_data=np.arange(40 * BLOCK) % 250, eot_id=tok.token_to_id("<|endoftext|>"),
+        tokenizer=tok, val_data=np.arange(40 * BLOCK) % 250, train_data=np.arange(80 * BLOCK) % 200,
+        eot_id=tok.token_to_id("<|endoftext|>"),
         probe_files=[],
     )
     built = build_probes(fake, tokens=TOKENS)
-    assert list(built.probes) == ["id", "id_b", "shuffled", "random"]
+    assert list(built.probes) == ["id", "id_b", "shuffled", "random", "random_uniform"]
+    assert built.probes["random"].max() < 200  # tokens of the training split only
     assert built.tasks is None
     assert any("not the world corpus" in note for note in built.notes)

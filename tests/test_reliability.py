@@ -264,14 +264,18 @@ def test_resume_with_instrumentation_repeats_its_measurements(tmp_path):
     midway = next((once_dir / "checkpoints").glob(f"*step={n}.ckpt"))
     main(fit_args(tmp_path, "resumed", *common, "--trainer.max_steps", str(2 * n), "--ckpt_path", str(midway)))
     once, resumed = scalars(once_dir), scalars(tmp_path / "runs" / "resumed" / "version_0")
-    measured = [t for t in once if t.startswith(("sparsity/", "modularity/", "layers/"))]
+    measured = [t for t in once if t.startswith(("sparsity/", "modularity/", "layers/", "lastlayer/"))]
     assert any("stability" in t for t in measured)
     compared = 0
     for tag in measured:
         later = {s: v for s, v in once[tag].items() if s > n}
         assert {s: resumed[tag][s] for s in later} == later, tag
         compared += bool(later)
-    assert compared > 20 and any(t.startswith("modularity/layer0/ablation") for t in measured)
+    # The nulls are drawn again, the same, after the resume (seeded, never the global RNG).
+    for tag in ("modularity/layer0/q_null_mean", "modularity/layer0/q_z", "sparsity/gap/id_b/z",
+                "modularity/unlearned_tasks", "lastlayer/gap/level3/hoyer/z"):
+        assert tag in measured, tag
+    assert compared > 20
 
 
 MEMORY_CHILD = """

@@ -1,5 +1,6 @@
-"""RLP (lamina.rlp): rewards, advantages, clipped loss, gradients, EMA, controls, evaluations, and an
-end-to-end `lamina fit` from a checkpoint with a resume that keeps the EMA model. Tiny models only."""
+"""RLP (lamina.rlp, RLPModel): rewards, advantages, clipped loss, gradients, EMA, controls, evaluations,
+the package's names, and an end-to-end `lamina fit` from a checkpoint with a resume that keeps the EMA
+model. Tiny models only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lamina.callbacks import ThoughtEval
 from lamina.cli import LaminaCLI, cli_kwargs, main
 from lamina.data import TextDataModule
 from lamina.data.tokenizer import byte_tokenizer
@@ -18,13 +20,14 @@ from lamina.lm import LanguageModel
 from lamina.model import GPT, GPTConfig
 from lamina.rlp import (
     RLPConfig,
+    RLPModel,
     ThoughtEvalConfig,
     ThoughtEvaluator,
     Thoughts,
     arith_problems,
     clipped_policy_loss,
+    ema_model,
     ema_update,
-    frozen_copy,
     leave_one_out_advantages,
     rlp_loss,
     rlp_step,
@@ -43,7 +46,7 @@ def tiny_gpt(seed: int = 0, **overrides) -> GPT:
 
 
 def perturbed(model: GPT, scale: float = 0.02, seed: int = 1) -> GPT:
-    other = frozen_copy(model)
+    other = ema_model(model)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in other.parameters():
@@ -81,7 +84,7 @@ def test_reward_is_the_log_prob_difference_by_hand(rotary):
     assert step.parts.rewards.shape == (contexts.size(0), G)
     policy.eval()
     for r in range(thoughts.tokens.size(0)):
-        n = int(thoughts.n[r])
+        n = int(thoughts.lengths[r])
         thought = thoughts.tokens[r, :n]
         assert thought[-1] == END_THINK and (thought[:-1] != END_THINK).all()
         sequence = torch.cat((contexts[r // G], torch.tensor([THINK]), thought))[None]
@@ -109,7 +112,7 @@ def test_thoughts_are_sampled_from_the_policy_with_cache():
             break
     sampled = rows[:, 21:]
     for r in range(6):
-        n = int(thoughts.n[r])
+        n = int(thoughts.lengths[r])
         if thoughts.truncated[r]:
             torch.testing.assert_close(thoughts.tokens[r, : n - 1], sampled[r, : n - 1])
             assert not thoughts.trained[r, n - 1]  # the forced </think> is not trained
@@ -162,7 +165,7 @@ def test_gradients_reach_only_thought_tokens():
     grad = tail_logits.grad.abs().sum(-1)  # [R, W + 1]: position j predicts thought token j
     assert not grad[:, W].any()  # nothing after the last thought slot
     rows = torch.arange(grad.size(0))
-    assert not grad[rows, thoughts.n].any()  # the position predicting x_t: rewards are constants
+    assert not grad[rows, thoughts.lengths].any()  # the position predicting x_t: rewards are constants
     assert not grad[:, :W][~thoughts.trained].any()  # forced </think> and padding slots
     moving = step.parts.advantages != 0
     assert (grad[:, :W][thoughts.trained & moving[:, None]] > 0).all()
@@ -192,7 +195,7 @@ def test_clipping_after_a_parameter_change():
     """Old log-probs from the policy at sampling time, new ones after its parameters moved: the
     ratio differs from 1, and tokens beyond the clip range in their advantage's direction get no gradient."""
     policy = tiny_gpt()
-    ema = frozen_copy(policy)
+    ema = ema_model(policy)
     config = small_config(clip_eps=0.05)
     step = run_step(policy, ema, config)
     moved = perturbed(policy, scale=0.05, seed=7)
@@ -242,7 +245,7 @@ def test_equal_rewards_give_zero_loss():
     G = config.group_size
     first = torch.arange(0, step.thoughts.tokens.size(0), G).repeat_interleave(G)
     t = step.thoughts
-    same = Thoughts(t.tokens[first], t.n[first], t.trained[first], t.truncated[first], t.decode_steps)
+    same = Thoughts(t.tokens[first], t.lengths[first], t.trained[first], t.truncated[first], t.decode_steps)
     parts = rlp_loss(policy, ema, step.contexts, step.targets, same, config, THINK)
     assert not parts.advantages.any()
     assert parts.loss.item() == 0
@@ -289,13 +292,13 @@ def test_ema_moves_after_each_optimizer_step():
 def test_filler_and_frozen_controls():
     policy = tiny_gpt()
     frozen = perturbed(policy, scale=0.1)
-    ema = frozen_copy(policy)
+    ema = ema_model(policy)
     filler = run_step(policy, ema, small_config(thoughts="filler"), filler_id=ord("."))
     plain = run_step(policy, ema, small_config())
     t = filler.thoughts
-    assert torch.equal(t.n, plain.thoughts.n) and torch.equal(t.trained, plain.thoughts.trained)
+    assert torch.equal(t.lengths, plain.thoughts.lengths) and torch.equal(t.trained, plain.thoughts.trained)
     for r in range(t.tokens.size(0)):
-        n = int(t.n[r])
+        n = int(t.lengths[r])
         assert (t.tokens[r, : n - 1] == ord(".")).all() and t.tokens[r, n - 1] == END_THINK
     # frozen: the thoughts are the frozen model's samples, with the same random numbers
     from_frozen = run_step(policy, ema, small_config(thoughts="frozen"), sampler=frozen)
@@ -308,7 +311,7 @@ def test_filler_and_frozen_controls():
 def test_step_cost_accounting():
     policy = tiny_gpt()
     config = small_config(positions_per_doc=2)
-    step = run_step(policy, frozen_copy(policy), config)
+    step = run_step(policy, ema_model(policy), config)
     N, L, G = 3 * 2, config.context_length(32), config.group_size
     assert step.contexts.shape == (N, L)
     assert step.sample_tokens == N * (L + 1) + N * G * (step.thoughts.decode_steps - 1)
@@ -392,12 +395,14 @@ def test_configs_parse(name):
                     **cli_kwargs())
     model = cli.model
     assert model.hparams.init_from == "runs/tiny/version_0/checkpoints/last.ckpt"
-    assert model.thought_eval_config is not None
+    assert model.thought_eval_config is not None  # read by the ThoughtEval callback
+    assert any(isinstance(c, ThoughtEval) for c in cli.trainer.callbacks)
     if name.startswith("rlp"):
+        assert isinstance(model, RLPModel)
         assert model.rlp_config.thoughts == {"rlp-tiny": "policy"}.get(name, name.rsplit("-", 1)[1])
         assert (model.rlp_frozen is not None) == (name == "rlp-tiny-frozen")
     else:
-        assert model.rlp_config is None and model.rlp_ema is None
+        assert type(model) is LanguageModel and model.hparams.rlp is None
 
 
 # ---- end to end through the CLI ---------------------------------------------------------------------
@@ -478,3 +483,35 @@ def test_resuming_rlp_needs_an_rlp_checkpoint():
         lm.on_load_checkpoint({"state_dict": plain.state_dict(), "lamina": {}})
     lm.on_load_checkpoint({"state_dict": lm.state_dict(), "lamina": {"rlp_sample_tokens": 5}})
     assert lm.rlp_sample_tokens == 5
+
+
+# ---- the package: RLPModel, names kept, checkpoints readable -----------------------------------------
+
+
+def test_rlp_settings_make_an_rlp_model():
+    lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())
+    plain = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32)
+    assert isinstance(lm, RLPModel) and type(plain) is LanguageModel
+    assert type(RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())) is RLPModel
+    with pytest.raises(ConfigError, match="model.rlp"):
+        RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=32)
+    assert RLPModel.training_step is not LanguageModel.training_step
+
+
+def test_old_names_and_checkpointed_settings(tmp_path):
+    import io
+
+    import lamina.rlp as rlp
+    from lamina.data.sources import MASK64, splitmix64
+
+    assert rlp.frozen_copy is rlp.ema_model and rlp.RLPModel is RLPModel
+    # settings pickle under the name they had when lamina.rlp was one file, and load weights-only
+    assert RLPConfig.__module__ == ThoughtEvalConfig.__module__ == "lamina.rlp"
+    buffer = io.BytesIO()
+    torch.save({"rlp": small_config(), "thought_eval": ThoughtEvalConfig()}, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["rlp"] == small_config()
+    # the batch generator's seed: data.module's splitmix64_array, the same numbers as before
+    for seed, index, rank in [(0, 0, 0), (1337, 5, 1), (2**64 - 1, 10**9, 3), (-5, 7, 0)]:
+        mixed = splitmix64((splitmix64(seed & MASK64) ^ (index * 65_537 + rank)) & MASK64)
+        assert step_generator(seed, index, rank, "cpu").initial_seed() == mixed & ((1 << 63) - 1)

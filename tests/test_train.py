@@ -1,5 +1,6 @@
 """End to end through the `lamina` CLI: a tiny fit writes the run folder and the tags; resume is exact;
-user mistakes give one line and a non-zero exit."""
+user mistakes give one line and a non-zero exit; the training core's metrics (train/loss over
+micro-batches, perf over training time only, the peak table) and no host sync in a training step."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lamina import lm as lm_module
+from lamina.callbacks import NonFiniteGuard, ThoughtEval, Throughput, peak_flops_of, training_callbacks
 from lamina.cli import main
+from lamina.lm import LanguageModel
 
 TINY = [
     "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
@@ -134,3 +140,171 @@ def test_fit_on_own_text_file_with_byte_tokenizer(tmp_path):
                   "--trainer.max_steps", "60", "--trainer.val_check_interval", "60"))
     bpb = scalars(tmp_path / "runs" / "notes" / "version_0")["val/bpb"]
     assert bpb[max(bpb)] < 0.7 * bpb[0]  # a repeated line is easy: bits per byte must fall fast
+
+
+# ---- the training core: train/loss over micro-batches, no host sync in the step, perf, peaks ---------
+
+QUIET = ("--instrument.enabled", "false")
+
+
+@pytest.mark.parametrize("name, precision, peak", [
+    ("NVIDIA H100 PCIe", "bf16-mixed", 756e12),
+    ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989e12),
+    ("NVIDIA H100 SXM5 80GB", "bf16-true", 989e12),
+    ("NVIDIA H200", "bf16-mixed", 989e12),
+    ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312e12),
+    ("NVIDIA H100 NVL", "bf16-mixed", None),  # neither PCIe nor SXM: not guessed
+    ("NVIDIA GeForce RTX 4090", "bf16-mixed", None),
+    ("NVIDIA H100 80GB HBM3", "32-true", None),  # the table holds bf16 peaks only
+])
+def test_peak_flops_table(name, precision, peak):
+    assert peak_flops_of(name, precision) == peak
+
+
+def test_train_loss_is_the_mean_of_the_accumulated_micro_batches(tmp_path, monkeypatch):
+    losses: dict[int, list[torch.Tensor]] = {}
+    original = LanguageModel.training_step
+
+    def training_step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        losses.setdefault(self.global_step, []).append(loss.detach().clone())
+        return loss
+
+    monkeypatch.setattr(LanguageModel, "training_step", training_step)
+    main(fit_args(tmp_path, "acc", *QUIET, "--trainer.max_steps", "4", "--trainer.accumulate_grad_batches", "2",
+                  "--trainer.log_every_n_steps", "1"))
+    logged = scalars(tmp_path / "runs" / "acc" / "version_0")["train/loss"]
+    assert sorted(logged) == [0, 1, 2, 3] and all(len(v) == 2 for v in losses.values())
+    for step, (a, b) in losses.items():
+        assert a.item() != b.item()
+        assert logged[step] == ((a + b) / 2).item()  # float32 on both sides: exact
+
+
+class FusedAdamW(torch.optim.AdamW):
+    """AdamW as on a GPU (fused: it skips a non-finite step on the device), here on the CPU."""
+
+    def __init__(self, *args, fused=None, **kwargs):
+        super().__init__(*args, fused=True, **kwargs)
+
+
+class HostValue(torch.Tensor):
+    """Marks the values lamina.lm.host_scalar puts on the host (it survives Lightning's clones): on a
+    GPU they live in host memory, and reading them waits for nothing."""
+
+    def __deepcopy__(self, memo):
+        return self.clone()
+
+
+class CountHostSyncs(L.Callback):
+    """Counts Tensor.item / tolist / __bool__ of anything but host values from the start of each
+    training batch to the start of the next (the step, its hooks, Lightning's logging and progress
+    bar), in the steps that are neither the first, the last, nor log steps."""
+
+    def __init__(self, monkeypatch):
+        self.counting, self.calls, self.counted_steps = False, [], set()
+        real_host_scalar = lm_module.host_scalar
+        monkeypatch.setattr(lm_module, "host_scalar", lambda value: real_host_scalar(value).as_subclass(HostValue))
+        for name in ("item", "tolist", "__bool__"):
+            real = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _real=real, _name=name, **kwargs):
+                if self.counting and not isinstance(tensor, HostValue):
+                    self.calls.append(_name)
+                return _real(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        self.counting = 1 <= step < trainer.max_steps - 1 and (step + 1) % trainer.log_every_n_steps != 0
+        if self.counting:
+            self.counted_steps.add(step)
+
+
+def test_no_host_sync_in_training_steps_that_are_not_log_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.optim, "AdamW", FusedAdamW)  # the GPU path of the non-finite guard
+    counter = CountHostSyncs(monkeypatch)
+    monkeypatch.setattr("lamina.cli.training_callbacks", lambda: [*training_callbacks(), counter])
+    main(fit_args(tmp_path, "nosync", *QUIET, "--trainer.max_steps", "8", "--trainer.log_every_n_steps", "3",
+                  "--trainer.accumulate_grad_batches", "2", "--trainer.enable_progress_bar", "true",
+                  "--trainer.val_check_interval", "1000", "--checkpoint.every_n_train_steps", "1000"))
+    assert counter.counted_steps == {1, 3, 4, 6}  # 2 and 5 are log steps: train/loss is read there
+    assert counter.calls == []
+
+
+@pytest.fixture
+def poisoned_steps(monkeypatch):
+    """Steps at which the training loss is multiplied by NaN (so every gradient is NaN too)."""
+    steps: set[int] = set()
+    original = LanguageModel.training_step
+
+    def training_step(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step in steps else loss
+
+    monkeypatch.setattr(LanguageModel, "training_step", training_step)
+    return steps
+
+
+def test_guard_skips_on_the_device_with_a_fused_optimizer(tmp_path, monkeypatch, poisoned_steps):
+    monkeypatch.setattr(torch.optim, "AdamW", FusedAdamW)
+    poisoned_steps.update({3, 7})
+    main(fit_args(tmp_path, "skip", *QUIET, "--trainer.max_steps", "10", "--model.on_nonfinite", "skip",
+                  "--trainer.log_every_n_steps", "4"))
+    run = tmp_path / "runs" / "skip" / "version_0"
+    assert scalars(run)["train/nonfinite_skips"] == {3: 1.0, 7: 2.0}  # logged at their steps, read later
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert {float(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {8.0}
+    assert state["lamina"]["nonfinite_skips"] == 2
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point())
+
+
+def test_guard_stop_on_the_device_writes_no_checkpoint_after_the_bad_step(tmp_path, monkeypatch, capsys,
+                                                                         poisoned_steps):
+    monkeypatch.setattr(torch.optim, "AdamW", FusedAdamW)
+    poisoned_steps.add(5)
+    with pytest.raises(SystemExit):
+        main(fit_args(tmp_path, "nan", *QUIET, "--trainer.max_steps", "20", "--trainer.log_every_n_steps", "50",
+                      "--checkpoint.every_n_train_steps", "3"))
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("lamina: error:"))
+    assert "non-finite loss or gradient at step 5" in line
+    state = torch.load(tmp_path / "runs" / "nan" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 3
+
+
+def test_perf_counts_training_time_only(tmp_path, monkeypatch):
+    """A fake clock: each micro-batch takes 1 s; validation and another callback's work (a measurement,
+    a checkpoint) take far longer and must not lower perf/tokens_per_sec."""
+    clock = [0.0]
+    step, validate = LanguageModel.training_step, LanguageModel.validation_step
+
+    def training_step(self, batch, batch_idx):
+        clock[0] += 1.0
+        return step(self, batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        clock[0] += 100.0
+        return validate(self, batch, batch_idx)
+
+    class Measure(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock[0] += 50.0
+
+    monkeypatch.setattr(LanguageModel, "training_step", training_step)
+    monkeypatch.setattr(LanguageModel, "validation_step", validation_step)
+    monkeypatch.setattr("lamina.cli.training_callbacks",
+                        lambda: [Throughput(clock=lambda: clock[0]), NonFiniteGuard(), ThoughtEval(), Measure()])
+    main(fit_args(tmp_path, "perf", *QUIET, "--trainer.max_steps", "9", "--trainer.log_every_n_steps", "3",
+                  "--trainer.val_check_interval", "2", "--trainer.accumulate_grad_batches", "2"))
+    perf = scalars(tmp_path / "runs" / "perf" / "version_0")["perf/tokens_per_sec"]
+    tokens_per_micro_batch = 8 * 32  # data.batch_size x block_size
+    assert sorted(perf) == [2, 5, 8]
+    assert all(v == tokens_per_micro_batch for v in perf.values()), perf
+
+
+def test_throughput_is_the_first_callback(tmp_path):
+    from lamina.cli import LaminaCLI, cli_kwargs
+    from lamina.data import TextDataModule
+
+    cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=fit_args(tmp_path, "order")[1:], **cli_kwargs())
+    assert isinstance(cli.trainer.callbacks[0], Throughput)

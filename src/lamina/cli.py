@@ -14,6 +14,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lamina.callbacks import Throughput, training_callbacks
 from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_checkpoints
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
@@ -48,6 +49,10 @@ class LaminaCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        # Throughput first: the other callbacks' on_train_batch_end (measurements, thinking
+        # evaluations, checkpoints) run after its timing window closes (sorted stably: ModelCheckpoint
+        # stays last).
+        trainer.callbacks.sort(key=lambda c: not isinstance(c, Throughput))
         check_trainer(trainer)
         use_atomic_checkpoints(trainer)
         return trainer
@@ -107,7 +112,7 @@ def cli_kwargs() -> dict:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "default_env": False},
         auto_configure_optimizers=False,
-        trainer_defaults={"callbacks": [StopOnSignal(), ReportRunFolder()]},
+        trainer_defaults={"callbacks": [*training_callbacks(), StopOnSignal(), ReportRunFolder()]},
     )
 
 

@@ -2,8 +2,10 @@
 
 No framework inside: plain torch.nn. The one narrow interface the instrumentation reads is
 `GPT.forward(idx, record=...)`: pass a dict and each block appends its MLP post-activation
-(`record["mlp"]`, `[B, T, d_ff]` per layer) and its output residual stream (`record["resid"]`,
-`[B, T, n_embd]` per layer). With `record=None`, the default, the training path carries no
+(`record["mlp"]`, `[B, T, d_ff]` per layer), the pre-activation that decides whether a unit fires
+(`record["mlp_pre"]`: the input of the activation, or for gated MLPs the gate's half, `[B, T, d_ff]`)
+and its output residual stream (`record["resid"]`, `[B, T, n_embd]` per layer). With
+`record=None`, the default, the training path carries no
 hooks and no extra work.
 
 Decoding: `GPT.forward(idx, kv_cache=KVCache(n_layer))` runs `idx` after the positions already in
@@ -178,10 +180,16 @@ class MLP(nn.Module):
         gate, up = h.chunk(2, dim=-1)
         return (F.silu(gate) if self.activation == "swiglu" else F.gelu(gate)) * up
 
+    def gate_pre_activation(self, h: torch.Tensor) -> torch.Tensor:
+        """What decides whether a unit fires: the pre-activation, or for gated MLPs the gate's."""
+        return h.chunk(2, dim=-1)[0] if self.activation in ("swiglu", "geglu") else h
+
     def forward(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
-        a = self.activate(self.c_fc(x))
+        h = self.c_fc(x)
+        a = self.activate(h)
         if record is not None:
             record.setdefault("mlp", []).append(a)
+            record.setdefault("mlp_pre", []).append(self.gate_pre_activation(h))
         return self.dropout(self.c_proj(a))
 
 

@@ -12,10 +12,20 @@ Activation probes (token windows `[n_windows, block_size]`, about `tokens` token
 - `id_b`: a second sample of the same distribution, disjoint from `id` (other windows of the val
   split). `sparsity/gap/id_b` is the noise floor any other gap must clear.
 - `shuffled`: the tokens of `id`, permuted within each window (same unigram statistics, no order).
-- `random`: uniform over the tokenizer's ordinary ids (special tokens excluded).
+  Its windows pair with `id`'s one to one, so its gaps are paired differences.
+- `random`: tokens drawn i.i.d. from the training split's unigram distribution: familiar tokens,
+  no structure. It never holds a token the training split lacks.
+- `random_uniform`: uniform over the tokenizer's ordinary ids (special tokens excluded). With
+  byte tokens most of these never occur in training, so it mixes untrained embeddings into
+  "unfamiliar": read it beside `random`, not instead of it.
 - `ood/<family>`: built-in corpus families the run does not train on (`data.source: world`).
 - `ood/<file stem>`: each file of `data.probe_files`, read as UTF-8 text.
 - `level/<k>`: arithmetic examples of difficulty level k (`data.source: world`).
+
+Every activation probe has the same number of windows as `id` (a file shorter than that is noted),
+so a contrast between probes is not a contrast of sample sizes; the family mix of `id` (world
+corpus) is reported in the notes, so that a contrast with a `family/...` or `ood/...` probe can be
+read as one of families.
 
 Task probe (for ablation): world `strings` examples, `examples_per_task` per task, packed whole
 into rows; targets are the answer tokens (after `->`) and every target carries its task's index.
@@ -24,6 +34,7 @@ into rows; targets are the answer tokens (after `->`) and every target carries i
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -34,6 +45,7 @@ import torch
 from lamina.data import world
 
 READ_CHUNK = 1 << 20  # bytes of a probe file read at a time
+UNIGRAM_SAMPLE_TOKENS = 1 << 24  # tokens of the training split counted for the `random` probe
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,56 @@ def uniform_windows(ids: np.ndarray, n_windows: int, block_size: int, rng: np.ra
     """Tokens drawn uniformly from `ids`."""
     picks = rng.integers(0, len(ids), size=(n_windows, block_size))
     return torch.from_numpy(np.asarray(ids, dtype=np.int64)[picks])
+
+
+def unigram_counts(data: np.ndarray, vocab_size: int, max_tokens: int = UNIGRAM_SAMPLE_TOKENS) -> np.ndarray:
+    """Token counts of `data` (a token split), from at most `max_tokens` of it: evenly spaced
+    chunks of a large split, so a hub-sized corpus costs a bounded read."""
+    n = len(data)
+    if n <= max_tokens:
+        return np.bincount(np.asarray(data, dtype=np.int64), minlength=vocab_size)
+    chunk = 1 << 16
+    starts = np.linspace(0, n - chunk, max_tokens // chunk).astype(np.int64)
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in starts:
+        counts += np.bincount(np.asarray(data[start : start + chunk], dtype=np.int64), minlength=vocab_size)
+    return counts
+
+
+def unigram_windows(counts: np.ndarray, n_windows: int, block_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Tokens drawn i.i.d. with probability proportional to `counts` (zero counts never drawn)."""
+    seen = np.flatnonzero(counts)
+    picks = rng.choice(len(seen), size=(n_windows, block_size), p=counts[seen] / counts[seen].sum())
+    return torch.from_numpy(seen[picks].astype(np.int64))
+
+
+ARITH_DOC = re.compile(r"Q: [\d+\-*() ]+=\?")
+STRINGS_DOC = re.compile(r"^[a-z+]+: [a-z]+ -> ", re.MULTILINE)
+
+
+def world_family_of(text: str) -> str:
+    """The world family a (possibly cut) document comes from, by its template."""
+    if STRINGS_DOC.search(text) or re.search(r"[a-z]+ -> [a-z]*$", text):
+        return "strings"
+    if ARITH_DOC.search(text) or re.search(r"\d[+\-*]\d", text):
+        return "arith"
+    return "prose"
+
+
+def family_mix(windows: torch.Tensor, tokenizer, eot_id: int) -> dict[str, float]:
+    """Share of a probe's tokens in each world family: documents (split at `<|endoftext|>`)
+    classified by `world_family_of`; separators are not counted."""
+    tokens = {family: 0 for family in world.FAMILIES}
+    for row in windows.tolist():
+        document: list[int] = []
+        for t in row + [eot_id]:
+            if t != eot_id:
+                document.append(t)
+            elif document:
+                tokens[world_family_of(tokenizer.decode(document))] += len(document)
+                document = []
+    total = max(sum(tokens.values()), 1)
+    return {family: count / total for family, count in tokens.items()}
 
 
 def pack_documents(
@@ -281,22 +343,29 @@ def build_probes(
     out = ProbeSet()
 
     id_windows, id_b = held_out_windows(datamodule.val_data, block_size, n, probe_rng(data_seed, seed, "id"))
+    n = len(id_windows)  # every probe has as many windows as `id`
     out.probes["id"] = id_windows
     if len(id_b):
         out.probes["id_b"] = id_b
     else:
         out.notes.append("id_b skipped: the validation split holds a single window (raise data.val_fraction)")
-    if len(id_windows) < n:
+    if n < n_windows_for(tokens, block_size):
         out.notes.append(
-            f"id, id_b: {len(id_windows)} windows each, not {n}: the validation split is small "
-            f"(raise data.val_fraction)"
+            f"id, id_b: {n} windows each, not {n_windows_for(tokens, block_size)}: the validation split is "
+            f"small (raise data.val_fraction); every probe has {n} windows"
         )
     out.probes["shuffled"] = shuffle_within_windows(id_windows, probe_rng(data_seed, seed, "shuffled"))
-    out.probes["random"] = uniform_windows(ordinary_ids(tok), n, block_size, probe_rng(data_seed, seed, "random"))
+    counts = unigram_counts(datamodule.train_data, tok.get_vocab_size())
+    out.probes["random"] = unigram_windows(counts, n, block_size, probe_rng(data_seed, seed, "random"))
+    out.probes["random_uniform"] = uniform_windows(
+        ordinary_ids(tok), n, block_size, probe_rng(data_seed, seed, "random_uniform")
+    )
 
     is_world = hp.source == "world"
     trained = tuple(world.FAMILIES if hp.families is None else hp.families) if is_world else ()
     if is_world:
+        mix = family_mix(id_windows, tok, eot)
+        out.notes.append("id family mix (share of tokens): " + ", ".join(f"{f} {v:.0%}" for f, v in mix.items()))
         for family in world.FAMILIES:
             if family not in trained:
                 out.probes[f"ood/{family}"] = world_windows(
@@ -319,6 +388,11 @@ def build_probes(
             out.notes.append(f"{name} skipped: {path} holds no text")
         else:
             out.probes[name] = windows
+            if len(windows) < n or windows.shape[1] < block_size:
+                out.notes.append(
+                    f"{name}: {path} holds {windows.numel()} tokens, fewer than {n} windows of {block_size}: "
+                    f"its gaps have wider intervals"
+                )
 
     if is_world:
         for level in world.ARITH_LEVELS:
@@ -339,8 +413,10 @@ __all__ = [
     "ProbeSet",
     "TaskProbe",
     "build_probes",
+    "family_mix",
     "held_out_windows",
     "shuffle_within_windows",
     "string_task_probe",
     "uniform_windows",
+    "unigram_windows",
 ]

@@ -1,10 +1,16 @@
 """In-loop instrumentation: one Lightning callback, `Instrumentation`, composed of small parts.
+Every measure is logged beside the number it must be read against (its null, a second sample,
+a random baseline).
 
-- `sparsity`: stream the probes through the model and the MLP activations through the measures
-- `modularity`: co-activation partition of each layer's units, Newman Q, stability
-- `ablation`: zero each module in turn on the string-task probes; per-task damage, specificity
-- `layers`: effective rank of the residual stream
-- `pictures`: images as numpy arrays (no matplotlib)
+- `sparsity`: the active rules; stream the probes through the model and the MLP activations
+  through the measures; density gaps with standard errors and z from window-level variance
+- `modularity`: co-activation partition of each layer's units (k by held-out Q), Newman Q against
+  a permutation null, stability against its floor
+- `ablation`: mean- (or zero-) ablate each module on the string-task probes; unclipped per-task
+  damage, specificity against random unit sets, unlearned tasks left out
+- `layers`: effective rank of the centred residual stream, on id and id_b (the floor)
+- `lastlayer`: Jin et al.'s last-layer measures on arithmetic problems by level, with level gaps
+- `pictures`: matplotlib figures for TensorBoard
 
 The model never imports this package; it reads the model through `GPT.forward(idx, record=...)`.
 """

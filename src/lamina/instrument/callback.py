@@ -1,7 +1,10 @@
 """`Instrumentation`: the Lightning callback that measures the model every N steps.
 
 It composes the parts of this package: probes (`lamina.probes`), sparsity, modularity, layers,
-ablation and pictures. At fit start it builds the probe set once; at step 0, every
+ablation, the last-layer measures and pictures. Every measure is logged beside the number it must
+be read against: each density gap with its standard error and z, Q with its permutation null and
+held-out Q, stability with its floor, ablation specificity with its random-set null, effective
+rank with its `id_b` floor, the last-layer measures with their level contrasts. At fit start it builds the probe set once; at step 0, every
 `every_n_steps` optimizer steps and at the end of training it runs the probes through the model
 in eval mode, without grad, under the trainer's autocast, streams the activations through
 `lamina.measures` on the device, and logs scalars, images and histograms from rank zero.
@@ -25,24 +28,37 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina import measures
+from lamina.data import world
 from lamina.errors import ConfigError
 from lamina.instrument import pictures
-from lamina.instrument.ablation import ablation_scalars, task_losses
+from lamina.instrument import ablation as abl
+from lamina.instrument.lastlayer import answer_positions_probe, lastlayer_stats
+from lamina.instrument.layers import layer_scalars
 from lamina.instrument.modularity import LayerModules, find_modules, modularity_scalars
-from lamina.instrument.sparsity import default_eps, measure_probes, sparsity_scalars
-from lamina.probes import ProbeSet, TaskProbe, build_probes
+from lamina.instrument.sparsity import (
+    ACTIVE_RULES,
+    active_rule,
+    default_eps,
+    density_intervals,
+    gap_scalars,
+    measure_probes,
+    sparsity_scalars,
+)
+from lamina.probes import ProbeSet, TaskProbe, build_probes, world_seed
 
 IMPLS = ("auto", "kernel", "reference")
 PROBE_BATCH_TOKENS = 8192  # tokens per probe forward when probe_batch_size is null
+MIN_NULL_DRAWS = 8
 
 
 @dataclass
 class Measurement:
-    """What one measurement produced: scalar tags, images (uint8 HWC) and histograms by tag."""
+    """What one measurement produced: scalar tags, figures (matplotlib) and histograms by tag."""
 
     step: int
     scalars: dict[str, float] = field(default_factory=dict)
-    images: dict[str, np.ndarray] = field(default_factory=dict)
+    figures: dict[str, object] = field(default_factory=dict)
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
     modules: list[LayerModules] = field(default_factory=list)
 
@@ -52,49 +68,72 @@ class Instrumentation(L.Callback):
         self,
         enabled: bool = True,
         every_n_steps: int = 100,
-        probe_tokens: int = 4096,
+        probe_tokens: int = 16384,
         probe_batch_size: int | None = None,
         probe_seed: int = 0,
+        active: str = "sign",
+        cett: float = 0.2,
         eps: float | None = None,
         modularity: bool = True,
         modularity_every_n_steps: int | None = None,
+        modularity_tokens: int | None = 4096,
+        null_draws: int = 8,
         layers: bool = True,
         ablation: bool = True,
         ablation_every_n_steps: int = 500,
         ablation_examples: int = 16,
+        ablation_mode: str = "mean",
         n_modules: int | None = None,
         max_modules: int = 8,
+        lastlayer: bool = True,
+        lastlayer_problems: int = 64,
         pictures: bool = True,
         impl: str = "auto",
     ):
-        """In-loop measurements of the model's representations (sparsity, modularity, layers).
+        """In-loop measurements of the model's representations, each beside its null.
 
         Args:
             enabled: the one switch: false turns every measurement, probe and tag off.
             every_n_steps: measure every this many optimizer steps (and at step 0 and at the end).
-            probe_tokens: tokens in each probe set (rounded down to whole windows of block_size).
+            probe_tokens: tokens in each probe set (rounded down to whole windows of block_size);
+                every probe has as many windows as `id`. The intervals of the gaps narrow with
+                the square root of the windows.
             probe_batch_size: probe windows (rows) per forward pass; null: as many as hold about
                 8192 tokens (PROBE_BATCH_TOKENS), at least one.
-            probe_seed: with data.seed, fixes every probe; same seeds, same probes.
-            eps: a unit is active when |a| > eps for its MLP post-activation a. null: by
-                model.activation, 0 for relu/relu2 (exact zeros) and the depth of the negative
-                dip otherwise (gelu/geglu 0.17, silu/swiglu 0.28): GELU is never exactly 0, and
-                with this eps its whole negative branch counts as inactive, so "active" is a
-                single threshold on the pre-activation (x > 0.27 for GELU).
-            modularity: co-activation partition of each layer's units, Q and stability.
+            probe_seed: with data.seed, fixes every probe and every null draw; same seeds, same probes.
+            active: when a unit counts as active. sign: its pre-activation (for gated MLPs, the
+                gate's) is > 0, which the scale of the input weights cannot move; cett: its
+                contribution |a_j| * ||W_down[:, j]|| exceeds the per-layer threshold at which
+                dropping all smaller contributions changes the MLP output by `cett` (mean relative
+                L2, calibrated on `id` at each measurement; arXiv 2411.02335); eps: |a| > eps on the
+                post-activation (moves with weight scale; kept for comparison).
+            cett: the output error the cett threshold is calibrated to, in (0, 1).
+            eps: the threshold of the eps rule. null: by model.activation, 0 for relu/relu2 and
+                the depth of the negative dip otherwise (gelu/geglu 0.17, silu/swiglu 0.28).
+            modularity: co-activation partition of each layer's units, Q against its permutation
+                null, held-out Q, stability against its floor.
             modularity_every_n_steps: partition every this many steps (and at step 0 and the
-                end); null: every_n_steps. The eigendecomposition of a wide layer is the costly
-                part of a measurement on a GPU.
-            layers: effective rank of the residual stream after each block.
-            ablation: zero each module in turn on the string-task probes (world corpus, strings
-                family trained) and log the per-task loss increase and a specificity per layer.
+                end); null: every_n_steps.
+            modularity_tokens: the co-activation graphs (and their nulls) are built from the first
+                this many tokens of `id` and of `id_b`; null: all of them. Its cost (counts and
+                null draws) grows with it; the partition's eigendecomposition does not.
+            null_draws: draws of each null (modularity: per-unit permuted activity; ablation:
+                random unit sets of the modules' sizes), at least 8.
+            layers: effective rank of the centred residual stream after each block, on id and id_b.
+            ablation: mean- (or zero-) ablate each module in turn on the string-task probes
+                (world corpus, strings family trained) and log the per-task loss increase and a
+                specificity per layer against random unit sets.
             ablation_every_n_steps: ablation (the costly part) every this many steps, and at
                 step 0 and the end; it needs modularity (and partitions whenever it runs).
             ablation_examples: string examples per task in the task probe.
-            n_modules: modules per layer; null: chosen by the eigengap, 2..max_modules.
-            max_modules: the most modules the eigengap may choose.
-            pictures: images (co-activation by module, density heatmap, damage matrix) and
-                firing-rate histograms, on a TensorBoard logger.
+            ablation_mode: mean (units set to their mean on the task probe) or zero.
+            n_modules: modules per layer; null: chosen in 2..max_modules by held-out Q.
+            max_modules: the most modules the held-out choice may pick.
+            lastlayer: Jin et al.'s last-layer measures (arXiv 2603.03415) on the final hidden
+                state before the answer of held-out arithmetic problems, by level (world corpus).
+            lastlayer_problems: arithmetic problems per level for them.
+            pictures: figures (density with intervals, Q against its null, co-activation by
+                module, damage matrix) and firing-rate histograms, on a TensorBoard logger.
             impl: measures implementation: auto (Triton kernels on CUDA, the PyTorch reference
                 elsewhere; never the CPU interpreter, which is for testing kernels), kernel,
                 reference.
@@ -108,6 +147,9 @@ class Instrumentation(L.Callback):
             ("modularity_every_n_steps", mod_every, 1),
             ("ablation_examples", ablation_examples, 1),
             ("max_modules", max_modules, 2),
+            ("null_draws", null_draws, MIN_NULL_DRAWS),
+            ("modularity_tokens", 1 if modularity_tokens is None else modularity_tokens, 1),
+            ("lastlayer_problems", lastlayer_problems, 2),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"instrument.{key}: expected an integer >= {low}, got {value!r}")
@@ -121,28 +163,42 @@ class Instrumentation(L.Callback):
             raise ConfigError(f"instrument.n_modules: expected null or an integer >= 1, got {n_modules!r}")
         if eps is not None and not eps >= 0:
             raise ConfigError(f"instrument.eps: expected null or a number >= 0, got {eps!r}")
-        if impl not in IMPLS:
-            raise ConfigError(f"instrument.impl: expected one of {', '.join(IMPLS)}, got {impl!r}")
+        if not 0 < cett < 1:  # (not: also catches NaN)
+            raise ConfigError(f"instrument.cett: expected a number in (0, 1), got {cett!r}")
+        for key, value, allowed in (
+            ("active", active, ACTIVE_RULES), ("ablation_mode", ablation_mode, abl.MODES), ("impl", impl, IMPLS)
+        ):
+            if value not in allowed:
+                raise ConfigError(f"instrument.{key}: expected one of {', '.join(allowed)}, got {value!r}")
         self.enabled = enabled
         self.every_n_steps = every_n_steps
         self.probe_tokens = probe_tokens
         self.probe_batch_size = probe_batch_size
         self.probe_seed = probe_seed
+        self.active = active
+        self.cett = cett
         self.eps = eps
         self.modularity = modularity
         self.modularity_every_n_steps = mod_every
+        self.modularity_tokens = modularity_tokens
+        self.null_draws = null_draws
         self.layers = layers
         self.ablation = ablation
         self.ablation_every_n_steps = ablation_every_n_steps
         self.ablation_examples = ablation_examples
+        self.ablation_mode = ablation_mode
         self.n_modules = n_modules
         self.max_modules = max_modules
+        self.lastlayer = lastlayer
+        self.lastlayer_problems = lastlayer_problems
         self.pictures = pictures
         self.impl = impl
 
         self.probes: ProbeSet | None = None
+        self.answer_probe = None  # the last-layer measures' arithmetic problems
         self.last_step: int | None = None  # the step measured last (kept in checkpoints)
         self.previous_labels: dict[int, torch.Tensor] = {}  # per layer, for stability
+        self.q_history: dict[int, list[tuple]] = {}  # per layer (step, q, q_heldout, q_null), for the picture
         self.last_seconds: float | None = None  # wall time of the last measurement
         self.timings: list[dict] = []  # {step, hook, seconds, partition, ablate} per measurement (benchmarks)
         self._warned: set[str] = set()
@@ -183,6 +239,7 @@ class Instrumentation(L.Callback):
         return {
             "last_step": self.last_step,
             "previous_labels": {layer: labels.tolist() for layer, labels in self.previous_labels.items()},
+            "q_history": {layer: [list(entry) for entry in h] for layer, h in self.q_history.items()},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -190,6 +247,9 @@ class Instrumentation(L.Callback):
         self.previous_labels = {
             int(layer): torch.tensor(labels, dtype=torch.long)
             for layer, labels in state_dict.get("previous_labels", {}).items()
+        }
+        self.q_history = {
+            int(layer): [tuple(entry) for entry in h] for layer, h in state_dict.get("q_history", {}).items()
         }
 
     # ---- building and measuring ----------------------------------------------------------------
@@ -214,9 +274,15 @@ class Instrumentation(L.Callback):
         if self.probes.tasks is not None:
             t = self.probes.tasks
             self.probes.tasks = TaskProbe(t.inputs.to(device), t.targets.to(device), t.task_ids.to(device), t.tasks)
+        hp = datamodule.hparams
+        if self.lastlayer and hp.source == "world":
+            self.answer_probe = answer_positions_probe(
+                datamodule.tokenizer, world_seed(int(hp.seed), self.probe_seed, "lastlayer"), world.ARITH_LEVELS,
+                self.lastlayer_problems, int(hp.block_size), datamodule.eot_id,
+            )
         rank_zero_info(
-            f"lamina: instrumentation: {len(self.probes.probes)} probes built in "
-            f"{time.perf_counter() - started:.1f}s: {', '.join(self.probes.probes)}"
+            f"lamina: instrumentation: {len(self.probes.probes)} probes of {len(self.probes.probes['id'])} windows "
+            f"built in {time.perf_counter() - started:.1f}s: {', '.join(self.probes.probes)}"
         )
         for note in self.probes.notes:
             rank_zero_info(f"lamina: instrumentation: {note}")
@@ -274,37 +340,34 @@ class Instrumentation(L.Callback):
         if self.probes is None:
             raise RuntimeError("Instrumentation.measure: no probes (they are built at fit start)")
         device = device or next(model.parameters()).device
-        activation = getattr(getattr(model, "config", None), "activation", "gelu")
-        eps = default_eps(activation) if self.eps is None else self.eps
         impl = self.impl if self.impl != "auto" else ("auto" if device.type == "cuda" else "reference")
         out = Measurement(step)
-        width = next(iter(self.probes.probes.values())).shape[1]
-        batch = self.probe_batch_size or max(1, PROBE_BATCH_TOKENS // width)
+        probes = self.probes.probes
+        batch = self.probe_batch_size or max(1, PROBE_BATCH_TOKENS // probes["id"].shape[1])
+        samples = tuple(name for name in ("id", "id_b") if name in probes)  # modularity and layers read these
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
             with torch.no_grad(), autocast or nullcontext():
+                rule = self._rule(model, batch, device)
                 stats = measure_probes(
-                    model, self.probes.probes, eps=eps, batch_size=batch, device=device,
-                    impl=impl, gather="id", coactivation=self.modularity and partition, residual=self.layers,
-                    rank=rank, world_size=world_size,
+                    model, probes, rule=rule, batch_size=batch, device=device, impl=impl,
+                    keep_active=samples if self.modularity and partition else (),
+                    residual=samples if self.layers else (), rank=rank, world_size=world_size,
                 )
                 if rank != 0:
                     return out
                 out.scalars.update(sparsity_scalars(stats.stats))
-                if stats.grams is not None:
-                    for i, gram in enumerate(stats.grams):
-                        out.scalars[f"layers/layer{i}/effective_rank"] = gram.effective_rank()
-                if stats.coactivation is not None:
-                    for i, coact in enumerate(stats.coactivation):
-                        mods = find_modules(
-                            coact, self.previous_labels.get(i), self.n_modules, self.max_modules
-                        )
-                        self.previous_labels[i] = mods.labels
-                        out.modules.append(mods)
-                    out.scalars.update(modularity_scalars(out.modules))
+                out.scalars.update(gap_scalars(stats.stats))
+                out.scalars.update(layer_scalars(stats.grams))
+                if stats.active:
+                    # Hundreds of small graph ops: one CPU thread is faster than several that wait.
+                    with measures.one_cpu_thread() if device.type == "cpu" else nullcontext():
+                        self._partition(stats.active, out)
                 if ablate and self.ablation and out.modules and self.probes.tasks is not None:
                     self._ablate(model, device, out, batch)
+                if self.answer_probe is not None:
+                    out.scalars.update(lastlayer_stats(model, self.answer_probe, min(batch, 32), device))
         finally:
             for module, training in modes:
                 module.training = training
@@ -312,51 +375,82 @@ class Instrumentation(L.Callback):
             self._pictures(stats.stats, out)
         return out
 
+    def _rule(self, model: torch.nn.Module, batch: int, device: torch.device):
+        activation = getattr(getattr(model, "config", None), "activation", "gelu")
+        eps = default_eps(activation) if self.eps is None else self.eps
+        return active_rule(
+            self.active, model, eps=eps, cett=self.cett, calibration=self.probes.probes["id"],
+            batch_size=batch, device=device,
+        )
+
+    def _partition(self, active: dict[str, list[torch.Tensor]], out: Measurement) -> None:
+        # Without id_b (a tiny validation split) the held-out choice falls back to id itself.
+        heldout = active.get("id_b", active["id"])
+        rows = slice(None, self.modularity_tokens)
+        for i, (act, act_b) in enumerate(zip(active["id"], heldout)):
+            mods = find_modules(
+                act[rows], act_b[rows], self.previous_labels.get(i), n_modules=self.n_modules, max_modules=self.max_modules,
+                null_draws=self.null_draws, seed=self._seed("modularity", i),
+            )
+            self.previous_labels[i] = mods.labels
+            self.q_history.setdefault(i, []).append((out.step, mods.q, mods.q_heldout, list(mods.q_null)))
+            out.modules.append(mods)
+        out.scalars.update(modularity_scalars(out.modules))
+
+    def _seed(self, purpose: str, layer: int) -> int:
+        """A null's seed: fixed by the probe seed, the purpose and the layer, never by the global RNG,
+        so a resumed run draws the same nulls."""
+        return world_seed(self.probe_seed, layer, purpose) % (2**63)
+
     def _ablate(self, model: torch.nn.Module, device: torch.device, out: Measurement, batch: int) -> None:
         probe = self.probes.tasks
-        base = task_losses(model, probe, batch, device)
-        for t, task in enumerate(probe.tasks):
-            out.scalars[f"modularity/task_loss/{task}"] = float(base[t])
+        base = abl.task_losses(model, probe, batch, device)
+        chance = abl.chance_losses(probe)
+        learned = abl.learned_tasks(base, chance)
+        out.scalars.update(abl.task_scalars(probe.tasks, base, chance, learned))
+        if int(learned.sum()) < 2:  # specificity needs two learned tasks: spare the forwards
+            return
+        means = abl.unit_means(model, probe, batch, device) if self.ablation_mode == "mean" else None
         for i, mods in enumerate(out.modules):
-            damage = task_losses(model, probe, batch, device, i, mods.module_units()) - base
-            out.scalars.update(ablation_scalars(i, damage, probe.tasks))
-            if self.pictures and damage.numel():
-                out.images[f"modularity/layer{i}/ablation"] = pictures.labelled_heatmap(
-                    damage.T.numpy(), list(probe.tasks), [f"m{m}" for m in range(damage.shape[0])],
-                    title=f"layer {i}: loss increase when module is zeroed", cell=(18, 40), fmt="{:.2f}",
+            result = abl.layer_ablation(
+                model, probe, batch, device, i, mods.labels, means, base, learned,
+                mode=self.ablation_mode, null_draws=self.null_draws, seed=self._seed("ablation", i),
+            )
+            out.scalars.update(abl.ablation_scalars(i, result, probe.tasks))
+            if self.pictures and result.damage.numel():
+                out.figures[f"modularity/layer{i}/ablation"] = pictures.ablation_figure(
+                    result.damage.numpy(), list(probe.tasks),
+                    title=f"layer {i}: loss increase, each module {self.ablation_mode}-ablated, step {out.step}",
                 )
 
     def _pictures(self, stats: dict[str, list[dict]], out: Measurement) -> None:
-        names = list(stats)
-        n_layers = len(next(iter(stats.values())))
-        density = np.array([[s["frac_active"] for s in stats[p]] for p in names])
-        density = np.concatenate([density, density.mean(axis=1, keepdims=True)], axis=1)
-        out.images["sparsity/density"] = pictures.labelled_heatmap(
-            density, names, [f"L{i}" for i in range(n_layers)] + ["mean"],
-            title=f"fraction active, step {out.step}",
-        )
+        density, halfwidth = density_intervals(stats)
+        out.figures["sparsity/density"] = pictures.density_figure(density, halfwidth, list(stats), out.step)
         for probe, layers in stats.items():
             for i, s in enumerate(layers):
                 out.histograms[f"sparsity/{probe}/layer{i}/firing_rate"] = s["firing_rate"].float().cpu().numpy()
         for i, mods in enumerate(out.modules):
-            out.images[f"modularity/layer{i}/coactivation"] = pictures.module_matrix(
-                mods.similarity.float().cpu().numpy(), mods.labels.numpy()
+            out.figures[f"modularity/layer{i}/coactivation"] = pictures.coactivation_figure(
+                mods.similarity.float().cpu().numpy(), mods.labels.numpy(),
+                title=f"layer {i}: phi similarity by module (k={mods.k}), step {out.step}",
             )
+        if out.modules:
+            out.figures["modularity/q_vs_null"] = pictures.modularity_figure(self.q_history)
 
     # ---- logging --------------------------------------------------------------------------------
 
     def _log(self, trainer: L.Trainer, m: Measurement) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(m.scalars, step=m.step)
-        if not (m.images or m.histograms):
+        if not (m.figures or m.histograms):
             return
         boards = self._tensorboards(trainer)
         if not boards:
             self._info("no-tensorboard", "lamina: instrumentation pictures need a TensorBoardLogger; scalars only")
         for logger in boards:
             writer = logger.experiment
-            for tag, image in m.images.items():
-                writer.add_image(tag, image, m.step, dataformats="HWC")
+            for tag, figure in m.figures.items():
+                writer.add_figure(tag, figure, m.step, close=False)
             for tag, values in m.histograms.items():
                 writer.add_histogram(tag, values, m.step)
 

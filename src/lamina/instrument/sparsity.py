@@ -1,24 +1,50 @@
 """Sparsity: stream every probe through the model and its MLP activations through the accumulators.
 
 One forward per probe batch (eval mode, no grad, the caller's autocast) with `record=`, the
-model's one narrow interface: each layer's MLP post-activation `[B, T, d_ff]` goes into a
-`lamina.measures.SparsityAccumulator`; for the probe that modularity and layer measures read
-(`id`), also into a `CoactivationAccumulator` and the residual stream into a Gram accumulator.
-Everything stays on the device until `compute()`, which returns small reductions.
+model's one narrow interface. Each layer's MLP activation `[B, T, d_ff]` goes into a
+`lamina.measures.SparsityAccumulator` under the run's active rule (`ActiveRule`), which also keeps
+the density of every window; for the probes that modularity reads (`id`, `id_b`) the 0/1 activity
+is kept too, and for those that the layer measures read, the residual stream goes into a Gram
+accumulator. Everything stays on the device until `compute()`, which returns small reductions.
+
+The active rules (`instrument.active`):
+
+- `sign`: a unit is active when its pre-activation is > 0 (for gated MLPs, the gate's). Scaling
+  the input weights by any positive factor leaves it unchanged, so density cannot rise merely
+  because weights grow.
+- `cett` (Sparsing Law, arXiv 2411.02335): per layer, unit j is active when its contribution to
+  the MLP output |a_j| * ||W_down[:, j]|| exceeds the threshold tau at which dropping every
+  smaller contribution changes the output by `instrument.cett` in mean relative L2 on `id`;
+  tau is calibrated on `id` at each measurement and applied to every probe.
+- `eps`: |a| > eps on the post-activation (the lab's first rule, kept for comparison: it moves
+  with weight scale, and for gated MLPs the cut on silu(gate) * up means little).
+
+Gaps and their intervals: `sparsity/gap/<probe>` is the density on `id` minus the probe's (mean
+over layers), `.../layer<i>` per layer. Each has `/se` and `/z` from the window-level variance of
+both probes: for a probe made of other windows (id_b, random, ood/...), the two-sample standard
+error sqrt(var_id / n_id + var_p / n_p); for `shuffled`, whose windows are `id`'s own tokens
+reordered, the paired one, std(d_w) / sqrt(n) over per-window differences d_w. `id_b` is the
+calibration check: drawn from the same distribution as `id`, its |z| exceeds 1.96 in about 5%
+of measurements.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from lamina import measures
 from lamina.instrument.layers import GramAccumulator
 
 STATS = ("frac_active", "l1", "l2", "hoyer", "dead_frac", "top10_l1_share")
+ACTIVE_RULES = ("sign", "cett", "eps")
+PAIRED_WITH_ID = ("shuffled",)  # probes whose window w is id's window w reordered
+CETT_CALIBRATION_TOKENS = 4096  # id tokens the cett threshold is fitted on, per layer
 
-# Default activation thresholds by model.activation (see Instrumentation's `eps`).
+# Default thresholds of the `eps` rule by model.activation (see Instrumentation's `eps`).
 DEFAULT_EPS = {
     "relu": 0.0,
     "relu2": 0.0,
@@ -34,20 +60,76 @@ def default_eps(activation: str) -> float:
 
 
 @dataclass
+class ActiveRule:
+    """The active rule in force at one measurement: `thresholds[layer]` (a float, or a [d] tensor
+    of per-unit thresholds for cett); `sign` compares the pre-activation, the others |a|."""
+
+    name: str
+    thresholds: list[float | torch.Tensor]
+
+    def threshold(self, layer: int) -> float | torch.Tensor:
+        return self.thresholds[layer] if len(self.thresholds) > 1 else self.thresholds[0]
+
+    def gate(self, record: dict, layer: int) -> torch.Tensor | None:
+        return record["mlp_pre"][layer] if self.name == "sign" else None
+
+    def active(self, record: dict, layer: int) -> torch.Tensor:
+        """The 0/1 activity of one layer's units, bool [tokens, d]."""
+        a = record["mlp"][layer]
+        mask = measures.active_mask(a, self.threshold(layer), gate=self.gate(record, layer))
+        return mask.reshape(-1, a.shape[-1])
+
+
+def mlp_down_projections(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Each block's W_down ([n_embd, d_ff]: the weight of `mlp.c_proj`)."""
+    return [block.mlp.c_proj.weight for block in model.transformer.h]
+
+
+def active_rule(
+    name: str,
+    model: torch.nn.Module,
+    *,
+    eps: float,
+    cett: float,
+    calibration: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> ActiveRule:
+    """The rule `name` for the model as it is now; for cett, calibrated on the first
+    CETT_CALIBRATION_TOKENS tokens of `calibration` (the `id` windows), the same on every rank."""
+    if name == "sign":
+        return ActiveRule("sign", [0.0])
+    if name == "eps":
+        return ActiveRule("eps", [eps])
+    rows = max(1, CETT_CALIBRATION_TOKENS // calibration.shape[1])
+    acts: list[list[torch.Tensor]] = []
+    for batch in calibration[:rows].split(batch_size):
+        record = forward_recorded(model, batch.to(device, non_blocking=True))
+        acts.append([a.reshape(-1, a.shape[-1]) for a in record["mlp"]])
+    thresholds = []
+    for layer, weight in enumerate(mlp_down_projections(model)):
+        layer_acts = torch.cat([batch[layer] for batch in acts])
+        tau = measures.cett_threshold(layer_acts, weight, cett)
+        thresholds.append(tau / weight.detach().float().norm(dim=0))  # inf where a column is 0
+    return ActiveRule("cett", thresholds)
+
+
+@dataclass
 class ProbeStats:
     """What one pass over the probes measured.
 
     `stats[probe][layer]`: the dict of `measures.sparsity_stats` (floats, `firing_rate` on the
-    device). `coactivation[layer]` ([d_ff, d_ff], float32) and `grams[layer]` (residual stream) of
-    the gather probe, where asked for."""
+    device) plus `window_frac_active` (float64 numpy [windows]). `active[probe][layer]`: bool
+    [tokens, d_ff] activity of the probes asked for (modularity). `grams[probe][layer]`: the
+    residual stream's Gram accumulators of the probes asked for (layers)."""
 
     stats: dict[str, list[dict]] = field(default_factory=dict)
-    coactivation: list[torch.Tensor] | None = None
-    grams: list[GramAccumulator] | None = None
+    active: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    grams: dict[str, list[GramAccumulator]] = field(default_factory=dict)
 
 
 def forward_recorded(model: torch.nn.Module, idx: torch.Tensor) -> dict:
-    """Run the GPT on idx and return its record (`mlp`, `resid`: one tensor per layer).
+    """Run the GPT on idx and return its record (`mlp`, `mlp_pre`, `resid`: one tensor per layer).
 
     `model.forward` rather than `model(...)`: a model compiled in place (`model.compile()`)
     would otherwise recompile for eval mode and the record; the measurement runs eagerly."""
@@ -60,53 +142,62 @@ def measure_probes(
     model: torch.nn.Module,
     probes: dict[str, torch.Tensor],
     *,
-    eps: float,
+    rule: ActiveRule,
     batch_size: int,
     device: torch.device,
     impl: str = "auto",
-    gather: str | None = "id",
-    coactivation: bool = True,
-    residual: bool = True,
+    keep_active: tuple[str, ...] = (),
+    residual: tuple[str, ...] = (),
     rank: int = 0,
     world_size: int = 1,
 ) -> ProbeStats:
-    """Sparsity statistics of every layer on every probe; co-activation and residual Grams on
-    the `gather` probe. The caller sets eval mode, no_grad and autocast.
+    """Sparsity statistics of every layer on every probe under `rule`; the 0/1 activity of the
+    `keep_active` probes and the residual Grams of the `residual` probes. The caller sets eval
+    mode, no_grad and autocast.
 
     With world_size > 1 (torch.distributed initialised, every rank calling with the same probes
     and weights) each rank measures its share of the windows and the accumulators are summed over
-    the ranks, so every rank returns the statistics of the whole probe set."""
+    the ranks (the kept activity gathered in rank order), so every rank returns the statistics of
+    the whole probe set."""
     out = ProbeStats()
     for name, windows in probes.items():
         windows = shard_windows(windows, rank, world_size)
-        is_gather = name == gather
         sparsity: list[measures.SparsityAccumulator] = []
-        coact: list[measures.CoactivationAccumulator] = []
+        active: list[list[torch.Tensor]] = []
         grams: list[GramAccumulator] = []
         for batch in windows.split(batch_size):
             record = forward_recorded(model, batch.to(device, non_blocking=True))
             if not sparsity:  # sized from the first batch: the model tells its own widths
-                widths = [a.shape[-1] for a in record["mlp"]]
-                sparsity = [measures.SparsityAccumulator(d, eps, device, impl=impl) for d in widths]
-                if is_gather and coactivation:
-                    coact = [measures.CoactivationAccumulator(d, eps, device, impl=impl) for d in widths]
-                if is_gather and residual:
-                    grams = [GramAccumulator() for _ in record["resid"]]
+                sparsity = [
+                    measures.SparsityAccumulator(a.shape[-1], rule.threshold(i), device, impl=impl)
+                    for i, a in enumerate(record["mlp"])
+                ]
+                active = [[] for _ in record["mlp"]] if name in keep_active else []
+                grams = [GramAccumulator() for _ in record["resid"]] if name in residual else []
             for layer, acts in enumerate(record["mlp"]):
-                sparsity[layer].update(acts)
-                if coact:
-                    coact[layer].update(acts)
-            for layer, resid in enumerate(record.get("resid", []) if grams else []):
+                sparsity[layer].update(acts, gate=rule.gate(record, layer))
+                if active:
+                    active[layer].append(rule.active(record, layer))
+            for layer, resid in enumerate(record["resid"] if grams else []):
                 grams[layer].update(resid)
             del record
-        if world_size > 1:  # (shard_windows gives every rank at least one window)
-            for acc in [*sparsity, *coact, *grams]:
+        active_layers = [torch.cat(parts) for parts in active]
+        if world_size > 1 and len(probes[name]) >= world_size:  # (else every rank holds all windows)
+            for acc in [*sparsity, *grams]:
                 acc.all_reduce()
-        out.stats[name] = [acc.compute() for acc in sparsity]
-        if is_gather:
-            out.coactivation = [acc.compute() for acc in coact] if coact else None
-            out.grams = grams or None
+            active_layers = [measures.gather_rows(a) for a in active_layers]
+        out.stats[name] = [_with_windows(acc) for acc in sparsity]
+        if active_layers:
+            out.active[name] = active_layers
+        if grams:
+            out.grams[name] = grams
     return out
+
+
+def _with_windows(acc: measures.SparsityAccumulator) -> dict:
+    stats = acc.compute()
+    stats["window_frac_active"] = acc.window_frac_active().cpu().numpy()
+    return stats
 
 
 def shard_windows(windows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -119,21 +210,83 @@ def shard_windows(windows: torch.Tensor, rank: int, world_size: int) -> torch.Te
     return windows.tensor_split(world_size)[rank]
 
 
-def sparsity_scalars(stats: dict[str, list[dict]], reference: str = "id") -> dict[str, float]:
-    """The sparsity tags: `sparsity/<probe>/layer<i>` (frac_active), `.../layer<i>/<stat>` for
-    the other statistics, `sparsity/<probe>/mean` (over layers) and `sparsity/gap/<probe>` (the
-    reference probe's mean density minus this probe's)."""
+def sparsity_scalars(stats: dict[str, list[dict]]) -> dict[str, float]:
+    """The density tags: `sparsity/<probe>/layer<i>` (frac_active), `.../layer<i>/<stat>` for
+    the other statistics and `sparsity/<probe>/mean` (over layers)."""
     scalars: dict[str, float] = {}
-    means: dict[str, float] = {}
     for probe, layers in stats.items():
         for i, s in enumerate(layers):
             scalars[f"sparsity/{probe}/layer{i}"] = s["frac_active"]
             for key in STATS[1:]:
                 scalars[f"sparsity/{probe}/layer{i}/{key}"] = s[key]
-        means[probe] = sum(s["frac_active"] for s in layers) / len(layers)
-        scalars[f"sparsity/{probe}/mean"] = means[probe]
-    if reference in means:
-        for probe, value in means.items():
-            if probe != reference:
-                scalars[f"sparsity/gap/{probe}"] = means[reference] - value
+        scalars[f"sparsity/{probe}/mean"] = sum(s["frac_active"] for s in layers) / len(layers)
     return scalars
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A density difference (reference minus probe) with its standard error."""
+
+    value: float
+    se: float
+
+    @property
+    def z(self) -> float:
+        return self.value / self.se if self.se > 0 else 0.0
+
+
+def density_gap(reference: np.ndarray, probe: np.ndarray, paired: bool) -> Gap:
+    """Mean window density of `reference` minus `probe`'s, with its standard error: paired over
+    windows (one-to-one, equal counts) or two-sample (independent windows)."""
+    reference, probe = np.asarray(reference, np.float64), np.asarray(probe, np.float64)
+    value = float(reference.mean() - probe.mean())
+    if paired:
+        diff = reference - probe
+        se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    else:
+        se = math.sqrt(_var_of_mean(reference) + _var_of_mean(probe))
+    return Gap(value, float(se))
+
+
+def _var_of_mean(x: np.ndarray) -> float:
+    return float(x.var(ddof=1) / len(x)) if len(x) > 1 else 0.0
+
+
+def layer_mean_windows(layers: list[dict]) -> np.ndarray:
+    """Each window's density averaged over layers (the windows of `sparsity/<probe>/mean`)."""
+    return np.mean([s["window_frac_active"] for s in layers], axis=0)
+
+
+def gap_scalars(stats: dict[str, list[dict]], reference: str = "id") -> dict[str, float]:
+    """`sparsity/gap/<probe>` (over layers) and `.../layer<i>`, each with `/se` and `/z`."""
+    if reference not in stats:
+        return {}
+    scalars: dict[str, float] = {}
+    ref_layers = stats[reference]
+    for probe, layers in stats.items():
+        if probe == reference:
+            continue
+        paired = probe in PAIRED_WITH_ID and len(layers[0]["window_frac_active"]) == len(
+            ref_layers[0]["window_frac_active"]
+        )
+        pairs = [("", layer_mean_windows(ref_layers), layer_mean_windows(layers))]
+        pairs += [
+            (f"/layer{i}", r["window_frac_active"], p["window_frac_active"])
+            for i, (r, p) in enumerate(zip(ref_layers, layers))
+        ]
+        for suffix, ref_windows, probe_windows in pairs:
+            gap = density_gap(ref_windows, probe_windows, paired)
+            tag = f"sparsity/gap/{probe}{suffix}"
+            scalars[tag], scalars[f"{tag}/se"], scalars[f"{tag}/z"] = gap.value, gap.se, gap.z
+    return scalars
+
+
+def density_intervals(stats: dict[str, list[dict]], z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Density per probe (rows) and layer (columns, then the mean over layers) and the half-width
+    of its `z` interval from the window-level variance: for the density picture."""
+    density, halfwidth = [], []
+    for layers in stats.values():
+        windows = [s["window_frac_active"] for s in layers] + [layer_mean_windows(layers)]
+        density.append([float(np.mean(w)) for w in windows])
+        halfwidth.append([z * math.sqrt(_var_of_mean(np.asarray(w))) for w in windows])
+    return np.array(density), np.array(halfwidth)

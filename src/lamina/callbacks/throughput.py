@@ -1,0 +1,107 @@
+"""perf/tokens_per_sec and perf/mfu over training time only, and the one table of device peaks."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lamina.lm import ends_logged_step
+
+# Dense peak FLOP/s per device for the dtype of the matmuls (bf16 tensor cores, no sparsity); MFU is
+# only reported where it is known. Matched in order on the CUDA device name: the PCIe H100 before
+# any other H100 (the SXM part reports "H100 SXM..." or "H100 80GB HBM3"); an H100 that names
+# neither (e.g. NVL) is not guessed.
+PEAK_FLOPS: tuple[tuple[tuple[str, ...], str, float], ...] = (
+    (("H100", "PCIE"), "bf16", 756e12),
+    (("H100", "SXM"), "bf16", 989e12),
+    (("H100", "HBM3"), "bf16", 989e12),
+    (("H200",), "bf16", 989e12),
+    (("A100",), "bf16", 312e12),
+)
+
+
+def peak_flops_of(name: str, precision: str) -> float | None:
+    """Peak FLOP/s of the device called `name` at `precision`, or None where the table has no entry."""
+    dtype = "bf16" if "bf16" in str(precision) else None
+    upper = name.upper()
+    return next((flops for words, dt, flops in PEAK_FLOPS if dt == dtype and all(w in upper for w in words)), None)
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak FLOP/s from the table, or None (CPU, unknown card, or a precision the table does not hold)."""
+    if device.type != "cuda":
+        return None
+    return peak_flops_of(torch.cuda.get_device_name(device), precision)
+
+
+class Throughput(L.Callback):
+    """perf/tokens_per_sec (training tokens, all ranks), perf/mfu, perf/tokens_seen, perf/flops (and
+    perf/rlp_sample_tokens for RLP) every log_every_n_steps optimizer steps.
+
+    Timed from each micro-batch's on_train_batch_start to its on_train_batch_end hook: the training
+    step, its backward and optimizer step. Validation, checkpoint saves, measurements and thinking
+    evaluations run outside these windows (this callback runs first among the callbacks: the others'
+    on_train_batch_end hooks come after it) and are not counted; so is the fetch of the next batch.
+    On CUDA the marks are events on the device's stream (never a synchronisation per step: one per
+    logging interval, when the sum is read); elsewhere the host clock. The first step after start
+    or resume pays for warm-up and compilation and is not timed. Peak FLOP/s: `model.peak_flops`,
+    else the table; an unknown device logs no MFU and says so once.
+    """
+
+    def __init__(self, clock=time.perf_counter):
+        self._host_clock = clock  # the host clock off CUDA (a fake one in tests)
+        self._peak: float | None = None
+        self._first_step = 0
+        self._marks: list = []  # (start, end) per timed micro-batch of this interval
+        self._start = None
+        self._tokens = 0  # all ranks, this interval
+        self._tokens_at_start = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._peak = pl_module.hparams.get("peak_flops") or peak_flops(pl_module.device, trainer.precision)
+        if self._peak is None:
+            rank_zero_info(
+                f"lamina: no MFU logged: peak FLOP/s unknown for {pl_module.device} at precision "
+                f"{trainer.precision} (set model.peak_flops to report it)"
+            )
+        self._first_step, self._marks, self._tokens = trainer.global_step, [], 0
+
+    def _clock(self, device: torch.device):
+        if device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return self._host_clock()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step > self._first_step:
+            self._start, self._tokens_at_start = self._clock(pl_module.device), pl_module.tokens_seen
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._start is not None:
+            self._marks.append((self._start, self._clock(pl_module.device)))
+            self._tokens += pl_module.tokens_seen - self._tokens_at_start
+            self._start = None
+        if not self._marks or not ends_logged_step(trainer, batch_idx):
+            return
+        seconds, tokens = self._seconds(), self._tokens
+        self._marks, self._tokens = [], 0
+        if not seconds > 0:
+            return
+        tokens_per_sec = tokens / seconds
+        perf = {"tokens_per_sec": tokens_per_sec, "tokens_seen": pl_module.tokens_seen, "flops": pl_module.flops_seen}
+        if getattr(pl_module, "rlp_sample_tokens", None) is not None:
+            perf["rlp_sample_tokens"] = pl_module.rlp_sample_tokens
+        if self._peak:
+            perf["mfu"] = tokens_per_sec * pl_module.flops_per_token / (self._peak * trainer.world_size)
+        for name, value in perf.items():
+            pl_module.log(f"perf/{name}", torch.tensor(float(value)), rank_zero_only=True)
+
+    def _seconds(self) -> float:
+        if isinstance(self._marks[0][0], float):
+            return sum(end - start for start, end in self._marks)
+        self._marks[-1][1].synchronize()  # the interval's one wait for the device
+        return sum(start.elapsed_time(end) for start, end in self._marks) / 1e3

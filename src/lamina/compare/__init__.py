@@ -1,0 +1,113 @@
+"""`lamina compare RUN [RUN ...] --out DIR`: runs side by side, aligned on tokens seen and on FLOPs.
+
+A RUN is a run version folder (`runs/<name>/version_<n>`), a folder above run folders
+(`runs/<name>`: all its versions; `runs`: every run), or a glob of them. The runs' TensorBoard
+scalars are read back, every tag is placed on two x axes, cumulative training tokens
+(`perf/tokens_seen`) and cumulative training FLOPs (`perf/flops`), by interpolating those
+counters (logged at the logging steps) at the tag's steps, and runs are grouped into arms: by
+default one group per run name (the versions of `runs/<name>` are seeds of one arm), or as
+`--group LABEL=RUN[,RUN...]` says.
+
+Written to `DIR`:
+- `report.md`: per group and key metric, the value at the end of each run and at a matched
+  budget (the largest tokens seen, and the largest FLOPs, that every run logging the metric
+  reached), as mean ± std [95% t-interval] over the group's runs, and the difference of each
+  group from the first one: paired by seed where the runs of the two groups match by seed (see
+  below), else the difference of means with Welch's 95% interval;
+- `report.csv`: the same numbers, one row per group x metric, blank where no run has the value,
+  with both the Welch and the paired difference;
+- `<metric>_vs_tokens.png` and `<metric>_vs_flops.png`: one plot per metric family, a line per
+  group (its mean over runs) with a shaded band of ±1 std where the group has several runs.
+
+Paired by seed: a run's seed is the pair (`seed_everything`, `data.seed`) of the config.yaml that
+LightningCLI saved in its folder. Runs of the two groups with the same seed (one run per seed in
+each group) make a pair; where at least 2 pairs have the value, the difference is the mean over
+pairs of (run of the group - run of the first group with the same seed), with the 95% t-interval
+over the n pairs (n - 1 degrees of freedom). Seed-to-seed spread shared by the arms (the same
+validation text, the same initialisation) cancels in each pair, where Welch's interval counts it
+as noise. Fewer than 2 pairs (runs without seeds in their config, seeds that differ between the
+groups): Welch's interval, as the report says per column and cell.
+
+Nothing is invented: a run that lacks a metric, or whose curve does not reach a budget, is left
+out of that cell, and a cell no run fills is blank.
+
+Modules: `runs` (finding and reading runs, grouping them), `stats` (intervals and differences,
+the cells of every table), `report` (markdown, CSV, PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lamina.compare.report import delta_cell, write_csv, write_markdown, write_plots
+from lamina.compare.runs import (
+    AXES, FLOPS, KEY_METRICS, TOKENS, Group, Run, assemble, load_run, read_seed, resolve, select_metrics,
+)
+from lamina.compare.stats import Cell, Comparison, Difference, Stats, compare_groups, summarize, welch
+from lamina.errors import ConfigError
+
+__all__ = [
+    "AXES", "FLOPS", "KEY_METRICS", "TOKENS", "Cell", "Comparison", "Difference", "Group", "Run", "Stats",
+    "assemble", "compare_groups", "delta_cell", "load_run", "main", "parser", "read_seed", "resolve",
+    "select_metrics", "summarize", "welch", "write_csv", "write_markdown", "write_plots",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line through lamina's ConfigError, not usage + exit
+        raise ConfigError(f"compare: {message}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="lamina compare",
+        description="Compare runs (groups of seeds) on tokens seen and training FLOPs: report.md, report.csv, PNGs.",
+        epilog="Examples: lamina compare runs/base runs/rlp --out cmp;  "
+        "lamina compare --group base='runs/base/version_*' --group rlp=runs/rlp/version_0,runs/rlp/version_1 --out cmp",
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="a run folder runs/<name>/version_<n>, a folder above runs "
+                   "(runs/<name>: all its versions), or a glob")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.csv and the plots")
+    p.add_argument("--group", action="append", default=[], metavar="LABEL=RUN[,RUN...]",
+                   help="put these runs in one group (repeatable); other runs are grouped by run name")
+    p.add_argument("--metrics", action="append", metavar="PATTERN[,PATTERN...]",
+                   help="scalar tags to report, glob patterns (comma-separated, repeatable); default: "
+                   + ", ".join(KEY_METRICS))
+    return p
+
+
+def note_missing_axes(runs: list[Run]) -> None:
+    for run in runs:
+        missing = [axis.counter for key, axis in AXES.items() if run.axes[key] is None]
+        if missing:
+            print(f"lamina compare: note: {run.path} logs no {' or '.join(missing)}: "
+                  "left off that axis (its end-of-run values are still reported)", file=sys.stderr)
+
+
+def make_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create the folder ({err.strerror})") from err
+
+
+def main(argv: list[str]) -> Comparison:
+    args = parser().parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, expected a folder")
+    groups = assemble(args.runs, args.group)
+    runs = [run for group in groups for run in group.runs]
+    note_missing_axes(runs)
+    patterns = [p.strip() for item in args.metrics for p in item.split(",") if p.strip()] if args.metrics else None
+    result = compare_groups(groups, select_metrics(runs, patterns))
+    make_out_dir(out)
+    plots = write_plots(result, out)
+    write_markdown(result, plots, out / "report.md")
+    write_csv(result, out / "report.csv")
+    print(f"lamina compare: {len(runs)} runs in {len(groups)} groups -> {out / 'report.md'}, "
+          f"{out / 'report.csv'}, {sum(len(files) for _, files in plots)} plots")
+    return result

@@ -1,0 +1,344 @@
+"""The report of a comparison: report.md, report.csv, and one PNG per metric family and axis
+(matplotlib, object-oriented: a Figure per plot, no pyplot state)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+
+from lamina.compare.runs import AXES, FLOPS, TOKENS, Group, Run
+from lamina.compare.stats import VIEWS, Cell, Comparison, Difference, Stats
+
+# ---- numbers as text ---------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 4, sign: bool = False) -> str:
+    """`digits` significant digits; whole numbers below 1e6 in full (10240, not 1.024e4); 1.8e9."""
+    if value is None:
+        return ""
+    plus = "+" if sign else ""
+    if math.isfinite(value) and 10 ** (digits - 1) <= abs(value) < 1e6:
+        return format(round(value), f"{plus}d")
+    text = format(value, f"{plus}.{digits}g")
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def stats_cell(stats: Stats) -> str:
+    if stats.n == 0:
+        return ""
+    if stats.n == 1:
+        return f"{fmt(stats.mean)} (n=1)"
+    return f"{fmt(stats.mean)} ± {fmt(stats.std, 2)} [{fmt(stats.lo)}, {fmt(stats.hi)}] (n={stats.n})"
+
+
+def delta_cell(delta: Difference | tuple[float | None, float | None, float | None]) -> str:
+    diff, lo, hi = delta
+    if diff is None:
+        return ""
+    if lo is None:
+        return fmt(diff, 3, sign=True)
+    return f"{fmt(diff, 3, sign=True)} [{fmt(lo, 3, sign=True)}, {fmt(hi, 3, sign=True)}]"
+
+
+def difference_cell(cell: Cell, column_pairs: int) -> str:
+    """The difference the report gives: paired where the cell has 2 seed pairs or more (its n shown
+    where it has fewer pairs than its column), else Welch's (named so in a paired column)."""
+    if cell.is_paired:
+        p = cell.paired
+        return delta_cell((p.mean, p.lo, p.hi)) + (f" (n={p.n})" if p.n != column_pairs else "")
+    text = delta_cell(cell.welch)
+    return text + (" (Welch)" if text and column_pairs >= 2 else "")
+
+
+# ---- report.md ---------------------------------------------------------------------------------
+
+
+def delta_header(result: Comparison, group: Group, ref: str) -> str:
+    n = len(result.pairs.get(group.label, []))
+    return f"{group.label} − {ref} ({f'paired by seed, n={n}' if n >= 2 else 'Welch'})"
+
+
+def seed_text(run: Run) -> str:
+    return "" if run.seed is None else f"{run.seed[0]} / {run.seed[1]}"
+
+
+def md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def intro(result: Comparison) -> list[str]:
+    groups, ref = result.groups, result.groups[0].label
+    text = (f"{len(result.runs)} runs in {len(groups)} groups. Each cell: mean ± std [95% t-interval of the mean] "
+            "(n runs) over the group's runs; blank where no run of the group has the value.")
+    if len(groups) > 1:
+        text += (f" Columns `X − {ref}`, marked *paired by seed, n=<pairs>*: runs of X and {ref} with the same seed "
+                 "(`seed_everything` / `data.seed` of their config.yaml) are paired, and the cell is the mean over "
+                 "pairs of the per-seed difference with its 95% t-interval (n − 1 degrees of freedom; a cell with "
+                 "fewer pairs having the value shows its n, one with fewer than 2 falls back to Welch and says so). "
+                 "Marked *Welch* (fewer than 2 seed pairs): difference of means with Welch's 95% interval.")
+    return ["# lamina compare", "", text]
+
+
+def runs_table(result: Comparison) -> list[str]:
+    lines = ["## Runs", "", md_row(["group", "run", "seed / data.seed", "last step", "tokens seen", "FLOPs", "folder"]),
+             md_row(["---"] * 7)]
+    for group in result.groups:
+        for run in group.runs:
+            lines.append(md_row([group.label, run.label, seed_text(run), str(run.last_step),
+                                 fmt(run.final(TOKENS)), fmt(run.final(FLOPS)), f"`{run.path}`"]))
+    return lines
+
+
+def view_table(result: Comparison, view: str) -> list[str]:
+    """One table: a row per metric, a column per group and per difference from the first group."""
+    groups, ref = result.groups, result.groups[0].label
+    axis = AXES.get(view)
+    lines = [f"## {axis.title if axis else 'At the end of each run'}", ""]
+    if axis:
+        lines += [f"Budget: per metric, the largest {axis.label} that every run logging it reached; "
+                  "each run's curve is interpolated there.", ""]
+    head = (["metric"] + ([f"{axis.label} (budget)"] if axis else []) + [g.label for g in groups]
+            + [delta_header(result, g, ref) for g in groups[1:]])
+    lines += [md_row(head), md_row(["---"] * len(head))]
+    for metric in result.metrics:
+        per_group = result.cells[view][metric]
+        row = [f"`{metric}`"] + ([fmt(result.budgets[view][metric])] if axis else [])
+        row += [stats_cell(per_group[g.label].stats) for g in groups]
+        row += [difference_cell(per_group[g.label], len(result.pairs.get(g.label, []))) for g in groups[1:]]
+        lines.append(md_row(row))
+    return lines
+
+
+def plots_section(plots: list[tuple[str, list[tuple[str, str]]]]) -> list[str]:
+    if not plots:
+        return []
+    lines = ["## Plots", "", "Lines: a group's mean over its runs; shaded: ±1 std over runs; dotted vertical line: "
+             "the matched budget.", ""]
+    for title, files in plots:
+        lines += [f"### {title}", "", " ".join(f"![{title} vs {xlabel}]({file})" for xlabel, file in files), ""]
+    return lines
+
+
+def write_markdown(result: Comparison, plots: list[tuple[str, list[tuple[str, str]]]], path: Path) -> None:
+    sections = [intro(result), runs_table(result), *(view_table(result, view) for view in VIEWS),
+                plots_section(plots)]
+    lines = [line for section in sections if section for line in ["", *section]][1:]
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+# ---- report.csv --------------------------------------------------------------------------------
+
+# delta*: Welch's difference from the first group; paired_*: the difference paired by seed
+# (paired_n seed pairs having the value; the report gives it where paired_n >= 2, else Welch's).
+CSV_STATS = ("n", "mean", "std", "ci95_low", "ci95_high", "delta", "delta_ci95_low", "delta_ci95_high",
+             "paired_n", "paired_delta", "paired_delta_ci95_low", "paired_delta_ci95_high")
+
+
+def csv_columns() -> list[str]:
+    columns = ["group", "metric", "runs"]
+    for view in VIEWS:
+        prefix = "end" if view == "end" else f"at_{view}"
+        if view != "end":
+            columns.append(f"{prefix}_budget")
+        columns += [f"{prefix}_{name}" for name in CSV_STATS]
+    return columns
+
+
+def csv_number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def csv_cells(cell: Cell) -> list:
+    s, p = cell.stats, cell.paired
+    row = [s.n, *map(csv_number, (s.mean, s.std, s.lo, s.hi)), *map(csv_number, cell.welch)]
+    return row + (["", "", "", ""] if p is None else [p.n, *map(csv_number, (p.mean, p.lo, p.hi))])
+
+
+def write_csv(result: Comparison, path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(csv_columns())
+        for group in result.groups:
+            for metric in result.metrics:
+                row = [group.label, metric, len(group.runs)]
+                for view in VIEWS:
+                    if view != "end":
+                        row.append(csv_number(result.budgets[view][metric]))
+                    row += csv_cells(result.cells[view][metric][group.label])
+                writer.writerow(row)
+
+
+# ---- plots -------------------------------------------------------------------------------------
+
+ARITH = re.compile(r"eval/arith_acc(_nothink)?/level(\d+)")
+THINK_STYLES = ("with thinking", "no thinking")  # line styles of an arithmetic plot, in LINESTYLES order
+LINESTYLES = ("-", "--", ":", "-.")
+MUTED = "0.45"  # grey of the legend's style, band and budget entries
+SIZE_PX, DPI = (960, 600), 100
+BAND_LABEL, BUDGET_LABEL = "±1 std over seeds", "matched budget"
+
+
+@dataclass
+class Series:
+    """One curve: `group` names it in the legend (one colour per group); `lo`/`hi` shade a band;
+    `style` (one of the plot's styles) picks the line style."""
+
+    group: str
+    color: str
+    x: np.ndarray
+    y: np.ndarray
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    style: str | None = None
+
+
+class Family(NamedTuple):
+    """The tags one plot shows: (tag, line style), and its title and y label."""
+
+    title: str
+    ylabel: str
+    members: list[tuple[str, str | None]]
+
+
+def group_color(index: int) -> str:
+    """matplotlib's default colour cycle (Tableau 10), by group index."""
+    return f"C{index % 10}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "metric"
+
+
+def families(metrics: list[str]) -> dict[str, Family]:
+    """Plot families by file stem. Arithmetic accuracy with and without thinking at one level share
+    a plot; every other tag has its own."""
+    out: dict[str, Family] = {}
+    for tag in metrics:
+        if tag in (TOKENS, FLOPS):
+            continue
+        m = ARITH.fullmatch(tag)
+        if m:
+            stem = f"arith_acc_level{m[2]}"
+            family = out.setdefault(stem, Family(f"arithmetic accuracy, level {m[2]}", "accuracy", []))
+            family.members.append((tag, THINK_STYLES[bool(m[1])]))
+        else:
+            out.setdefault(slug(tag.removeprefix("eval/")), Family(tag, tag, [])).members.append((tag, None))
+    return out
+
+
+def group_series(group: Group, index: int, tags: list[tuple[str, str | None]], axis: str) -> list[Series]:
+    """A group's curves for one plot: per tag, its mean over the group's runs where they overlap,
+    with ±1 std as a band (a single run: its own curve). The legend counts the runs shown."""
+    per_tag = [(style, [(run, c) for run in group.runs if (c := run.curve(tag, axis)) is not None])
+               for tag, style in tags]
+    shown = {id(run) for _, pairs in per_tag for run, _ in pairs}
+    name, color = f"{group.label} (n={len(shown)})", group_color(index)
+    series = []
+    for style, pairs in per_tag:
+        curves = [c for _, c in pairs]
+        start = max((x[0] for x, _ in curves), default=0.0)
+        stop = min((x[-1] for x, _ in curves), default=0.0)
+        if len(curves) < 2 or start > stop:  # one run, or runs sharing no stretch of the axis
+            series += [Series(name, color, x, y, style=style) for x, y in curves]
+            continue
+        grid = np.unique(np.concatenate([x for x, _ in curves]))
+        grid = grid[(grid >= start) & (grid <= stop)]
+        ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+        mean, std = ys.mean(axis=0), ys.std(axis=0, ddof=1)
+        series.append(Series(name, color, grid, mean, mean - std, mean + std, style=style))
+    return series
+
+
+def token_count(x: float, _position=None) -> str:
+    """A token count as people say it: 0, 250k, 1.5M, 2B."""
+    for power, suffix in ((12, "T"), (9, "B"), (6, "M"), (3, "k")):
+        if abs(x) >= 10**power:
+            return f"{x / 10**power:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def shorten(text: str, limit: int = 32) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def legend_handles(series: list[Series], styles: tuple[str, ...], vline: bool) -> list:
+    """One entry per group (its colour), per line style where they differ, the band, the budget line."""
+    colors = dict.fromkeys(s.group for s in series)  # groups in order, each with its first series' colour
+    colors.update({s.group: s.color for s in reversed(series)})
+    handles = [Line2D([], [], color=color, linewidth=2.2, label=shorten(group)) for group, color in colors.items()]
+    used = [st for st in styles if any(s.style == st for s in series)]
+    if len(used) > 1 or (used and used[0] != styles[0]):
+        handles += [Line2D([], [], color=MUTED, linestyle=LINESTYLES[styles.index(st) % len(LINESTYLES)],
+                           linewidth=2.2, label=shorten(st)) for st in used]
+    if any(s.lo is not None for s in series):
+        handles.append(Patch(color=MUTED, alpha=0.35, label=BAND_LABEL))
+    if vline:
+        handles.append(Line2D([], [], color=MUTED, linestyle=":", linewidth=1.5, label=BUDGET_LABEL))
+    return handles
+
+
+def line_figure(series: list[Series], *, title: str, xlabel: str, ylabel: str, tokens: bool = False,
+                styles: tuple[str, ...] = (), vline: float | None = None) -> Figure:
+    """A figure of `series` (each a line; with `lo`/`hi` a shaded band), its legend right of the axes."""
+    figure = Figure(figsize=(SIZE_PX[0] / DPI, SIZE_PX[1] / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for s in series:
+        if s.lo is not None and s.hi is not None:
+            ax.fill_between(s.x, s.lo, s.hi, color=s.color, alpha=0.22, linewidth=0)
+    for s in series:
+        linestyle = LINESTYLES[styles.index(s.style) % len(LINESTYLES)] if s.style in styles else "-"
+        ax.plot(s.x, s.y, color=s.color, linestyle=linestyle, linewidth=2.2, marker="o" if len(s.x) <= 60 else None,
+                markersize=5, markerfacecolor=s.color if linestyle == "-" else "white")
+    if vline is not None:
+        ax.axvline(vline, color=MUTED, linestyle=":", linewidth=1.5)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(color="0.9")
+    ax.set_axisbelow(True)
+    if tokens:
+        ax.xaxis.set_major_formatter(FuncFormatter(token_count))
+    figure.legend(handles=legend_handles(series, styles, vline is not None), loc="outside right upper",
+                  frameon=False)
+    return figure
+
+
+def family_figure(result: Comparison, family: Family, axis: str) -> Figure | None:
+    """The plot of one family on one axis: a line per group; None where no run has a curve there.
+    The budget line is drawn where several groups share one budget."""
+    series = [s for i, group in enumerate(result.groups) for s in group_series(group, i, family.members, axis)]
+    if not series:
+        return None
+    budgets = {result.budgets[axis][tag] for tag, _ in family.members} - {None}
+    shared = budgets.pop() if len(budgets) == 1 and len({s.group for s in series}) > 1 else None
+    return line_figure(series, title=f"{family.title} vs {AXES[axis].label}", xlabel=AXES[axis].label,
+                       ylabel=family.ylabel, tokens=axis == "tokens",
+                       styles=THINK_STYLES if any(style for _, style in family.members) else (), vline=shared)
+
+
+def write_plots(result: Comparison, out: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """`<family>_vs_<axis>.png` in `out`; returns [(title, [(axis label, file)])] for the markdown."""
+    written = []
+    for stem, family in families(result.metrics).items():
+        files = []
+        for axis in AXES:
+            figure = family_figure(result, family, axis)
+            if figure is not None:
+                figure.savefig(out / f"{stem}_vs_{axis}.png", dpi=DPI)
+                files.append((AXES[axis].label, f"{stem}_vs_{axis}.png"))
+        if files:
+            written.append((family.title, files))
+    return written
