@@ -20,13 +20,7 @@ from lamina.instrument.modularity import find_modules, modularity_scalars
 N_TOKENS, N_UNITS = 2000, 60
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These graphs are small: on a shared CPU, threads cost far more than they bring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def independent_activity(seed: int, n: int = N_TOKENS, d: int = N_UNITS):

@@ -21,7 +21,7 @@ from lamina import checkpointing
 from lamina.checkpointing import AtomicCheckpointIO
 from lamina.cli import main
 from lamina.lm import LanguageModel
-from tests.test_train import fit_args, scalars
+from tests.test_train import fit_args, poisoned_steps, scalars  # noqa: F401 (a fixture)
 
 NO_INSTRUMENT = ("--instrument.enabled", "false")
 
@@ -158,20 +158,6 @@ def test_ctrl_c_saves_and_the_resumed_run_matches_an_uninterrupted_one(accumulat
 
 
 # ---- non-finite steps -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def poisoned_steps(monkeypatch):
-    """Steps at which the training loss is multiplied by NaN (so every gradient is NaN too)."""
-    steps: set[int] = set()
-    original = LanguageModel.training_step
-
-    def training_step(self, batch, batch_idx):
-        loss = original(self, batch, batch_idx)
-        return loss * float("nan") if self.global_step in steps else loss
-
-    monkeypatch.setattr(LanguageModel, "training_step", training_step)
-    return steps
 
 
 def test_nonfinite_loss_stops_with_the_step_and_last_checkpoint(tmp_path, capsys, poisoned_steps):

@@ -951,13 +951,7 @@ def effective_rank(x: torch.Tensor) -> float:
         raise ValueError(f"effective_rank needs a matrix, got shape {tuple(x.shape)}")
     if x.dim() > 2:
         x = x.reshape(-1, x.shape[-1])
-    s = torch.linalg.svdvals(x.detach().to(_compute_device(x), torch.float64))
-    total = s.sum()
-    if total <= 0:
-        return 0.0
-    p = s / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
+    return effective_rank_from_singular_values(torch.linalg.svdvals(x.detach().to(_compute_device(x), torch.float64)))
 
 
 def effective_rank_from_singular_values(s: torch.Tensor) -> float:
