@@ -8,8 +8,8 @@ alternating order so that drift in the machine's speed hits both. The timed wind
 [warmup, warmup + steps): it starts after the step-0 measurement and compilation, and by
 default spans one full period of the schedule (the least common multiple of every_n_steps,
 modularity_every_n_steps and ablation_every_n_steps), so it holds the measurements a long run
-pays per period. The instrument settings are the config's `instrument:` section with
-`--every` as every_n_steps.
+pays per period. The instrument settings are the config's `instrument:` section (`--every`
+overrides its every_n_steps).
 
 Writes JSON to `<out>/overhead-<config stem>-<cpu|cuda>-<date>.json`: the wall-time ratio
 on/off per round and its best/median, and the seconds of each measurement (with whether it
@@ -96,7 +96,8 @@ def run_arm(module, datamodule, trainer_cfg, instrument: Instrumentation | None,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny.yaml")
-    parser.add_argument("--every", type=int, default=100, help="instrument.every_n_steps of the 'on' arm")
+    parser.add_argument("--every", type=int, default=None,
+                        help="instrument.every_n_steps of the 'on' arm (default: the config's)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: one period of the schedule)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
@@ -111,9 +112,12 @@ def main() -> None:
     module, datamodule, config = build(args.config, args.overrides)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    settings = {**vars(config.instrument), "enabled": True, "every_n_steps": args.every}
+    settings = {**vars(config.instrument), "enabled": True}
+    if args.every is not None:
+        settings["every_n_steps"] = args.every
     probe = Instrumentation(**settings)  # resolves the defaults (modularity_every_n_steps null -> every)
-    period = math.lcm(args.every, probe.modularity_every_n_steps, probe.ablation_every_n_steps)
+    cadences = (probe.every_n_steps, probe.modularity_every_n_steps, probe.ablation_every_n_steps)
+    period = math.lcm(*(c for c in cadences if c is not None))  # null: only at step 0 and the end
     steps = args.steps or period
     device = torch.device("cuda" if torch.cuda.is_available() and config.trainer.accelerator != "cpu" else "cpu")
     initial = copy.deepcopy(module.state_dict())

@@ -233,3 +233,18 @@ def test_bad_instrument_key_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "instrument.every_n_steps" in err
+
+
+@pytest.mark.parametrize("ablation_every, ablated", [(None, [12]), (4, [4, 8, 12])])
+def test_measurement_schedule_counts_optimizer_steps_and_ablates_at_the_end(ablation_every, ablated):
+    inst = Instrumentation(every_n_steps=3, modularity_every_n_steps=6, ablation_every_n_steps=ablation_every)
+    inst.probes = ProbeSet(probes={"id": torch.zeros(1, 4, dtype=torch.long)})
+    calls = []
+    inst._measure = lambda trainer, module, partition, ablate, hook: calls.append((trainer.global_step, partition, ablate))
+    for step in range(1, 13):
+        trainer = type("T", (), {"global_step": step, "max_steps": 12})()
+        inst.on_train_batch_end(trainer, None, None, None, 0)
+        inst.last_step = step
+    assert [s for s, _, _ in calls] == [3, 4, 6, 8, 9, 12] if ablation_every == 4 else [3, 6, 9, 12]
+    assert [s for s, _, ablate in calls if ablate] == ablated
+    assert all(partition for s, partition, ablate in calls if s % 6 == 0 or ablate)

@@ -80,7 +80,7 @@ class Instrumentation(L.Callback):
         null_draws: int = 8,
         layers: bool = True,
         ablation: bool = True,
-        ablation_every_n_steps: int = 500,
+        ablation_every_n_steps: int | None = 500,
         ablation_examples: int = 16,
         ablation_mode: str = "mean",
         n_modules: int | None = None,
@@ -124,7 +124,7 @@ class Instrumentation(L.Callback):
                 (world corpus, strings family trained) and log the per-task loss increase and a
                 specificity per layer against random unit sets.
             ablation_every_n_steps: ablation (the costly part) every this many steps, and at
-                step 0 and the end; it needs modularity (and partitions whenever it runs).
+                step 0 and the end (null: only at step 0 and the end); it needs modularity (and partitions whenever it runs).
             ablation_examples: string examples per task in the task probe.
             ablation_mode: mean (units set to their mean on the task probe) or zero.
             n_modules: modules per layer; null: chosen in 2..max_modules by held-out Q.
@@ -143,7 +143,7 @@ class Instrumentation(L.Callback):
         for key, value, low in (
             ("every_n_steps", every_n_steps, 1),
             ("probe_tokens", probe_tokens, 1),
-            ("ablation_every_n_steps", ablation_every_n_steps, 1),
+            ("ablation_every_n_steps", 1 if ablation_every_n_steps is None else ablation_every_n_steps, 1),
             ("modularity_every_n_steps", mod_every, 1),
             ("ablation_examples", ablation_examples, 1),
             ("max_modules", max_modules, 2),
@@ -226,7 +226,7 @@ class Instrumentation(L.Callback):
         if step == self.last_step:  # micro-batches of one accumulated step share its global_step
             return
         final = trainer.max_steps is not None and 0 < trainer.max_steps <= step  # the end: everything
-        ablate = final or step % self.ablation_every_n_steps == 0
+        ablate = final or (self.ablation_every_n_steps is not None and step % self.ablation_every_n_steps == 0)
         partition = ablate or step % self.modularity_every_n_steps == 0
         if step % self.every_n_steps == 0 or partition:
             self._measure(trainer, pl_module, partition=partition, ablate=ablate, hook="end" if final else "batch")
