@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from lamina import measures
+from lamina.instrument.ablation import mlp_output_projections
 from lamina.instrument.layers import GramAccumulator
 
 STATS = ("frac_active", "l1", "l2", "hoyer", "dead_frac", "top10_l1_share")
@@ -68,6 +69,7 @@ class ActiveRule:
     thresholds: list[float | torch.Tensor]
 
     def threshold(self, layer: int) -> float | torch.Tensor:
+        # One threshold serves every layer (sign, eps), or there is one per layer (cett).
         return self.thresholds[layer] if len(self.thresholds) > 1 else self.thresholds[0]
 
     def gate(self, record: dict, layer: int) -> torch.Tensor | None:
@@ -78,11 +80,6 @@ class ActiveRule:
         a = record["mlp"][layer]
         mask = measures.active_mask(a, self.threshold(layer), gate=self.gate(record, layer))
         return mask.reshape(-1, a.shape[-1])
-
-
-def mlp_down_projections(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Each block's W_down ([n_embd, d_ff]: the weight of `mlp.c_proj`)."""
-    return [block.mlp.c_proj.weight for block in model.transformer.h]
 
 
 def active_rule(
@@ -107,7 +104,8 @@ def active_rule(
         record = forward_recorded(model, batch.to(device, non_blocking=True))
         acts.append([a.reshape(-1, a.shape[-1]) for a in record["mlp"]])
     thresholds = []
-    for layer, weight in enumerate(mlp_down_projections(model)):
+    for layer, c_proj in enumerate(mlp_output_projections(model)):
+        weight = c_proj.weight  # W_down, [n_embd, d_ff]
         layer_acts = torch.cat([batch[layer] for batch in acts])
         tau = measures.cett_threshold(layer_acts, weight, cett)
         thresholds.append(tau / weight.detach().float().norm(dim=0))  # inf where a column is 0
