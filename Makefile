@@ -42,3 +42,40 @@ compare-demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache
+
+# The GPU check (bench/gpu_check.sh). `make wheels` downloads, where pip has the network, the wheels a
+# lent GPU box lacks into .wheels/ (carried there with the run); `make gpu-check-cpu` runs the same
+# steps on this CPU at tiny shapes (GPU_CHECK_OUT: where its JSON goes, default a fresh temp folder).
+.PHONY: wheels gpu-check gpu-check-cpu
+wheels:
+	bash bench/fetch_wheels.sh
+
+gpu-check:
+	bash bench/gpu_check.sh
+
+gpu-check-cpu: $(STAMP)
+	bash bench/gpu_check.sh --cpu --out $${GPU_CHECK_OUT:-$$(mktemp -d)}
+
+# finetune-fragility (issue 15 item 4, lamina.study.finetune): direct fine-tuning vs proxy tuning on
+# fact retention, the new task and drift by layer, paired by seed; writes study/finetune-fragility/report.md
+# and study/index.md. Finished runs under study/runs/ are reused, a killed run resumes. FINETUNE_SEEDS:
+# one number N means seeds 1..N, several numbers mean exactly those seeds.
+FINETUNE_SEEDS ?= 1 2 3
+.PHONY: finetune-study
+finetune-study: $(STAMP)
+	$(PY) -m lamina.study finetune-fragility --seeds $(FINETUNE_SEEDS) --out study --preset cpu
+	@echo "Report: study/finetune-fragility/report.md"
+
+# rlp-thinking (issue 13 item 7, lamina.study.rlp): phase 1 pretrains the tiny GPT on world arithmetic
+# with its worked thoughts (a gate stops the study unless greedy thinking at level 2 lands in 15-85%);
+# phase 2, from that checkpoint on the same arithmetic with the thoughts stripped: RLP (thought slots,
+# line reward) against RLP with shuffled rewards, next-token at the same tokens, next-token at the same
+# FLOPs, and the paper's RLP. Writes study/rlp-thinking/report.md (a verdict per contrast, paired by
+# seed), study/rlp-thinking/compare/ (lamina compare: accuracy vs tokens and FLOPs, elicitation share)
+# and study/index.md. About 20 minutes of 2 idle CPU cores a seed; finished runs under study/runs/ are
+# reused, a killed run resumes. RLP_SEEDS: one number N means seeds 1..N, several exactly those seeds.
+RLP_SEEDS ?= 1 2 3
+.PHONY: rlp-study
+rlp-study: $(STAMP)
+	$(PY) -m lamina.study rlp-thinking --seeds $(RLP_SEEDS) --out study --preset cpu
+	@echo "Report: study/rlp-thinking/report.md"

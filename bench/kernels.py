@@ -13,13 +13,16 @@ On a CUDA device: for each shape (default tokens 65536, d in 1024/3072/4096, bf1
 
 each under two active rules (``rule`` in the row): ``eps`` (|a| > eps on the post-activation)
 and ``sign`` (gate > 0 on the pre-activation, passed as ``gate=``: the sparsity pass reads
-both tiles, so its input bytes count both; the Gram builds B from the gate alone). Timings use
-CUDA events around each call (after warm-up, which includes Triton compilation) and the median
-over iterations, and the kernel is checked against the reference on the same input.
+both tiles, so its input bytes count both; the Gram builds B from the gate alone). Timings are
+``triton.testing.do_bench``'s median (CUDA events, L2 flushed before each call, after a first
+call that compiles), and the kernel is checked against the reference on the same input. The
+HBM peaks are a small table by device name (H200 4.8 TB/s, H100 SXM 3.35, H100 PCIe 2.0, A100);
+the dense bf16 peaks are lamina's table (lamina.callbacks.PEAK_FLOPS).
 
-Without CUDA it times the references only, on small shapes, and says so in the JSON: Triton's
-CPU interpreter is a correctness tool, and its timings mean nothing. It never fails for lack of
-a GPU. Benchmarks are not tests: nothing here asserts a speed.
+Without CUDA it times the references, on small shapes; under TRITON_INTERPRET=1 it also runs
+the kernels through Triton's CPU interpreter and checks them (``kernels_timed`` is then
+"interpreted": a correctness run of the same code path, whose timings mean nothing). It never
+fails for lack of a GPU. Benchmarks are not tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ from pathlib import Path
 import torch
 
 from lamina import kernels as K
+from lamina.callbacks import peak_flops_of
 from lamina.kernels import coactivation as coactivation_module
 from lamina.kernels import sparsity_stats as sparsity_module
 
-# Peaks by device name; an unknown device gets null rather than a wrong fraction.
-HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 SXM": 3.35e12, "A100 80GB": 2.0e12}
-DENSE_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "A100 80GB": 312e12, "A100": 312e12}
+# HBM bandwidth by device family (the vendors' datasheets); an unknown device gets null rather
+# than a wrong fraction. The dense bf16 FLOP/s peaks are lamina's one table (lamina.callbacks).
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "A100 80GB": 2.0e12,
+                   "A100": 1.555e12}
+FAMILY_NAMES = {"H200": "NVIDIA H200", "H100 SXM": "NVIDIA H100 SXM", "H100 PCIe": "NVIDIA H100 PCIe",
+                "A100 80GB": "NVIDIA A100 80GB", "A100": "NVIDIA A100"}
 
 
 def device_family(name: str) -> str | None:
@@ -50,11 +57,17 @@ def device_family(name: str) -> str | None:
     upper = name.upper()
     if "H200" in upper:
         return "H200"
+    if "H100" in upper and "PCIE" in upper:  # "NVIDIA H100 PCIe"
+        return "H100 PCIe"
     if "H100" in upper and ("SXM" in upper or "HBM3" in upper):  # "NVIDIA H100 80GB HBM3"
         return "H100 SXM"
     if "A100" in upper:
         return "A100 80GB" if "80GB" in upper else "A100"
     return None
+
+
+def dense_bf16_flops(family: str | None) -> float | None:
+    return None if family is None else peak_flops_of(FAMILY_NAMES[family], "bf16-mixed")
 
 
 def device_name() -> str:
@@ -68,19 +81,17 @@ def slug(text: str) -> str:
 
 
 def median_seconds(fn, *, warmup: int, iters: int) -> float:
-    """Median wall time of ``fn()``; CUDA events on a GPU, one synchronisation at the end."""
+    """Median time of ``fn()``: on a GPU ``triton.testing.do_bench`` (CUDA events, the L2 cache
+    flushed before each call, warm-up first, which includes Triton's compilation); elsewhere the
+    host clock over ``iters`` calls after ``warmup``."""
+    if torch.cuda.is_available():
+        from triton.testing import do_bench
+
+        fn()  # compile (Triton) and warm the allocator before do_bench's own warm-up estimate
+        torch.cuda.synchronize()
+        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
     for _ in range(warmup):
         fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-        for start, end in zip(starts, ends):
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends))
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
@@ -153,7 +164,7 @@ def bench_coactivation(acts, eps, run_kernel, family, warmup, iters, gate=None) 
     gram = torch.zeros(d, d, device=acts.device)
     t_kernel = median_seconds(lambda: K.coactivation_update_(gram, acts, eps, gate=gate),
                               warmup=warmup, iters=iters)
-    peak = DENSE_BF16_FLOPS.get(family)
+    peak = dense_bf16_flops(family)
     got, want = torch.zeros_like(gram), torch.zeros_like(gram)
     K.coactivation_update_(got, acts, eps, gate=gate)
     K.coactivation_update_reference_(want, acts, eps, gate)
@@ -177,16 +188,18 @@ def main(argv=None) -> Path:
                         help="default 1024 3072 4096 (GPU), 256 1024 (CPU)")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     parser.add_argument("--eps", type=float, default=0.01)
-    parser.add_argument("--iters", type=int, default=None, help="default 20 (GPU), 3 (CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="CPU: timed calls (default 3); a GPU uses do_bench")
+    parser.add_argument("--warmup", type=int, default=1, help="CPU: untimed calls first (default 1)")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
-    run_kernel = cuda and K.HAS_TRITON and not K.interpreted()
+    compiled = cuda and K.HAS_TRITON and not K.interpreted()
+    run_kernel = compiled or (K.HAS_TRITON and K.interpreted())
     device = torch.device("cuda" if cuda else "cpu")
     tokens = args.tokens or (65536 if cuda else 4096)
     dims = args.dims or ([1024, 3072, 4096] if cuda else [256, 1024])
     iters = args.iters or (20 if cuda else 3)
-    warmup = 3 if cuda else 1
+    warmup = 3 if cuda else args.warmup
     name = device_name()
     family = device_family(name) if cuda else None
 
@@ -205,23 +218,29 @@ def main(argv=None) -> Path:
             torch.cuda.empty_cache()
 
     now = dt.datetime.now(dt.timezone.utc)
-    if run_kernel:
-        note = "kernels and eager references timed with CUDA events (median)"
+    if compiled:
+        note = "kernels and eager references timed with triton.testing.do_bench (median)"
+    elif run_kernel:
+        note = ("kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1) and checked against the "
+                "references; their timings mean nothing, the references' are host-clock medians")
     elif cuda:
-        note = "CUDA present but Triton unavailable (or interpreted): timed the references only"
+        note = "CUDA present but Triton unavailable: timed the references only"
     else:
         note = "no CUDA device: timed the eager references only, on small shapes"
     report = {
         "device": name,
         "device_family": family,
         "cuda": cuda,
-        "kernels_timed": run_kernel,
+        "kernels_timed": True if compiled else ("interpreted" if run_kernel else False),
         "note": note,
         "torch": torch.__version__,
         "triton": getattr(sys.modules.get("triton"), "__version__", None),
         "cuda_runtime": torch.version.cuda,
         "date": now.isoformat(timespec="seconds"),
-        "iters": iters,
+        "timing": ("triton.testing.do_bench(warmup=25 ms, rep=100 ms), median" if cuda
+                   else f"host clock, median of {iters} calls after {warmup}"),
+        "hbm_peak_bytes_per_s": HBM_BYTES_PER_S.get(family),
+        "dense_bf16_peak_flops": dense_bf16_flops(family),
         "block_sizes": {"sparsity": {"block_t": 32, "block_d": 128},
                         "coactivation": {"block": 128, "block_k": 32},
                         "coactivation_exact_count_limit": coactivation_module.EXACT_COUNT_LIMIT},

@@ -61,8 +61,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(config: str, overrides: list[str]):
-    cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=["--config", config, *overrides], **cli_kwargs())
+def build(configs: list[str], overrides: list[str]):
+    args = [arg for path in configs for arg in ("--config", path)] + list(overrides)
+    cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=args, **cli_kwargs())
     return cli.model, cli.datamodule, cli.config
 
 
@@ -94,8 +95,10 @@ def run_arm(module, datamodule, trainer_cfg, instrument: Instrumentation | None,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--config", action="append", default=None,
+                        help="config file (default configs/tiny.yaml); again for an overlay, as with lamina fit")
     parser.add_argument("--every", type=int, default=None,
                         help="instrument.every_n_steps of the 'on' arm (default: the config's)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: one period of the schedule)")
@@ -103,9 +106,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. --model.compile=false")
-    args, unknown = parser.parse_known_args()  # `--data.max_bytes 1e7` and the like are config overrides
-    args.overrides = [*args.overrides, *unknown]
+    # Everything else is a config override (`--model.compile=false`, `--data.max_bytes 1e7`), passed on
+    # in order, after the config files, to the parser `lamina fit` uses.
+    args, args.overrides = parser.parse_known_args()
+    args.config = args.config or ["configs/tiny.yaml"]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -140,7 +144,8 @@ def main() -> None:
     shares = [r["measured_share"] for r in rounds]
     out = {
         "benchmark": "overhead",
-        "config": args.config,
+        "config": args.config[-1],
+        "configs": args.config,
         "overrides": args.overrides,
         "instrument": settings,
         "schedule_period_steps": period,
@@ -154,7 +159,7 @@ def main() -> None:
         "off_step_seconds_median": statistics.median(r["off"]["seconds"] for r in rounds) / steps,
         "rounds": rounds,
     }
-    write_result(out, args.out, "overhead", args.config, device,
+    write_result(out, args.out, "overhead", args.config[-1], device,
                  ("ratio_on_over_off", "overhead_pct_median", "measured_share_pct_median"))
 
 

@@ -109,16 +109,16 @@ CASES = [
     ("betas one number", ["--model.betas", "[0.9]"], r"model\.betas: expected a tuple with 2 elements"),
     ("probe_files not a list", ["--data.probe_files", "x.txt"], r"data\.probe_files: expected a list"),
     # impossible shapes and values
-    ("n_layer 0", ["--model.n_layer", "0"], r"model\.n_layer: expected a positive integer, got 0"),
-    ("n_embd 0", ["--model.n_embd", "0"], r"model\.n_embd: expected a positive integer, got 0"),
-    ("n_head 0", ["--model.n_head", "0"], r"model\.n_head: expected a positive integer, got 0"),
+    ("n_layer 0", ["--model.n_layer", "0"], r"model\.n_layer: expected an integer >= 1, got 0"),
+    ("n_embd 0", ["--model.n_embd", "0"], r"model\.n_embd: expected an integer >= 1, got 0"),
+    ("n_head 0", ["--model.n_head", "0"], r"model\.n_head: expected an integer >= 1, got 0"),
     ("block_size 0", ["--model.block_size", "0"], r"model\.block_size: expected an integer >= 1, got 0"),
     ("block_size -4", ["--model.block_size", "-4"], r"model\.block_size: expected an integer >= 1, got -4"),
     ("block_size huge", ["--model.block_size", "100000"], r"data\.val_tokens: expected an integer >= block_size"),
     ("mlp_ratio 0", ["--model.mlp_ratio", "0"], r"model\.mlp_ratio: expected a number > 0 .*got 0\.0"),
     ("mlp_ratio tiny", ["--model.mlp_ratio", "0.001"], r"model\.mlp_ratio: .*mlp_ratio \* n_embd >= 1"),
     ("mlp_ratio -1", ["--model.mlp_ratio", "-1"], r"model\.mlp_ratio: .*got -1\.0"),
-    ("dropout 1.5", ["--model.dropout", "1.5"], r"model\.dropout: expected a value in \[0, 1\), got 1\.5"),
+    ("dropout 1.5", ["--model.dropout", "1.5"], r"model\.dropout: expected a number in \[0, 1\), got 1\.5"),
     ("dropout -0.1", ["--model.dropout", "-0.1"], r"model\.dropout: .*got -0\.1"),
     ("rotary odd head", ["--model.rotary", "true", "--model.n_head", "32"],
      r"model\.rotary: needs an even head size"),
@@ -127,7 +127,15 @@ CASES = [
      r"model\.vocab_size: is set from data\.tokenizer and data\.vocab_size"),
     ("lr -1", ["--model.lr", "-1"], r"model\.lr: expected a non-negative number, got -1\.0"),
     ("weight_decay -1", ["--model.weight_decay", "-1"], r"model\.weight_decay: expected a non-negative number"),
-    ("warmup -1", ["--model.warmup_steps", "-1"], r"model\.warmup_steps: expected >= 0, got -1"),
+    ("warmup -1", ["--model.warmup_steps", "-1"], r"model\.warmup_steps: expected an integer >= 0, got -1"),
+    # (jsonargparse's own NonNegativeFloat would take inf: lamina's number types are finite)
+    ("lr inf", ["--model.lr", "inf"], r"model\.lr: expected a number, got 'inf'"),
+    ("betas 1.0", ["--model.betas", "[0.9, 1.0]"], r"model\.betas: expected a number in \[0, 1\), got 1\.0"),
+    ("peak_flops 0", ["--model.peak_flops", "0"], r"model\.peak_flops: expected a number > 0 or null, got 0\.0"),
+    ("on_nonfinite", ["--model.on_nonfinite", "ignore"],
+     r"model\.on_nonfinite: expected one of stop, skip, got 'ignore'"),
+    ("max_nonfinite_skips 0", ["--model.max_nonfinite_skips", "0"],
+     r"model\.max_nonfinite_skips: expected an integer >= 1, got 0"),
     # trainer
     ("max_steps 0", ["--trainer.max_steps", "0"], r"trainer\.max_steps: expected a positive number of steps"),
     ("max_steps -1", ["--trainer.max_steps", "-1"], r"trainer\.max_steps: expected a positive number of steps"),
@@ -142,6 +150,7 @@ CASES = [
      r"seed_everything: expected true or false or an integer, got 'lucky'"),
     ("checkpoint every -1", ["--checkpoint.every_n_train_steps", "-1"],
      r"checkpoint\.every_n_train_steps: .*Must be >= 0"),
+    ("checkpoint mode", ["--checkpoint.mode", "middle"], r"checkpoint\.mode: .*but got middle"),
     # config files
     ("config missing", ["--config", "{f}/nope.yaml"], r"config: no such file '.*nope\.yaml'"),
     ("config folder", ["--config", "{f}/no_text"], r"config: '.*no_text' is a folder, expected a YAML file"),
@@ -183,7 +192,7 @@ CASES = [
      r"data\.val_fraction: expected a number between 0 and 1 \(exclusive\), got 0\.0"),
     ("val_fraction 1", ["--data.val_fraction", "1"], r"data\.val_fraction: .*got 1\.0"),
     ("max_bytes 10", ["--data.max_bytes", "10"],
-     r"data\.source: the train split of 'world' has \d+ tokens, fewer than .*raise data\.max_bytes"),
+     r"data\.source: 'world' is a single passage of 10 bytes, which cannot be split into train and val"),
     ("families empty", ["--data.families", "[]"], r"data\.families: empty"),
     ("probe file missing", ["--data.probe_files", "[{f}/nope.txt]"],
      r"data\.probe_files: no such file '.*nope\.txt'"),
@@ -209,7 +218,8 @@ CASES = [
     ("ckpt a list", ["--ckpt_path", "{f}/list.ckpt"], r"ckpt_path: '.*list\.ckpt' is not a lamina checkpoint"),
     ("ckpt no state_dict", ["--ckpt_path", "{f}/no_state.ckpt"],
      r"ckpt_path: '.*no_state\.ckpt' is not a lamina checkpoint \(no state_dict\)"),
-    ("ckpt best", ["--ckpt_path", "best"], r'ckpt_path: .*ckpt_path="best".* is set but `ModelCheckpoint` is not'),
+    ("ckpt best", ["--ckpt_path", "best"], r"ckpt_path: expected a checkpoint file or 'last', got 'best'$"),
+    ("ckpt hpc", ["--ckpt_path", "hpc"], r"ckpt_path: expected a checkpoint file or 'last', got 'hpc'$"),
     ("ckpt last, no run", ["--ckpt_path", "last"],
      r"ckpt_path: 'last' found no checkpoints/last\.ckpt under .*runs/bad/version_\*"),
     ("init_from missing", ["--model.init_from", "{f}/nope.ckpt"],
@@ -233,6 +243,10 @@ CASES = [
      r"instrument\.cett: expected a number in \(0, 1\), got 1\.5"),
     ("instrument null draws", ["--instrument.enabled", "true", "--instrument.null_draws", "4"],
      r"instrument\.null_draws: expected an integer >= 8, got 4"),
+    ("instrument eps -1", ["--instrument.eps", "-1"],
+     r"instrument\.eps: expected a non-negative number or null, got -1\.0"),
+    ("instrument probe batch 0", ["--instrument.probe_batch_size", "0"],
+     r"instrument\.probe_batch_size: expected an integer >= 1 or null, got 0"),
     ("instrument ablation mode", ["--instrument.enabled", "true", "--instrument.ablation_mode", "half"],
      r"instrument\.ablation_mode: expected one of mean, zero, got 'half'"),
     ("rlp group_size 1", ["--model.rlp.group_size", "1"],
@@ -392,6 +406,24 @@ def test_only_recognised_mistakes_get_a_line():
             raise RuntimeError("a bug while handling it")  # noqa: B904 - implicit context, not a cause
     except RuntimeError as bug:
         assert user_message(bug) is None
+
+
+def test_parsed_numbers_reach_the_model_as_builtins():
+    # Parsing hands a restricted number over as an instance of its type's own int/float subclass;
+    # in a checkpoint (hyperparameters, optimizer groups) torch.load(weights_only=True) refuses it.
+    from jsonargparse.typing import OpenUnitInterval, PositiveInt
+
+    from lamina.config_types import Fraction, NonNegativeNumber
+    from lamina.instrument import Instrumentation
+    from lamina.lm import LanguageModel
+
+    lm = LanguageModel(n_layer=PositiveInt(1), n_head=PositiveInt(2), n_embd=PositiveInt(32),
+                       block_size=PositiveInt(16), lr=NonNegativeNumber(0.01), betas=(Fraction(0.9), Fraction(0.95)))
+    assert type(lm.hparams.n_layer) is int and type(lm.config.n_embd) is int
+    assert type(lm.hparams.lr) is float and [type(b) for b in lm.hparams.betas] == [float, float]
+    instrument = Instrumentation(every_n_steps=PositiveInt(3), cett=OpenUnitInterval(0.5))
+    assert type(instrument.every_n_steps) is int and type(instrument.modularity_every_n_steps) is int
+    assert type(instrument.cett) is float
 
 
 # ---- the checks LaminaCLI's hooks run (check_trainer, check_resume_config) -----------------------------

@@ -66,7 +66,7 @@ def runs(tmp_path_factory) -> Path:
             "eval/arith_acc/level1": {29: 0.25, 59: 0.5 + noise},
             "eval/arith_acc/level2": {29: 0.125, 59: 0.25},
             "eval/arith_acc_nothink/level1": {29: 0.125, 59: 0.25},
-            "rlp/reward_mean": {s: 0.01 * s for s in range(9, 60, 10)},
+            "rlp/reward_std": {s: 0.01 * s for s in range(9, 60, 10)},
         }
         write_run(root / "rlp" / f"version_{seed}", synthetic_run(59, 12, 3.5, 1 / 32768, noise, 15, extra))
     return root
@@ -131,7 +131,7 @@ def test_report_numbers_by_hand(report):
     out = report
     table = read_csv(out)
     metrics = ["val/bpb", "val/loss", "eval/arith_acc/level1", "eval/arith_acc/level2",
-               "eval/arith_acc_nothink/level1", "rlp/reward_mean", "sparsity/gap/id_b",
+               "eval/arith_acc_nothink/level1", "rlp/reward_std", "sparsity/gap/id_b",
                "perf/tokens_seen", "perf/flops"]
     assert sorted(table) == sorted((g, m) for g in ("base", "rlp") for m in metrics)  # one row per group x metric
     base, rlp = table["base", "val/bpb"], table["rlp", "val/bpb"]
@@ -173,7 +173,7 @@ def test_report_numbers_by_hand(report):
 def test_missing_metrics_are_blank(report):
     out = report
     table = read_csv(out)
-    for metric in ("eval/arith_acc/level1", "rlp/reward_mean"):
+    for metric in ("eval/arith_acc/level1", "rlp/reward_std"):
         row = table["base", metric]
         assert row["end_n"] == row["at_tokens_n"] == row["at_flops_n"] == "0"
         assert row["end_mean"] == row["end_std"] == row["at_flops_mean"] == row["end_delta"] == ""
@@ -185,7 +185,7 @@ def test_missing_metrics_are_blank(report):
 
 
 def test_grouping_by_name_glob_and_group_flag(runs, tmp_path):
-    few = ["--metrics", "val/bpb", "--metrics", "rlp/reward_mean"]
+    few = ["--metrics", "val/bpb", "--metrics", "rlp/reward_std"]
     by_glob = compare.main([str(runs / "*" / "version_*"), "--out", str(tmp_path / "a"), *few])
     assert [(g.label, len(g.runs)) for g in by_glob.groups] == [("base", 3), ("rlp", 3)]
 
@@ -204,7 +204,7 @@ def test_grouping_by_name_glob_and_group_flag(runs, tmp_path):
     assert first["runs"] == "2"
     assert float(first["end_mean"]) == pytest.approx(
         statistics.mean([4.0 - 102400 / 65536 + BASE_NOISE[0], 3.5 - 61440 / 32768 + RLP_NOISE[0]]))
-    assert table["rest", "rlp/reward_mean"]["end_n"] == "0"
+    assert table["rest", "rlp/reward_std"]["end_n"] == "0"
 
 
 def test_metrics_patterns_choose_rows_and_plots(runs, tmp_path):
@@ -218,7 +218,7 @@ def test_metrics_patterns_choose_rows_and_plots(runs, tmp_path):
 def test_plots_are_real_images_one_colour_per_group(report):
     out = report
     names = {p.name for p in out.glob("*.png")}
-    for stem in ("val_bpb", "val_loss", "arith_acc_level1", "arith_acc_level2", "rlp_reward_mean", "sparsity_gap_id_b"):
+    for stem in ("val_bpb", "val_loss", "arith_acc_level1", "arith_acc_level2", "rlp_reward_std", "sparsity_gap_id_b"):
         assert {f"{stem}_vs_tokens.png", f"{stem}_vs_flops.png"} <= names
     assert len(names) == 12
     for name in ("val_bpb_vs_flops.png", "val_bpb_vs_tokens.png", "arith_acc_level1_vs_flops.png"):
@@ -379,9 +379,9 @@ def test_paired_by_seed_cancels_what_the_seeds_share(tmp_path):
     root = tmp_path / "runs"
     for version, seed in enumerate([1, 2, 3]):
         seeded_run(root / "a" / f"version_{version}", seed, 4.0,
-                   extra={"eval/arith_acc/level1": {39: 0.25 + seed / 8}, "rlp/reward_mean": {39: float(seed)}})
+                   extra={"eval/arith_acc/level1": {39: 0.25 + seed / 8}, "rlp/reward_std": {39: float(seed)}})
     extras = {  # b logs arithmetic at seeds 3 and 1 only, the reward at seed 3 only
-        3: {"eval/arith_acc/level1": {39: 0.25 + 3 / 8 + 0.125}, "rlp/reward_mean": {39: 3.5}},
+        3: {"eval/arith_acc/level1": {39: 0.25 + 3 / 8 + 0.125}, "rlp/reward_std": {39: 3.5}},
         1: {"eval/arith_acc/level1": {39: 0.25 + 1 / 8 + 0.125}},
     }
     for version, seed in enumerate([3, 1, 2]):  # matched by seed, not by version number
@@ -407,7 +407,7 @@ def test_paired_by_seed_cancels_what_the_seeds_share(tmp_path):
     arith = table["b", "eval/arith_acc/level1"]  # 2 pairs have it: paired, n=2, all differences 0.125
     assert arith["end_paired_n"] == "2" and float(arith["end_paired_delta"]) == 0.125
     assert float(arith["end_paired_delta_ci95_low"]) == float(arith["end_paired_delta_ci95_high"]) == 0.125
-    reward = table["b", "rlp/reward_mean"]  # 1 pair: its difference, no interval
+    reward = table["b", "rlp/reward_std"]  # 1 pair: its difference, no interval
     assert reward["end_paired_n"] == "1" and float(reward["end_paired_delta"]) == 0.5
     assert reward["end_paired_delta_ci95_low"] == ""
 
@@ -418,7 +418,7 @@ def test_paired_by_seed_cancels_what_the_seeds_share(tmp_path):
     assert md_row_of(md, "val/bpb", "## At matched FLOPs")[-1] == "+0.0156 [+0.0156, +0.0156]"
     assert md_row_of(md, "eval/arith_acc/level1")[-1] == "+0.125 [+0.125, +0.125] (n=2)"
     # one pair: Welch's difference of means (a: 3 runs, b: 1 run, so no interval), named so
-    assert md_row_of(md, "rlp/reward_mean")[-1] == f"{float(reward['end_delta']):+.3g} (Welch)"
+    assert md_row_of(md, "rlp/reward_std")[-1] == f"{float(reward['end_delta']):+.3g} (Welch)"
 
 
 def test_paired_interval_by_hand(tmp_path):

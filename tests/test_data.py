@@ -6,9 +6,11 @@ Everything runs on small local files or a few hundred KB of the world corpus: no
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -19,10 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from lamina.data import TextDataModule
-from lamina.data import packing, tokenizer as tok_lib
+from lamina.data import packing, sources, tokenizer as tok_lib
 from lamina.data.module import RandomWindows, splitmix64_array, window_offsets
 from lamina.data.packing import build_token_cache, read_meta, token_dtype
-from lamina.data.sources import iter_passages, resolve_source, split_of, splitmix64
+from lamina.data.sources import Passage, iter_passages, resolve_source, split_of, splitmix64
 from lamina.data.tokenizer import EOT, SPECIAL_TOKENS, byte_tokenizer, train_bpe
 from lamina.errors import ConfigError
 
@@ -401,6 +403,242 @@ def test_hub_names_and_paths_are_told_apart(tmp_path, monkeypatch):
             resolve_source(path_like)
 
 
+# ---- building the cache in shards: resume, processes, and no `datasets` for the world -------------
+
+ENCODE_TEXTS = packing.encode_texts
+
+
+class CountingEncoder:
+    """packing.encode_texts that records the texts it is given, and at call `stop` raises
+    KeyboardInterrupt, as a Ctrl-C in the middle of a build would."""
+
+    def __init__(self, stop: int | None = None):
+        self.calls, self.texts, self.stop = 0, [], stop
+
+    def __call__(self, tokenizer, texts):
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt
+        self.texts += texts
+        return ENCODE_TEXTS(tokenizer, texts)
+
+
+def small_shards(monkeypatch, shard_bytes: int = 6_000, batch_bytes: int = 1_500) -> None:
+    monkeypatch.setattr(packing, "SHARD_BYTES", shard_bytes)
+    monkeypatch.setattr(packing, "BATCH_BYTES", batch_bytes)
+
+
+def cache_files(path: Path) -> dict[str, bytes]:
+    return {name: (path / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")}
+
+
+def partial_folders(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.glob("*.partial"))
+
+
+@pytest.mark.parametrize("kind", ["world", "jsonl"])
+def test_interrupted_build_resumes_at_its_last_finished_shard(kind, tmp_path, monkeypatch, capsys):
+    small_shards(monkeypatch)
+    source = "world" if kind == "world" else write_jsonl(tmp_path / "docs.jsonl", documents(500))
+    args = dict(max_bytes=40_000, val_fraction=0.1)
+    straight = CountingEncoder()
+    monkeypatch.setattr(packing, "encode_texts", straight)
+    reference = ready_dm(source, tmp_path / "straight", **args)
+    # The batches the build makes, one encoder call each: stop at the 2nd batch of shard 3.
+    dm = small_dm(source, tmp_path / "resumed", **args)
+    passages = list(iter_passages(dm.corpus, 0.1, 40_000))
+    batches = list(packing.shard_batches(passages))
+    shard_of_batch = np.cumsum([0] + [ends for _, ends, _ in batches[:-1]])
+    assert shard_of_batch[-1] >= 4 and straight.calls == len(batches)  # several shards, one call a batch
+    stop = int(np.flatnonzero(shard_of_batch == 2)[1]) + 1
+    monkeypatch.setattr(packing, "encode_texts", CountingEncoder(stop=stop))
+    with pytest.raises(KeyboardInterrupt):
+        dm.prepare_data()
+    [partial] = partial_folders(tmp_path / "resumed" / "cache")
+    done = packing.read_progress(partial)
+    assert len(done) == 2 and not packing.is_complete(partial.with_suffix(""))
+    assert (partial / "train.bin").stat().st_size > done[-1]["splits"]["train"]["tokens"] * 2  # cut mid-shard
+    assert "token cache build stopped with 2 shard(s) done" in capsys.readouterr().err
+
+    resumed = CountingEncoder()
+    monkeypatch.setattr(packing, "encode_texts", resumed)
+    dm.prepare_data()
+    assert "resuming the token cache build" in capsys.readouterr().err
+    # Shards 0 and 1 were not tokenised again; every passage after them was, once.
+    assert resumed.texts == [p.text for p in passages[done[-1]["passages"] :]]
+    assert dm.cache_path.name == reference.cache_path.name and dm.cache_path == partial.with_suffix("")
+    assert cache_files(dm.cache_path) == cache_files(reference.cache_path)
+    assert partial_folders(tmp_path / "resumed" / "cache") == []
+
+
+def test_a_build_killed_after_its_last_shard_finishes_without_reading(tmp_path, monkeypatch):
+    small_shards(monkeypatch)
+    source = write_jsonl(tmp_path / "docs.jsonl", documents(300))
+    reference = ready_dm(source, tmp_path / "straight")
+    write_json = packing.write_json
+
+    def killed_writing_meta(path, value):
+        if path.name == "meta.json":  # every shard recorded, the closing <|endoftext|>s written
+            raise KeyboardInterrupt
+        write_json(path, value)
+
+    monkeypatch.setattr(packing, "write_json", killed_writing_meta)
+    with pytest.raises(KeyboardInterrupt):
+        small_dm(source, tmp_path / "resumed").prepare_data()
+    monkeypatch.setattr(packing, "write_json", write_json)
+    monkeypatch.setattr(packing, "encode_texts", CountingEncoder(stop=1))  # must not be called
+    monkeypatch.setattr(packing, "iter_passages", lambda *a, **k: pytest.fail("read the source again"))
+    dm = ready_dm(source, tmp_path / "resumed")
+    assert cache_files(dm.cache_path) == cache_files(reference.cache_path)
+
+
+def test_a_resume_rebuilds_from_the_shard_whose_text_changed(tmp_path, monkeypatch, capsys):
+    # A hub dataset is keyed by its name: if its rows change between the runs, the shards from
+    # the first changed one on are rebuilt (the ones before it are kept), and the cache is that
+    # of the new rows.
+    small_shards(monkeypatch)
+    docs = documents(600)
+    rows = {"now": docs[:400]}
+
+    def fake_load_dataset(name, config=None, *, split, streaming):
+        return datasets.Dataset.from_dict({"text": rows["now"]}).to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(packing, "encode_texts", CountingEncoder(stop=9))  # in shard 2
+    with pytest.raises(KeyboardInterrupt):
+        small_dm("someone/corpus", tmp_path / "a").prepare_data()
+    rows["now"] = docs[:200] + docs[400:]  # changed from row 200 on
+    passages = [Passage(t, i, len(t.encode()), "train", i) for i, t in enumerate(rows["now"])]
+    batches = list(packing.shard_batches(passages))
+    changed = sum(ends for batch, ends, _ in batches if batch[-1].index < 200)  # the shard holding row 200
+    assert changed == 1
+    counting = CountingEncoder()
+    monkeypatch.setattr(packing, "encode_texts", counting)
+    dm = ready_dm("someone/corpus", tmp_path / "a")
+    err = capsys.readouterr().err
+    assert "stopped with 2 shard(s) done" in err and "differs from the partial build's at shard 1" in err
+    assert "resuming the token cache build" in err and ": 1 shard(s) done" in err
+    first_kept = next(i for i, (_, ends, _) in enumerate(batches) if ends)
+    assert counting.texts == [p.text for batch, _, _ in batches[first_kept + 1 :] for p in batch]
+    monkeypatch.setattr(packing, "encode_texts", ENCODE_TEXTS)
+    assert cache_files(dm.cache_path) == cache_files(ready_dm("someone/corpus", tmp_path / "b").cache_path)
+
+
+def test_a_dropped_hub_connection_keeps_the_finished_shards(tmp_path, monkeypatch):
+    small_shards(monkeypatch)
+    docs = documents(3000)
+    state = {"fail_after": 2500}  # (rows are read 1024 at a time: two reads go through)
+
+    def rows():
+        for i, doc in enumerate(docs):
+            if i == state["fail_after"]:
+                raise ConnectionError("Connection reset by peer")
+            yield {"text": doc}
+
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda *a, **k: datasets.IterableDataset.from_generator(rows)
+    )
+    with pytest.raises(ConfigError, match=(
+        r"^data\.source: lost the connection to the Hugging Face hub for data\.source=someone/corpus "
+        r"\(Connection reset by peer\); finished shards of the token cache are kept, and the same command resumes"
+    )):
+        small_dm("someone/corpus", tmp_path / "a", max_bytes=None).prepare_data()
+    [partial] = partial_folders(tmp_path / "a" / "cache")
+    done = packing.read_progress(partial)
+    assert len(done) >= 10 and done[-1]["passages"] <= 2048
+    state["fail_after"] = None
+    counting = CountingEncoder()
+    monkeypatch.setattr(packing, "encode_texts", counting)
+    dm = ready_dm("someone/corpus", tmp_path / "a", max_bytes=None)
+    assert counting.texts == docs[done[-1]["passages"] :]  # the kept shards were not tokenised again
+    monkeypatch.setattr(packing, "encode_texts", ENCODE_TEXTS)
+    again = ready_dm("someone/corpus", tmp_path / "b", max_bytes=None)
+    assert cache_files(dm.cache_path) == cache_files(again.cache_path)
+
+
+def test_num_proc_2_builds_the_bytes_of_num_proc_1(tmp_path, monkeypatch):
+    small_shards(monkeypatch, shard_bytes=20_000)
+    monkeypatch.setattr(packing, "PROC_MIN_BYTES", 1)  # processes even for this small a shard
+    path = tmp_path / "docs.parquet"
+    datasets.Dataset.from_dict({"text": documents(700), "n": list(range(700))}).to_parquet(str(path))
+    maps = []
+    real_map = datasets.Dataset.map
+
+    def spy(self, *args, **kwargs):
+        maps.append(kwargs.get("num_proc"))
+        return real_map(self, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "map", spy)
+    # (one tokenizer for both: a BPE retrained in another cache_dir would key another cache)
+    tokenizer = train_bpe([world_text(20_000)], vocab_size=300)
+    source = resolve_source(str(path))
+    one = build_token_cache(source, tokenizer, cache_dir=tmp_path / "one", max_bytes=None, val_fraction=0.1, num_proc=1)
+    assert maps == []  # one process: no map at all
+    two = build_token_cache(source, tokenizer, cache_dir=tmp_path / "two", max_bytes=None, val_fraction=0.1, num_proc=2)
+    assert len(maps) >= 2 and set(maps) == {2}  # every shard over 2 processes
+    assert cache_files(one) == cache_files(two)
+    assert read_meta(two)["splits"]["val"]["tokens"] > 0
+
+
+def test_world_corpus_never_imports_datasets(tmp_path):
+    # The lent GPU box has no `datasets`: the built-in corpus must build and load without it.
+    code = f"""
+import sys
+sys.modules["datasets"] = None  # every `import datasets` now fails
+from lamina.data import TextDataModule
+dm = TextDataModule(source="world", tokenizer="bpe", vocab_size=300, tokenizer_sample_bytes=20_000,
+                    max_bytes=50_000, block_size=16, batch_size=2, val_tokens=100, val_fraction=0.1,
+                    cache_dir={str(tmp_path)!r}, num_proc=4)
+dm.prepare_data()
+dm.setup("fit")
+assert len(dm.train_data) > 1000 and len(dm.val_data) > 100
+print("built without datasets")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "built without datasets" in run.stdout
+
+
+def reference_splitmix64(x: int) -> int:
+    """The scalar formula sources.py had: the spec the one vectorised implementation must meet."""
+    mask = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def test_the_one_splitmix64_is_bit_identical_to_the_old_formula():
+    rng = np.random.default_rng(0)
+    values = [0, 1, 2, 2**32, 2**63 - 1, 2**63, 2**64 - 1, sources.SPLIT_SALT]
+    values += [int(v) for v in rng.integers(0, 2**63, 200, dtype=np.int64)] + [(int(v) * 2 + 1) % 2**64 for v in values[-50:]]  # odd, high bits
+    expected = [reference_splitmix64(v) for v in values]
+    assert [splitmix64(v) for v in values] == expected
+    assert splitmix64_array(np.array(values, dtype=np.uint64)).tolist() == expected
+    # The split: the old float comparison, exactly, also for a fraction right at a passage's hash.
+    at_hash = reference_splitmix64(7 ^ sources.SPLIT_SALT) / 2**64
+    for fraction in (0.001, 0.02, 0.5, 0.999999, at_hash, np.nextafter(at_hash, 1), np.nextafter(at_hash, 0)):
+        old = ["val" if reference_splitmix64(i ^ sources.SPLIT_SALT) < fraction * 2**64 else "train" for i in range(3000)]
+        assert [split_of(i, fraction) for i in range(3000)] == old
+        assert sources.val_flags(0, 3000, fraction).tolist() == [s == "val" for s in old]
+
+
+def test_a_bpe_short_of_its_vocab_size_says_so(tmp_path, caplog):
+    source = write_jsonl(tmp_path / "docs.jsonl", documents(60))
+    logging.getLogger("lightning.pytorch").addHandler(caplog.handler)
+    try:
+        dm = ready_dm(source, tmp_path, tokenizer="bpe", vocab_size=5000)
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(caplog.handler)
+    reached = dm.tokenizer.get_vocab_size()
+    assert reached < 5000 and dm.model_vocab_size == 5000  # the model is sized from the config
+    assert (
+        f"lamina: the bpe tokenizer has {reached:,} ids, fewer than data.vocab_size=5,000" in caplog.text
+        and f"set data.vocab_size to {reached} to drop the {5000 - reached:,} unused embedding rows" in caplog.text
+    ), caplog.text
+
+
+
 # ---- training windows ---------------------------------------------------------------------------
 
 
@@ -463,11 +701,20 @@ def test_val_windows_are_fixed_and_tile_the_start_of_val(tmp_path):
     first, second = list(dm.val_dataloader()), list(dm.val_dataloader())
     assert same(first, second)
     n = dm.n_val_windows
-    assert n == (150 - 1) // 16 == 9 and [len(x) for x, _ in first] == [4, 4, 1]  # last batch kept
+    # 9 windows hold val_tokens; rounded up to whole batches (one shape for a compiled model)
+    assert (150 - 1) // 16 == 9 and n == 12 and [len(x) for x, _ in first] == [4, 4, 4]
     xs = torch.cat([x for x, _ in first]).flatten()
     ys = torch.cat([y for _, y in first]).flatten()
     val = torch.from_numpy(dm.val_data[: n * 16 + 1].astype(np.int64))
     assert torch.equal(xs, val[:-1]) and torch.equal(ys, val[1:])  # each token predicted once
+
+
+def test_val_windows_round_down_when_the_split_is_short(tmp_path):
+    dm = ready_dm("world", tmp_path, max_bytes=60_000, val_tokens=10_000, batch_size=4, block_size=16)
+    available = (len(dm.val_data) - 1) // 16
+    assert available * 16 < 10_000 and available % 4 != 0  # the split is the limit, and not whole batches
+    assert dm.n_val_windows == available // 4 * 4
+    assert all(len(x) == 4 for x, _ in dm.val_dataloader())
 
 
 def test_val_tokens_per_byte_is_exact(tmp_path):

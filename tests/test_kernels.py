@@ -1,4 +1,4 @@
-"""Triton kernels against their plain-PyTorch references (kernels run under TRITON_INTERPRET=1).
+"""Triton kernels against their plain-PyTorch references (under TRITON_INTERPRET=1; on CUDA in gpu_check).
 
 Shapes are awkward on purpose: tokens not a multiple of any block, n = 1, d = 2, odd d, d = 3072
 (with few tokens, to keep the interpreter fast). Small block sizes and several token splits are forced
@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from lamina import kernels as K
+from tests.on_device import kernel_device, on_device
 
-pytestmark = pytest.mark.skipif(not (K.HAS_TRITON and K.interpreted()),
-                                reason="needs triton with TRITON_INTERPRET=1 set before import")
+pytestmark = pytest.mark.skipif(not (K.HAS_TRITON and (K.interpreted() or kernel_device())),
+                                reason="needs triton with TRITON_INTERPRET=1 set before import, or CUDA")
+if kernel_device():  # bench/gpu_check.sh: the kernels compiled for the GPU, on CUDA copies of the inputs
+    K = on_device(K, kernel_device(), ("sparsity_sums", "coactivation_update_"))
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(37, 2), (100, 13), (130, 67)]

@@ -15,8 +15,12 @@ import torch
 
 import lamina.measures as M
 from lamina import kernels as K
+from tests.on_device import kernel_device, on_device
 
-IMPLS = ["reference"] + (["kernel"] if K.HAS_TRITON and K.interpreted() else [])
+IMPLS = ["reference"] + (["kernel"] if K.HAS_TRITON and (K.interpreted() or kernel_device()) else [])
+if kernel_device():  # bench/gpu_check.sh: impl="kernel" runs the compiled kernels on CUDA copies of the inputs
+    M = on_device(M, kernel_device(), ("sparsity_stats", "coactivation", "SparsityAccumulator",
+                                       "CoactivationAccumulator"), when=lambda args, kwargs: kwargs.get("impl") == "kernel")
 SCALARS = ("frac_active", "l1", "l2", "hoyer", "dead_frac", "top10_l1_share")
 
 

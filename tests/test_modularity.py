@@ -175,12 +175,15 @@ def test_scalar_tags():
     a, b = independent_activity(2, n=500, d=20)
     first = find_modules(a, b, seed=0)
     second = find_modules(a, b, previous=first.labels, seed=0)
-    names = ["q", "q_heldout", "q_null_mean", "q_null_std", "q_z", "modules", "excluded_frac", "stability_floor"]
+    names = ["q", "q_heldout", "q_null_mean", "q_null_std", "q_null_lo", "q_null_hi", "q_z", "modules", "excluded_frac",
+             "stability_floor"]
     scalars = modularity_scalars([first, second])
     assert set(scalars) == {f"modularity/layer0/{n}" for n in names} | {f"modularity/layer1/{n}" for n in names} | {
         "modularity/layer1/stability"
     }
     assert scalars["modularity/layer0/q_z"] == first.q_z
+    band = (first.q_null_mean - 2 * first.q_null_std, first.q_null_mean + 2 * first.q_null_std)
+    assert (scalars["modularity/layer0/q_null_lo"], scalars["modularity/layer0/q_null_hi"]) == band
     assert scalars["modularity/layer1/modules"] == float(second.k)
 
 

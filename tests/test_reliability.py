@@ -155,6 +155,35 @@ def test_ctrl_c_saves_and_the_resumed_run_matches_an_uninterrupted_one(accumulat
     resumed = scalars(tmp_path / "runs" / "ctrlc" / "version_0")["train/loss"]
     straight = scalars(tmp_path / "runs" / "straight" / "version_0")["train/loss"]
     assert [resumed[s] for s in range(step, end)] == [straight[s] for s in range(step, end)]
+    # The resumed run's ModelCheckpoint took the stop's last.ckpt for its own: it wrote over it.
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+    assert torch.load(last, weights_only=False)["global_step"] == end
+
+
+def test_ctrl_c_writes_last_ckpt_once(tmp_path, monkeypatch):
+    # Lightning's ModelCheckpoint, when it has saved nothing yet in a fit, writes last.ckpt again at
+    # the end of training: a second full write of the same step while a SIGTERM's grace period runs.
+    original, sent = LanguageModel.on_train_batch_end, []
+
+    def interrupt_once(self, outputs, batch, batch_idx):
+        original(self, outputs, batch, batch_idx)
+        if self.global_step == 2 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    saves, real_save = [], AtomicCheckpointIO.save_checkpoint
+
+    def counted(self, checkpoint, path, storage_options=None):
+        saves.append(Path(path).name)
+        real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(LanguageModel, "on_train_batch_end", interrupt_once)
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "once", *NO_INSTRUMENT, "--trainer.max_steps", "50",
+                      "--checkpoint.every_n_train_steps", "1000"))
+    assert exit_info.value.code == 130
+    assert saves == ["last.ckpt"]
 
 
 # ---- non-finite steps -----------------------------------------------------------------------------
@@ -293,7 +322,7 @@ def test_probe_measurement_memory_does_not_grow_with_probe_size(tmp_path):
     assert growth_mib < 64, f"peak memory grew {growth_mib:.0f} MiB with the probe size"
 
 
-def test_fit_reports_the_run_folder_size(tmp_path, caplog):
+def test_fit_reports_the_run_folder_size_and_no_advertisement(tmp_path, caplog):
     import logging
 
     with caplog.at_level(logging.INFO):
@@ -304,6 +333,12 @@ def test_fit_reports_the_run_folder_size(tmp_path, caplog):
     # (event files may still grow a little when the logger closes, after the report)
     assert str(run) in line and "checkpoints" in line
     assert abs(reported - checkpointing.folder_bytes(run) / 1e6) <= 0.1
+    # Lightning logs "💡 Tip: For seamless cloud logging ..., try installing litlogger" on every fit.
+    assert "GPU available" in caplog.text, "Lightning's INFO lines must reach the log for this to test anything"
+    assert not [r.getMessage() for r in caplog.records if "Tip:" in r.getMessage()]
+    # Parsed values (jsonargparse's own int/float subclasses) reach the checkpoint as builtins.
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert type(state["hyper_parameters"]["n_layer"]) is int
 
 
 def test_checkpointing_can_be_switched_off(tmp_path):

@@ -23,6 +23,7 @@ from lamina.rlp import (
     RLPModel,
     ThoughtEvalConfig,
     ThoughtEvaluator,
+    ThoughtRules,
     Thoughts,
     arith_problems,
     clipped_policy_loss,
@@ -36,6 +37,7 @@ from lamina.rlp import (
 )
 
 THINK, END_THINK, EOT = 257, 258, 256
+RULES = ThoughtRules(THINK, END_THINK, EOT)
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -89,21 +91,23 @@ def test_reward_is_the_log_prob_difference_by_hand(rotary):
         assert thought[-1] == END_THINK and (thought[:-1] != END_THINK).all()
         sequence = torch.cat((contexts[r // G], torch.tensor([THINK]), thought))[None]
         with torch.no_grad():
-            with_thought = F.log_softmax(policy(sequence)[0][0, -1], dim=-1)[targets[r // G]]
-            without = F.log_softmax(ema(contexts[r // G][None])[0][0, -1], dim=-1)[targets[r // G]]
+            with_thought = F.log_softmax(policy(sequence)[0][0, -1], dim=-1)[targets[r // G, 0]]
+            without = F.log_softmax(ema(contexts[r // G][None])[0][0, -1], dim=-1)[targets[r // G, 0]]
         torch.testing.assert_close(step.parts.rewards.view(-1)[r], with_thought - without, atol=1e-5, rtol=1e-5)
 
 
 def test_thoughts_are_sampled_from_the_policy_with_cache():
-    """The thought tokens are what the policy samples: same generator, same tokens, as full recompute."""
+    """The thought tokens are what the policy samples: same generator, same tokens, as full recompute
+    (under the thought rules: no end of text or nested <think>, no empty thought)."""
     policy = tiny_gpt().eval()
     contexts = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
-    thoughts = sample_thoughts(policy, contexts, 3, 6, 0.7, THINK, END_THINK, torch.Generator().manual_seed(5))
+    thoughts = sample_thoughts(policy, contexts, 3, 6, 0.7, THINK, END_THINK, torch.Generator().manual_seed(5), EOT)
     g = torch.Generator().manual_seed(5)
     rows = torch.cat((contexts.repeat_interleave(3, 0), torch.full((6, 1), THINK)), 1)
     done = torch.zeros(6, dtype=torch.bool)
     for step in range(6):  # the same draws, one full forward per step
         logits = policy(rows)[0][:, -1, :259].float()
+        logits[:, [EOT, THINK] + ([END_THINK] if step == 0 else [])] = float("-inf")
         token = torch.multinomial(F.softmax(logits / 0.7, -1), 1, generator=g).squeeze(1)
         token = torch.where(done, END_THINK, token)
         done |= token == END_THINK
@@ -199,16 +203,17 @@ def test_clipping_after_a_parameter_change():
     config = small_config(clip_eps=0.05)
     step = run_step(policy, ema, config)
     moved = perturbed(policy, scale=0.05, seed=7)
-    new = rlp_loss(moved, ema, step.contexts, step.targets, step.thoughts, config, THINK)
+    new = rlp_loss(moved, ema, step.contexts, step.targets, step.thoughts, config, RULES)
     logps = {}
     for name, model in (("old", policy), ("new", moved)):
         hook = model.lm_head.register_forward_hook(lambda m, a, out, name=name: logps.__setitem__(name, out))
-        rlp_loss(model, ema, step.contexts, step.targets, step.thoughts, config, THINK)
+        rlp_loss(model, ema, step.contexts, step.targets, step.thoughts, config, RULES)
         hook.remove()
     W = step.thoughts.tokens.size(1)
 
-    def token_logp(logits):
-        lp = F.log_softmax(logits[:, :W, :259].float() / config.temperature, -1)
+    def token_logp(logits):  # the policy samples under the thought rules: its log-probabilities too
+        banned = RULES.banned(259, W, "cpu")
+        lp = F.log_softmax(logits[:, :W, :259].float().masked_fill(banned, float("-inf")) / config.temperature, -1)
         return lp.gather(-1, step.thoughts.tokens[..., None]).squeeze(-1)
 
     old_logp = token_logp(logps["old"]).detach()
@@ -216,7 +221,7 @@ def test_clipping_after_a_parameter_change():
     # rewards (so advantages) are scored by the policy being updated, in the same forward
     loss, stats = clipped_policy_loss(new_logp, old_logp, new.advantages, step.thoughts.trained, config.clip_eps)
     assert stats["clip_frac"] > 0 and stats["ratio_mean"] != 1
-    clipped = rlp_loss(moved, ema, step.contexts, step.targets, step.thoughts, config, THINK, old_logp=old_logp)
+    clipped = rlp_loss(moved, ema, step.contexts, step.targets, step.thoughts, config, RULES, old_logp=old_logp)
     torch.testing.assert_close(clipped.loss, loss)
     loss.backward()
     ratio = (new_logp - old_logp).exp()
@@ -246,7 +251,7 @@ def test_equal_rewards_give_zero_loss():
     first = torch.arange(0, step.thoughts.tokens.size(0), G).repeat_interleave(G)
     t = step.thoughts
     same = Thoughts(t.tokens[first], t.lengths[first], t.trained[first], t.truncated[first], t.decode_steps)
-    parts = rlp_loss(policy, ema, step.contexts, step.targets, same, config, THINK)
+    parts = rlp_loss(policy, ema, step.contexts, step.targets, same, config, RULES)
     assert not parts.advantages.any()
     assert parts.loss.item() == 0
     parts.loss.backward()
@@ -318,6 +323,11 @@ def test_step_cost_accounting():
     assert step.train_tokens == N * L + N * G * (step.thoughts.tokens.size(1) + 1)
     per_token = policy.flops_per_token()
     assert step.flops == pytest.approx((step.sample_tokens + N * L) * per_token / 3 + step.train_tokens * per_token)
+    # unshared: every thought its own prompt, EMA scoring and full trained sequence
+    W = step.thoughts.tokens.size(1)
+    unshared_forward = N * G * (L + 1) + N * G * (step.thoughts.decode_steps - 1) + N * G * L
+    assert step.flops_unshared == pytest.approx(unshared_forward * per_token / 3 + N * G * (L + 1 + W) * per_token)
+    assert step.flops_unshared > step.flops
 
 
 def test_positions_are_distinct_and_contexts_are_the_tokens_before():
@@ -329,7 +339,7 @@ def test_positions_are_distinct_and_contexts_are_the_tokens_before():
     for i in range(6):
         row = windows[i // 3]
         starts = [s for s in range(0, 33 - L) if torch.equal(row[s : s + L], step.contexts[i])]
-        assert any(row[s + L] == step.targets[i] for s in starts)
+        assert any(row[s + L] == step.targets[i, 0] for s in starts)
 
 
 def test_bad_rlp_keys_are_named():
@@ -383,10 +393,13 @@ def test_evaluator_reports_every_level():
     val = torch.randint(0, 256, (400,)).numpy()
     evaluator = ThoughtEvaluator(config, tokenizer, THINK, END_THINK, EOT, 32, val, thought_tokens=6)
     metrics = evaluator.evaluate(tiny_gpt())
-    for key in ("eval/arith_acc/level1", "eval/arith_acc_nothink/level2", "eval/think_nll", "eval/nothink_nll"):
+    for key in ("eval/arith_acc/level1", "eval/arith_acc_nothink/level2", "eval/think_acc_gain/level2",
+                "eval/think_nll", "eval/nothink_nll"):
         assert key in metrics
     assert all(0 <= metrics[f"eval/arith_acc/level{k}"] <= 1 for k in (1, 2))
-    assert metrics["eval/think_gain"] == pytest.approx(metrics["eval/nothink_nll"] - metrics["eval/think_nll"])
+    gain = metrics["eval/nothink_nll"] - metrics["eval/think_nll"]  # (the mean of float64 differences)
+    assert metrics["eval/think_gain"] == pytest.approx(gain, rel=1e-5)
+    assert metrics["eval/think_gain/lo"] < metrics["eval/think_gain"] < metrics["eval/think_gain/hi"]
 
 
 @pytest.mark.parametrize("name", ["rlp-tiny", "rlp-tiny-filler", "rlp-tiny-frozen", "ntp-tiny", "ntp-tiny-flops"])
@@ -419,7 +432,8 @@ RLP = [
     "--model.rlp.group_size", "4", "--model.rlp.max_thought_tokens", "6", "--model.rlp.ema_decay", "0.5",
     "--model.thought_eval.every_n_steps", "2", "--model.thought_eval.levels", "[1]",
     "--model.thought_eval.examples_per_level", "4", "--model.thought_eval.max_thought_tokens", "8",
-    "--model.thought_eval.nll_positions", "4",
+    "--model.thought_eval.nll_positions", "4", "--model.thought_eval.pass_samples", "4",
+    "--model.thought_eval.pass_at", "[1, 4]",
 ]
 
 
@@ -453,6 +467,9 @@ def test_rlp_fit_from_a_checkpoint_and_resume_keeps_the_ema(tmp_path):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
     assert "train/loss" not in tags  # the RLP loss is not a next-token loss
     assert sorted(tags["eval/arith_acc/level1"]) == [0, 2, 4]
+    assert sorted(tags["eval/pass_at_4/level1"]) == [0, 4]  # pass@k at the start and the end only
+    assert sorted(p.name for p in (once / "thought_eval").glob("*.json")) == ["step0.json", "step2.json", "step4.json"]
+    assert "perf/flops_unshared" in tags
 
     base_weights = torch.load(start, weights_only=True)["state_dict"]
     midway = next((once / "checkpoints").glob("*step=2.ckpt"))

@@ -31,7 +31,7 @@ def fit_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
     return [
         "fit", *TINY,
         "--data.cache_dir", str(tmp_path / "cache"),
-        "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
+        "--trainer.logger.class_path", "lamina.tensorboard.TensorBoardLogger",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--trainer.logger.init_args.name", name,
         *extra,
@@ -308,3 +308,42 @@ def test_throughput_is_the_first_callback(tmp_path):
 
     cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=fit_args(tmp_path, "order")[1:], **cli_kwargs())
     assert isinstance(cli.trainer.callbacks[0], Throughput)
+
+
+def test_steps_line_up_validation_counts_optimizer_steps(tmp_path):
+    """Every value at step s is of the weights after s updates: validation after update 2 lands at 2
+    beside that step's measurement, the counters at s are what trained them, and with accumulation
+    val_check_interval counts optimizer steps (not micro-batches); step 0's validation is the sanity pass."""
+    main(fit_args(tmp_path, "steps", "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1",
+                  "--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "2",
+                  "--instrument.every_n_steps", "2", "--instrument.probe_tokens", "512",
+                  "--instrument.modularity", "false", "--instrument.ablation", "false",
+                  "--instrument.layers", "false", "--instrument.pictures", "false"))
+    tags = scalars(tmp_path / "runs" / "steps" / "version_0")
+    assert sorted(tags["val/bpb"]) == [0, 2, 4, 6]
+    assert sorted(tags["val/bpb"]) == sorted(tags["sparsity/id/mean"])
+    assert sorted(tags["train/loss"]) == [0, 1, 2, 3, 4, 5]  # the loss of the weights after s updates
+    tokens_per_step = 2 * 8 * 32  # accumulation x data.batch_size x block_size
+    assert tags["perf/tokens_seen"] == {s: s * tokens_per_step for s in range(1, 7)}
+    assert list(tags["perf/first_step_seconds"]) == [0] and tags["perf/first_step_seconds"][0] > 0
+    assert "hp_metric" not in tags and "epoch" not in tags  # no Lightning clutter in lamina's logger
+    charts = custom_scalars_layout(tmp_path / "runs" / "steps" / "version_0")
+    assert {"loss: train and val", "Q layer 1 against its null (band: null mean +- 2 sd)"} <= set(charts)
+    assert charts["loss: train and val"] == ["^train/loss$", "^val/loss$"]
+
+
+def custom_scalars_layout(run_dir: Path) -> dict[str, list[str]]:
+    """The charts of the custom-scalars layout in a run's event file: title -> tags (or patterns)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {}
+    for category in layout.category:
+        for chart in category.chart:
+            content = chart.multiline if chart.HasField("multiline") else chart.margin
+            charts[chart.title] = list(content.tag) if chart.HasField("multiline") else [
+                s.value for s in content.series
+            ]
+    return charts

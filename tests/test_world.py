@@ -44,13 +44,17 @@ def test_same_seed_same_bytes_and_recorded_digest():
 
 
 def test_deterministic_across_processes():
+    # world.py loaded alone: the package would import torch and Lightning (most of a minute on a
+    # loaded machine) for nothing the corpus uses.
     code = (
-        "import hashlib; from lamina.data.world import sample_text; "
-        "print(hashlib.sha256(sample_text(0, 50_000).encode()).hexdigest())"
+        "import hashlib, importlib.util, sys; "
+        "spec = importlib.util.spec_from_file_location('lamina.data.world', sys.argv[1]); "
+        "world = sys.modules[spec.name] = importlib.util.module_from_spec(spec); spec.loader.exec_module(world); "
+        "print(hashlib.sha256(world.sample_text(0, 50_000).encode()).hexdigest())"
     )
     for hash_seed in ("1", "12345"):  # str hashing is salted by this; the corpus must not care
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        cmd = [sys.executable, "-c", code]
+        cmd = [sys.executable, "-c", code, world.__file__]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == DIGEST_SEED0_50K
 
@@ -143,7 +147,7 @@ def test_bad_filters_raise_config_error_at_call_time(kwargs, bad):
 
 
 def test_unknown_family_message_lists_valid_ones():
-    message = r"^data\.families: unknown family 'poetry' \(expected one of: prose, arith, strings\)$"
+    message = r"^data\.families: unknown family 'poetry' \(expected one of: prose, arith, strings, people, context\)$"
     with pytest.raises(ConfigError, match=message):
         generate(0, families=("poetry",))
     with pytest.raises(ConfigError, match=r"expected one of: 1, 2, 3, 4, 5"):

@@ -98,17 +98,25 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
 
 
 def save_last(trainer: L.Trainer) -> Path | None:
-    """Save last.ckpt now (every rank must call it). Through the run's ModelCheckpoint when it
-    keeps a last.ckpt, so that it knows the file is its own (and does not write a `last-v1.ckpt`
-    beside it at the end of training)."""
+    """Save last.ckpt now (every rank must call it); its path, None when the run has no folder to
+    save to. Lightning has no public "save last now": the file is written where the run's
+    ModelCheckpoint keeps its last.ckpt, and the callback is told it is its own (`last_model_path`,
+    part of its state in the checkpoint, so a resumed run knows it too), or it would write a
+    `last-v1.ckpt` beside it."""
     callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    if callback is not None and callback.save_last:
-        # Lightning has no public "save last now"; this is the method its own hooks call.
-        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-        return Path(callback.last_model_path) if callback.last_model_path else None
-    path = last_checkpoint_path(trainer)
-    if path is not None:
-        trainer.save_checkpoint(path)
+    keeps_last = callback is not None and bool(callback.save_last) and bool(callback.dirpath)
+    if keeps_last:
+        # the name as the callback makes it, character for character (it compares the strings)
+        name = callback.format_checkpoint_name(
+            {"epoch": trainer.current_epoch, "step": trainer.global_step}, ModelCheckpoint.CHECKPOINT_NAME_LAST
+        )
+        callback.last_model_path = name
+        path = Path(name)
+    else:
+        path = last_checkpoint_path(trainer)
+        if path is None:
+            return None
+    trainer.save_checkpoint(path)
     return path
 
 
@@ -161,6 +169,7 @@ class StopOnSignal(L.Callback):
         self.saved_path: Path | None = None
         self._previous: dict[int, Any] = {}
         self._step_seen: int | None = None
+        self._paused: list[tuple[ModelCheckpoint, Any]] = []  # (callback, its save_last) until the fit ends
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._step_seen = trainer.global_step
@@ -186,6 +195,12 @@ class StopOnSignal(L.Callback):
         if not stepped or self.saved_step is not None or not self._agreed(trainer):
             return
         self.saved_step, self.saved_path = trainer.global_step, save_last(trainer)
+        # A ModelCheckpoint that saved nothing yet in this fit saves its last.ckpt at the end of
+        # training: this same step again, a second full write inside a SIGTERM grace period.
+        self._paused = [(c, c.save_last) for c in trainer.checkpoint_callbacks
+                        if isinstance(c, ModelCheckpoint) and c.save_last]
+        for callback, _ in self._paused:
+            callback.save_last = False
         trainer.should_stop = True
 
     def _agreed(self, trainer: L.Trainer) -> bool:
@@ -200,6 +215,11 @@ class StopOnSignal(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for callback, save_last in self._paused:
+            callback.save_last = save_last
+        self._paused = []
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -7,10 +7,15 @@ A user mistake prints one line naming the key or file and exits non-zero.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import logging
 import re
 import sys
 from pathlib import Path
 
+from jsonargparse import ArgumentError
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -19,22 +24,48 @@ from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_check
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
-from lamina.user_errors import check_config_files, check_resume_config, check_trainer, user_message
+from lamina.user_errors import (
+    check_checkpoint_fits,
+    check_config_files,
+    check_resume_config,
+    check_trainer,
+    lightning_argument_error,
+    read_checkpoint,
+    read_checkpoint_hparams,
+    unreadable_checkpoint,
+    user_message,
+)
 
 DEFAULT_LOGGER = {
-    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+    "class_path": "lamina.tensorboard.TensorBoardLogger",
     "init_args": {"save_dir": "runs", "name": "default"},
 }
 
 
+def not_a_promotion(record: logging.LogRecord) -> bool:
+    """False for Lightning's advertisements of its cloud products ("💡 Tip: For seamless cloud
+    logging ..., try installing litlogger"), which it logs at INFO on every fit."""
+    return not re.match(r"\W*Tip:", record.getMessage())
+
+
+# Lightning's rank_zero_info writes through this logger (a filter on it drops the record for
+# every handler, Lightning's own and the user's).
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_a_promotion)
+
+
 class LaminaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.block_size", "data.block_size")
+        # int: model.block_size is a PositiveInt, which a key typed int cannot write back to YAML
+        parser.link_arguments("model.block_size", "data.block_size", compute_fn=int)
         parser.link_arguments("data.model_vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         from lamina.instrument import Instrumentation  # (imported here: cli.py's one instrumentation hook)
 
         parser.add_lightning_class_args(Instrumentation, "instrument")
+        from lamina.finetune import Drift, Retention  # after pretraining: what fine-tuning moves and keeps
+
+        parser.add_lightning_class_args(Drift, "drift")
+        parser.add_lightning_class_args(Retention, "retention")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -42,42 +73,104 @@ class LaminaCLI(LightningCLI):
                 "trainer.logger": DEFAULT_LOGGER,
                 "trainer.max_steps": 1000,
                 "trainer.val_check_interval": 250,
+                "trainer.num_sanity_val_steps": -1,  # the whole val set: it is step 0's validation (lm.py)
                 "trainer.check_val_every_n_epoch": None,
                 "trainer.gradient_clip_val": 1.0,
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path in ("best", "hpc"):
+            # "best" names the best checkpoint of an earlier fit in the same process; a SLURM job that
+            # was requeued resumes from its "hpc" checkpoint by itself (with ckpt_path null).
+            raise ConfigError(f"ckpt_path: expected a checkpoint file or 'last', got {ckpt_path!r}")
+        if ckpt_path and ckpt_path != "last" and is_local_file(ckpt_path):
+            self.check_checkpoint_config(parser, subcommand, str(ckpt_path))
+
+    def check_checkpoint_config(self, parser: LightningArgumentParser, subcommand: str, path: str) -> None:
+        """Before LightningCLI reads the checkpoint at `path` and puts its model hyperparameters in
+        place of the config's: the file is a readable checkpoint, no shape key the user set differs
+        from it (it would be silently ignored), and its hyperparameters parse as a model config (a
+        checkpoint of an older lamina may hold a key since renamed)."""
+        # The signature's defaults: lamina sets no parser defaults in the model section.
+        defaults = {k: p.default for k, p in inspect.signature(self.model_class.__init__).parameters.items()}
+        check_resume_config(path, self.config[subcommand].model, defaults)
+        saved = {k: v for k, v in read_checkpoint_hparams(path).items() if not k.startswith("_")}  # ours only
+        try:
+            parser.parse_object({subcommand: {"model": saved}}, self.config.clone())
+        except ArgumentError as err:
+            raise ConfigError(unreadable_checkpoint(path, err)) from err
+
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        trainer = self.lightning_trainer(**kwargs)
         # Throughput first: the other callbacks' on_train_batch_end (measurements, thinking
         # evaluations, checkpoints) run after its timing window closes (sorted stably: ModelCheckpoint
         # stays last).
         trainer.callbacks.sort(key=lambda c: not isinstance(c, Throughput))
         check_trainer(trainer)
+        count_validation_in_optimizer_steps(trainer)
         use_atomic_checkpoints(trainer)
         return trainer
 
-    def _instantiate_trainer(self, config: dict, callbacks: list):
-        # `checkpoint.*` always makes a ModelCheckpoint, which Lightning refuses beside
-        # `trainer.enable_checkpointing false`: that switch drops it instead.
-        if config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
-
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI puts the checkpoint's model hyperparameters in place of the config's: a shape
-        # key the user set otherwise would be silently ignored, so it is refused first.
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry"):
-            defaults = self._parser(subcommand).get_defaults().model
-            check_resume_config(ckpt_path, self.config[subcommand].model, defaults)
-        super()._parse_ckpt_path()
+    def lightning_trainer(self, **kwargs) -> Trainer:
+        """LightningCLI's trainer; Lightning's checks of its arguments fail as one line naming the
+        key. `checkpoint.*` always makes a ModelCheckpoint, which Lightning refuses beside
+        `trainer.enable_checkpointing false`: that switch drops it instead (the trainer is built
+        with checkpointing on, then without the callback, as Lightning builds it with it off)."""
+        config = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
+        values = {**config.get("trainer", {}), **kwargs}
+        switched_off = values.get("enable_checkpointing") is False
+        if switched_off:
+            kwargs = {**kwargs, "enable_checkpointing": True}
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except Exception as err:
+            error = lightning_argument_error("trainer", Trainer, values, err)
+            if error is None:
+                raise
+            raise error from err
+        if switched_off:
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        # Built once here to check its arguments: Lightning checks them in its constructor, and
+        # jsonargparse builds it among all the other classes, where its errors are not told apart.
+        try:
+            ModelCheckpoint(**config.checkpoint)
+        except Exception as err:
+            error = lightning_argument_error("checkpoint", ModelCheckpoint, config.checkpoint, err)
+            if error is None:
+                raise
+            raise error from err
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             resume_latest_version(config)
+
+    def after_instantiate_classes(self) -> None:
+        # Before the trainer loads the checkpoint: the model built from this config can take it.
+        config = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
+        path = config.get("ckpt_path")
+        if path and path != "last" and is_local_file(path):  # (validate resolves "last" itself)
+            check_checkpoint_fits(str(path), read_checkpoint(str(path)), self.model, resuming=self.subcommand == "fit")
+
+
+def is_local_file(ckpt_path) -> bool:
+    """Not a model registry name ("registry:...") nor a URL (s3://...): those Lightning reads itself."""
+    return not str(ckpt_path).startswith("registry") and "://" not in str(ckpt_path)
+
+
+def count_validation_in_optimizer_steps(trainer) -> None:
+    """`trainer.val_check_interval` N (an integer) means: validate after every N optimizer steps.
+    Lightning counts micro-batches, so with accumulation the cadence would shift whenever
+    accumulate_grad_batches changes (a DDP overlay, a bigger batch); the trainer is given the
+    micro-batch count instead (a fraction of an epoch or a time is left as it is)."""
+    interval = trainer.val_check_interval
+    if isinstance(interval, int) and not isinstance(interval, bool):
+        trainer.val_check_interval = interval * trainer.accumulate_grad_batches
 
 
 def resume_latest_version(config) -> None:
@@ -116,6 +209,17 @@ def cli_kwargs() -> dict:
     )
 
 
+# Subcommands that are not a fit: each module's main(argv) (imported on use: they pull matplotlib,
+# scipy or transformers, which training never needs).
+TOOLS = {
+    "compare": "lamina.compare",
+    "export": "lamina.export",
+    "sample": "lamina.sample",
+    "proxy": "lamina.finetune.proxy",
+    "study": "lamina.study",
+}
+
+
 def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
@@ -124,10 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     """The console script; `argv` (without the program name) is for calling it from Python."""
     words = sys.argv[1:] if argv is None else argv
     try:
-        if words[:1] == ["compare"]:
-            from lamina.compare import main as compare_main
-
-            compare_main(words[1:])
+        if words[:1] and words[0] in TOOLS:
+            importlib.import_module(TOOLS[words[0]]).main(words[1:])
             return
         check_config_files(words)
         if words[:1] == ["prepare"]:

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina.config_types import (
+    Activation,
+    ClosedUnitInterval,
+    Fraction,
+    NonNegativeInt,
+    NonNegativeNumber,
+    PositiveInt,
+    PositiveNumber,
+    plain,
+)
 from lamina.errors import ConfigError
 from lamina.kernels import wide_dtype
 from lamina.model import GPT, GPTConfig
@@ -23,6 +34,7 @@ from lamina.rlp.config import RLPConfig, ThoughtEvalConfig
 from lamina.user_errors import first_sentence
 
 NONFINITE_POLICIES = ("stop", "skip")
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
@@ -76,28 +88,28 @@ class _RLPWhenConfigured:
 class LanguageModel(_RLPWhenConfigured, L.LightningModule):
     def __init__(
         self,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 128,
-        block_size: int = 256,
-        activation: str = "gelu",
-        vocab_size: int = 259,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
+        n_layer: PositiveInt = 4,
+        n_head: PositiveInt = 4,
+        n_embd: PositiveInt = 128,
+        block_size: PositiveInt = 256,
+        activation: Activation = "gelu",
+        vocab_size: PositiveInt = 259,
+        mlp_ratio: float = 4.0,  # > 0 with at least one unit: a check across keys (GPTConfig)
+        dropout: Fraction = 0.0,
         bias: bool = False,
         rotary: bool = False,
-        lr: float = 1e-3,
-        min_lr_ratio: float = 0.1,
-        warmup_steps: int = 100,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
+        lr: NonNegativeNumber = 1e-3,
+        min_lr_ratio: ClosedUnitInterval = 0.1,
+        warmup_steps: NonNegativeInt = 100,
+        weight_decay: NonNegativeNumber = 0.1,
+        betas: tuple[Fraction, Fraction] = (0.9, 0.95),
         compile: bool = False,
-        peak_flops: float | None = None,
+        peak_flops: PositiveNumber | None = None,
         init_from: str | None = None,
         rlp: RLPConfig | None = None,
         thought_eval: ThoughtEvalConfig | None = None,
-        on_nonfinite: str = "stop",
-        max_nonfinite_skips: int = 10,
+        on_nonfinite: Literal[NONFINITE_POLICIES] = "stop",
+        max_nonfinite_skips: PositiveInt = 10,
     ):
         """
         Args:
@@ -130,27 +142,22 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
                 in train/nonfinite_skips).
             max_nonfinite_skips: with `skip`, stop anyway after this many non-finite steps in a row.
         """
+        # The types above are checked when a config is parsed (a call from Python is checked by GPTConfig's
+        # shape checks only). Parsing hands restricted numbers over as jsonargparse's own int/float
+        # subclasses: builtins from here on, for the hyperparameters and optimizer state in checkpoints.
+        n_layer, n_head, n_embd, block_size, vocab_size, warmup_steps, max_nonfinite_skips = map(
+            plain, (n_layer, n_head, n_embd, block_size, vocab_size, warmup_steps, max_nonfinite_skips)
+        )
+        dropout, lr, min_lr_ratio, weight_decay, peak_flops = map(
+            plain, (dropout, lr, min_lr_ratio, weight_decay, peak_flops)
+        )
+        betas = tuple(map(plain, betas))
         super().__init__()
         self.save_hyperparameters()
         self.config = GPTConfig(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
             activation=activation, mlp_ratio=mlp_ratio, dropout=dropout, bias=bias, rotary=rotary,
         )
-        for key, value in (("lr", lr), ("weight_decay", weight_decay), ("min_lr_ratio", min_lr_ratio)):
-            if not value >= 0:
-                raise ConfigError(f"model.{key}: expected a non-negative number, got {value}")
-        if not min_lr_ratio <= 1:
-            raise ConfigError(f"model.min_lr_ratio: expected a number in [0, 1] (a fraction of lr), got {min_lr_ratio}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ConfigError(f"model.betas: expected two numbers in [0, 1), got {list(betas)}")
-        if peak_flops is not None and not peak_flops > 0:
-            raise ConfigError(f"model.peak_flops: expected null or a number of FLOP/s > 0, got {peak_flops}")
-        if warmup_steps < 0:
-            raise ConfigError(f"model.warmup_steps: expected >= 0, got {warmup_steps}")
-        if on_nonfinite not in NONFINITE_POLICIES:
-            raise ConfigError(f"model.on_nonfinite: expected one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
-        if isinstance(max_nonfinite_skips, bool) or not isinstance(max_nonfinite_skips, int) or max_nonfinite_skips < 1:
-            raise ConfigError(f"model.max_nonfinite_skips: expected an integer >= 1, got {max_nonfinite_skips!r}")
         self.model = GPT(self.config)
         self.thought_eval_config = thought_eval  # for the ThoughtEval callback (hparams may hold it as a dict)
         self.flops_per_token = self.model.flops_per_token()  # fixed by the shape; not recounted per step
@@ -207,10 +214,6 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", host_scalar(self._step_lr))
 
-    def on_train_start(self) -> None:
-        if self.global_step == 0 and self.trainer.datamodule is not None and self.trainer.limit_val_batches != 0:
-            self._validate_before_training()
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lamina"] = {
             "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "nonfinite_skips": self.nonfinite_skips
@@ -226,90 +229,144 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
     # ---- validation -----------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sum, self._val_rows = torch.zeros((), dtype=wide_dtype(self.device), device=self.device), 0
+        self._val_sum, self._val_rows = None, 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         _, loss = self.model(x, y)
         # Weighted by rows, summed here and over ranks at the end: exact for a short last batch and
         # for val shards of unequal size under DDP (Lightning's sync_dist mean is not, for those).
+        # On the loss's device: under FSDP the module's `device` is not where the shards live.
+        if self._val_sum is None:
+            self._val_sum = torch.zeros((), dtype=wide_dtype(loss.device), device=loss.device)
         self._val_sum += loss.detach().to(self._val_sum.dtype) * x.size(0)
         self._val_rows += x.size(0)
 
     def on_validation_epoch_end(self) -> None:
         if self._val_rows == 0 and self.trainer.world_size == 1:
             return
+        if self._val_sum is None:  # a rank with no val windows still joins the all-reduce
+            device = self.trainer.strategy.root_device
+            self._val_sum = torch.zeros((), dtype=wide_dtype(device), device=device)
         loss = self._mean_over_ranks(self._val_sum, self._val_rows).float()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/bpb", bits_per_byte(loss, self.trainer.datamodule.val_tokens_per_byte))
+        if self.trainer.sanity_checking and not self._is_step_zero_validation():
+            return
+        # For the progress bar and callbacks (a checkpoint may monitor val/loss); not for the loggers,
+        # which Lightning would write one step early (below).
+        self.log("val/loss", loss, prog_bar=True, logger=False)
+        bpb = bits_per_byte(loss, self.trainer.datamodule.val_tokens_per_byte)
+        self.log("val/bpb", bpb, logger=False)
+        self._log_at_global_step({"val/loss": loss, "val/bpb": bpb})
+
+    def _is_step_zero_validation(self) -> bool:
+        """Lightning's sanity pass over the whole val set (`num_sanity_val_steps: -1`, lamina's
+        default) is the untrained model's validation, so curves start at step 0: from the same loop,
+        dataloader and grad mode as every later validation (one compiled graph, no second copy of
+        validation). A partial pass, or one at the start of a resumed run, is not logged."""
+        whole = self.trainer.num_sanity_val_steps == float("inf")
+        return whole and self.trainer.global_step == 0 and not self._restored
+
+    def _log_at_global_step(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Every value lamina logs at step s was measured on the weights after s optimizer steps: the
+        validation after the 100th update lands at 100, beside that step's measurements (Lightning
+        writes it at 99: its step counter moves after validation). train/loss at s is, likewise, the
+        loss on the weights after s updates (of the batch the next update uses), as Lightning logs it."""
+        if self.trainer.is_global_zero:
+            scalars = {name: float(value) for name, value in metrics.items()}
+            for logger in self.loggers:
+                logger.log_metrics(scalars, step=self.trainer.global_step)
 
     def _mean_over_ranks(self, total: torch.Tensor, rows: int) -> torch.Tensor:
         strategy = self.trainer.strategy
         rows = torch.tensor(float(rows), dtype=total.dtype, device=total.device)
         return strategy.reduce(total, reduce_op="sum") / strategy.reduce(rows, reduce_op="sum")
 
-    @torch.no_grad()
-    def _validate_before_training(self) -> None:
-        """val/loss and val/bpb of the untrained model at step 0, so curves start from the beginning."""
-        was_training = self.training
-        self.eval()
-        total, rows = torch.zeros((), dtype=wide_dtype(self.device), device=self.device), 0
-        for x, y in self.trainer.datamodule.val_dataloader():
-            x, y = x.to(self.device), y.to(self.device)
-            with self.trainer.precision_plugin.forward_context():
-                _, loss = self.model(x, y)
-            total += loss.to(total.dtype) * x.size(0)
-            rows += x.size(0)
-        loss = self._mean_over_ranks(total, rows).float().item()
-        metrics = {"val/loss": loss, "val/bpb": bits_per_byte(loss, self.trainer.datamodule.val_tokens_per_byte)}
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics(metrics, step=0)
-        self.train(was_training)
-
     # ---- optimisation ---------------------------------------------------------------------------
 
     def configure_optimizers(self):
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ConfigError("trainer.max_steps: expected a positive number of steps (training streams endlessly)")
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy):
+            if not strategy.kwargs.get("use_orig_params"):
+                raise ConfigError(
+                    "trainer.strategy.dict_kwargs.use_orig_params: lamina's weight-decay groups need true under "
+                    "FSDP (Lightning's default; configs/fsdp.yaml sets it), got false"
+                )
+            clip = self.trainer.gradient_clip_val and self.trainer.gradient_clip_algorithm in (None, "norm")
+            if clip and scaler_owns_infs(self.trainer.precision):
+                raise ConfigError(
+                    f"trainer.precision: {self.trainer.precision} with trainer.gradient_clip_val is not supported "
+                    "under FSDP (fp16's gradient scaler may leave the gradients scaled when clipping); use bf16-mixed"
+                )
+            self._fsdp_root()  # Lightning wrapped this module (not a legacy configure_sharded_model)
+        # Weight decay on the weight matrices of the blocks' linear layers (attention and MLP
+        # projections) and on nothing else: not norms, biases, the embeddings (wte, tied to lm_head;
+        # wpe). Chosen by module, not by shape: under FSDP the parameters are 1-D views of flat shards.
+        matrices = {id(m.weight) for m in self.model.transformer.h.modules() if isinstance(m, torch.nn.Linear)}
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_embedding = name.startswith(("transformer.wte", "transformer.wpe", "lm_head"))
-            (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if id(p) in matrices else no_decay).append(p)
         groups = [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        # Fused AdamW where torch has it (CUDA and the CPU): on the CPU the per-tensor loop costs
+        # tiny 3x the fused step (bench/results/throughput-tiny-cpu-*). The strategy's device: a
+        # LightningModule's `device` is not updated when FSDP moves it.
         optimizer = torch.optim.AdamW(
-            groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=self.device.type == "cuda"
+            groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+            fused=strategy.root_device.type in FUSED_ADAMW_DEVICES,
         )
         max_steps, warmup, floor = self.trainer.max_steps, self.hparams.warmup_steps, self.hparams.min_lr_ratio
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, max_steps, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """After backward (gradients all-reduced under DDP), before clipping and the update: the
-        gradient norm, computed once (clipping reuses it; not with fp16's scaler, whose gradients may
-        still be scaled), then `step_check`, where the NonFiniteGuard callback plugs in."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        """After backward (gradients all-reduced under DDP, reduce-scattered under FSDP), before
+        clipping and the update: the gradient norm, computed once (clipping reuses it; not with fp16's
+        scaler, whose gradients may still be scaled), then `step_check`, where the NonFiniteGuard
+        callback plugs in. Under FSDP it is the norm of the whole gradient, not of this rank's shard:
+        FSDP's own clip_grad_norm_ (a collective, on every rank) with no limit computes it and leaves
+        the gradients as they are (times 1; a non-finite norm makes them NaN, a step the guard drops)."""
         scaled = scaler_owns_infs(self.trainer.precision)
-        self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads and not scaled else None
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            self.grad_norm = None if scaled else self._fsdp_root().clip_grad_norm_(math.inf)
+        else:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads and not scaled else None
         if self.step_check is not None:
             self.step_check(self.trainer, self, optimizer)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by this step's gradient norm (the same numbers as Lightning's clip_grad_norm_, without
-        computing the norm twice); Lightning's own clipping where it was not computed or is sharded."""
+        computing the norm twice); Lightning's own clipping where it was not computed, or under another
+        sharded strategy. Under FSDP each rank scales its shard by the one factor the global norm
+        gives, as FSDP's clip_grad_norm_ does (Lightning's FSDP plugin refuses to clip by norm)."""
         norm, self.grad_norm = self.grad_norm, None
         by_norm = gradient_clip_algorithm in (None, "norm")
-        plain = type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)  # not sharded, not DeepSpeed
-        if norm is None or not gradient_clip_val or not by_norm or not plain:
+        fsdp = isinstance(self.trainer.strategy, FSDPStrategy)
+        ours = fsdp or type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)  # not DeepSpeed
+        if fsdp and norm is None and gradient_clip_val and by_norm:
+            return  # the guard dropped this step's gradients (fp16 with clipping is refused under FSDP)
+        if norm is None or not gradient_clip_val or not by_norm or not ours:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+
+    def _fsdp_root(self):
+        """The root FullyShardedDataParallel module that Lightning's FSDPStrategy wraps this module in."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model
+        if not isinstance(root, FullyShardedDataParallel):
+            raise ConfigError(
+                "trainer.strategy: lamina under FSDP expects Lightning to wrap the whole module (its "
+                f"auto_wrap_policy), found {type(root).__name__}"
+            )
+        return root
 
     # ---- a phase on a pretrained checkpoint -----------------------------------------------------
 

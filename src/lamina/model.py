@@ -317,24 +317,47 @@ class GPT(nn.Module):
         logits = self(idx, kv_cache=cache)[0][:, -1]
         if num_samples > 1:
             logits, cache = logits.repeat_interleave(num_samples, dim=0), cache.repeat_interleave(num_samples)
-        rows = B * num_samples
-        lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=idx.device)
-        done = torch.zeros(rows, dtype=torch.bool, device=idx.device)
-        tokens = []
-        for step in range(max_new_tokens):
-            logits = logits[:, : self.config.vocab_size].float()
-            if temperature == 0:
-                token = logits.argmax(dim=-1)
-            else:
-                probs = F.softmax(logits / temperature, dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            if stops is not None:
-                token = torch.where(done, stops[0], token)  # finished rows repeat a stop id
-                stopped = torch.isin(token, stops) & ~done
-                lengths = torch.where(stopped, step + 1, lengths)
-                done = done | stopped
-            tokens.append(token)
-            if step == max_new_tokens - 1 or (stops is not None and bool(done.all())):
-                break
-            logits = self(token[:, None], kv_cache=cache)[0][:, -1]
-        return torch.stack(tokens, dim=1), lengths
+
+        def next_logits(token: torch.Tensor) -> torch.Tensor:
+            return self(token[:, None], kv_cache=cache)[0][:, -1]
+
+        return decode(logits[:, : self.config.vocab_size], next_logits, max_new_tokens, temperature, stops, generator)
+
+
+def decode(
+    logits: torch.Tensor,
+    next_logits,
+    max_new_tokens: int,
+    temperature: float,
+    stops: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+    on_logits=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoding loop of `GPT.generate` (and of lamina.finetune.proxy): from the first logits
+    `[rows, vocab]` (the real vocabulary only), pick a token (greedy at temperature 0, else sampled),
+    feed it to `next_logits(token) -> [rows, vocab]`, until every row has produced a stop id or
+    `max_new_tokens`. `on_logits`, when given, sees each step's logits. Returns (tokens, lengths)."""
+    vocab = logits.size(-1)
+    rows, device = logits.size(0), logits.device
+    lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    tokens = []
+    for step in range(max_new_tokens):
+        logits = logits[:, :vocab].float()
+        if on_logits is not None:
+            on_logits(logits)
+        if temperature == 0:
+            token = logits.argmax(dim=-1)
+        else:
+            probs = F.softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if stops is not None:
+            token = torch.where(done, stops[0], token)  # finished rows repeat a stop id
+            stopped = torch.isin(token, stops) & ~done
+            lengths = torch.where(stopped, step + 1, lengths)
+            done = done | stopped
+        tokens.append(token)
+        if step == max_new_tokens - 1 or (stops is not None and bool(done.all())):
+            break
+        logits = next_logits(token)
+    return torch.stack(tokens, dim=1), lengths

@@ -18,9 +18,21 @@ Activation probes (token windows `[n_windows, block_size]`, about `tokens` token
 - `random_uniform`: uniform over the tokenizer's ordinary ids (special tokens excluded). With
   byte tokens most of these never occur in training, so it mixes untrained embeddings into
   "unfamiliar": read it beside `random`, not instead of it.
-- `ood/<family>`: built-in corpus families the run does not train on (`data.source: world`).
+- `ood/<family>`: built-in corpus families (prose, arith, strings) the run does not train on
+  (`data.source: world`).
+- `family/<f>`: every world family (world v2's people and context included), whatever the run
+  trains on, from the generator's defaults: runs trained with and without a family are measured on
+  the same text (same data and probe seeds).
 - `ood/<file stem>`: each file of `data.probe_files`, read as UTF-8 text.
-- `level/<k>`: arithmetic examples of difficulty level k (`data.source: world`).
+- `level/<k>`: arithmetic examples of difficulty level k (`data.source: world`); `ood/level/<k>`
+  instead for a level `data.levels` holds out (the same windows a run of every level calls
+  `level/<k>`).
+- `ood/task/<task>`: each task `data.tasks` holds out of a family the run trains (`+` written
+  `_`: `ood/task/sort_reverse`), at the trained arithmetic levels where the task has any.
+- `exposure/<bin>`, `novel` (a run that trains world v2's people family): people-family text
+  about the roster people of one exposure bin (`data.exposure_bins`), and about novel people who
+  never occur in training, in the same templates. `exposure/0` and `novel` are both unseen
+  people: their gap is a null.
 
 Every activation probe has the same number of windows as `id` (a file shorter than that is noted),
 so a contrast between probes is not a contrast of sample sizes; the family mix of `id` (world
@@ -173,19 +185,34 @@ ARITH_DOC = re.compile(r"Q: [\d+\-*() ]+=\?")
 STRINGS_DOC = re.compile(r"^[a-z+]+: [a-z]+ -> ", re.MULTILINE)
 
 
+# A context document: its opening, a name only the context family invents, or a whole answer
+# without the full stop that prose and people answers end with.
+CONTEXT_DOC = re.compile(r"Context: |\? A: [A-Za-z ]+\n$|\b(?:" + "|".join(world.FRESH_NAMES) + r")\b")
+PEOPLE_DOC = re.compile(
+    r"\b(?:"
+    + "|".join((*(p.name for p in world.ROSTER + world.NOVEL_PEOPLE), *world.VILLAGES, *world.ROSTER_JOBS,
+                *world.ROSTER_THINGS))
+    + r")\b"
+)
+
+
 def world_family_of(text: str) -> str:
     """The world family a (possibly cut) document comes from, by its template."""
     if STRINGS_DOC.search(text) or re.search(r"[a-z]+ -> [a-z]*$", text):
         return "strings"
     if ARITH_DOC.search(text) or re.search(r"\d[+\-*]\d", text):
         return "arith"
+    if CONTEXT_DOC.search(text):
+        return "context"
+    if PEOPLE_DOC.search(text):
+        return "people"
     return "prose"
 
 
 def family_mix(windows: torch.Tensor, tokenizer, eot_id: int) -> dict[str, float]:
     """Share of a probe's tokens in each world family: documents (split at `<|endoftext|>`)
     classified by `world_family_of`; separators are not counted."""
-    tokens = {family: 0 for family in world.FAMILIES}
+    tokens = {family: 0 for family in world.ALL_FAMILIES}
     for row in windows.tolist():
         document: list[int] = []
         for t in row + [eot_id]:
@@ -230,13 +257,65 @@ def encoded(texts: Iterable[str], encode_batch: Callable[[list[str]], list], bat
 
 def world_windows(
     tokenizer, seed: int, families: Sequence[str], eot_id: int, block_size: int, n_windows: int,
-    levels: Sequence[int] | None = None,
+    levels: Sequence[int] | None = None, **options,
 ) -> torch.Tensor:
-    """Windows of freshly generated world examples (a seed other than training's)."""
-    texts = (example.text for example in world.generate(seed, families, levels=levels))
+    """Windows of freshly generated world examples (a seed other than training's); `options` go
+    to `world.generate` (tasks, level_weights, exposure_bins)."""
+    examples = world.generate(seed, families, levels=levels, **options)
+    return example_windows(examples, tokenizer, eot_id, block_size, n_windows)
+
+
+def example_windows(
+    examples: Iterable[world.Example], tokenizer, eot_id: int, block_size: int, n_windows: int
+) -> torch.Tensor:
+    """Windows of an endless stream of world examples, packed as training packs them."""
+    texts = (example.text for example in examples)
     windows = pack_documents(encoded(texts, _fast(tokenizer)), eot_id, block_size, n_windows)
     assert windows is not None  # the world is endless
     return windows
+
+
+@dataclass(frozen=True)
+class LabelledWindows:
+    """Labelled examples packed into windows: `inputs` [n, T] int64 (each example followed by
+    `<|endoftext|>`, as training packs them) and `labels[kind]` [n, T] int64, the class of each
+    token (an index into `classes[kind]`; -1: no label, and on every separator). Flattened, a
+    layer's residuals [n * T, d] and `labels[kind].reshape(-1)` [n * T] pair token by token."""
+
+    inputs: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    classes: dict[str, tuple[str, ...]]
+
+
+def labelled_windows(
+    examples: Sequence[world.LabelledExample], tokenizer, eot_id: int, block_size: int, n_windows: int,
+    classes: dict[str, Sequence[str]] | None = None,
+) -> LabelledWindows:
+    """`world.token_labels` of the examples, packed into at most n_windows windows of block_size
+    (as many as the examples fill; at least one, else ValueError)."""
+    per_example = world.token_labels(examples, tokenizer, classes)
+    if not per_example:
+        raise ValueError("labelled_windows: no examples")
+    kinds = per_example[0].classes
+    need = n_windows * block_size
+    ids: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
+    separator = np.array([-1], dtype=np.int64)
+    total = 0
+    for tl in per_example:
+        ids += [tl.ids, np.array([eot_id], dtype=np.int64)]
+        for kind in kinds:
+            labels[kind] += [tl.labels[kind], separator]
+        total += len(tl.ids) + 1
+        if total >= need:
+            break
+    n = min(n_windows, total // block_size)
+    if n == 0:
+        raise ValueError(f"labelled_windows: the examples hold {total} tokens, fewer than one window of {block_size}")
+    cut = n * block_size
+    inputs = torch.from_numpy(np.concatenate(ids)[:cut].copy()).view(n, block_size)
+    out = {kind: torch.from_numpy(np.concatenate(v)[:cut].copy()).view(n, block_size) for kind, v in labels.items()}
+    return LabelledWindows(inputs, out, dict(kinds))
 
 
 def file_windows(path: str | Path, tokenizer, block_size: int, n_windows: int) -> torch.Tensor | None:
@@ -330,7 +409,8 @@ def build_probes(
     tasks: bool = True,
 ) -> ProbeSet:
     """The probe set of a run, from a set-up TextDataModule (it needs `tokenizer`, `val_data`,
-    `eot_id`, `probe_files` and `hparams.{seed, source, families, block_size}`).
+    `eot_id`, `probe_files` and `hparams.{seed, source, families, block_size}`, and reads
+    `hparams.{levels, tasks, exposure_bins}` where it has them).
 
     `tokens`: about how many tokens each activation probe holds; `seed`: the probe seed (with
     `data.seed` it fixes every probe); `task_examples`: string examples per task for ablation;
@@ -362,10 +442,14 @@ def build_probes(
     )
 
     is_world = hp.source == "world"
-    trained = tuple(world.FAMILIES if hp.families is None else hp.families) if is_world else ()
+    levels, task_filter, bins = (getattr(hp, key, None) for key in ("levels", "tasks", "exposure_bins"))
+    families = world.FAMILIES if hp.families is None else hp.families
+    # The families the run really trains: a tasks filter can leave a family nothing to draw.
+    trained = world.trained_families(families, levels, task_filter, bins) if is_world else ()
     if is_world:
         mix = family_mix(id_windows, tok, eot)
-        out.notes.append("id family mix (share of tokens): " + ", ".join(f"{f} {v:.0%}" for f, v in mix.items()))
+        mix_families = [f for f in world.ALL_FAMILIES if f in trained or mix[f] > 0]
+        out.notes.append("id family mix (share of tokens): " + ", ".join(f"{f} {mix[f]:.0%}" for f in mix_families))
         for family in world.FAMILIES:
             if family not in trained:
                 out.probes[f"ood/{family}"] = world_windows(
@@ -373,9 +457,14 @@ def build_probes(
                 )
         if all(f in trained for f in world.FAMILIES):
             out.notes.append("ood/<family> skipped: the run trains on every world family")
+        for family in world.ALL_FAMILIES:
+            out.probes[f"family/{family}"] = world_windows(
+                tok, world_seed(data_seed, seed, f"family/{family}"), [family], eot, block_size, n
+            )
     else:
         out.notes.append(
-            f"ood/<family>, level/<k> and the task probe skipped: data.source {hp.source!r} is not the world corpus"
+            f"ood/<family>, family/<f>, level/<k> and the task probe skipped: data.source {hp.source!r} "
+            f"is not the world corpus"
         )
 
     for path in datamodule.probe_files:
@@ -395,10 +484,38 @@ def build_probes(
                 )
 
     if is_world:
+        held_out_levels = [] if levels is None or "arith" not in trained else [
+            k for k in world.ARITH_LEVELS if k not in levels
+        ]
         for level in world.ARITH_LEVELS:
-            out.probes[f"level/{level}"] = world_windows(
+            name = f"ood/level/{level}" if level in held_out_levels else f"level/{level}"
+            out.probes[name] = world_windows(
                 tok, world_seed(data_seed, seed, f"level/{level}"), ["arith"], eot, block_size, n, levels=[level]
             )
+        held_out_tasks = [] if task_filter is None else [
+            (f, t) for f in trained for t in world.TASKS_BY_FAMILY[f] if t not in task_filter
+        ]
+        for family, task in held_out_tasks:
+            at_levels = None
+            if family == "arith" and levels is not None:
+                at_levels = [k for k in levels if task in world.ARITH_PROBLEMS[k]] or None
+            out.probes[f"ood/task/{task.replace('+', '_')}"] = world_windows(
+                tok, world_seed(data_seed, seed, f"ood/task/{task}"), [family], eot, block_size, n,
+                levels=at_levels, tasks=[task], exposure_bins=bins if family == "people" else None,
+            )
+        if held_out_levels or held_out_tasks:
+            out.notes.append(
+                "held out of training: "
+                + ", ".join(
+                    [f"arith level {k}" for k in held_out_levels] + [f"{f} task {t}" for f, t in held_out_tasks]
+                )
+            )
+        if "people" in trained:
+            groups = {f"exposure/{b}": people for b, people in world.people_by_bin(bins).items()}
+            groups["novel"] = world.NOVEL_PEOPLE
+            for name, people in groups.items():
+                examples = world.people_examples(world_seed(data_seed, seed, name), people)
+                out.probes[name] = example_windows(examples, tok, eot, block_size, n)
         if tasks:
             if "strings" in trained:
                 out.tasks = string_task_probe(
@@ -410,11 +527,14 @@ def build_probes(
 
 
 __all__ = [
+    "LabelledWindows",
     "ProbeSet",
     "TaskProbe",
     "build_probes",
+    "example_windows",
     "family_mix",
     "held_out_windows",
+    "labelled_windows",
     "shuffle_within_windows",
     "string_task_probe",
     "uniform_windows",

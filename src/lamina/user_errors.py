@@ -1,23 +1,27 @@
 """User mistakes that other libraries report as exceptions, turned into lamina's one line.
 
-lamina's own checks raise `ConfigError` with a message that names the key. Other mistakes surface
-inside jsonargparse (a wrong type, an unknown key, a YAML file that does not parse), Lightning (an
-accelerator this machine lacks) or torch (a checkpoint file that is not one). `user_message(err)`
-recognises those by the exception and by where it was raised, and returns the line to print;
-anything else is a bug and gets None, so that it keeps its traceback.
+lamina's own checks raise `ConfigError` with a message that names the key. jsonargparse reports
+a value that does not fit its key's type, an unknown key or a YAML file that does not parse;
+`user_message(err)` turns those into the line to print, and gives None for anything else (a bug,
+which keeps its traceback). Lightning's checks of the Trainer and ModelCheckpoint arguments and a
+checkpoint file that cannot be read or does not fit are caught where lamina makes the call
+(`lamina.cli`), as a ConfigError, with the helpers here.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 
 import yaml
 
 from lamina.errors import ConfigError
 
-SECTIONS = "seed_everything, trainer, model, data, checkpoint, instrument, ckpt_path"
+SECTIONS = "seed_everything, trainer, model, data, checkpoint, instrument, drift, retention, ckpt_path"
 MODEL_SHAPE_KEYS = (
     "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "activation", "mlp_ratio", "bias", "rotary",
 )
@@ -25,7 +29,7 @@ MODEL_SHAPE_KEYS = (
 
 def user_message(err: BaseException) -> str | None:
     """The one line (without the `lamina: error:` prefix) for a user mistake, else None."""
-    for rule in (config_error_cause, checkpoint_message, parser_message, lightning_init_message, memory_message):
+    for rule in (config_error_cause, parser_message, memory_message):
         message = rule(err)
         if message:
             return message
@@ -97,24 +101,74 @@ def is_argument_error(err: BaseException) -> bool:
 
 
 def expected_got(problem: str) -> str:
-    """jsonargparse's "Expected a <class 'int'>. Got value: four", or its Union form listing each
-    alternative, as "expected an integer, got 'four'"; anything else unchanged."""
+    """jsonargparse's account of a value that does not fit its key's type, as "expected ..., got
+    ...": "Expected a <class 'int'>. Got value: four" (a builtin or a Literal's choices), "Not of
+    type PositiveInt: 0 does not conform to restriction v>0" (a restricted number of
+    jsonargparse.typing), or the Union form listing each alternative; anything else unchanged."""
     given = re.search(r"^\s*Given value: (.*)$", problem, re.M) or re.search(r"Got value: (.*)$", problem, re.M)
-    alternatives = re.findall(r"Expected an? (.+?)(?:\. Got value: .*)?$", problem, re.M)
-    if not given or not alternatives:
+    value = given.group(1) if given else None
+    choices, kinds = [], []  # kinds: (words, the base type of a restricted number, else None)
+    for line in problem.splitlines():
+        line = line.strip().removeprefix("- ")
+        if restricted := re.fullmatch(r"Not of type (\w+): (.*)", line):
+            # jsonargparse names its integer types ...Int (PositiveInt), and so does lamina.config_types
+            base = int if restricted.group(1).endswith("Int") else float
+            if limit := re.fullmatch(r"(.*?) ?does not conform to restriction (.+)", restricted.group(2)):
+                kinds.append((restriction_words(base, limit.group(2)), base))
+                inline = limit.group(1)
+            else:  # not a number at all: "invalid literal for int() with base 10: 'x'", "True not a number"
+                kinds.append((TYPE_WORDS[base.__name__], base))
+                quoted = re.search(r": '(.*)'$", restricted.group(2))
+                inline = quoted.group(1) if quoted else restricted.group(2).split(" not ")[0]
+            value = inline if value is None else value
+        elif alternative := re.fullmatch(r"Expected an? (.+?)(?:\. Got value: .*)?", line):
+            alternative = alternative.group(1)
+            if literal := re.fullmatch(r"typing\.Literal\[(.*)\]", alternative):
+                choices += [choice.strip().strip("'\"") for choice in literal.group(1).split(",")]
+            elif builtin := re.fullmatch(r"<class '(\w+)'>", alternative):
+                kinds.append((TYPE_WORDS.get(builtin.group(1), f"a {builtin.group(1)}"), None))
+            elif re.fullmatch(r"[\w ]+", alternative):
+                kinds.append((f"a {alternative}", None))
+            else:
+                return problem  # a class path or a file: jsonargparse's own text says it best
+    if value is None or not (choices or kinds):
         return problem
-    choices, kinds = [], []
-    for alternative in alternatives:
-        if literal := re.fullmatch(r"typing\.Literal\[(.*)\]", alternative):
-            choices += [value.strip().strip("'\"") for value in literal.group(1).split(",")]
-        elif builtin := re.fullmatch(r"<class '(\w+)'>", alternative):
-            kinds.append(TYPE_WORDS.get(builtin.group(1), f"a {builtin.group(1)}"))
-        elif re.fullmatch(r"[\w ]+", alternative):
-            kinds.append(f"a {alternative}")
-        else:
-            return problem  # a class path or a file: jsonargparse's own text says it best
-    expected = ([f"one of {', '.join(dict.fromkeys(choices))}"] if choices else []) + list(dict.fromkeys(kinds))
-    return f"expected {' or '.join(expected)}, got {given.group(1)!r}"
+    got = repr(value)
+    base = next((base for _, base in kinds if base is not None), None)
+    if base is not None:
+        try:
+            number = base(value)
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number):
+            got = repr(number)
+        elif number is not None:  # nan or inf: not a number, whatever its range (a plain float says so too)
+            kinds = [("a number" if restricted else words, None) for words, restricted in kinds]
+    expected = [f"one of {', '.join(dict.fromkeys(choices))}"] if choices else []
+    expected += dict.fromkeys(words for words, _ in kinds)
+    return f"expected {' or '.join(expected)}, got {got}"
+
+
+def restriction_words(base: type, expression: str) -> str:
+    """jsonargparse's restriction `v>0` or `v>=0 and v<1` in words: "an integer >= 1", "a number in
+    [0, 1)", "a non-negative number". An upper bound of inf (a finite number) goes unsaid."""
+    bounds = [(op, ref) for op, ref in re.findall(r"v(>=|<=|>|<)([^\s]+)", expression) if ref != "inf"]
+    noun = "an integer" if base is int else "a number"
+    if " or " in expression or "=" in expression.replace(">=", "").replace("<=", "") or len(bounds) > 2:
+        return f"{noun} with {expression}"
+    if base is int:  # whole bounds: v>0 is v>=1
+        bounds = [(">=", str(int(ref) + 1)) if op == ">" else ("<=", str(int(ref) - 1)) if op == "<" else (op, ref)
+                  for op, ref in bounds]
+    lower = next(((op, ref) for op, ref in bounds if op.startswith(">")), None)
+    upper = next(((op, ref) for op, ref in bounds if op.startswith("<")), None)
+    if lower and upper:
+        if base is int:
+            return f"an integer from {lower[1]} to {upper[1]}"
+        return f"a number in {'[' if lower[0] == '>=' else '('}{lower[1]}, {upper[1]}{']' if upper[0] == '<=' else ')'}"
+    if base is float and lower and lower[0] == ">=" and float(lower[1]) == 0:
+        return "a non-negative number"
+    bound = lower or upper
+    return f"{noun} {bound[0]} {bound[1]}" if bound else noun
 
 
 TYPE_WORDS = {
@@ -180,55 +234,39 @@ def yaml_problem(err: yaml.YAMLError) -> str:
 
 
 # ---- checkpoints: a file that is not one, or does not fit the model -----------------------------
+#
+# lamina reads the file named by ckpt_path itself before Lightning does (LaminaCLI), so that each of
+# these is one line naming ckpt_path rather than an error from inside Lightning's loading.
 
 
-def checkpoint_message(err: BaseException) -> str | None:
-    """An error raised while Lightning read the file named by ckpt_path (LightningCLI reads its
-    hyperparameters, the trainer loads it) or put its weights into the model."""
-    if not isinstance(err, Exception):
-        return None
-    for frame in raised_through(err):
-        name, owner = frame.f_code.co_name, type(frame.f_locals.get("self")).__name__
-        if name == "_parse_ckpt_path" and owner.endswith("CLI"):
-            return unreadable_checkpoint(frame.f_locals.get("ckpt_path"), err)
-        if name == "_parse_ckpt_path" and owner == "_CheckpointConnector" and isinstance(err, ValueError):
-            return f"ckpt_path: {short(str(err))}"  # "best" or "hpc" with nothing to resume from
-        if name == "resume_start" and owner == "_CheckpointConnector":
-            return unreadable_checkpoint(frame.f_locals.get("checkpoint_path"), err)
-        if name in ("restore_model", "restore_training_state") and owner == "_CheckpointConnector":
-            return unfit_checkpoint(frame.f_locals["self"], err)
-    return None
+def read_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint's contents, or a one-line ConfigError. The tensors of a zip-format
+    file (torch.save's) are memory-mapped: reading the hyperparameters and shapes costs little."""
+    import torch
+
+    if Path(path).is_dir():
+        raise ConfigError(f"ckpt_path: {path!r} is a folder, expected a .ckpt file")
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path: no such checkpoint file {path!r}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # noqa: BLE001 - whatever torch.load makes of a file that is not a checkpoint
+        raise ConfigError(unreadable_checkpoint(path, err)) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path: {path!r} is not a lamina checkpoint (no state_dict)")
+    return checkpoint
+
+
+def read_checkpoint_hparams(path: str) -> dict:
+    """The hyperparameters saved in a Lightning checkpoint, or a one-line ConfigError."""
+    return dict(read_checkpoint(path).get("hyper_parameters") or {})
 
 
 def unreadable_checkpoint(path, err: Exception) -> str:
-    if isinstance(err, FileNotFoundError):
-        return f"ckpt_path: no such checkpoint file {str(path)!r}"
-    if isinstance(err, IsADirectoryError):
-        return f"ckpt_path: {str(path)!r} is a folder, expected a .ckpt file"
     if is_argument_error(err):  # a checkpoint of an older lamina, say, with a key since renamed
         return f"ckpt_path: the hyperparameters saved in {str(path)!r} do not fit this config: {parser_message(err)}"
     detail = first_sentence(str(err)) or "the file ends early"
     return f"ckpt_path: cannot read {str(path)!r} as a lamina checkpoint ({type(err).__name__}: {detail})"
-
-
-def unfit_checkpoint(connector, err: Exception) -> str | None:
-    path = str(getattr(connector, "_ckpt_path", "?"))
-    if isinstance(err, KeyError) and "contains only the model" in str(err):
-        return (
-            f"ckpt_path: {path!r} holds model weights only and cannot resume training; to start from "
-            f"its weights, pass it as model.init_from instead"
-        )
-    if not isinstance(err, RuntimeError) or "state_dict" not in str(err):
-        return None
-    saved = (getattr(connector, "_loaded_checkpoint", None) or {}).get("hyper_parameters", {})
-    module = connector.trainer.lightning_module
-    here = dict(getattr(module, "hparams", {}))
-    differ = [
-        f"model.{k} is {saved[k]!r} there, {here[k]!r} here" for k in MODEL_SHAPE_KEYS
-        if k in saved and k in here and saved[k] != here[k]
-    ]
-    why = "; ".join(differ) if differ else short(str(err))
-    return f"ckpt_path: the weights in {path!r} do not fit this model: {why}"
 
 
 def check_resume_config(path: str, model_config, model_defaults) -> None:
@@ -252,21 +290,30 @@ def check_resume_config(path: str, model_config, model_defaults) -> None:
         )
 
 
-def read_checkpoint_hparams(path: str) -> dict:
-    """The hyperparameters saved in a Lightning checkpoint, or a one-line ConfigError."""
-    import torch
-
-    if Path(path).is_dir():
-        raise ConfigError(f"ckpt_path: {path!r} is a folder, expected a .ckpt file")
-    if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path: no such checkpoint file {path!r}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - whatever torch.load makes of a file that is not a checkpoint
-        raise ConfigError(unreadable_checkpoint(path, err)) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path: {path!r} is not a lamina checkpoint (no state_dict)")
-    return dict(checkpoint.get("hyper_parameters") or {})
+def check_checkpoint_fits(path: str, checkpoint: dict, module, resuming: bool) -> None:
+    """Before the trainer loads `checkpoint` (read from `path`) into `module`: its weights have the
+    model's shapes (Lightning's strict load would fail on the first tensor that differs), and a
+    resumed fit has the optimizer and loop state that a weights-only checkpoint lacks."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    here = dict(getattr(module, "hparams", {}))
+    differ = [
+        f"model.{k} is {saved[k]!r} there, {here[k]!r} here" for k in MODEL_SHAPE_KEYS
+        if k in saved and k in here and saved[k] != here[k]
+    ]
+    if not differ:  # the same shape keys and still another shape: name the first tensor
+        ours = module.state_dict()
+        differ = [
+            f"{name} is {list(tensor.shape)} there, {list(ours[name].shape)} here"
+            for name, tensor in checkpoint["state_dict"].items()
+            if name in ours and getattr(tensor, "shape", None) is not None and tensor.shape != ours[name].shape
+        ][:1]
+    if differ:
+        raise ConfigError(f"ckpt_path: the weights in {path!r} do not fit this model: {'; '.join(differ)}")
+    if resuming and "optimizer_states" not in checkpoint:
+        raise ConfigError(
+            f"ckpt_path: {path!r} holds model weights only and cannot resume training; to start from "
+            f"its weights, pass it as model.init_from instead"
+        )
 
 
 # ---- Trainer arguments that Lightning accepts but fails on later --------------------------------
@@ -302,29 +349,20 @@ def check_trainer(trainer) -> None:
 # ---- Lightning's checks of Trainer and ModelCheckpoint arguments --------------------------------
 
 
-def lightning_init_message(err: BaseException) -> str | None:
-    """A MisconfigurationException, ValueError or TypeError raised by the constructor of the
-    Trainer or ModelCheckpoint: Lightning checking the arguments the user gave (no user code runs
-    there), named by the section and the argument the message mentions."""
+def lightning_argument_error(section: str, cls: type, values: Mapping, err: BaseException) -> ConfigError | None:
+    """What Lightning raised while `cls(**values)` was built (the Trainer or a ModelCheckpoint, in
+    lamina's call of it): a MisconfigurationException, ValueError or TypeError is its check of an
+    argument the user gave (no user code runs there). The line names the section and the argument
+    that the message mentions; None for anything else."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    if not isinstance(err, (MisconfigurationException, ValueError, TypeError)):
+    if isinstance(err, ConfigError) or not isinstance(err, (MisconfigurationException, ValueError, TypeError)):
         return None
-    sections = ((Trainer, "trainer"), (ModelCheckpoint, "checkpoint"))
-    for frame in raised_through(err):
-        if frame.f_code.co_name != "__init__":
-            continue
-        owner = frame.f_locals.get("self")
-        section = next((name for cls, name in sections if type(owner) is cls), None)
-        if section is not None:
-            return init_argument_message(section, frame, str(err))
-    return None
+    return ConfigError(init_argument_message(section, cls, values, str(err)))
 
 
-def init_argument_message(section: str, frame: FrameType, message: str) -> str:
-    args = frame.f_code.co_varnames[1 : frame.f_code.co_argcount + frame.f_code.co_kwonlyargcount]
+def init_argument_message(section: str, cls: type, values: Mapping, message: str) -> str:
+    args = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
     mentioned = sorted(
         (m.start(), arg) for arg in args if (m := re.search(rf"(?<![\w.]){re.escape(arg)}(?!\w)", message))
     )
@@ -333,20 +371,12 @@ def init_argument_message(section: str, frame: FrameType, message: str) -> str:
         key = "accelerator"  # "No supported gpu backend found!" names no argument
     if key is None:
         return f"{section}: {short(message)}"
-    value = frame.f_locals.get(key)
+    value = values.get(key)
     got = f" (got {value!r})" if repr(value) not in message and str(value) not in message else ""
     return f"{section}.{key}: {short(message)}{got}"
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-
-def raised_through(err: BaseException):
-    """The frames from the outermost catch down to where `err` was raised."""
-    tb = err.__traceback__
-    while tb is not None:
-        yield tb.tb_frame
-        tb = tb.tb_next
 
 
 def first_sentence(text: str) -> str:

@@ -1,7 +1,14 @@
 """Thinking evaluations during training (`model.thought_eval.*`, read from the module's hparams):
-eval/... at step 0, every thought_eval.every_n_steps optimizer steps and after the last one."""
+eval/... at step 0, every thought_eval.every_n_steps optimizer steps and after the last one; pass@k
+(the costly part) at step 0 and after the last step only. Each evaluation's results per problem go
+to `<run>/thought_eval/step<N>.json` (for lamina.rlp.evaluate.elicitation_share)."""
 
 from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies import FSDPStrategy
@@ -46,12 +53,29 @@ class ThoughtEval(L.Callback):
         self._last_step = step
         if self._evaluator is None:
             self._evaluator = self._build(trainer, pl_module, config)
+        log_dir = trainer.log_dir if trainer.loggers else None  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
+        at_end = step >= (trainer.max_steps or 0) > 0
+        start = time.perf_counter()
         with trainer.precision_plugin.forward_context():
-            metrics = self._evaluator.evaluate(pl_module.model)
+            metrics = self._evaluator.evaluate(pl_module.model, pass_at_k=at_start or at_end)
+        metrics["perf/thought_eval_seconds"] = time.perf_counter() - start
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+        if log_dir:
+            self._write_records(Path(log_dir), step)
+
+    def _write_records(self, log_dir: Path, step: int) -> None:
+        """This evaluation's results per problem, written whole (a reader never sees half a file)."""
+        if not self._evaluator.records:
+            return
+        folder = log_dir / "thought_eval"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step{step}.json"
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({str(level): r for level, r in self._evaluator.records.items()}))
+        os.replace(tmp, path)
 
     @staticmethod
     def _build(trainer: L.Trainer, pl_module, config) -> ThoughtEvaluator:
@@ -66,4 +90,5 @@ class ThoughtEval(L.Callback):
         return ThoughtEvaluator(
             config, datamodule.tokenizer, datamodule.think_id, datamodule.end_think_id, datamodule.eot_id,
             pl_module.config.block_size, datamodule.val_data, tokens, temperature,
+            thoughts=datamodule.hparams.get("thoughts", "keep"),
         )

@@ -37,6 +37,17 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return peak_flops_of(torch.cuda.get_device_name(device), precision)
 
 
+def counters(pl_module: L.LightningModule) -> dict[str, float]:
+    """The run's cumulative counters (all ranks): perf/tokens_seen, perf/flops, and the tokens RLP spent
+    sampling thoughts (perf/rlp_sample_tokens) where the objective is RLP's."""
+    values = {"tokens_seen": pl_module.tokens_seen, "flops": pl_module.flops_seen}
+    if getattr(pl_module, "rlp_sample_tokens", None) is not None:
+        values["rlp_sample_tokens"] = pl_module.rlp_sample_tokens
+    if getattr(pl_module, "rlp_flops_unshared", None) is not None:  # RLP's FLOPs without the shared context
+        values["flops_unshared"] = pl_module.rlp_flops_unshared
+    return values
+
+
 class Throughput(L.Callback):
     """perf/tokens_per_sec (training tokens, all ranks), perf/mfu, perf/tokens_seen, perf/flops (and
     perf/rlp_sample_tokens for RLP) every log_every_n_steps optimizer steps.
@@ -59,6 +70,9 @@ class Throughput(L.Callback):
         self._start = None
         self._tokens = 0  # all ranks, this interval
         self._tokens_at_start = 0
+        self._counters_before_step: dict[str, float] = {}
+        self._first_marks: list | None = []  # the first step's micro-batches (None once reported)
+        self._in_first_step = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._peak = pl_module.hparams.get("peak_flops") or peak_flops(pl_module.device, trainer.precision)
@@ -67,7 +81,7 @@ class Throughput(L.Callback):
                 f"lamina: no MFU logged: peak FLOP/s unknown for {pl_module.device} at precision "
                 f"{trainer.precision} (set model.peak_flops to report it)"
             )
-        self._first_step, self._marks, self._tokens = trainer.global_step, [], 0
+        self._first_step, self._marks, self._tokens, self._first_marks = trainer.global_step, [], 0, []
 
     def _clock(self, device: torch.device):
         if device.type == "cuda":
@@ -77,31 +91,62 @@ class Throughput(L.Callback):
         return self._host_clock()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.global_step > self._first_step:
-            self._start, self._tokens_at_start = self._clock(pl_module.device), pl_module.tokens_seen
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            self._counters_before_step = counters(pl_module)
+        self._start, self._tokens_at_start = self._clock(pl_module.device), pl_module.tokens_seen
+        self._in_first_step = trainer.global_step == self._first_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self._start is not None:
-            self._marks.append((self._start, self._clock(pl_module.device)))
-            self._tokens += pl_module.tokens_seen - self._tokens_at_start
+            mark = (self._start, self._clock(pl_module.device))
+            if self._in_first_step:  # timed apart: compilation and warm-up are not throughput
+                if self._first_marks is not None:
+                    self._first_marks.append(mark)
+            else:
+                self._marks.append(mark)
+                self._tokens += pl_module.tokens_seen - self._tokens_at_start
             self._start = None
         if not self._marks or not ends_logged_step(trainer, batch_idx):
             return
-        seconds, tokens = self._seconds(), self._tokens
+        seconds, tokens = self._seconds(self._marks), self._tokens
+        steps = len(self._marks) / trainer.accumulate_grad_batches
         self._marks, self._tokens = [], 0
         if not seconds > 0:
             return
+        if self._first_marks:
+            self._report_first_step(trainer, pl_module, self._seconds(self._first_marks), seconds / steps)
         tokens_per_sec = tokens / seconds
-        perf = {"tokens_per_sec": tokens_per_sec, "tokens_seen": pl_module.tokens_seen, "flops": pl_module.flops_seen}
-        if getattr(pl_module, "rlp_sample_tokens", None) is not None:
-            perf["rlp_sample_tokens"] = pl_module.rlp_sample_tokens
+        # Lightning writes this round at step s = global_step - 1, where lamina's convention puts the
+        # weights after s updates (train/loss there is their loss): the counters that trained them.
+        perf = {"tokens_per_sec": tokens_per_sec, **self._counters_before_step}
         if self._peak:
             perf["mfu"] = tokens_per_sec * pl_module.flops_per_token / (self._peak * trainer.world_size)
         for name, value in perf.items():
             pl_module.log(f"perf/{name}", torch.tensor(float(value)), rank_zero_only=True)
 
-    def _seconds(self) -> float:
-        if isinstance(self._marks[0][0], float):
-            return sum(end - start for start, end in self._marks)
-        self._marks[-1][1].synchronize()  # the interval's one wait for the device
-        return sum(start.elapsed_time(end) for start, end in self._marks) / 1e3
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The counters of the final weights, at the last step (the logging rounds above stop one short)."""
+        if trainer.is_global_zero:
+            final = {f"perf/{name}": float(value) for name, value in counters(pl_module).items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(final, step=trainer.global_step)
+
+    def _report_first_step(self, trainer: L.Trainer, pl_module: L.LightningModule, first: float, later: float) -> None:
+        """The first step after start or resume pays for torch.compile (model.compile) and warm-up:
+        perf/first_step_seconds (once, at the step it started from), and a line with its excess over
+        a later step's mean."""
+        self._first_marks = None  # once a fit
+        if trainer.is_global_zero:  # straight to the loggers: a value logged once, not every round
+            for logger in trainer.loggers:
+                logger.log_metrics({"perf/first_step_seconds": first}, step=self._first_step)
+        rank_zero_info(
+            f"lamina: the first step took {first:.2f} s, later ones {later:.3f} s: about {max(first - later, 0):.2f} s "
+            f"of {'compilation and ' if pl_module.hparams.get('compile') else ''}warm-up"
+        )
+
+    @staticmethod
+    def _seconds(marks: list) -> float:
+        if isinstance(marks[0][0], float):
+            return sum(end - start for start, end in marks)
+        marks[-1][1].synchronize()  # the interval's one wait for the device
+        return sum(start.elapsed_time(end) for start, end in marks) / 1e3

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from lamina.compare.runs import AXES, FLOPS, TOKENS, Group, Run
-from lamina.compare.stats import VIEWS, Cell, Comparison, Difference, Stats
+from lamina.compare.stats import VIEWS, Cell, Comparison, Difference, Stats, summarize
 
 # ---- numbers as text ---------------------------------------------------------------------------
 
@@ -133,9 +134,122 @@ def plots_section(plots: list[tuple[str, list[tuple[str, str]]]]) -> list[str]:
     return lines
 
 
+# ---- elicitation share (runs with per-problem thought evaluations and pass@k) ----------------------
+
+
+def thought_eval_files(path: Path) -> dict[int, Path]:
+    """step -> the run's `thought_eval/step<N>.json` (lamina.callbacks.ThoughtEval)."""
+    found = {}
+    for file in (path / "thought_eval").glob("step*.json"):
+        digits = file.stem.removeprefix("step")
+        if digits.isdigit():
+            found[int(digits)] = file
+    return dict(sorted(found.items()))
+
+
+def read_thought_eval(file: Path) -> dict | None:
+    try:
+        return {int(level): record for level, record in json.loads(file.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def init_from(path: Path) -> str | None:
+    """model.init_from of the config.yaml LightningCLI saved in the run folder (None: none)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    model = config.get("model") if isinstance(config, dict) else None
+    value = model.get("init_from") if isinstance(model, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def has_pass_at_k(records: dict | None) -> bool:
+    return bool(records) and any(r.get("pass_correct") for r in records.values())
+
+
+@dataclass
+class Elicitation:
+    """A run's elicitation share per level, {level: (share, problems)}, with k and where its base came from."""
+
+    run: Run
+    shares: dict[int, tuple[float, int]]
+    k: int
+    base: Run
+
+
+def elicitation(result: Comparison) -> dict[str, list[Elicitation]]:
+    """Per group, the elicitation share of each run that has one: lamina.rlp.elicitation_share of its last
+    thought evaluation against its base's pass@k, k = all the base's samples. The base is the model the run
+    started from, at step 0: the run's own step-0 evaluation where it measured pass@k, else that of another
+    run of the comparison with the same seed and the same model.init_from that did (the same start model and,
+    problems being matched by question, the same problems)."""
+    from lamina.rlp.evaluate import elicitation_share
+
+    files = {id(run): thought_eval_files(run.path) for run in result.runs}
+    starts = {id(run): read_thought_eval(files[id(run)][0]) if 0 in files[id(run)] else None for run in result.runs}
+    origins = {id(run): init_from(run.path) for run in result.runs}
+
+    def base_of(run: Run) -> Run | None:
+        if has_pass_at_k(starts[id(run)]):
+            return run
+        if run.seed is None or origins[id(run)] is None:
+            return None
+        return next((other for other in result.runs if other is not run and other.seed == run.seed
+                     and origins[id(other)] == origins[id(run)] and has_pass_at_k(starts[id(other)])), None)
+
+    out: dict[str, list[Elicitation]] = {}
+    for group in result.groups:
+        for run in group.runs:
+            steps = [step for step in files[id(run)] if step > 0]
+            base = base_of(run)
+            if not steps or base is None:
+                continue
+            last = read_thought_eval(files[id(run)][steps[-1]])
+            start = starts[id(base)]
+            k = max(int(r.get("pass_samples", 0)) for r in start.values() if r.get("pass_correct"))
+            try:
+                shares = elicitation_share(last or {}, start, k)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if shares:
+                out.setdefault(group.label, []).append(Elicitation(run, shares, k, base))
+    return out
+
+
+def elicitation_section(result: Comparison) -> list[str]:
+    found = elicitation(result)
+    if not found:
+        return []
+    lines = ["## Elicitation share", "",
+             "Of the problems a run solves greedily with a thought at its last evaluation, the share its base (the "
+             "model it started from, at step 0: the run's own step-0 evaluation, or that of a run of the same seed "
+             "and `model.init_from`) already solved in k samples: the mean of the base's unbiased pass@k over them "
+             "(`lamina.rlp.elicitation_share`). Near 1: the run solves what sampling the base already reached; "
+             "lower: solutions the base did not have. Mean ± std [95% t-interval] (n runs) over the group's runs, "
+             "and the problems solved (mean per run).", "",
+             md_row(["group", "level", "k", "elicitation share", "problems solved", "base from"]), md_row(["---"] * 6)]
+    for group in result.groups:
+        items = found.get(group.label, [])
+        levels = sorted({level for e in items for level in e.shares})
+        for level in levels:
+            have = [e for e in items if level in e.shares]
+            share = summarize([e.shares[level][0] for e in have])
+            solved = float(np.mean([e.shares[level][1] for e in have]))
+            ks = sorted({e.k for e in have})
+            bases = "own step 0" if all(e.base is e.run for e in have) else ", ".join(
+                dict.fromkeys("own step 0" if e.base is e.run else e.base.label for e in have))
+            lines.append(md_row([group.label, str(level), "/".join(map(str, ks)), stats_cell(share), fmt(solved, 3),
+                                 bases]))
+    return lines
+
+
 def write_markdown(result: Comparison, plots: list[tuple[str, list[tuple[str, str]]]], path: Path) -> None:
     sections = [intro(result), runs_table(result), *(view_table(result, view) for view in VIEWS),
-                plots_section(plots)]
+                elicitation_section(result), plots_section(plots)]
     lines = [line for section in sections if section for line in ["", *section]][1:]
     path.write_text("\n".join(lines).rstrip() + "\n")
 

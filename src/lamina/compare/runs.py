@@ -33,7 +33,10 @@ KEY_METRICS = (
     "val/loss",
     "eval/arith_acc/level*",
     "eval/arith_acc_nothink/level*",
-    "rlp/reward_mean",
+    "eval/think_acc_gain/level[0-9]",  # with minus without a thought (its /lo, /hi bounds left out)
+    "rlp/reward_std",  # what can show RLP learning: rewards that differ within a group,
+    "rlp/advantage_abs_mean",
+    "rlp/zero_variance_frac",  # and few groups without any (no advantage, no gradient)
     "sparsity/gap/*",
 )
 
@@ -173,8 +176,9 @@ def counter_axis(run: Run, tag: str) -> Curve | None:
 
     A run starts from scratch when it logs something at step 0 (besides Lightning's hp_metric,
     which a resumed run writes too) and its counters' first points extrapolate back to about 0
-    there: lamina counts from 0 in a fresh run (an init_from phase included), and Lightning logs
-    step s after s + 1 batches, so the line back lands near one step's worth, never far above."""
+    there: lamina counts from 0 in a fresh run (an init_from phase included) and logs at step s the
+    counters that trained the weights after s updates, so the line back lands at about 0 (an older
+    run, which logged the counters one step late, lands near one step's worth, never far above)."""
     data = run.scalars.get(tag)
     if data is None or not len(data[0]):
         return None

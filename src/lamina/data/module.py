@@ -18,8 +18,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
-from lamina.data.packing import SPLITS, build_token_cache, describe_cache, open_split, read_meta
-from lamina.data.sources import resolve_source
+from lamina.data.packing import SPLITS, available_cores, build_token_cache, describe_cache, open_split, read_meta
+from lamina.data.sources import MASK64, holdout_index, resolve_source, splitmix64_array
+from lamina.data.thoughts import with_thoughts
 from lamina.data.tokenizer import (
     END_THINK,
     EOT,
@@ -54,6 +55,11 @@ class TextDataModule(L.LightningDataModule):
         val_fraction: float = 0.02,
         val_tokens: int = 65_536,
         families: list[str] | None = None,
+        levels: list[int] | None = None,
+        tasks: list[str] | None = None,
+        level_weights: str = "by_kind",
+        exposure_bins: list[int] | None = None,
+        thoughts: str = "keep",
         dataset_config: str | None = None,
         dataset_split: str = "train",
         text_column: str = "text",
@@ -62,6 +68,7 @@ class TextDataModule(L.LightningDataModule):
         cache_dir: str = ".cache/lamina",
         num_workers: int = 0,
         tokenizer_sample_bytes: int = 4_000_000,
+        num_proc: int | None = None,
     ):
         """Text for next-token training, tokenised once and cached.
 
@@ -78,7 +85,18 @@ class TextDataModule(L.LightningDataModule):
                 (null: all of it; the world corpus is endless and needs a cap).
             val_fraction: share of documents held out for validation (0 < val_fraction < 1).
             val_tokens: tokens in the fixed validation set, taken from the start of the val split.
-            families: world families to train on (null: all of prose, arith, strings).
+            families: world families to train on (null: prose, arith, strings; world v2 adds
+                people, context).
+            levels: world arithmetic levels to train on (null: all of 1-5); the others become
+                `ood/level/<k>` probes.
+            tasks: world tasks to train on (null: all); the held-out tasks of trained families
+                become `ood/task/<task>` probes.
+            level_weights: `by_kind` (every world kind alike: arithmetic level 1, one task, is
+                rarer than level 3, four) or `equal` (each arithmetic level alike).
+            exposure_bins: relative mentions of the world people family's roster bins (null:
+                0, 1, 10, 100), probed as `exposure/<bin>` beside `novel`; needs the people family.
+            thoughts: `keep` the `<think> ... </think>` spans in the text, or `strip` them (the
+                worked reasoning left out, the question and answer kept; lamina.data.thoughts).
             dataset_config: Hugging Face dataset config name (e.g. `sample-10BT`).
             dataset_split: Hugging Face dataset split to stream.
             text_column: column holding the text in a Hugging Face dataset or .jsonl/.json/.parquet file.
@@ -87,6 +105,9 @@ class TextDataModule(L.LightningDataModule):
             cache_dir: folder for trained tokenizers and token caches.
             num_workers: DataLoader worker processes.
             tokenizer_sample_bytes: bytes of training text a `bpe` tokenizer is trained on.
+            num_proc: processes that tokenise a Hugging Face dataset or local files into the token
+                cache (null: every core of this machine; the world corpus is generated and
+                tokenised in one process).
         """
         super().__init__()
         # Kept in checkpoints, not sent to the logger: LightningCLI's config.yaml records them, and
@@ -100,7 +121,9 @@ class TextDataModule(L.LightningDataModule):
             dataset_config=dataset_config,
             dataset_split=dataset_split,
             text_column=text_column,
+            world_options=dict(levels=levels, tasks=tasks, level_weights=level_weights, exposure_bins=exposure_bins),
         )
+        self.corpus = with_thoughts(self.corpus, thoughts)
         self.probe_files = list(probe_files)
         # Set by setup():
         self.tokenizer = None  # tokenizers.Tokenizer
@@ -120,7 +143,18 @@ class TextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Train (or load) the tokenizer and build the token cache; once per node."""
-        _, self.cache_path = self._build()
+        tokenizer, self.cache_path = self._build()
+        hp = self.hparams
+        reached = tokenizer.get_vocab_size()
+        if hp.tokenizer == "bpe" and reached < hp.vocab_size:
+            # The model still has data.vocab_size rows (it is sized from the config, before any
+            # build): the ids the sample could not supply are rows that are never trained.
+            rank_zero_info(
+                f"lamina: the bpe tokenizer has {reached:,} ids, fewer than data.vocab_size={hp.vocab_size:,}: "
+                f"its sample of {min(hp.tokenizer_sample_bytes, hp.max_bytes or hp.tokenizer_sample_bytes):,} "
+                f"bytes supplies no more merges (raise data.tokenizer_sample_bytes, or set data.vocab_size "
+                f"to {reached} to drop the {hp.vocab_size - reached:,} unused embedding rows)"
+            )
         rank_zero_info(describe_cache(self.cache_path))
 
     def setup(self, stage: str | None = None) -> None:
@@ -177,13 +211,21 @@ class TextDataModule(L.LightningDataModule):
     @property
     def n_val_windows(self) -> int:
         """Windows in the fixed val set: `val_tokens` tokens from the start of the val split, cut
-        into windows of block_size + 1 that share one token, so every token is predicted once."""
-        usable = min(self.hparams.val_tokens, len(self.val_data))
-        return (usable - 1) // self.hparams.block_size
+        into windows of block_size + 1 that share one token, so every token is predicted once. A
+        whole number of batches (rounded up where the split has the tokens, else down): every val
+        batch has one shape, so a compiled model traces validation once."""
+        block, batch = self.hparams.block_size, self.hparams.batch_size
+        available = (len(self.val_data) - 1) // block
+        wanted = min((self.hparams.val_tokens - 1) // block, available)
+        if wanted < batch:
+            return wanted
+        rounded_up = -(-wanted // batch) * batch
+        return rounded_up if rounded_up <= available else wanted // batch * batch
 
     def _build(self):
         hp = self.hparams
         sample_bytes = min(hp.tokenizer_sample_bytes, hp.max_bytes or hp.tokenizer_sample_bytes)
+        holdout = holdout_index(self.corpus, hp.val_fraction, hp.max_bytes)
         tokenizer = load_tokenizer(
             hp.tokenizer,
             self.corpus,
@@ -191,6 +233,7 @@ class TextDataModule(L.LightningDataModule):
             sample_bytes=sample_bytes,
             val_fraction=hp.val_fraction,
             cache_dir=hp.cache_dir,
+            holdout=holdout,
         )
         path = build_token_cache(
             self.corpus,
@@ -198,6 +241,8 @@ class TextDataModule(L.LightningDataModule):
             cache_dir=hp.cache_dir,
             max_bytes=hp.max_bytes,
             val_fraction=hp.val_fraction,
+            holdout=holdout,
+            num_proc=hp.num_proc or available_cores(),
         )
         self._check_split_sizes(read_meta(path))
         return tokenizer, path
@@ -345,19 +390,7 @@ class ContiguousShards(DistributedSampler):
         return len(self.indices)
 
 
-# ---- window offsets: an integer hash, no RNG state -----------------------------------------------
-
-MASK64 = (1 << 64) - 1
-
-
-def splitmix64_array(x: np.ndarray) -> np.ndarray:
-    """splitmix64 over a uint64 array (wrapping arithmetic), equal to sources.splitmix64."""
-    x = np.asarray(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+# ---- window offsets: an integer hash (sources.splitmix64_array), no RNG state ---------------------
 
 
 def window_offsets(seed: int, batch_index: int, batch_size: int, n_starts: int) -> np.ndarray:
@@ -414,6 +447,12 @@ def check_args(hp) -> None:
     _expect(_is_int(hp.seed), "seed", "an integer", hp.seed)
     _expect(_is_int(hp.num_workers) and hp.num_workers >= 0, "num_workers", "an integer >= 0", hp.num_workers)
     _expect(
+        hp.num_proc is None or (_is_int(hp.num_proc) and hp.num_proc >= 1),
+        "num_proc",
+        "null (every core) or an integer >= 1",
+        hp.num_proc,
+    )
+    _expect(
         isinstance(hp.cache_dir, (str, os.PathLike)) and str(hp.cache_dir) != "",
         "cache_dir",
         "a folder path",
@@ -428,7 +467,12 @@ def check_args(hp) -> None:
         hp.dataset_split,
     )
     _expect(isinstance(hp.probe_files, (list, tuple)), "probe_files", "a list of files", hp.probe_files)
-    for path in hp.probe_files:
+    for number, path in enumerate(hp.probe_files, 1):
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            # (an empty entry would be the current folder, a probe named `ood/`)
+            raise ConfigError(
+                f"data.probe_files: entry {number} is {str(path)!r}, expected the path of a UTF-8 text file"
+            )
         check_probe_file(str(path))
 
 
@@ -447,11 +491,14 @@ def check_probe_file(path: str) -> None:
     except OSError as err:
         raise ConfigError(f"data.probe_files: cannot read {path!r} ({err.strerror or err})") from err
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last character is fine
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last character is fine
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"data.probe_files: {path!r} is not UTF-8 text (byte {err.start} is {head[err.start]:#04x})"
         ) from err
+    if not text.strip() and len(head) < PROBE_CHECK_BYTES:  # the whole file read, and nothing in it
+        what = "is empty" if not head else "holds only white space"
+        raise ConfigError(f"data.probe_files: {path!r} {what}, expected UTF-8 text to probe the model with")
 
 
 def _is_int(value) -> bool:

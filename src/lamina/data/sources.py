@@ -13,7 +13,9 @@ lines), so that a single file can still be split into train and val, and so that
 is never one string. The packer writes `<|endoftext|>` between documents, not between passages.
 
 Each passage goes to train or val by a fixed integer hash of its index in the stream, so the split
-is the same on every machine and does not depend on the seed.
+is the same on every machine and does not depend on the seed. Where the hash sends no passage of a
+small source to val, the passage with the smallest hash is held out (`holdout_index`), so any
+source of two passages or more has a val split.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import contextlib
 import glob
 import hashlib
 import logging
+import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from lamina.errors import ConfigError
 
@@ -37,19 +43,41 @@ SPLIT_SALT = 0x243F6A8885A308D3  # fixed (digits of pi): the split must not move
 ROWS_PER_READ = 1024
 
 MASK64 = (1 << 64) - 1
+SPLIT_BLOCK = 4096  # passage indices whose split is hashed in one vectorised call
+HOLDOUT_SCAN_BYTES = 1 << 30  # how far a source is read for a val passage before trusting chance
+
+
+def splitmix64_array(x) -> np.ndarray:
+    """splitmix64 (Steele et al.), a fast, well-mixed 64-bit integer hash, over a uint64 array or
+    scalar (wrapping arithmetic); the same on every machine. lamina's one implementation: the
+    train/val split, the training windows and RLP's seeds all hash through it."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def splitmix64(x: int) -> int:
-    """A fast, well-mixed 64-bit integer hash (Steele et al.); the same on every machine."""
-    x = (x + 0x9E3779B97F4A7C15) & MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x ^ (x >> 31)
+    """splitmix64_array of one Python int (taken modulo 2**64), as a Python int."""
+    return int(splitmix64_array(np.uint64(x & MASK64)))
+
+
+def val_flags(start: int, count: int, val_fraction: float) -> np.ndarray:
+    """Whether each passage index in [start, start + count) is held out for val: its hash is below
+    val_fraction * 2**64. The bound is the float's exact value rounded up to an integer, so the
+    uint64 comparison is exact (a float comparison would round the hash)."""
+    bound = math.ceil(val_fraction * 2**64)
+    indices = np.arange(start, start + count, dtype=np.uint64) ^ np.uint64(SPLIT_SALT)
+    if bound >= 1 << 64:
+        return np.ones(count, dtype=bool)
+    return splitmix64_array(indices) < np.uint64(bound)
 
 
 def split_of(index: int, val_fraction: float) -> str:
     """'val' for a fraction `val_fraction` of passage indices, 'train' for the rest."""
-    return "val" if splitmix64(index ^ SPLIT_SALT) < val_fraction * 2**64 else "train"
+    return "val" if val_flags(index, 1, val_fraction)[0] else "train"
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,8 @@ class Source:
     dataset_config: str | None = None  # hub
     dataset_split: str = "train"  # hub
     text_column: str = "text"  # hub, .jsonl, .json, .parquet
+    thoughts: str = "keep"  # keep | strip the <think> ... </think> spans (lamina.data.thoughts)
+    world: tuple = ()  # world: (key, value) of each data.levels, tasks, level_weights, exposure_bins set
     _identity: dict = field(default_factory=dict, compare=False, repr=False)
 
     def identity(self) -> dict:
@@ -72,6 +102,8 @@ class Source:
         generator's own source code; the hub by name, config and split. Computed once."""
         if not self._identity:
             self._identity.update(self._compute_identity())
+            if self.thoughts != "keep":  # kept text keeps the cache keys it always had
+                self._identity["thoughts"] = self.thoughts
         return self._identity
 
     def _compute_identity(self) -> dict:
@@ -84,6 +116,7 @@ class Source:
                 "seed": self.seed,
                 "families": list(self.families),
                 "generator": generator,
+                **{key: list(value) if isinstance(value, tuple) else value for key, value in self.world},
             }
         if self.kind == "hub":
             return {
@@ -107,6 +140,7 @@ class Passage:
     doc: int  # the document it belongs to: `<|endoftext|>` goes between documents
     n_bytes: int  # UTF-8 bytes of text: the denominator of bits per byte
     split: str  # "train" | "val"
+    index: int = -1  # its place in the source's stream of passages (what the split hashes)
 
 
 # ---- resolving data.source ----------------------------------------------------------------------
@@ -120,8 +154,10 @@ def resolve_source(
     dataset_config: str | None = None,
     dataset_split: str = "train",
     text_column: str = "text",
+    world_options: dict | None = None,
 ) -> Source:
-    """Classify and check `data.source` without reading any text (local files must exist)."""
+    """Classify and check `data.source` without reading any text (local files must exist).
+    `world_options`: `lamina.data.world.generate`'s levels, tasks, level_weights, exposure_bins."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(
             f"data.source: expected 'world', a Hugging Face dataset name or a local path, got {spec!r}"
@@ -133,6 +169,12 @@ def resolve_source(
         raise ConfigError(
             f"data.families: only applies to data.source 'world', not {spec!r} (set it to null)"
         )
+    world_defaults = {"levels": None, "tasks": None, "level_weights": "by_kind", "exposure_bins": None}
+    options = {k: v for k, v in (world_options or {}).items() if v != world_defaults[k]}
+    if options and kind != "world":
+        raise ConfigError(
+            f"data.{next(iter(options))}: only applies to data.source 'world', not {spec!r} (leave it unset)"
+        )
     if kind != "hub" and (dataset_config is not None or dataset_split != "train"):
         key = "dataset_config" if dataset_config is not None else "dataset_split"
         raise ConfigError(f"data.{key}: only applies to a Hugging Face dataset, not {spec!r}")
@@ -140,8 +182,9 @@ def resolve_source(
         from lamina.data import world
 
         families = tuple(world.FAMILIES if families is None else families)
-        world.generate(seed, families)  # validates the family names now, not at the first read
-        return Source(spec, "world", seed=seed, families=families)
+        options = {k: v if k == "level_weights" else world._as_tuple(v) for k, v in options.items()}
+        world.generate(seed, families, **options)  # validates the names now, not at the first read
+        return Source(spec, "world", seed=seed, families=families, world=tuple(options.items()))
     if kind == "hub":
         return Source(
             spec, "hub", dataset_config=dataset_config, dataset_split=dataset_split, text_column=text_column
@@ -212,11 +255,19 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 # ---- reading ------------------------------------------------------------------------------------
 
 
-def iter_passages(source: Source, val_fraction: float, max_bytes: int | None = None) -> Iterator[Passage]:
+def iter_passages(
+    source: Source, val_fraction: float, max_bytes: int | None = None, holdout: int | None = None
+) -> Iterator[Passage]:
     """Every passage of the source in order, tagged with its split, until `max_bytes` UTF-8 bytes
-    (both splits together; the passage that crosses the cap is cut at a character boundary)."""
+    (both splits together; the passage that crosses the cap is cut at a character boundary).
+    `holdout` (see holdout_index) is a passage index sent to val whatever its hash."""
     taken = 0
+    flags, block = None, -1
     for index, (doc, text) in enumerate(_raw_passages(source)):
+        if source.thoughts == "strip":
+            from lamina.data.thoughts import strip_thoughts  # here: it imports the tokenizer, which imports us
+
+            text = strip_thoughts(text)[0]
         data = text.encode("utf-8")
         capped = max_bytes is not None and taken + len(data) >= max_bytes
         if capped:
@@ -224,17 +275,54 @@ def iter_passages(source: Source, val_fraction: float, max_bytes: int | None = N
             data = text.encode("utf-8")
         if data:
             taken += len(data)
-            yield Passage(text, doc, len(data), split_of(index, val_fraction))
+            if index // SPLIT_BLOCK != block:  # one numpy call per block, not per passage
+                block = index // SPLIT_BLOCK
+                flags = val_flags(block * SPLIT_BLOCK, SPLIT_BLOCK, val_fraction)
+            val = flags[index % SPLIT_BLOCK] or index == holdout
+            yield Passage(text, doc, len(data), "val" if val else "train", index)
         if capped:
             return
     if taken == 0:
         raise ConfigError(f"data.source: {describe_empty(source)}")
 
 
-def train_sample(source: Source, val_fraction: float, n_bytes: int) -> Iterator[str]:
+def holdout_index(source: Source, val_fraction: float, max_bytes: int | None = None) -> int | None:
+    """The passage to hold out for val when the hash gives val none: a small source (a 20 KB
+    text file is 5 passages, so at val_fraction 0.02 its val split is most often empty) still
+    validates. It is the passage whose hash is smallest, the one a growing val_fraction would
+    take first. None when a val passage comes by chance (read only up to the first one), and
+    for a Hugging Face dataset (never read here: a cached run needs no network; a hub dataset
+    is large). A source of one passage cannot be split: that is a ConfigError."""
+    if source.kind == "hub":
+        return None
+    best, count, taken = None, 0, 0
+    for passage in iter_passages(source, val_fraction, max_bytes):
+        if passage.split == "val":
+            return None
+        count += 1
+        taken += passage.n_bytes
+        key = splitmix64(passage.index ^ SPLIT_SALT)
+        if best is None or key < best[0]:
+            best = (key, passage.index)
+        if taken >= HOLDOUT_SCAN_BYTES:  # so many passages and none in val: val_fraction is tiny
+            return None
+    if count == 1:
+        what = f"{source.files[0]!r}" if source.kind == "local" and len(source.files) == 1 else repr(source.spec)
+        raise ConfigError(
+            f"data.source: {what} is a single passage of {taken:,} bytes, which cannot be split into "
+            f"train and val (data.val_fraction {val_fraction}); give it more text (a .txt file is cut "
+            f"into passages at blank lines and every {TXT_PASSAGE_CHARS:,} characters; a .jsonl, "
+            f".json or .parquet row is one passage)"
+        )
+    return best[1]
+
+
+def train_sample(
+    source: Source, val_fraction: float, n_bytes: int, holdout: int | None = None
+) -> Iterator[str]:
     """The first `n_bytes` of training text (never val), e.g. to train a tokenizer on."""
     taken = 0
-    for passage in iter_passages(source, val_fraction):
+    for passage in iter_passages(source, val_fraction, holdout=holdout):
         if passage.split != "train":
             continue
         text = passage.text
@@ -257,12 +345,12 @@ def _raw_passages(source: Source) -> Iterator[tuple[int, str]]:
     if source.kind == "world":
         from lamina.data import world
 
-        for doc, example in enumerate(world.generate(source.seed, source.families)):
+        for doc, example in enumerate(world.generate(source.seed, source.families, **dict(source.world))):
             yield doc, example.text
         return
     if source.kind == "hub":
         texts = _column(
-            _open_hub(source), source.text_column, f"Hugging Face dataset {source.spec!r}", local=False
+            _open_hub(source), source.text_column, f"Hugging Face dataset {source.spec!r}", hub=source.spec
         )
         for doc, text in enumerate(texts):
             yield doc, text
@@ -280,22 +368,82 @@ def _raw_passages(source: Source) -> Iterator[tuple[int, str]]:
 
 
 def _open_hub(source: Source):
-    import datasets
-
+    datasets = _import_datasets(f"a Hugging Face dataset ({source.spec!r})")
     try:
         return datasets.load_dataset(
             source.spec, source.dataset_config, split=source.dataset_split, streaming=True
         )
-    except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - sorted below; anything else goes through as it is
+        if is_network_error(err):
+            raise HubUnreachable(hub_unreachable(source.spec, err)) from err
+        if not isinstance(err, (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ValueError)):
+            raise
         config = f" (dataset_config {source.dataset_config!r}, dataset_split {source.dataset_split!r})"
         raise ConfigError(
             f"data.source: cannot open Hugging Face dataset {source.spec!r}{config}: {one_line(err)}"
         ) from err
 
 
-def _open_local(path: str):
-    import datasets
+class HubUnreachable(ConfigError):
+    """The hub could not be reached (no network, offline mode, a dropped connection): the user's
+    to fix, and not the data's fault, so a partial token cache build is kept for a resume."""
 
+
+LOCAL_FILES = f"a file, folder or glob of {', '.join(BUILDERS)} files"
+NETWORK_ERRORS = (  # (module, class): checked only when the module is loaded (else none was raised)
+    ("requests.exceptions", "ConnectionError"),
+    ("requests.exceptions", "Timeout"),
+    ("requests.exceptions", "ChunkedEncodingError"),
+    ("httpx", "TransportError"),  # huggingface_hub >= 1.0 talks httpx
+    ("aiohttp", "ClientConnectionError"),  # fsspec's HTTP file system, which streams data files
+    ("huggingface_hub.errors", "OfflineModeIsEnabled"),
+    ("huggingface_hub.errors", "LocalEntryNotFoundError"),  # offline, and not in the local cache
+)
+
+
+def is_network_error(err: BaseException) -> bool:
+    """Whether `err`, or what it was raised from, says the network (or the hub) is out of reach:
+    `datasets` raises ConnectionError("Couldn't reach ... on the Hub") with no network or with
+    HF_HUB_OFFLINE=1; a stream cut mid-way raises the HTTP library's own errors."""
+    classes = [ConnectionError, TimeoutError]
+    for module, name in NETWORK_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            classes.append(cls)
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, tuple(classes)):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def hub_unreachable(spec: str, err: BaseException, streaming: bool = False) -> str:
+    what = "lost the connection to" if streaming else "could not reach"
+    then = "; finished shards of the token cache are kept, and the same command resumes" if streaming else ""
+    return (
+        f"data.source: {what} the Hugging Face hub for data.source={spec} ({one_line(err)}){then}; "
+        f"with no network, train on local files instead: data.source {LOCAL_FILES} "
+        f"(or 'world', the built-in corpus)"
+    )
+
+
+def _import_datasets(what: str):
+    """`datasets`, or one line saying what needs it: a machine may lack it (the built-in corpus
+    never imports it)."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ConfigError(
+            f"data.source: reading {what} needs the `datasets` package, which is not installed "
+            f"(pip install datasets); data.source 'world', the built-in corpus, does not"
+        ) from err
+    return datasets
+
+
+def _open_local(path: str):
+    datasets = _import_datasets(f"{Path(path).suffix} files")
     builder = BUILDERS[Path(path).suffix.lower()]
     extra = {"keep_linebreaks": True} if builder == "text" else {}
     try:
@@ -342,9 +490,9 @@ def _paragraphs(lines: Iterator[str], limit: int = TXT_PASSAGE_CHARS) -> Iterato
         yield "".join(buf)
 
 
-def _column(dataset, column: str, where: str, local: bool = True) -> Iterator[str]:
+def _column(dataset, column: str, where: str, hub: str | None = None) -> Iterator[str]:
     """The non-empty strings of one column, checking the column exists and holds text."""
-    for batch in _read_batches(dataset, where, local):
+    for batch in _read_batches(dataset, where, hub):
         if column not in batch:
             present = ", ".join(map(repr, batch)) or "none"
             raise ConfigError(f"data.text_column: no column {column!r} in {where} (columns: {present})")
@@ -358,20 +506,23 @@ def _column(dataset, column: str, where: str, local: bool = True) -> Iterator[st
             yield value
 
 
-def _read_batches(dataset, where: str, local: bool = True) -> Iterator[dict]:
-    """Column batches of a streamed dataset; a local file `datasets` cannot parse is a ConfigError
-    (a hub error may be the network's, so it goes through as it is)."""
+def _read_batches(dataset, where: str, hub: str | None = None) -> Iterator[dict]:
+    """Column batches of a streamed dataset; a local file `datasets` cannot parse is a ConfigError,
+    and so is a hub dataset (`hub`: its name) whose connection drops. Another error while
+    streaming from the hub may be the server's or a bug, so it goes through as it is."""
     batches = dataset.iter(batch_size=ROWS_PER_READ)
     while True:
         try:
-            with datasets_quiet(local):
+            with datasets_quiet(hub is None):
                 batch = next(batches)
         except StopIteration:
             return
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - UnicodeDecodeError, pyarrow errors, ...
-            if not local:
+            if hub is not None:
+                if is_network_error(err):
+                    raise HubUnreachable(hub_unreachable(hub, err, streaming=True)) from err
                 raise
             raise ConfigError(f"data.source: cannot read {where}: {one_line(err)}") from err
         yield batch

@@ -95,9 +95,11 @@ def load_tokenizer(
     sample_bytes: int,
     val_fraction: float,
     cache_dir: str | os.PathLike,
+    holdout: int | None = None,
 ) -> Tokenizer:
     """The tokenizer `data.tokenizer` names; a bpe one is trained once and then read from
-    `cache_dir/tokenizers/`, keyed by (source identity, vocab size, sample size, split)."""
+    `cache_dir/tokenizers/`, keyed by (source identity, vocab size, sample size, split).
+    `holdout`: the passage sources.holdout_index holds out for val (never trained on)."""
     check_kind(kind)
     if kind == "byte":
         return byte_tokenizer()
@@ -107,10 +109,11 @@ def load_tokenizer(
         sample_bytes=sample_bytes,
         val_fraction=val_fraction,
         cache_dir=cache_dir,
+        holdout=holdout,
     )
     if path.exists():
         return Tokenizer.from_file(str(path))
-    tokenizer = train_bpe(train_sample(source, val_fraction, sample_bytes), vocab_size)
+    tokenizer = train_bpe(train_sample(source, val_fraction, sample_bytes, holdout), vocab_size)
     try:
         save_tokenizer(tokenizer, path)
     except OSError as err:  # disk full, read-only, no permission: the user's to fix
@@ -122,7 +125,7 @@ def load_tokenizer(
 
 
 def bpe_cache_path(
-    source: Source, *, vocab_size: int, sample_bytes: int, val_fraction: float, cache_dir
+    source: Source, *, vocab_size: int, sample_bytes: int, val_fraction: float, cache_dir, holdout=None
 ) -> Path:
     key = {
         "format": FORMAT_VERSION,
@@ -131,6 +134,8 @@ def bpe_cache_path(
         "sample_bytes": sample_bytes,
         "val_fraction": val_fraction,  # the sample is training text only
     }
+    if holdout is not None:  # (only then: every other source keeps the key it always had)
+        key["holdout"] = holdout
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / "tokenizers" / f"bpe-{vocab_size}-{digest}.json"
 

@@ -1,4 +1,4 @@
-"""The built-in corpus: an endless, seeded, offline "world" text in three families (domains).
+"""The built-in corpus: an endless, seeded, offline "world" text in five families (domains).
 
 - prose: facts, questions and short stories about a small FIXED world (16 people, 12 towns on a
   grid, 10 animals). The world is the same for every seed; the seed only picks which sentences are
@@ -9,25 +9,50 @@
 - strings: `reverse: kqzf -> fzqk`, base tasks and their compositions, tagged by task so that
   probes can ablate them one by one.
 
-Every example is tagged (family, task, level): a run trained on some families or levels has the
-others as out-of-distribution and harder probes. Only the standard library's `random.Random` is
-used (never the global RNG, never `hash()` of a str), so a seed gives the same bytes on every
-machine, process and Python >= 3.10.
+World v2 (trained only when `families` names them; the default mix is the three above, byte for
+byte as it always was):
+
+- people: prose's person facts and questions about a second, fixed population (ROSTER, own
+  villages, jobs and things) under controlled exposure: the roster is cut into bins of
+  PEOPLE_PER_BIN people, and a person of bin b is the subject of b times as many documents as a
+  person of bin 1 (`exposure_bins`, default 0, 1, 10, 100: bin 0 is never mentioned).
+  NOVEL_PEOPLE use the same templates and never occur in any training text (probes only).
+- context: `Context: Tavik lives in Fenby. Q: Where does Tavik live? A: Fenby`: facts stated, then
+  asked about, of a person invented for the document (`fresh`: only the context knows) or of a
+  world person (`known`: the context agrees with the world), at levels 1-4 (sentences, with a
+  second person as distractor). `counterfactuals()` writes contexts that contradict a roster
+  person's fact, for evaluation only.
+- labels per token: `labelled_examples()` gives each example's spans (entity, attribute, town,
+  operator, digit, carry, task, answer) and `token_labels()` maps them onto a tokenizer's tokens.
+
+Every example is tagged (family, task, level): a run trained on some families, levels or tasks
+has the others as out-of-distribution and harder probes. Only the standard library's
+`random.Random` is used (never the global RNG, never `hash()` of a str), so a seed gives the same
+bytes on every machine, process and Python >= 3.10.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import hashlib
+import itertools
 import random
+import re
 import types
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
 
 from lamina.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Public names
 
-FAMILIES: tuple[str, ...] = ("prose", "arith", "strings")
+FAMILIES: tuple[str, ...] = ("prose", "arith", "strings")  # what a run trains on by default
+V2_FAMILIES: tuple[str, ...] = ("people", "context")  # world v2: trained only when named
+ALL_FAMILIES: tuple[str, ...] = FAMILIES + V2_FAMILIES
 PROSE_TASKS: tuple[str, ...] = ("fact", "question", "story")
 ARITH_TASKS: tuple[str, ...] = ("add", "sub", "mul", "mixed")
 ARITH_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -44,9 +69,20 @@ STRING_TASKS: tuple[str, ...] = STRING_BASE_TASKS + (
     "rotate+reverse",
 )
 STRING_LEVELS: tuple[int, ...] = (1, 2, 3, 4)  # length buckets: level L has 2L+1 or 2L+2 letters
+PEOPLE_TASKS: tuple[str, ...] = ("bio", "recall")  # facts about one person; a question about one
+CONTEXT_TASKS: tuple[str, ...] = ("fresh", "known")  # the asked-about person: new to the reader, or a world person
+CONTEXT_LEVELS: tuple[int, ...] = (1, 2, 3, 4)  # sentences in the context
 TASKS_BY_FAMILY = types.MappingProxyType(
-    {"prose": PROSE_TASKS, "arith": ARITH_TASKS, "strings": STRING_TASKS}
+    {
+        "prose": PROSE_TASKS,
+        "arith": ARITH_TASKS,
+        "strings": STRING_TASKS,
+        "people": PEOPLE_TASKS,
+        "context": CONTEXT_TASKS,
+    }
 )
+LEVEL_WEIGHTS: tuple[str, ...] = ("by_kind", "equal")
+DEFAULT_EXPOSURE_BINS: tuple[int, ...] = (0, 1, 10, 100)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -56,7 +92,8 @@ class Example:
     text: str  # one document, ends with "\n"; the packer adds the separators
     family: str  # one of FAMILIES
     task: str  # one of TASKS_BY_FAMILY[family]
-    level: int  # arith: ARITH_LEVELS; strings: STRING_LEVELS; prose: facts chained (1 or 2)
+    level: int  # arith: ARITH_LEVELS; strings: STRING_LEVELS; prose, people: facts chained (1 or 2);
+    # context: CONTEXT_LEVELS (sentences in the context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +465,293 @@ def string_example(rng: random.Random, task: str) -> tuple[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# World v2, people: a roster with controlled exposure, and novel people who never occur in training
+
+# A second population beside PEOPLE, with its own villages, jobs and things, so that every claim
+# of the first world stays true ("the baker" is still Mira, "Who lives in Osk" still has its one
+# answer). Pets and foods are shared. Names are made of syllables by a fixed generator; none is a
+# word any template writes.
+VILLAGES: tuple[str, ...] = ("Hollin", "Fenby", "Crag", "Wold", "Marrow", "Thorn", "Brae", "Yarrow")
+ROSTER_JOBS: tuple[str, ...] = (
+    "glazier", "roofer", "cooper", "tanner", "dyer", "joiner",
+    "thatcher", "fletcher", "carter", "chandler", "saddler", "drover",
+)
+ROSTER_THINGS: tuple[str, ...] = ("spade", "ladle", "basket", "lantern", "whistle", "kettle", "satchel", "comb")
+FOODS: tuple[str, ...] = tuple(dict.fromkeys(p.food for p in PEOPLE))
+PEOPLE_PER_BIN = 8  # roster people in each exposure bin
+MAX_EXPOSURE_BINS = 8
+N_NOVEL = 16  # novel people: the same templates, never in any training text
+N_FRESH = 512  # names the context family invents for one document each (facts drawn per document)
+
+# Every word the templates write (besides names): a generated name must be none of them.
+_TEMPLATE_WORDS = frozenset(
+    """a an and as ate back carries color context do does east eat eats evening from gave has have
+    he her his home in is it keeps left lies like likes live lives loves met morning north of one
+    out own owns pet q s set she showed some south the then there think to town visited walked went
+    west what where who with works""".split()
+)
+
+
+def _world_words() -> frozenset[str]:
+    words = set(_TEMPLATE_WORDS) | {t.lower() for t in TOWNS + VILLAGES}
+    for p in PEOPLE:
+        words |= {p.name.lower(), p.job, p.pet, p.food, p.thing}
+    for animal, (food, colour) in ANIMALS.items():
+        words |= {animal, food, colour}
+    return frozenset(words | set(ROSTER_JOBS) | set(ROSTER_THINGS))
+
+
+def _name_pool(n: int) -> tuple[str, ...]:
+    """n distinct names like "Tavik" or "Nore": consonant-vowel syllables from a fixed generator."""
+    onsets, vowels, codas = "bdfghklmnprstvz", "aeiou", ("", "", "", "k", "l", "n", "r", "s")
+    rng = random.Random(0x4E414D4553)  # fixed: the world is the same for every seed
+    reserved, names, seen = _world_words(), [], set()
+    while len(names) < n:
+        name = rng.choice(onsets) + rng.choice(vowels) + rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
+        if name in seen or name in reserved:
+            continue
+        seen.add(name)
+        names.append(name.capitalize())
+    return tuple(names)
+
+
+def _invented_person(name: str, rng: random.Random) -> Person:
+    return Person(
+        name,
+        rng.choice(("she", "he")),
+        rng.choice(VILLAGES),
+        rng.choice(ROSTER_JOBS),
+        rng.choice(tuple(ANIMALS)),
+        rng.choice(FOODS),
+        rng.choice(ROSTER_THINGS),
+    )
+
+
+def _fixed_people(names: Sequence[str], salt: int) -> tuple[Person, ...]:
+    rng = random.Random(salt)
+    return tuple(_invented_person(name, rng) for name in names)
+
+
+_NAMES = _name_pool(N_NOVEL + MAX_EXPOSURE_BINS * PEOPLE_PER_BIN + N_FRESH)
+# Novel people come first in the pool, so they stay the same whatever data.exposure_bins says.
+NOVEL_PEOPLE: tuple[Person, ...] = _fixed_people(_NAMES[:N_NOVEL], 0x4E4F56454C)
+ROSTER: tuple[Person, ...] = _fixed_people(_NAMES[N_NOVEL : N_NOVEL + MAX_EXPOSURE_BINS * PEOPLE_PER_BIN], 0x524F53)
+FRESH_NAMES: tuple[str, ...] = _NAMES[N_NOVEL + MAX_EXPOSURE_BINS * PEOPLE_PER_BIN :]
+
+
+def check_exposure_bins(bins) -> tuple[int, ...]:
+    """`data.exposure_bins` as a tuple (None: DEFAULT_EXPOSURE_BINS), or a one-line ConfigError."""
+    if bins is None:
+        return DEFAULT_EXPOSURE_BINS
+    ok = isinstance(bins, (list, tuple)) and 1 <= len(bins) <= MAX_EXPOSURE_BINS
+    ok = ok and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bins)
+    ok = ok and len(set(bins)) == len(bins) and any(b > 0 for b in bins)
+    if not ok:
+        raise ConfigError(
+            f"data.exposure_bins: expected null or a list of 1 to {MAX_EXPOSURE_BINS} distinct integers "
+            f">= 0 (relative mentions), at least one > 0, got {bins!r}"
+        )
+    return tuple(bins)
+
+
+def exposure_roster(bins: Sequence[int] | None = None) -> tuple[tuple[int, Person], ...]:
+    """(bin, person) for every roster person in use: PEOPLE_PER_BIN people per bin, in bin order.
+    A person of bin b is the subject of b parts in sum(bins) * PEOPLE_PER_BIN of the people family."""
+    bins = check_exposure_bins(bins)
+    return tuple((bins[i // PEOPLE_PER_BIN], ROSTER[i]) for i in range(len(bins) * PEOPLE_PER_BIN))
+
+
+def people_by_bin(bins: Sequence[int] | None = None) -> dict[int, tuple[Person, ...]]:
+    """The roster people of each exposure bin."""
+    out: dict[int, list[Person]] = {}
+    for b, person in exposure_roster(bins):
+        out.setdefault(b, []).append(person)
+    return {b: tuple(people) for b, people in out.items()}
+
+
+def people_bio(rng: random.Random, p: Person) -> str:
+    """Two or three facts about a person: prose's person facts, word for word."""
+    facts = _person_facts(p, rng)[: rng.randint(2, 3)]
+    sentences = [facts[0].format(n=p.name)] + [f.format(n=rng.choice((p.name, p.pronoun))) for f in facts[1:]]
+    return " ".join(_capital(s) + "." for s in sentences) + "\n"
+
+
+ATTRIBUTES: tuple[str, ...] = ("town", "job", "pet", "food", "thing")
+
+
+def _attribute_question(p: Person, attribute: str) -> tuple[str, str]:
+    """(question, answer) about one attribute of a person, in prose's one-hop wording."""
+    return {
+        "town": (f"Where does {p.name} live?", p.town),
+        "job": (f"What does {p.name} do?", article(p.job)),
+        "pet": (f"What pet does {p.name} have?", article(p.pet)),
+        "food": (f"What does {p.name} like to eat?", p.food),
+        "thing": (f"What does {p.name} own?", article(p.thing)),
+    }[attribute]
+
+
+def _attribute_fact(p: Person, attribute: str, rng: random.Random) -> str:
+    """One sentence stating an attribute, in one of prose's paraphrases (with its full stop)."""
+    value = getattr(p, attribute)
+    options = {
+        "town": ("{n} lives in " + value, "{n} is from " + value),
+        "job": ("{n} is " + article(value), "{n} works as " + article(value)),
+        "pet": ("{n} has " + article(value), "{n} keeps " + article(value)),
+        "food": ("{n} likes " + value, "{n} loves to eat " + value),
+        "thing": ("{n} owns " + article(value), "{n} carries " + article(value)),
+    }[attribute]
+    return rng.choice(options).format(n=p.name) + "."
+
+
+def people_recall(rng: random.Random, p: Person, level: int) -> str:
+    """A question about a person: one fact (level 1), or the person's pet and a world fact about
+    that animal, the first stated in the thought (level 2)."""
+    if level == 1:
+        question, answer = _attribute_question(p, rng.choice(ATTRIBUTES))
+        return f"Q: {question} A: {answer}.\n"
+    food, colour = ANIMALS[p.pet]
+    has_pet = f"{p.name} has {article(p.pet)}."
+    question, thought, answer = rng.choice([
+        (f"What does {p.name}'s pet eat?", f"{has_pet} The {p.pet} eats {food}.", food),
+        (f"What color is {p.name}'s pet?", f"{has_pet} The {p.pet} is {colour}.", colour),
+    ])
+    return f"Q: {question} {THINK_OPEN} {thought} {THINK_CLOSE} A: {answer}.\n"
+
+
+def _people_kinds(pick: Callable[[random.Random], Person]) -> list[_Kind]:
+    """The people family's kinds, each about the person `pick` draws."""
+
+    def bio(rng: random.Random) -> Example:
+        return Example(people_bio(rng, pick(rng)), "people", "bio", 1)
+
+    def recall(level: int) -> Callable[[random.Random], Example]:
+        return lambda rng: Example(people_recall(rng, pick(rng), level), "people", "recall", level)
+
+    return [_Kind("people", "bio", None, bio), *(_Kind("people", "recall", None, recall(lv)) for lv in (1, 2))]
+
+
+def _weighted_pick(people: Sequence[Person], weights: Sequence[int]) -> Callable[[random.Random], Person]:
+    """Draws person i with probability weights[i] / sum(weights): integers only, the same everywhere."""
+    kept = [(p, w) for p, w in zip(people, weights) if w > 0]
+    cumulative = list(itertools.accumulate(w for _, w in kept))
+    return lambda rng: kept[bisect.bisect_right(cumulative, rng.randrange(cumulative[-1]))][0]
+
+
+def people_examples(seed: int, people: Sequence[Person]) -> Iterator[Example]:
+    """Endless people-family examples about `people` (drawn uniformly), e.g. one exposure bin's
+    roster or NOVEL_PEOPLE: the probes' text about entities of one exposure."""
+    rng = random.Random(_rng_seed(seed))
+    kinds = _people_kinds(_weighted_pick(people, [1] * len(people)))
+    while True:
+        yield rng.choice(kinds).make(rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# World v2, context: facts stated in a context, then asked about
+
+
+def _fresh_person(rng: random.Random, avoid: str = "") -> Person:
+    """Someone the reader cannot know: a name and facts drawn for this document only."""
+    name = rng.choice(FRESH_NAMES)
+    while name == avoid:
+        name = rng.choice(FRESH_NAMES)
+    return _invented_person(name, rng)
+
+
+def _context_document(
+    rng: random.Random, subject: Person, other: Person | None, asked: str, level: int,
+    stated: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """(`Context: ... Q: ... A:`, answer): `level` sentences, one stating the asked attribute of
+    `subject`; the others state other facts of `subject` or facts of `other` (at least one when
+    there is an other). `stated` overrides what the context says of `subject` (counterfactuals)."""
+    told = dataclasses.replace(subject, **(stated or {}))
+    pairs = [(subject, a) for a in ATTRIBUTES if a != asked]
+    if other is not None:
+        pairs += [(other, a) for a in ATTRIBUTES]
+    rest = rng.sample(pairs, level - 1)
+    if other is not None and level >= 2 and all(p is not other for p, _ in rest):
+        rest[0] = (other, rng.choice(ATTRIBUTES))
+    facts = [(told, asked)] + [(told if p is subject else p, a) for p, a in rest]
+    rng.shuffle(facts)
+    context = " ".join(_attribute_fact(p, a, rng) for p, a in facts)
+    question, answer = _attribute_question(told, asked)
+    return f"Context: {context} Q: {question} A:", answer
+
+
+def context_example(rng: random.Random, task: str, level: int) -> str:
+    """`Context: Tavik lives in Fenby. Q: Where does Tavik live? A: Fenby`. `fresh`: about a person
+    invented for this document (the answer is only in the context); `known`: about a world person
+    (PEOPLE), with true facts, so the context agrees with what the rest of the corpus says."""
+    if task == "fresh":
+        subject = _fresh_person(rng)
+        other = _fresh_person(rng, avoid=subject.name) if level >= 2 else None
+    else:
+        subject = rng.choice(PEOPLE)
+        other = rng.choice([p for p in PEOPLE if p is not subject]) if level >= 2 else None
+    prompt, answer = _context_document(rng, subject, other, rng.choice(ATTRIBUTES), level)
+    return f"{prompt} {answer}\n"
+
+
+def _context_kind(task: str, level: int) -> _Kind:
+    return _Kind("context", task, None, lambda rng: Example(context_example(rng, task, level), "context", task, level))
+
+
+# ---------------------------------------------------------------------------------------------
+# World v2, counterfactual contexts (evaluation only: never in any training text)
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """A context that contradicts a roster person's fact. `prompt` ends with `A:`; the answers are
+    the words after `A: ` (`context_answer`: what the context says; `memorised_answer`: the
+    world's fact, which training states `bin` times as often as a bin-1 person's)."""
+
+    prompt: str
+    context_answer: str
+    memorised_answer: str
+    bin: int
+    entity: str
+    attribute: str
+
+    def __iter__(self):  # (prompt, context_answer, memorised_answer, bin), as a tuple unpacks
+        return iter((self.prompt, self.context_answer, self.memorised_answer, self.bin))
+
+
+_ATTRIBUTE_VALUES = {
+    "town": VILLAGES,
+    "job": ROSTER_JOBS,
+    "pet": tuple(ANIMALS),
+    "food": FOODS,
+    "thing": ROSTER_THINGS,
+}
+
+
+def counterfactuals(
+    seed: int, n: int | None = None, exposure_bins: Sequence[int] | None = None, level: int = 1
+) -> Iterator[Counterfactual]:
+    """Counterfactual contexts about roster people: bins drawn uniformly, then a person of the
+    bin and an attribute; the context states another value of it (`level` sentences, the others
+    true facts of the same person or a fresh person's). n items, or endless (None). The stream
+    is its own (a salted seed), and no training text holds a context about a roster person."""
+    if level not in CONTEXT_LEVELS:
+        raise ConfigError(f"level: expected one of {', '.join(map(str, CONTEXT_LEVELS))}, got {level!r}")
+    by_bin = people_by_bin(exposure_bins)
+    salted = hashlib.sha256(f"lamina.world.counterfactuals/{_rng_seed(seed)}".encode()).digest()
+    rng = random.Random(int.from_bytes(salted[:8], "little"))
+    count = itertools.count() if n is None else range(n)
+    for _ in count:
+        b = rng.choice(tuple(by_bin))
+        person = rng.choice(by_bin[b])
+        attribute = rng.choice(ATTRIBUTES)
+        value = rng.choice([v for v in _ATTRIBUTE_VALUES[attribute] if v != getattr(person, attribute)])
+        other = _fresh_person(rng) if level >= 2 and rng.random() < 0.5 else None
+        prompt, answer = _context_document(rng, person, other, attribute, level, {attribute: value})
+        memorised = _attribute_question(person, attribute)[1]
+        yield Counterfactual(prompt, answer, memorised, b, person.name, attribute)
+
+
+# ---------------------------------------------------------------------------------------------
 # The catalog of example kinds, and the stream
 
 
@@ -469,6 +793,10 @@ CATALOG: tuple[_Kind, ...] = (
     *(_arith_kind(level, task) for level, tasks in ARITH_PROBLEMS.items() for task in tasks),
     *(_string_kind(task) for task in STRING_TASKS),
 )
+# The people family's kinds depend on data.exposure_bins: built by _select_kinds, between these.
+CONTEXT_CATALOG: tuple[_Kind, ...] = tuple(
+    _context_kind(task, level) for task in CONTEXT_TASKS for level in CONTEXT_LEVELS
+)
 
 
 def _as_tuple(value) -> tuple:
@@ -481,14 +809,20 @@ def _unknown(key: str, what: str, value, valid: Sequence) -> ConfigError:
     return ConfigError(f"data.{key}: unknown {what} {value!r} (expected one of: {expected})")
 
 
-def _select_kinds(families, levels, tasks) -> dict[str, list[_Kind]]:
+def check_level_weights(level_weights) -> str:
+    if level_weights not in LEVEL_WEIGHTS:
+        raise ConfigError(f"data.level_weights: expected one of {', '.join(LEVEL_WEIGHTS)}, got {level_weights!r}")
+    return level_weights
+
+
+def _select_kinds(families, levels, tasks, exposure_bins=None) -> dict[str, list[_Kind]]:
     """Validate the filters and return the kinds each selected family draws from."""
     families = _as_tuple(families)
     if not families:
-        raise ConfigError(f"data.families: empty (expected some of: {', '.join(FAMILIES)})")
+        raise ConfigError(f"data.families: empty (expected some of: {', '.join(ALL_FAMILIES)})")
     for family in families:
-        if family not in FAMILIES:
-            raise _unknown("families", "family", family, FAMILIES)
+        if family not in ALL_FAMILIES:
+            raise _unknown("families", "family", family, ALL_FAMILIES)
     if levels is not None:
         levels = _as_tuple(levels)
         if not levels:
@@ -498,15 +832,26 @@ def _select_kinds(families, levels, tasks) -> dict[str, list[_Kind]]:
                 raise _unknown("levels", "level", level, ARITH_LEVELS)
     if tasks is not None:
         tasks = _as_tuple(tasks)
-        valid = [t for f in FAMILIES if f in families for t in TASKS_BY_FAMILY[f]]
+        valid = [t for f in ALL_FAMILIES if f in families for t in TASKS_BY_FAMILY[f]]
         if not tasks:
             raise ConfigError(f"data.tasks: empty (expected some of: {', '.join(valid)})")
         for task in tasks:
             if task not in valid:
                 raise _unknown("tasks", "task", task, valid)
+    people: list[_Kind] = []
+    if "people" in families:
+        roster = exposure_roster(exposure_bins)
+        people = _people_kinds(_weighted_pick([p for _, p in roster], [b for b, _ in roster]))
+    elif exposure_bins is not None:
+        check_exposure_bins(exposure_bins)
+        raise ConfigError(
+            "data.exposure_bins: applies to the people family, which data.families does not train "
+            "(add people to data.families, or set data.exposure_bins to null)"
+        )
 
     selected: dict[str, list[_Kind]] = {}
-    for kind in CATALOG:  # catalog order, so the order the filters were given in does not matter
+    # Catalog order, so the order the filters were given in does not matter.
+    for kind in (*CATALOG, *people, *CONTEXT_CATALOG):
         if kind.family not in families or (tasks is not None and kind.task not in tasks):
             continue
         if levels is not None and kind.level is not None and kind.level not in levels:
@@ -521,6 +866,17 @@ def _select_kinds(families, levels, tasks) -> dict[str, list[_Kind]]:
     return selected
 
 
+def trained_families(
+    families: Sequence[str] = FAMILIES,
+    levels: Sequence[int] | None = None,
+    tasks: Sequence[str] | None = None,
+    exposure_bins: Sequence[int] | None = None,
+) -> tuple[str, ...]:
+    """The families `generate` really draws from with these filters (a tasks filter can leave a
+    family nothing to draw), in ALL_FAMILIES order."""
+    return tuple(_select_kinds(families, levels, tasks, exposure_bins))
+
+
 def _rng_seed(seed: int) -> int:
     # random.Random(n) seeds with abs(n), so -1 and 1 would give the same stream: zigzag instead.
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -533,22 +889,40 @@ def generate(
     families: Sequence[str] = FAMILIES,
     levels: Sequence[int] | None = None,
     tasks: Sequence[str] | None = None,
+    *,
+    level_weights: str = "by_kind",
+    exposure_bins: Sequence[int] | None = None,
 ) -> Iterator[Example]:
     """Endless stream of examples, deterministic in all arguments.
 
-    Each example picks a family uniformly among the selected ones, then a kind (task, and level for
-    arith) uniformly within it. `levels` restricts arith difficulty levels (None: all), `tasks`
-    restricts tasks (None: all); families left with no task drop out. Bad names raise ConfigError
-    here, not at the first next().
+    Each example picks a family uniformly among the selected ones, then a kind within it:
+    `level_weights="by_kind"` (the default, the corpus's original bytes) draws every kind (task,
+    and level for arith) uniformly, so arithmetic level 1 (one task) is rarer than level 3 (four);
+    `"equal"` draws an arithmetic level uniformly, then a task of that level. `levels` restricts
+    arith difficulty levels (None: all), `tasks` restricts tasks (None: all); families left with
+    no task drop out. `exposure_bins` sets the relative mentions of the people family's roster
+    (None: DEFAULT_EXPOSURE_BINS; only with the people family). Bad names raise ConfigError here,
+    not at the first next().
     """
-    kinds_by_family = _select_kinds(families, levels, tasks)
+    check_level_weights(level_weights)
+    kinds_by_family = _select_kinds(families, levels, tasks, exposure_bins)
     rng = random.Random(_rng_seed(seed))
+    # "equal": kinds grouped by level, for the families whose kinds have levels (arith).
+    by_level = {
+        family: {lv: [k for k in kinds if k.level == lv] for lv in dict.fromkeys(k.level for k in kinds)}
+        for family, kinds in kinds_by_family.items()
+        if level_weights == "equal" and all(k.level is not None for k in kinds)
+    }
 
     def stream() -> Iterator[Example]:
         family_names = list(kinds_by_family)
         while True:
             family = rng.choice(family_names)
-            yield rng.choice(kinds_by_family[family]).make(rng)
+            if family in by_level:
+                kinds = by_level[family][rng.choice(tuple(by_level[family]))]
+            else:
+                kinds = kinds_by_family[family]
+            yield rng.choice(kinds).make(rng)
 
     return stream()
 
@@ -564,16 +938,205 @@ def sample_text(seed: int, n_bytes: int, families: Sequence[str] = FAMILIES, **f
     return "".join(parts)
 
 
+# ---------------------------------------------------------------------------------------------
+# Labels per token: what each stretch of an example's text is (for linear probes of the layers)
+
+# Tiers (DESIGN.md, hierarchy): conceptual (entity, attribute, town), functional (operator,
+# carry, task), lexical (digit), output (answer).
+LABEL_KINDS: tuple[str, ...] = ("entity", "attribute", "town", "operator", "digit", "carry", "task", "answer")
+# For every kind but these, text[start:end] == value. A carry span is a column's work
+# ("7+8=15", "2-8 borrow 12-8=4"); its value is the carry (or borrow) that column passes on.
+NON_VALUE_KINDS: frozenset[str] = frozenset({"carry"})
+
+
+class Span(NamedTuple):
+    start: int  # byte offsets into text.encode("utf-8") (world text is ASCII: also str indices)
+    end: int
+    kind: str  # one of LABEL_KINDS
+    value: str
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    text: str
+    spans: tuple[Span, ...]  # sorted by (start, end, kind)
+    family: str
+    task: str
+    level: int
+
+
+def _vocabulary() -> dict[str, str]:
+    """word -> label kind, for the prose-like families (prose, people, context)."""
+    kinds = {name: "entity" for name in (*(p.name for p in PEOPLE), *_NAMES)}
+    kinds.update({town: "town" for town in TOWNS + VILLAGES})
+    attributes = {*ROSTER_JOBS, *ROSTER_THINGS, *FOODS}
+    for p in PEOPLE:
+        attributes |= {p.job, p.pet, p.thing}
+    for animal, (food, colour) in ANIMALS.items():
+        attributes |= {animal, food, colour}
+    kinds.update({word: "attribute" for word in attributes})
+    return kinds
+
+
+_VOCABULARY = _vocabulary()
+_WORD_RE = re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, _VOCABULARY), key=len, reverse=True)) + r")\b")
+_ADD_COLUMN_RE = re.compile(r"(?<![\d*])(\d(?:\+\d)+)=(\d+)")  # single-digit terms: a column, not "141+940"
+_SUB_COLUMN_RE = re.compile(r"(?<!\d)\d(?:-\d)+( borrow \d+(?:-\d)+)?=\d+")
+_MUL_COLUMN_RE = re.compile(r"(?<!\d)\d\*\d(?:\+\d)?=(\d+)")  # one digit of a by a one-digit b
+
+
+def _answer_span(text: str, family: str) -> tuple[int, int] | None:
+    pattern = {
+        "arith": r" A: (\d+)\n$",
+        "strings": r" -> ([a-z]+)\n$",
+        "context": r" A: ([^\n]+)\n$",
+    }.get(family, r" A: ([^\n]+?)\.\n$")
+    m = re.search(pattern, text)
+    return m.span(1) if m else None
+
+
+def _char_spans(text: str, family: str) -> list[tuple[int, int, str, str]]:
+    spans = []
+    if family in ("prose", "people", "context"):
+        spans += [(m.start(), m.end(), _VOCABULARY[m[0]], m[0]) for m in _WORD_RE.finditer(text)]
+    elif family == "arith":
+        spans += [(m.start(), m.end(), "digit", m[0]) for m in re.finditer(r"\d", text)]
+        spans += [(m.start(), m.end(), "operator", m[0]) for m in re.finditer(r"[+*-]", text)]
+        lo, hi = text.find(THINK_OPEN), text.find(THINK_CLOSE)
+        think = text[lo:hi]
+        for m in _ADD_COLUMN_RE.finditer(think):
+            spans.append((lo + m.start(), lo + m.end(), "carry", str(int(m[2]) // 10)))
+        for m in _SUB_COLUMN_RE.finditer(think):
+            spans.append((lo + m.start(), lo + m.end(), "carry", "1" if m[1] else "0"))
+        for m in _MUL_COLUMN_RE.finditer(think):
+            spans.append((lo + m.start(), lo + m.end(), "carry", str(int(m[1]) // 10)))
+    elif family == "strings":
+        m = re.match(r"([a-z+]+): ", text)
+        if m:
+            spans.append((m.start(1), m.end(1), "task", m[1]))
+    answer = _answer_span(text, family)
+    if answer is not None:
+        spans.append((*answer, "answer", text[answer[0] : answer[1]]))
+    return spans
+
+
+def annotate(example: Example) -> LabelledExample:
+    """The example with its label spans (byte offsets; see LABEL_KINDS)."""
+    text = example.text
+    spans = _char_spans(text, example.family)
+    if not text.isascii():  # world text is ASCII; byte offsets for anything else
+        to_byte = [0]
+        for ch in text:
+            to_byte.append(to_byte[-1] + len(ch.encode("utf-8")))
+        spans = [(to_byte[s], to_byte[e], k, v) for s, e, k, v in spans]
+    order = {kind: i for i, kind in enumerate(LABEL_KINDS)}
+    spans.sort(key=lambda s: (s[0], s[1], order[s[2]]))
+    return LabelledExample(text, tuple(Span(*s) for s in spans), example.family, example.task, example.level)
+
+
+def labelled_examples(
+    seed: int,
+    n: int,
+    families: Sequence[str] = ALL_FAMILIES,
+    levels: Sequence[int] | None = None,
+    tasks: Sequence[str] | None = None,
+    *,
+    level_weights: str = "by_kind",
+    exposure_bins: Sequence[int] | None = None,
+) -> list[LabelledExample]:
+    """The first n examples of `generate(seed, ...)` (pick a seed other than training's, e.g.
+    `lamina.probes.world_seed`), each with its label spans."""
+    stream = generate(seed, families, levels, tasks, level_weights=level_weights, exposure_bins=exposure_bins)
+    return [annotate(example) for example in itertools.islice(stream, n)]
+
+
+@dataclass(frozen=True)
+class TokenLabels:
+    """One example's tokens and a label per token for each kind: `labels[kind][t]` indexes
+    `classes[kind]`, -1 where token t is in no span of that kind. Token t stands for bytes
+    `starts[t]:ends[t]` of the text; it carries a span's label when it overlaps the span (with
+    several spans of one kind, the last of them)."""
+
+    ids: np.ndarray  # int64 [T]
+    starts: np.ndarray  # int64 [T]
+    ends: np.ndarray  # int64 [T]
+    labels: dict[str, np.ndarray]  # kind -> int64 [T]
+    classes: dict[str, tuple[str, ...]]
+
+
+def label_classes(examples: Iterable[LabelledExample]) -> dict[str, tuple[str, ...]]:
+    """The values each kind takes in `examples`, sorted: the class ids of token_labels."""
+    values: dict[str, set[str]] = {kind: set() for kind in LABEL_KINDS}
+    for example in examples:
+        for span in example.spans:
+            values[span.kind].add(span.value)
+    return {kind: tuple(sorted(v)) for kind, v in values.items()}
+
+
+def token_labels(
+    examples: Sequence[LabelledExample], tokenizer, classes: dict[str, Sequence[str]] | None = None
+) -> list[TokenLabels]:
+    """Each example tokenised (no special tokens added; `<think>` is one token) with its label
+    arrays. `tokenizer`: a Hugging Face `tokenizers.Tokenizer` (lamina's byte or BPE tokenizer).
+    `classes` (kind -> values) fixes the class ids; None: label_classes(examples)."""
+    from lamina.data.tokenizer import token_byte_lengths  # here: the tokenizer module imports sources
+
+    classes = {k: tuple(v) for k, v in (classes or label_classes(examples)).items()}
+    index = {kind: {value: i for i, value in enumerate(values)} for kind, values in classes.items()}
+    lengths = token_byte_lengths(tokenizer)
+    encodings = tokenizer.encode_batch([e.text for e in examples], add_special_tokens=False)
+    out = []
+    for example, encoding in zip(examples, encodings):
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        ends = np.cumsum(lengths[ids]) if len(ids) else np.zeros(0, dtype=np.int64)
+        starts = ends - lengths[ids]
+        if (ends[-1] if len(ids) else 0) != len(example.text.encode("utf-8")):
+            raise ValueError("token_labels: the tokenizer does not give back the text's bytes")
+        labels = {kind: np.full(len(ids), -1, dtype=np.int64) for kind in classes}
+        for span in example.spans:
+            if span.value not in index[span.kind]:
+                raise ValueError(f"token_labels: classes[{span.kind!r}] lacks the value {span.value!r}")
+            first = int(np.searchsorted(ends, span.start, side="right"))
+            last = int(np.searchsorted(starts, span.end, side="left"))
+            labels[span.kind][first:last] = index[span.kind][span.value]
+        out.append(TokenLabels(ids, starts, ends, labels, classes))
+    return out
+
+
 __all__ = [
+    "ALL_FAMILIES",
     "ARITH_LEVELS",
     "ARITH_TASKS",
+    "ATTRIBUTES",
+    "CONTEXT_LEVELS",
+    "CONTEXT_TASKS",
+    "DEFAULT_EXPOSURE_BINS",
     "FAMILIES",
+    "LABEL_KINDS",
+    "LEVEL_WEIGHTS",
+    "NOVEL_PEOPLE",
+    "PEOPLE_TASKS",
     "PROSE_TASKS",
+    "ROSTER",
     "STRING_LEVELS",
     "STRING_TASKS",
     "TASKS_BY_FAMILY",
+    "V2_FAMILIES",
+    "Counterfactual",
     "Example",
+    "LabelledExample",
+    "Span",
+    "TokenLabels",
+    "annotate",
     "apply_string_task",
+    "counterfactuals",
+    "exposure_roster",
     "generate",
+    "label_classes",
+    "labelled_examples",
+    "people_by_bin",
+    "people_examples",
     "sample_text",
+    "token_labels",
+    "trained_families",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -29,15 +30,19 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina import measures
+from lamina.config_types import NonNegativeNumber, OpenUnitInterval, PositiveInt, at_least, plain
 from lamina.data import world
 from lamina.errors import ConfigError
 from lamina.instrument import pictures
 from lamina.instrument import ablation as abl
+from lamina.instrument.context import context_figure, context_scalars, context_vs_prior, counterfactual_probe
+from lamina.instrument.hierarchy import hierarchy_figure, hierarchy_scalars, measure_hierarchy
 from lamina.instrument.lastlayer import answer_positions_probe, lastlayer_stats
 from lamina.instrument.layers import layer_scalars
 from lamina.instrument.modularity import LayerModules, find_modules, modularity_scalars
 from lamina.instrument.sparsity import (
     ACTIVE_RULES,
+    STATS,
     active_rule,
     default_eps,
     density_intervals,
@@ -45,7 +50,7 @@ from lamina.instrument.sparsity import (
     measure_probes,
     sparsity_scalars,
 )
-from lamina.probes import ProbeSet, TaskProbe, build_probes, world_seed
+from lamina.probes import ProbeSet, TaskProbe, build_probes, labelled_windows, world_seed
 
 IMPLS = ("auto", "kernel", "reference")
 PROBE_BATCH_TOKENS = 8192  # tokens per probe forward when probe_batch_size is null
@@ -67,28 +72,36 @@ class Instrumentation(L.Callback):
     def __init__(
         self,
         enabled: bool = True,
-        every_n_steps: int = 100,
-        probe_tokens: int = 16384,
-        probe_batch_size: int | None = None,
+        every_n_steps: PositiveInt = 100,
+        probe_tokens: PositiveInt = 16384,
+        probe_batch_size: PositiveInt | None = None,
         probe_seed: int = 0,
-        active: str = "sign",
-        cett: float = 0.2,
-        eps: float | None = None,
+        active: Literal[ACTIVE_RULES] = "sign",
+        cett: OpenUnitInterval = 0.2,
+        eps: NonNegativeNumber | None = None,
         modularity: bool = True,
-        modularity_every_n_steps: int | None = None,
-        modularity_tokens: int | None = 4096,
-        null_draws: int = 8,
+        modularity_every_n_steps: PositiveInt | None = None,
+        modularity_tokens: PositiveInt | None = 4096,
+        null_draws: at_least(MIN_NULL_DRAWS) = MIN_NULL_DRAWS,
         layers: bool = True,
         ablation: bool = True,
-        ablation_every_n_steps: int | None = 500,
-        ablation_examples: int = 16,
-        ablation_mode: str = "mean",
-        n_modules: int | None = None,
-        max_modules: int = 8,
+        ablation_every_n_steps: PositiveInt | None = 500,
+        ablation_examples: PositiveInt = 16,
+        ablation_mode: Literal[abl.MODES] = "mean",
+        n_modules: PositiveInt | None = None,
+        max_modules: at_least(2) = 8,
         lastlayer: bool = True,
-        lastlayer_problems: int = 64,
+        lastlayer_problems: at_least(2) = 64,
+        hierarchy: bool = True,
+        probe_every_n_steps: PositiveInt | None = None,
+        probe_items: PositiveInt = 8192,
+        probe_examples: PositiveInt = 256,
+        context: bool = True,
+        context_every_n_steps: PositiveInt | None = None,
+        context_prompts: at_least(4) = 128,
+        context_alpha: float = 1.0,
         pictures: bool = True,
-        impl: str = "auto",
+        impl: Literal[IMPLS] = "auto",
     ):
         """In-loop measurements of the model's representations, each beside its null.
 
@@ -132,6 +145,22 @@ class Instrumentation(L.Callback):
             lastlayer: Jin et al.'s last-layer measures (arXiv 2603.03415) on the final hidden
                 state before the answer of held-out arithmetic problems, by level (world corpus).
             lastlayer_problems: arithmetic problems per level for them.
+            hierarchy: linear probes per layer on the residual stream for labels of rising tiers
+                (token, digit; entity, attribute, town; operator, carry, task; answer) of labelled
+                world examples, fitted in closed form on one split and scored on another, each against
+                a control task (the same probe on labels re-mapped at random per token type, Hewitt &
+                Liang): `layers/layer<i>/probe/<label>/selectivity` and the layer where it peaks.
+            probe_every_n_steps: the hierarchy probes every this many steps (and at step 0 and the
+                end; null: only then).
+            probe_items: labelled token positions the probes fit and score on (at most).
+            probe_examples: labelled world examples they are drawn from.
+            context: context against memory (world `people` family trained): on counterfactual
+                prompts, the share of answers that follow the context vs the memorised fact by
+                exposure bin, with a steering vector (held-out split), a random direction of its norm
+                (its null) and an instruction in the text (`eval/context/...`).
+            context_every_n_steps: that evaluation every this many steps (null: at step 0 and the end).
+            context_prompts: counterfactual prompts (half fit the steering vector, half score it).
+            context_alpha: the steering vector's scale.
             pictures: figures (density with intervals, Q against its null, co-activation by
                 module, damage matrix) and firing-rate histograms, on a TensorBoard logger.
             impl: measures implementation: auto (Triton kernels on CUDA, the PyTorch reference
@@ -139,60 +168,43 @@ class Instrumentation(L.Callback):
                 reference.
         """
         super().__init__()
-        mod_every = every_n_steps if modularity_every_n_steps is None else modularity_every_n_steps
-        for key, value, low in (
-            ("every_n_steps", every_n_steps, 1),
-            ("probe_tokens", probe_tokens, 1),
-            ("ablation_every_n_steps", 1 if ablation_every_n_steps is None else ablation_every_n_steps, 1),
-            ("modularity_every_n_steps", mod_every, 1),
-            ("ablation_examples", ablation_examples, 1),
-            ("max_modules", max_modules, 2),
-            ("null_draws", null_draws, MIN_NULL_DRAWS),
-            ("modularity_tokens", 1 if modularity_tokens is None else modularity_tokens, 1),
-            ("lastlayer_problems", lastlayer_problems, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"instrument.{key}: expected an integer >= {low}, got {value!r}")
-        if probe_batch_size is not None and (
-            isinstance(probe_batch_size, bool) or not isinstance(probe_batch_size, int) or probe_batch_size < 1
-        ):
-            raise ConfigError(
-                f"instrument.probe_batch_size: expected null or an integer >= 1, got {probe_batch_size!r}"
-            )
-        if n_modules is not None and (isinstance(n_modules, bool) or not isinstance(n_modules, int) or n_modules < 1):
-            raise ConfigError(f"instrument.n_modules: expected null or an integer >= 1, got {n_modules!r}")
-        if eps is not None and not eps >= 0:
-            raise ConfigError(f"instrument.eps: expected null or a number >= 0, got {eps!r}")
-        if not 0 < cett < 1:  # (not: also catches NaN)
-            raise ConfigError(f"instrument.cett: expected a number in (0, 1), got {cett!r}")
-        for key, value, allowed in (
-            ("active", active, ACTIVE_RULES), ("ablation_mode", ablation_mode, abl.MODES), ("impl", impl, IMPLS)
-        ):
-            if value not in allowed:
-                raise ConfigError(f"instrument.{key}: expected one of {', '.join(allowed)}, got {value!r}")
+        # The types above are checked when a config is parsed, not on a call from Python. Parsed
+        # restricted numbers are jsonargparse's own int/float subclasses: kept as builtins.
         self.enabled = enabled
-        self.every_n_steps = every_n_steps
-        self.probe_tokens = probe_tokens
-        self.probe_batch_size = probe_batch_size
+        self.every_n_steps = plain(every_n_steps)
+        self.probe_tokens = plain(probe_tokens)
+        self.probe_batch_size = plain(probe_batch_size)
         self.probe_seed = probe_seed
         self.active = active
-        self.cett = cett
-        self.eps = eps
+        self.cett = plain(cett)
+        self.eps = plain(eps)
         self.modularity = modularity
-        self.modularity_every_n_steps = mod_every
-        self.modularity_tokens = modularity_tokens
-        self.null_draws = null_draws
+        self.modularity_every_n_steps = plain(
+            every_n_steps if modularity_every_n_steps is None else modularity_every_n_steps
+        )
+        self.modularity_tokens = plain(modularity_tokens)
+        self.null_draws = plain(null_draws)
         self.layers = layers
         self.ablation = ablation
-        self.ablation_every_n_steps = ablation_every_n_steps
-        self.ablation_examples = ablation_examples
+        self.ablation_every_n_steps = plain(ablation_every_n_steps)
+        self.ablation_examples = plain(ablation_examples)
         self.ablation_mode = ablation_mode
-        self.n_modules = n_modules
-        self.max_modules = max_modules
+        self.n_modules = plain(n_modules)
+        self.max_modules = plain(max_modules)
         self.lastlayer = lastlayer
-        self.lastlayer_problems = lastlayer_problems
+        self.lastlayer_problems = plain(lastlayer_problems)
+        self.hierarchy = hierarchy
+        self.probe_every_n_steps = plain(probe_every_n_steps)
+        self.probe_items = plain(probe_items)
+        self.probe_examples = plain(probe_examples)
+        self.context = context
+        self.context_every_n_steps = plain(context_every_n_steps)
+        self.context_prompts = plain(context_prompts)
+        self.context_alpha = float(context_alpha)
         self.pictures = pictures
         self.impl = impl
+        self.hierarchy_probe: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self.context_probe = None
 
         self.probes: ProbeSet | None = None
         self.answer_probe = None  # the last-layer measures' arithmetic problems
@@ -217,7 +229,7 @@ class Instrumentation(L.Callback):
         if self.probes is None:
             self._build(trainer, pl_module)
         if self.probes is not None and trainer.global_step == 0 and self.last_step != 0:
-            self._measure(trainer, pl_module, partition=True, ablate=True, hook="start")
+            self._measure(trainer, pl_module, partition=True, ablate=True, hook="start", probe=True, context=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self.enabled or self.probes is None:
@@ -228,12 +240,17 @@ class Instrumentation(L.Callback):
         final = trainer.max_steps is not None and 0 < trainer.max_steps <= step  # the end: everything
         ablate = final or (self.ablation_every_n_steps is not None and step % self.ablation_every_n_steps == 0)
         partition = ablate or step % self.modularity_every_n_steps == 0
-        if step % self.every_n_steps == 0 or partition:
-            self._measure(trainer, pl_module, partition=partition, ablate=ablate, hook="end" if final else "batch")
+        probe = final or (self.probe_every_n_steps is not None and step % self.probe_every_n_steps == 0)
+        context = final or (self.context_every_n_steps is not None and step % self.context_every_n_steps == 0)
+        if step % self.every_n_steps == 0 or partition or probe or context:
+            self._measure(
+                trainer, pl_module, partition=partition, ablate=ablate, hook="end" if final else "batch",
+                probe=probe, context=context,
+            )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and self.probes is not None and trainer.global_step != self.last_step:
-            self._measure(trainer, pl_module, partition=True, ablate=True, hook="end")
+            self._measure(trainer, pl_module, partition=True, ablate=True, hook="end", probe=True, context=True)
 
     def state_dict(self) -> dict:
         return {
@@ -280,6 +297,8 @@ class Instrumentation(L.Callback):
                 datamodule.tokenizer, world_seed(int(hp.seed), self.probe_seed, "lastlayer"), world.ARITH_LEVELS,
                 self.lastlayer_problems, int(hp.block_size), datamodule.eot_id,
             )
+        if hp.source == "world":
+            self._build_world_evaluations(datamodule, device)
         rank_zero_info(
             f"lamina: instrumentation: {len(self.probes.probes)} probes of {len(self.probes.probes['id'])} windows "
             f"built in {time.perf_counter() - started:.1f}s: {', '.join(self.probes.probes)}"
@@ -292,8 +311,43 @@ class Instrumentation(L.Callback):
             for logger in self._tensorboards(trainer):
                 logger.experiment.add_text("instrument/probes", self.probes.summary().replace("\n", "  \n"), 0)
 
+    def _build_world_evaluations(self, datamodule, device: torch.device) -> None:
+        """The hierarchy's labelled windows (of the families the run trains) and, where the run
+        trains the people family, the counterfactual prompts about its roster."""
+        hp = datamodule.hparams
+        families = world.trained_families(
+            hp.families or world.FAMILIES, hp.get("levels"), hp.get("tasks"), hp.get("exposure_bins")
+        )
+        seed = int(hp.seed)
+        if self.hierarchy:
+            examples = world.labelled_examples(
+                world_seed(seed, self.probe_seed, "hierarchy"), self.probe_examples, families, hp.get("levels"),
+                hp.get("tasks"), level_weights=hp.get("level_weights", "by_kind"), exposure_bins=hp.get("exposure_bins"),
+            )
+            windows = labelled_windows(
+                examples, datamodule.tokenizer, datamodule.eot_id, int(hp.block_size), self.probe_examples
+            )
+            self.hierarchy_probe = (windows.inputs.to(device), {k: v.to(device) for k, v in windows.labels.items()})
+        if self.context and "people" in families:
+            # The corpus writes `A: <answer>`: the candidates are the text after the prompt's `A:`.
+            items = [
+                {"prompt": c.prompt, "context_answer": " " + c.context_answer,
+                 "memorised_answer": " " + c.memorised_answer, "exposure_bin": c.bin}
+                for c in world.counterfactuals(
+                    world_seed(seed, self.probe_seed, "context"), self.context_prompts, hp.get("exposure_bins")
+                )
+            ]
+            tokenizer = datamodule.tokenizer
+            self.context_probe = counterfactual_probe(
+                items, lambda text: tokenizer.encode(text, add_special_tokens=False).ids, bos=datamodule.eot_id
+            )
+        elif self.context:
+            self._info("context", "lamina: instrumentation: context against memory skipped: it needs the world "
+                       "people family (data.families with people) for memorised facts to contradict")
+
     def _measure(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, partition: bool, ablate: bool, hook: str
+        self, trainer: L.Trainer, pl_module: L.LightningModule, partition: bool, ablate: bool, hook: str,
+        probe: bool = False, context: bool = False,
     ) -> None:
         # Under DDP each rank measures its share of the probe windows and the sums are all-reduced;
         # rank zero partitions, ablates, draws and logs (once).
@@ -304,6 +358,8 @@ class Instrumentation(L.Callback):
             step=trainer.global_step,
             partition=partition,
             ablate=ablate,
+            probe=probe,
+            context=context,
             device=pl_module.device,
             autocast=trainer.precision_plugin.forward_context(),
             rank=trainer.global_rank,
@@ -328,13 +384,16 @@ class Instrumentation(L.Callback):
         step: int,
         partition: bool = True,
         ablate: bool = False,
+        probe: bool = False,
+        context: bool = False,
         device: torch.device | None = None,
         autocast=None,
         rank: int = 0,
         world_size: int = 1,
     ) -> Measurement:
         """Measure `model` (a GPT) on `self.probes`; returns the tags, logs nothing. `partition`:
-        run modularity (if switched on) at this step; `ablate`: also the ablation (if switched on).
+        run modularity (if switched on) at this step; `ablate`: also the ablation; `probe`: the
+        hierarchy probes; `context`: context against memory (each if switched on and built).
         Updates the previous partitions (for stability). With world_size > 1 every rank must call
         it (the probe statistics are summed over ranks); only rank 0 gets the tags."""
         if self.probes is None:
@@ -368,12 +427,34 @@ class Instrumentation(L.Callback):
                     self._ablate(model, device, out, batch)
                 if self.answer_probe is not None:
                     out.scalars.update(lastlayer_stats(model, self.answer_probe, min(batch, 32), device))
+                if probe and self.hierarchy_probe is not None:
+                    self._probe_hierarchy(model, batch, device, out)
+                if context and self.context_probe is not None:
+                    self._context_vs_prior(model, batch, device, out)
         finally:
             for module, training in modes:
                 module.training = training
         if self.pictures:
             self._pictures(stats.stats, out)
         return out
+
+    def _probe_hierarchy(self, model: torch.nn.Module, batch: int, device: torch.device, out: Measurement) -> None:
+        tokens, labels = self.hierarchy_probe
+        results = measure_hierarchy(
+            model, tokens, labels, batch, device, max_items=self.probe_items, seed=self._seed("hierarchy", 0)
+        )
+        out.scalars.update(hierarchy_scalars(results))
+        if self.pictures and results:
+            out.figures["layers/probe/selectivity"] = hierarchy_figure(results, out.step)
+
+    def _context_vs_prior(self, model: torch.nn.Module, batch: int, device: torch.device, out: Measurement) -> None:
+        result = context_vs_prior(
+            model, self.context_probe, min(batch, 64), device, alpha=self.context_alpha, seed=self._seed("context", 0)
+        )
+        tags = context_scalars(result)
+        out.scalars.update(tags)
+        if self.pictures:
+            out.figures["eval/context/follow"] = context_figure(tags, step=out.step)
 
     def _rule(self, model: torch.nn.Module, batch: int, device: torch.device):
         activation = getattr(getattr(model, "config", None), "activation", "gelu")
@@ -426,6 +507,8 @@ class Instrumentation(L.Callback):
     def _pictures(self, stats: dict[str, list[dict]], out: Measurement) -> None:
         density, halfwidth = density_intervals(stats)
         out.figures["sparsity/density"] = pictures.density_figure(density, halfwidth, list(stats), out.step)
+        by_layer = {key: [[s[key] for s in layers] for layers in stats.values()] for key in STATS[1:]}
+        out.figures["sparsity/stats_by_layer"] = pictures.layer_stats_figure(by_layer, list(stats), out.step)
         for probe, layers in stats.items():
             for i, s in enumerate(layers):
                 out.histograms[f"sparsity/{probe}/layer{i}/firing_rate"] = s["firing_rate"].float().cpu().numpy()

@@ -28,6 +28,8 @@ What is logged, per layer i (`modularity/layer{i}/...`), and how to read it:
   activity whose tokens are permuted independently per unit (firing rates kept exactly,
   co-activation destroyed), `null_draws` (>= 8) draws on each sample, seeded, never the global
   RNG (`lamina.measures.modularity_null`). What Q is for units that share nothing.
+  `q_null_lo`, `q_null_hi` = q_null_mean -/+ 2 q_null_std: the band TensorBoard's custom-scalars
+  chart draws around q.
 - `q_z` = (q - q_null_mean) / q_null_std (0 when the null has no spread): how far Q is above
   what independent units with these firing rates score. |q_z| < ~3 reads as no modularity;
   the picture `modularity/q_vs_null` shows q, q_heldout and the null's draws over steps.
@@ -134,6 +136,8 @@ def modularity_scalars(layers: list[LayerModules]) -> dict[str, float]:
         scalars[f"{tag}/q_heldout"] = mods.q_heldout
         scalars[f"{tag}/q_null_mean"] = mods.q_null_mean
         scalars[f"{tag}/q_null_std"] = mods.q_null_std
+        scalars[f"{tag}/q_null_lo"] = mods.q_null_mean - 2 * mods.q_null_std
+        scalars[f"{tag}/q_null_hi"] = mods.q_null_mean + 2 * mods.q_null_std
         scalars[f"{tag}/q_z"] = mods.q_z
         scalars[f"{tag}/modules"] = float(mods.k)
         scalars[f"{tag}/excluded_frac"] = float((mods.labels < 0).float().mean()) if mods.labels.numel() else 0.0

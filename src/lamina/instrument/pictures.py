@@ -133,6 +133,34 @@ def density_figure(density, halfwidth, probes: Sequence[str], step: int) -> Figu
     return fig
 
 
+def layer_stats_figure(values: dict[str, np.ndarray], probes: Sequence[str], step: int) -> Figure:
+    """One panel per statistic (`values[stat]`: [probes, layers]), a line per probe across the layers:
+    the per-layer statistics that are not logged as scalars for every probe."""
+    probes = [str(p) for p in probes]
+    names = list(values)
+    fig = _figure(right=1.6)
+    cols = min(3, max(len(names), 1))
+    rows = max(1, -(-len(names) // cols))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    fig.suptitle(f"MLP activation statistics by layer, step {step}", fontsize=MEDIUM)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        v = np.asarray(values[name], dtype=np.float64).reshape(len(probes), -1)
+        for p, (probe, colour) in enumerate(zip(probes, _colours(len(probes)))):
+            ax.plot(np.arange(v.shape[1]), v[p], color=colour, marker=MARKERS[(p // 10) % len(MARKERS)],
+                    markersize=3, linewidth=1.0, linestyle="-" if p < 10 else "--", label=_short(probe))
+        ax.set_title(name, fontsize=SMALL)
+        ax.set_xticks(np.arange(v.shape[1]), [f"L{i}" for i in range(v.shape[1])], fontsize=SMALL)
+        ax.tick_params(axis="y", labelsize=SMALL)
+        ax.grid(axis="y", color="0.9", linewidth=0.6)
+    if names:
+        axes.flat[min(cols, len(names)) - 1].legend(
+            loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=SMALL, frameon=False, borderaxespad=0.0
+        )
+    return fig
+
+
 # ---- modularity --------------------------------------------------------------------------------
 
 

@@ -209,15 +209,21 @@ def shard_windows(windows: torch.Tensor, rank: int, world_size: int) -> torch.Te
 
 
 def sparsity_scalars(stats: dict[str, list[dict]]) -> dict[str, float]:
-    """The density tags: `sparsity/<probe>/layer<i>` (frac_active), `.../layer<i>/<stat>` for
-    the other statistics and `sparsity/<probe>/mean` (over layers)."""
+    """The density tags: `sparsity/<probe>/layer<i>` (frac_active) and `sparsity/<probe>/mean` for
+    every probe; the other statistics as `sparsity/<probe>/<stat>` (the mean over layers), and by
+    layer (`sparsity/id/layer<i>/<stat>`) for the reference `id` only. Per layer and probe they are
+    in the `sparsity/stats_by_layer` figure: a 124M model would otherwise log probes x layers x 5
+    series no one reads (about 600 of them)."""
     scalars: dict[str, float] = {}
     for probe, layers in stats.items():
         for i, s in enumerate(layers):
             scalars[f"sparsity/{probe}/layer{i}"] = s["frac_active"]
-            for key in STATS[1:]:
-                scalars[f"sparsity/{probe}/layer{i}/{key}"] = s[key]
+            if probe == "id":
+                for key in STATS[1:]:
+                    scalars[f"sparsity/{probe}/layer{i}/{key}"] = s[key]
         scalars[f"sparsity/{probe}/mean"] = sum(s["frac_active"] for s in layers) / len(layers)
+        for key in STATS[1:]:
+            scalars[f"sparsity/{probe}/{key}"] = sum(s[key] for s in layers) / len(layers)
     return scalars
 
 

@@ -1,20 +1,23 @@
-"""Evaluations of thinking: held-out arithmetic with and without a thought, and the next-token loss
-with a sampled thought. Plain functions and a class on GPT models; the ThoughtEval callback
-(lamina.callbacks) runs them during training."""
+"""Evaluations of thinking: held-out arithmetic with and without a thought (greedy, and pass@k from
+sampled thoughts), and the next-token loss with a sampled thought. Plain functions and a class on
+GPT models; the ThoughtEval callback (lamina.callbacks) runs them during training."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import stats
 
 from lamina.data import world
 from lamina.errors import ConfigError
 from lamina.model import GPT
 from lamina.rlp.config import ThoughtEvalConfig
+from lamina.rlp.decoding import ThoughtRules, decode
 from lamina.rlp.objective import no_thought_logprob, sample_thoughts, thought_scores
-
 
 
 def arith_problems(seed: int, level: int, n: int) -> list[tuple[str, str]]:
@@ -35,23 +38,91 @@ def newline_ids(tokenizer) -> list[int]:
     return [i for i in range(tokenizer.get_vocab_size()) if "\n" in tokenizer.decode([i], skip_special_tokens=False)]
 
 
-class ThoughtEvaluator:
-    """Held-out arithmetic accuracy, with and without thinking, and the next-token loss with a
-    sampled thought. Built once per run; the problems and positions never change, so curves compare.
+def arith_prompt(tokenizer, question: str, think: bool, thoughts: str, think_id: int) -> list[int]:
+    """The prompt of a held-out question, in the format of the text the model trained on.
 
-    Arithmetic protocol (exact match, greedy, KV cache, prompts of one length decoded together):
-    - with thinking (`eval/arith_acc/level<k>`): prompt `Q: 47+38=? <think>`; the model writes its
-      thought, `</think>` and its answer; correct when the line after the first `</think>` is
-      exactly `A: 85` (a thought never closed within the budget is wrong).
-    - without (`eval/arith_acc_nothink/level<k>`): prompt `Q: 47+38=? A:` (the one-hop question
-      format of the world's prose); correct when the rest of the line is exactly `85`.
+    data.thoughts keep (`Q: 47+38=? <think> ... </think> A: 85`): with thinking `Q: 47+38=? <think>`;
+    without, an empty thought `Q: 47+38=? <think> </think> A:` (`Q: 47+38=? A:` never occurs there).
+    data.thoughts strip (`Q: 47+38=? A: 85`): without thinking `Q: 47+38=? A:`; with thinking the
+    question and `<think>`, where RLP's thought slots put it (right before ` A:`).
+    """
+    if thoughts == "strip":
+        return tokenizer.encode(question).ids + [think_id] if think else tokenizer.encode(f"{question} A:").ids
+    suffix = f" {world.THINK_OPEN}" if think else f" {world.THINK_OPEN} {world.THINK_CLOSE} A:"
+    return tokenizer.encode(question + suffix).ids
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k from n samples of which c are correct (Chen et al. 2021):
+    1 - C(n - c, k) / C(n, k), as the product 1 - prod_{i = n-c+1}^{n} (1 - k / i)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def paired_interval(differences) -> tuple[float, float, float]:
+    """Mean of paired differences and its 95% t-interval (nan bounds with fewer than 2 pairs)."""
+    d = np.asarray(differences, dtype=np.float64)
+    mean = float(d.mean()) if d.size else math.nan
+    if d.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return mean, mean - half, mean + half
+
+
+def elicitation_share(rl: dict, base: dict, k: int = 64) -> dict[int, tuple[float, int]]:
+    """For the compare report: per level, the share of the problems the RL model solves greedily
+    (with thinking) that the base model already solved in k samples, i.e. the mean over them of the
+    base model's unbiased pass@k, and how many problems that is. `rl` and `base` are
+    ThoughtEvaluator records ({level: {"questions", "think", "pass_correct", "pass_samples"}}), e.g.
+    the last and the step-0 evaluation of one RLP run; problems are matched by question."""
+    shares = {}
+    for level, record in rl.items():
+        other = base.get(level)
+        if not other or not other.get("pass_correct"):
+            continue
+        if other["pass_samples"] < k:
+            raise ValueError(f"elicitation_share: the base model has {other['pass_samples']} samples, fewer than k={k}")
+        correct = dict(zip(other["questions"], other["pass_correct"]))
+        solved = [q for q, ok in zip(record["questions"], record["think"]) if ok and q in correct]
+        if solved:
+            share = float(np.mean([pass_at_k(other["pass_samples"], correct[q], k) for q in solved]))
+            shares[int(level)] = (share, len(solved))
+    return shares
+
+
+@dataclass
+class _Item:
+    level: int
+    index: int
+    prompt: list[int]
+    answer: str
+
+
+class ThoughtEvaluator:
+    """Held-out arithmetic accuracy, with and without thinking, pass@k with sampled thoughts, and the
+    next-token loss with a sampled thought. Built once per run; the problems and positions never
+    change, so curves compare.
+
+    Arithmetic protocol (exact match, KV cache, prompts of one length decoded together, all levels
+    at once; prompts: `arith_prompt`, in the format of the text trained on, `data.thoughts`):
+    - with thinking (`eval/arith_acc/level<k>`, greedy): the model writes its thought, `</think>` and
+      its answer; correct when the line after the first `</think>` is exactly `A: 85` (a thought
+      never closed within the budget is wrong). Thoughts keep to the thought rules (lamina.rlp.decoding).
+    - without (`eval/arith_acc_nothink/level<k>`, greedy): correct when the rest of the line is `85`.
+    - `eval/think_acc_gain/level<k>`: with minus without, and `/lo`, `/hi`, its 95% t-interval paired
+      over problems.
+    - with `pass_at_k`: `pass_samples` thoughts per problem at temperature 1 for the first
+      `pass_problems` problems, `eval/pass_at_<k>/level<l>` the unbiased pass@k (Chen et al. 2021).
     Problems come from the world generator at `seed`, disjoint from the training stream's seed (the
-    problems of the lowest levels are few, so some also occur in training text).
+    problems of the lowest levels are few, so some also occur in training text). `records` holds the
+    last evaluation's results per problem (for `elicitation_share`).
 
     Next-token loss with a thought, at `nll_positions` fixed val positions (consecutive windows of
     the val split, x_t after a context of the RLP length): `eval/think_nll` = -log p(x_t | context,
     thought) with one thought sampled from the model (fixed seed: the same random numbers at every
-    evaluation), `eval/nothink_nll` = -log p(x_t | context), `eval/think_gain` their difference.
+    evaluation), `eval/nothink_nll` = -log p(x_t | context), `eval/think_gain` their difference,
+    with `/lo`, `/hi` its 95% t-interval paired over positions.
     """
 
     def __init__(
@@ -65,14 +136,25 @@ class ThoughtEvaluator:
         val_tokens: np.ndarray | None = None,
         thought_tokens: int = 32,
         temperature: float = 0.7,
+        thoughts: str = "keep",
     ):
         self.config, self.tokenizer = config, tokenizer
-        self.think_id, self.end_think_id, self.block_size = think_id, end_think_id, block_size
+        self.rules = ThoughtRules(think_id, end_think_id, eot_id)
+        self.block_size = block_size
         self.stop_ids = sorted(set(newline_ids(tokenizer)) | {eot_id})
         self.thought_tokens, self.temperature = thought_tokens, temperature
         self.problems = {
             level: arith_problems(config.seed, level, config.examples_per_level) for level in config.levels
         }
+        self.prompts = {
+            think: [
+                _Item(level, i, arith_prompt(tokenizer, q, think, thoughts, think_id), a)
+                for level, problems in self.problems.items()
+                for i, (q, a) in enumerate(problems)
+            ]
+            for think in (True, False)
+        }
+        self.records: dict[int, dict] = {}
         self.nll_windows = None
         if config.nll_positions and val_tokens is not None:
             context = block_size - thought_tokens - 2  # as in RLP: <think>, thought, forced </think>
@@ -88,43 +170,71 @@ class ThoughtEvaluator:
                 self.nll_windows = torch.from_numpy(rows)
 
     @torch.no_grad()
-    def evaluate(self, model: GPT) -> dict[str, float]:
+    def evaluate(self, model: GPT, pass_at_k: bool = False) -> dict[str, float]:
         was_training = model.training
         model.eval()
         try:
-            metrics = {}
-            for level, problems in self.problems.items():
-                if not problems:
-                    continue
-                metrics[f"eval/arith_acc/level{level}"] = self._accuracy(model, problems, think=True)
-                metrics[f"eval/arith_acc_nothink/level{level}"] = self._accuracy(model, problems, think=False)
+            metrics = self._arithmetic(model, pass_at_k and self.config.pass_samples > 0)
             if self.nll_windows is not None:
                 metrics.update(self._thought_nll(model))
             return metrics
         finally:
             model.train(was_training)
 
-    def _accuracy(self, model: GPT, problems: list[tuple[str, str]], think: bool) -> float:
-        device = next(model.parameters()).device
-        suffix = f" {world.THINK_OPEN}" if think else " A:"
-        budget = self.config.max_answer_tokens + (self.config.max_thought_tokens if think else 0)
-        by_length = defaultdict(list)
-        for question, answer in problems:
-            ids = self.tokenizer.encode(question + suffix).ids
-            by_length[len(ids)].append((ids, answer))
-        correct = 0
-        for length, items in by_length.items():
-            new = min(budget, self.block_size - length + 1)
-            for start in range(0, len(items), self.config.batch_size):
-                chunk = items[start : start + self.config.batch_size]
-                if new < 1:
-                    continue  # the prompt alone fills the context: no room to answer
-                prompts = torch.tensor([ids for ids, _ in chunk], device=device)
-                tokens, lengths = model.generate(prompts, new, temperature=0, stop_id=self.stop_ids)
-                for row, (_, answer) in enumerate(chunk):
-                    text = self.tokenizer.decode(tokens[row, : lengths[row]].tolist(), skip_special_tokens=False)
-                    correct += self._is_correct(text, answer, think)
-        return correct / len(problems)
+    def _arithmetic(self, model: GPT, pass_at_k: bool) -> dict[str, float]:
+        think = self._solve(model, self.prompts[True], think=True)
+        nothink = self._solve(model, self.prompts[False], think=False)
+        metrics, self.records = {}, {}
+        for level, problems in self.problems.items():
+            if not problems:
+                continue
+            with_, without = np.array(think[level], dtype=float), np.array(nothink[level], dtype=float)
+            metrics[f"eval/arith_acc/level{level}"] = float(with_.mean())
+            metrics[f"eval/arith_acc_nothink/level{level}"] = float(without.mean())
+            metrics.update(_with_interval(f"eval/think_acc_gain/level{level}", with_ - without))
+            self.records[level] = {"questions": [q for q, _ in problems], "answers": [a for _, a in problems],
+                                   "think": think[level], "nothink": nothink[level]}
+        if pass_at_k:
+            metrics.update(self._pass_at_k(model))
+        return metrics
+
+    def _pass_at_k(self, model: GPT) -> dict[str, float]:
+        n = self.config.pass_samples
+        items = [item for item in self.prompts[True] if item.index < self.config.pass_problems]
+        generator = torch.Generator(device=next(model.parameters()).device)
+        generator.manual_seed(self.config.seed)
+        counts = self._solve(model, items, think=True, samples=n, generator=generator)
+        metrics = {}
+        for level, correct in counts.items():
+            for k in self.config.pass_at:
+                metrics[f"eval/pass_at_{k}/level{level}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
+            self.records[level].update(pass_samples=n, pass_correct=correct)
+        return metrics
+
+    def _solve(
+        self, model: GPT, items: list[_Item], think: bool, samples: int = 1, generator: torch.Generator | None = None
+    ) -> dict[int, list[int]]:
+        """Correct answers per problem (out of `samples`; greedy when samples is 1), by level. All
+        levels decode together, `batch_size` rows at a time, prompts of near lengths side by side."""
+        budget = self.config.max_answer_tokens + (self.config.thought_budget if think else 0)
+        correct = {level: [0] * count for level, count in Counter(item.level for item in items).items()}
+        ordered = sorted(items, key=lambda item: len(item.prompt))
+        per_batch = max(1, self.config.batch_size // samples)
+        for start in range(0, len(ordered), per_batch):
+            chunk = [item for item in ordered[start : start + per_batch] if len(item.prompt) <= self.block_size]
+            if not chunk:
+                continue  # the prompt alone fills the context: no room to answer
+            new = min(budget, self.block_size - len(chunk[-1].prompt) + 1)
+            tokens, lengths = decode(
+                model, [item.prompt for item in chunk], new, 1.0 if samples > 1 else 0.0, num_samples=samples,
+                generator=generator, stop_ids=self.stop_ids, rules=self.rules if think else None, compact=True,
+            )
+            tokens, lengths = tokens.tolist(), lengths.tolist()
+            for row, item in enumerate(chunk):
+                for r in range(row * samples, (row + 1) * samples):
+                    text = self.tokenizer.decode(tokens[r][: lengths[r]], skip_special_tokens=False)
+                    correct[item.level][item.index] += self._is_correct(text, item.answer, think)
+        return correct
 
     @staticmethod
     def _is_correct(continuation: str, answer: str, think: bool) -> bool:
@@ -142,15 +252,22 @@ class ThoughtEvaluator:
         generator = torch.Generator(device=device)
         generator.manual_seed(self.config.seed)
         nothink = no_thought_logprob(model, contexts, targets)
+        rules = self.rules
         thoughts = sample_thoughts(
-            model, contexts, 1, self.thought_tokens, self.temperature, self.think_id, self.end_think_id, generator
+            model, contexts, 1, self.thought_tokens, self.temperature, rules.think_id, rules.end_think_id,
+            generator, eot_id=rules.eot_id,
         )
-        _, think, _ = thought_scores(model, contexts, targets, thoughts, self.temperature, self.think_id)
-        think_nll, nothink_nll = -think.mean().item(), -nothink.mean().item()
+        _, think, _ = thought_scores(model, contexts, targets, thoughts, self.temperature, rules)
         return {
-            "eval/think_nll": think_nll,
-            "eval/nothink_nll": nothink_nll,
-            "eval/think_gain": nothink_nll - think_nll,
+            "eval/think_nll": -think.mean().item(),
+            "eval/nothink_nll": -nothink.mean().item(),
+            **_with_interval("eval/think_gain", (think - nothink).cpu().numpy()),
             "eval/think_len_mean": thoughts.lengths.float().mean().item(),
         }
 
+
+def _with_interval(tag: str, differences) -> dict[str, float]:
+    """tag: the mean of paired differences; tag/lo, tag/hi: its 95% t-interval (where it has one)."""
+    mean, lo, hi = paired_interval(differences)
+    bounds = {f"{tag}/lo": lo, f"{tag}/hi": hi} if math.isfinite(lo) else {}
+    return {tag: mean, **bounds}

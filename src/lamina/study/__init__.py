@@ -1,0 +1,44 @@
+"""`lamina study [CLAIM ...] --seeds N --out DIR [--preset cpu|gpu]`: one small experiment per claim
+of the research note, from lamina's own configs, each with a verdict by a rule stated in its report.
+
+- `runs`: `Runner` runs (or reuses, or resumes) the `lamina fit`s of a claim under DIR/runs/
+- `verdict`: `Prediction` and `decide`: supported / not supported / inconclusive from a paired
+  95% interval over seeds
+- `report`: `ClaimResult` (gates, per-seed values per arm, `Contrast`s, `Figure`s) ->
+  DIR/<claim>/report.md, result.json, PNGs; DIR/index.md gathers every claim's verdicts
+- `claim`: `Claim` (name, sentence, run(ctx) -> ClaimResult) and `StudyContext`
+
+A claim plugs in as a module that defines `CLAIM = Claim(name, sentence, run)` and one entry in
+`CLAIMS` below. Claims so far: finetune-fragility (lamina.study.finetune).
+"""
+
+from lamina.study.claim import Claim, StudyContext
+from lamina.study.finetune import CLAIM as FINETUNE_FRAGILITY
+from lamina.study.rlp import CLAIM as RLP_THINKING
+from lamina.study.command import main, parser
+from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_index, write_report
+from lamina.study.runs import Run, Runner, RunSpec
+from lamina.study.verdict import RULE, Prediction, Verdict, decide
+
+CLAIMS: dict[str, Claim] = {claim.name: claim for claim in (FINETUNE_FRAGILITY, RLP_THINKING)}
+
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "ClaimResult",
+    "Contrast",
+    "Figure",
+    "Gate",
+    "Prediction",
+    "RULE",
+    "Run",
+    "RunSpec",
+    "Runner",
+    "StudyContext",
+    "Verdict",
+    "decide",
+    "main",
+    "parser",
+    "write_index",
+    "write_report",
+]

@@ -1,0 +1,50 @@
+"""A claim of the research note as a study: its name, its one-sentence claim, the presets it runs
+at, and the function that runs it (through a `Runner`) and returns its `ClaimResult`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lamina.study.report import ClaimResult
+from lamina.study.runs import Runner
+
+PRESETS = ("cpu", "gpu", "test")  # test: a handful of steps at toy sizes, for the smoke test
+
+
+def repo_configs() -> Path:
+    """The repository's configs/ folder (src/lamina/study/ -> the repository root)."""
+    return Path(__file__).resolve().parents[3] / "configs"
+
+
+@dataclass
+class StudyContext:
+    """What a claim's run gets: where to write, which seeds, the preset, the runner of its fits."""
+
+    claim: str
+    out: Path  # DIR: runs under DIR/runs/, the report under DIR/<claim>/
+    seeds: list[int]
+    preset: str
+    runner: Runner
+    configs: Path = field(default_factory=repo_configs)
+    device: str = "auto"  # for evaluations outside a fit: auto (cuda when present), cpu, cuda, ...
+    log: Callable[[str], None] = print
+
+    @property
+    def folder(self) -> Path:
+        return self.out / self.claim
+
+    def progress(self, message: str) -> None:
+        self.log(f"study {self.claim}: {message}")
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    sentence: str
+    run: Callable[[StudyContext], ClaimResult]
+    presets: tuple[str, ...] = PRESETS
+
+
+__all__ = ["Claim", "PRESETS", "StudyContext", "repo_configs"]

@@ -1,0 +1,70 @@
+"""TensorBoard a researcher can read at a glance: lamina's TensorBoardLogger (Lightning's, without
+its `hp_metric` and `epoch` series) and a custom-scalars layout in every run (the CUSTOM SCALARS tab):
+the charts to read first, each number beside what it must be read against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch import loggers
+from lightning.pytorch.utilities import rank_zero_only
+
+FAMILIAR_VS_UNFAMILIAR = r"sparsity/(id|id_b|random|random_uniform|shuffled|ood/.+|novel|exposure/.+)/mean$"
+
+
+def layout(n_layer: int) -> dict:
+    """Charts (tags are regular expressions in Multiline charts; Margin charts take value, lower, upper)."""
+    q_bands = {
+        f"Q layer {i} against its null (band: null mean +- 2 sd)": [
+            "Margin", [f"modularity/layer{i}/q", f"modularity/layer{i}/q_null_lo", f"modularity/layer{i}/q_null_hi"]
+        ]
+        for i in range(n_layer)
+    }
+    return {
+        "lamina: read first": {
+            "loss: train and val": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
+            "density: familiar (id, id_b) vs unfamiliar probes, mean over layers": [
+                "Multiline", [FAMILIAR_VS_UNFAMILIAR]
+            ],
+            "density gaps (id minus probe), mean over layers": [
+                "Multiline", [r"^sparsity/gap/(?!.*/(se|z|layer\d+)(/|$)).+$"]
+            ],
+            "bits per byte": ["Multiline", [r"^val/bpb$"]],
+        },
+        "lamina: modularity": q_bands,
+    }
+
+
+class TensorBoardLogger(loggers.TensorBoardLogger):
+    """Lightning's TensorBoardLogger with no `hp_metric` placeholder (default_hp_metric false) and no
+    `epoch` series (lamina streams one endless epoch): the scalars tab starts with lamina's tags."""
+
+    def __init__(
+        self,
+        save_dir: str,
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        log_graph: bool = False,
+        default_hp_metric: bool = False,
+        prefix: str = "",
+        sub_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(save_dir, name, version, log_graph, default_hp_metric, prefix, sub_dir, **kwargs)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
+class TensorBoardLayout(L.Callback):
+    """Writes `layout(n_layer)` into each TensorBoard logger's run at the start of fit (global rank
+    zero; resumed runs write it again, which TensorBoard reads as the same layout)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, loggers.TensorBoardLogger):
+                logger.experiment.add_custom_scalars(layout(pl_module.hparams.get("n_layer", 0)))
