@@ -12,13 +12,12 @@ Other shapes (gated or other activations, rotary positions) are refused with one
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
 from lamina.data.tokenizer import EOT
-from lamina.errors import ConfigError
+from lamina.errors import ArgumentParser, ConfigError
 from lamina.pretrained import LoadedCheckpoint, load_gpt
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which lamina's blocks use
@@ -106,7 +105,7 @@ def export(checkpoint: str, out: str | Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lamina export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lamina export", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a lamina checkpoint (runs/<name>/version_<n>/checkpoints/last.ckpt)")
     parser.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors, tokenizer)")
     args = parser.parse_args(argv)

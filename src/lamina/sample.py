@@ -8,12 +8,11 @@ Decoding is GPT.generate (batched, KV-cached) and stops at `<|endoftext|>` or at
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
 from lamina.data.tokenizer import EOT
-from lamina.errors import ConfigError
+from lamina.errors import ArgumentParser, ConfigError
 from lamina.pretrained import load_gpt
 
 
@@ -47,7 +46,7 @@ def sample(
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lamina sample", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="lamina sample", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a lamina checkpoint (runs/<name>/version_<n>/checkpoints/last.ckpt)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max_new_tokens", type=int, default=200)

@@ -27,7 +27,7 @@ import torch
 from scipy import stats
 
 from lamina.data.tokenizer import EOT
-from lamina.errors import ConfigError
+from lamina.errors import ArgumentParser, ConfigError
 from lamina.pretrained import LoadedCheckpoint, load_gpt, same_tokenizer
 from lamina.finetune.retention import Accuracy, GreedyCompleter, RetentionSuite, held_out_seed
 from lamina.model import GPT, KVCache, decode
@@ -89,13 +89,8 @@ class ProxyTuned:
 # ---- the command ----------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, as every lamina error
-        raise ConfigError(f"lamina proxy: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lamina proxy", description="Proxy-tune a base model with an expert and an anti-expert, "
+    p = ArgumentParser(prog="lamina proxy", description="Proxy-tune a base model with an expert and an anti-expert, "
                 "and evaluate base, expert, anti-expert and proxy on world facts (and task files).")
     p.add_argument("--base", required=True, help="lamina checkpoint of the base model")
     p.add_argument("--expert", required=True, help="lamina checkpoint of the tuned (small) expert")

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
+from lamina.errors import ConfigError
 from lamina.study.report import ClaimResult
 from lamina.study.runs import Runner
 
@@ -48,3 +51,18 @@ class Claim:
 
 
 __all__ = ["Claim", "PRESETS", "StudyContext", "repo_configs"]
+
+
+def yaml_value(paths, *keys: str):
+    """The value of a dotted key in the last of `paths` that sets it (None: none does)."""
+    found = None
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"--config: expected a readable YAML file, got {str(path)!r} ({err})") from err
+        for key in keys:
+            data = data.get(key) if isinstance(data, dict) else None
+        if data is not None:
+            found = data
+    return found

@@ -5,19 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lamina.errors import ConfigError
+from lamina.errors import ArgumentParser, ConfigError
 from lamina.study.claim import PRESETS, StudyContext, repo_configs
 from lamina.study.report import write_report
 from lamina.study.runs import Runner
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, as every lamina error
-        raise ConfigError(f"lamina study: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lamina study", description="Run the studies of the research note's claims and write each "
+    p = ArgumentParser(prog="lamina study", description="Run the studies of the research note's claims and write each "
                 "one's report with a verdict (DIR/<claim>/report.md) and DIR/index.md.")
     p.add_argument("claims", nargs="*", metavar="CLAIM", help="claims to study (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[3], metavar="N",

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from scipy import stats as scipy_stats
 
 from lamina.compare.stats import summarize, t_quantile
@@ -58,7 +57,7 @@ from lamina.finetune.retention import (
 )
 from lamina.pretrained import load_gpt
 from lamina.probes import world_seed
-from lamina.study.claim import Claim, StudyContext
+from lamina.study.claim import Claim, StudyContext, yaml_value
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, write_report
 from lamina.study.runs import Run, RunSpec
 from lamina.study.verdict import Prediction
@@ -130,21 +129,6 @@ def config_paths(folder: Path) -> dict[str, Path]:
     if missing:
         raise ConfigError(f"study {NAME}: expected the study's configs, got no {', '.join(missing)} (--configs)")
     return paths
-
-
-def yaml_value(paths: list[Path], *keys: str):
-    """The value of a dotted key in the last of `paths` that sets it (None: none does)."""
-    found = None
-    for path in paths:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"--config: expected a readable YAML file, got {str(path)!r} ({err})") from err
-        for key in keys:
-            data = data.get(key) if isinstance(data, dict) else None
-        if data is not None:
-            found = data
-    return found
 
 
 # ---- the evaluation items ------------------------------------------------------------------------------

@@ -43,12 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from lamina.compare.stats import summarize, t_quantile
 from lamina.errors import ConfigError
 from lamina.rlp.evaluate import elicitation_share, paired_interval, pass_at_k
-from lamina.study.claim import Claim, StudyContext
+from lamina.study.claim import Claim, StudyContext, yaml_value
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, write_report
 from lamina.study.runs import Run, RunSpec
 from lamina.study.verdict import Prediction
@@ -135,21 +134,6 @@ def arm_configs(paths: dict[str, Path], arm: str) -> tuple[str, ...]:
     rlp = phase2 + (str(paths["rlp"]),)
     return {"rlp": rlp, "rlp-shuffled": rlp + (str(paths["shuffled"]),), "rlp-paper": rlp + (str(paths["paper"]),),
             "ntp-tokens": phase2, "ntp-flops": phase2}[arm]
-
-
-def yaml_value(paths, *keys: str):
-    """The value of a dotted key in the last of `paths` that sets it (None: none does)."""
-    found = None
-    for path in paths:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"--config: expected a readable YAML file, got {str(path)!r} ({err})") from err
-        for key in keys:
-            data = data.get(key) if isinstance(data, dict) else None
-        if data is not None:
-            found = data
-    return found
 
 
 def word_value(words: tuple[str, ...], key: str) -> str | None:
