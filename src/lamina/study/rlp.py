@@ -430,6 +430,8 @@ def assemble(result: ClaimResult, numbers: dict[int, dict], n_seeds: int, level:
                           if str(lv) in numbers[s]["arms"].get(arm, {}).get("elicitation", {})}
                 if shares:
                     metrics[f"elicitation/level{lv}"] = shares
+                    metrics[f"elicitation_problems/level{lv}"] = {  # the problems the share is over
+                        s: numbers[s]["arms"][arm]["elicitation"][str(lv)]["solved"] for s in shares}
             for lv in levels:  # where the arm measured pass@k at its end (the rlp arm): did RL narrow it?
                 rooms = {s: numbers[s]["arms"][arm]["levels"][str(lv)].get("room") for s in seeds
                          if str(lv) in numbers[s]["arms"].get(arm, {}).get("levels", {})}
