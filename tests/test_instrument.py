@@ -240,7 +240,13 @@ def test_measurement_schedule_counts_optimizer_steps_and_ablates_at_the_end(abla
     inst = Instrumentation(every_n_steps=3, modularity_every_n_steps=6, ablation_every_n_steps=ablation_every)
     inst.probes = ProbeSet(probes={"id": torch.zeros(1, 4, dtype=torch.long)})
     calls = []
-    inst._measure = lambda trainer, module, partition, ablate, hook: calls.append((trainer.global_step, partition, ablate))
+    probed = []
+
+    def record(trainer, module, partition, ablate, hook, probe, context):
+        calls.append((trainer.global_step, partition, ablate))
+        probed.append((trainer.global_step, probe, context))
+
+    inst._measure = record
     for step in range(1, 13):
         trainer = type("T", (), {"global_step": step, "max_steps": 12})()
         inst.on_train_batch_end(trainer, None, None, None, 0)
@@ -248,3 +254,6 @@ def test_measurement_schedule_counts_optimizer_steps_and_ablates_at_the_end(abla
     assert [s for s, _, _ in calls] == [3, 4, 6, 8, 9, 12] if ablation_every == 4 else [3, 6, 9, 12]
     assert [s for s, _, ablate in calls if ablate] == ablated
     assert all(partition for s, partition, ablate in calls if s % 6 == 0 or ablate)
+    # Without their own cadence, the hierarchy probes and the context test run at the end only.
+    assert [s for s, probe, _ in probed if probe] == [12]
+    assert [s for s, _, context in probed if context] == [12]
