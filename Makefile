@@ -21,8 +21,11 @@ demo: $(STAMP)
 	$(VENV)/bin/lamina fit --config configs/tiny.yaml
 	@echo "Run folder written under runs/tiny/. Watch it with: $(VENV)/bin/tensorboard --logdir runs"
 
+# Two workers (pytest-xdist), a file's tests on one worker, one thread each: the suite is mostly
+# single-threaded fits and spawns, so two cores run two files at once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py --out bench/results
@@ -66,16 +69,26 @@ finetune-study: $(STAMP)
 	$(PY) -m lamina.study finetune-fragility --seeds $(FINETUNE_SEEDS) --out study --preset cpu
 	@echo "Report: study/finetune-fragility/report.md"
 
-# rlp-thinking (issue 13 item 7, lamina.study.rlp): phase 1 pretrains the tiny GPT on world arithmetic
+# reasoning-in-pretraining (issue 13 item 7, lamina.study.rlp): phase 1 pretrains the tiny GPT on world arithmetic
 # with its worked thoughts (a gate stops the study unless greedy thinking at level 2 lands in 15-85%);
 # phase 2, from that checkpoint on the same arithmetic with the thoughts stripped: RLP (thought slots,
 # line reward) against RLP with shuffled rewards, next-token at the same tokens, next-token at the same
-# FLOPs, and the paper's RLP. Writes study/rlp-thinking/report.md (a verdict per contrast, paired by
-# seed), study/rlp-thinking/compare/ (lamina compare: accuracy vs tokens and FLOPs, elicitation share)
+# FLOPs, and the paper's RLP. Writes study/reasoning-in-pretraining/report.md (a verdict per contrast, paired by
+# seed), study/reasoning-in-pretraining/compare/ (lamina compare: accuracy vs tokens and FLOPs, elicitation share)
 # and study/index.md. About 20 minutes of 2 idle CPU cores a seed; finished runs under study/runs/ are
 # reused, a killed run resumes. RLP_SEEDS: one number N means seeds 1..N, several exactly those seeds.
 RLP_SEEDS ?= 1 2 3
 .PHONY: rlp-study
 rlp-study: $(STAMP)
-	$(PY) -m lamina.study rlp-thinking --seeds $(RLP_SEEDS) --out study --preset cpu
-	@echo "Report: study/rlp-thinking/report.md"
+	$(PY) -m lamina.study reasoning-in-pretraining --seeds $(RLP_SEEDS) --out study --preset cpu
+	@echo "Report: study/reasoning-in-pretraining/report.md"
+
+# Every claim of the research note (lamina study, issue 16): density-familiarity, sparsify-difficulty,
+# hierarchy, modularity, reasoning-in-pretraining, elicitation, finetune-fragility, context-vs-prior,
+# STUDY_SEEDS seeds each at the cpu preset; study/index.md gathers the verdicts. Runs already under
+# study/runs/ are reused (the targets above share them), a killed run resumes where it stopped.
+STUDY_SEEDS ?= 3
+.PHONY: study
+study: $(STAMP)
+	$(PY) -m lamina.study --seeds $(STUDY_SEEDS) --out study --preset cpu
+	@echo "Findings: study/index.md"

@@ -348,7 +348,7 @@ def test_lamina_proxy_writes_its_report_and_refuses_other_tokenizers(tmp_path, o
         proxy_main(["--base", base])
     with pytest.raises(ConfigError, match="^--items: expected an integer >= 1"):
         proxy_main(["--base", base, "--expert", expert, "--anti", expert, "--items", "0"])
-    with pytest.raises(ConfigError, match="^--base: expected a lamina checkpoint file"):
+    with pytest.raises(ConfigError, match="^--base: no such checkpoint file"):
         proxy_main(["--base", str(tmp_path / "none.ckpt"), "--expert", expert, "--anti", expert])
     assert load_gpt(bpe, "--anti").tokenizer_file.endswith("tokenizer.json")
 

@@ -1,4 +1,4 @@
-"""The `rlp-thinking` study (lamina.study.rlp, `make rlp-study`): its gate on built evaluation JSON, its
+"""The `reasoning-in-pretraining` study (lamina.study.rlp, `make rlp-study`): its gate on built evaluation JSON, its
 arms' configs (parsed through the CLI, differing only where each arm says), FLOP matching, the verdict
 of each contrast on built numbers, and the elicitation share in `lamina compare`'s report. Fast: no fit."""
 
@@ -304,3 +304,22 @@ def test_compare_reports_the_elicitation_share(tmp_path):
     assert "0.5 ± 0.71" in rows["rlp"] and "own step 0" in rows["rlp"]  # shares 1 and 0 over two runs
     assert "0 (n=1)" in rows["ntp"] and "rlp/version_0" in rows["ntp"]  # the same seed and init_from: rlp's base
     assert "other" not in rows  # another start model, no pass@k of its own: no share
+
+
+# ---- the elicitation claim, read off the same numbers ---------------------------------------------------
+
+
+@pytest.mark.parametrize("base_pass, verdict", [(0.6, "supported"), (0.9, "not supported"), (0.95, "not supported")])
+def test_elicitation_reads_the_share_against_the_base_pass_at_k(base_pass, verdict):
+    from lamina.study.elicitation import from_rlp
+
+    numbers = {s: seed_numbers(s, ACC[s]) for s in ACC}
+    for s in numbers:  # every arm's share is 0.9: RL's greedy solutions are what the base reached 90% of the time
+        numbers[s]["base"]["2"]["room"]["pass"] = base_pass
+    result = from_rlp(assembled(numbers))
+    contrast = result.contrasts[0]
+    assert contrast.stats.mean == pytest.approx(0.9 - base_pass)
+    # share = pass@k: RL's solutions are no more the base's than chance gives (within the margin).
+    assert contrast.verdict(result.gate_map).verdict == verdict
+    assert result.arms["base"]["pass@64/level2"] == {1: base_pass, 2: base_pass, 3: base_pass}
+    assert [c.stats.mean for c in result.contrasts[1:]] == [pytest.approx(0.0)] * 2  # every arm's share is 0.9

@@ -9,12 +9,11 @@ working: the callbacks read them from `hparams`, and `LanguageModel(rlp=...)` ma
 from __future__ import annotations
 
 import math
-import os
 from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.config_types import (
@@ -30,8 +29,10 @@ from lamina.config_types import (
 from lamina.errors import ConfigError
 from lamina.kernels import wide_dtype
 from lamina.model import GPT, GPTConfig
+from lamina.pretrained import SHAPE_KEYS, misfits, model_weights
 from lamina.rlp.config import RLPConfig, ThoughtEvalConfig
-from lamina.user_errors import first_sentence
+from lamina.sharding import check_fsdp, global_grad_norm, is_fsdp, scaler_owns_infs
+from lamina.user_errors import read_checkpoint
 
 NONFINITE_POLICIES = ("stop", "skip")
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
@@ -57,11 +58,6 @@ def ends_logged_step(trainer: L.Trainer, batch_idx: int) -> bool:
         return False
     n = trainer.log_every_n_steps
     return bool(n) and (trainer.global_step % n == 0 or trainer.should_stop)
-
-
-def scaler_owns_infs(precision) -> bool:
-    """fp16 mixed precision: the GradScaler skips overflowing steps and lowers its scale itself."""
-    return str(precision) in ("16-mixed", "16")
 
 
 def host_scalar(value: torch.Tensor | float) -> torch.Tensor:
@@ -287,19 +283,8 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ConfigError("trainer.max_steps: expected a positive number of steps (training streams endlessly)")
         strategy = self.trainer.strategy
-        if isinstance(strategy, FSDPStrategy):
-            if not strategy.kwargs.get("use_orig_params"):
-                raise ConfigError(
-                    "trainer.strategy.dict_kwargs.use_orig_params: lamina's weight-decay groups need true under "
-                    "FSDP (Lightning's default; configs/fsdp.yaml sets it), got false"
-                )
-            clip = self.trainer.gradient_clip_val and self.trainer.gradient_clip_algorithm in (None, "norm")
-            if clip and scaler_owns_infs(self.trainer.precision):
-                raise ConfigError(
-                    f"trainer.precision: {self.trainer.precision} with trainer.gradient_clip_val is not supported "
-                    "under FSDP (fp16's gradient scaler may leave the gradients scaled when clipping); use bf16-mixed"
-                )
-            self._fsdp_root()  # Lightning wrapped this module (not a legacy configure_sharded_model)
+        if is_fsdp(self.trainer):
+            check_fsdp(self.trainer)
         # Weight decay on the weight matrices of the blocks' linear layers (attention and MLP
         # projections) and on nothing else: not norms, biases, the embeddings (wte, tied to lm_head;
         # wpe). Chosen by module, not by shape: under FSDP the parameters are 1-D views of flat shards.
@@ -331,8 +316,8 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         FSDP's own clip_grad_norm_ (a collective, on every rank) with no limit computes it and leaves
         the gradients as they are (times 1; a non-finite norm makes them NaN, a step the guard drops)."""
         scaled = scaler_owns_infs(self.trainer.precision)
-        if isinstance(self.trainer.strategy, FSDPStrategy):
-            self.grad_norm = None if scaled else self._fsdp_root().clip_grad_norm_(math.inf)
+        if is_fsdp(self.trainer):
+            self.grad_norm = None if scaled else global_grad_norm(self.trainer)
         else:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads and not scaled else None
@@ -346,7 +331,7 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         gives, as FSDP's clip_grad_norm_ does (Lightning's FSDP plugin refuses to clip by norm)."""
         norm, self.grad_norm = self.grad_norm, None
         by_norm = gradient_clip_algorithm in (None, "norm")
-        fsdp = isinstance(self.trainer.strategy, FSDPStrategy)
+        fsdp = is_fsdp(self.trainer)
         ours = fsdp or type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)  # not DeepSpeed
         if fsdp and norm is None and gradient_clip_val and by_norm:
             return  # the guard dropped this step's gradients (fp16 with clipping is refused under FSDP)
@@ -355,18 +340,6 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
-
-    def _fsdp_root(self):
-        """The root FullyShardedDataParallel module that Lightning's FSDPStrategy wraps this module in."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        root = self.trainer.strategy.model
-        if not isinstance(root, FullyShardedDataParallel):
-            raise ConfigError(
-                "trainer.strategy: lamina under FSDP expects Lightning to wrap the whole module (its "
-                f"auto_wrap_policy), found {type(root).__name__}"
-            )
-        return root
 
     # ---- a phase on a pretrained checkpoint -----------------------------------------------------
 
@@ -378,32 +351,13 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
 
     def _load_init_from(self, path: str) -> None:
         """Copy the model weights of a lamina checkpoint into this model; nothing else."""
-        if not os.path.isfile(path):
-            raise ConfigError(f"model.init_from: no such checkpoint file {path!r}")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise ConfigError(
-                f"model.init_from: cannot read {path!r} as a lamina checkpoint ({first_sentence(str(err))})"
-            ) from err
-        state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-        if not state:
-            raise ConfigError(f"model.init_from: {path!r} is not a lamina checkpoint (no state_dict)")
-        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-        own = self.model.state_dict()
-        bad = sorted(own.keys() ^ weights.keys()) + sorted(
-            k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape
-        )
+        checkpoint = read_checkpoint(path, "model.init_from")
+        weights = model_weights(checkpoint)
+        bad = misfits(self.model.state_dict(), weights)
         if bad:
             saved = checkpoint.get("hyper_parameters", {})
-            keys = (
-                "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "activation", "mlp_ratio", "bias", "rotary"
-            )
-            differ = [
-                f"model.{k} is {saved[k]} there, {self.hparams[k]} here"
-                for k in keys
-                if k in saved and saved[k] != self.hparams[k]
-            ]
+            differ = [f"model.{k} is {saved[k]} there, {self.hparams[k]} here"
+                      for k in SHAPE_KEYS if k in saved and saved[k] != self.hparams[k]]
             raise ConfigError(
                 f"model.init_from: the weights in {path!r} do not fit this model: "
                 + ("; ".join(differ) if differ else f"{len(bad)} tensors differ, e.g. {bad[0]}")

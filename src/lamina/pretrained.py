@@ -19,6 +19,7 @@ import torch
 from lamina.data.tokenizer import byte_tokenizer
 from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig
+from lamina.user_errors import read_checkpoint as read_any_checkpoint
 
 SHAPE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "activation", "mlp_ratio", "bias", "rotary")
 
@@ -40,20 +41,18 @@ class LoadedCheckpoint:
 
 
 def read_checkpoint(path: str | os.PathLike, key: str) -> dict:
-    """The checkpoint dict, read with weights_only; `key` names the flag or config key in errors."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{key}: expected a lamina checkpoint file, got {path!r} (no such file)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        first = " ".join(str(err).split())[:160]
-        raise ConfigError(
-            f"{key}: expected a lamina checkpoint, got {path!r} that torch cannot read ({first})"
-        ) from err
-    if not isinstance(checkpoint, dict) or not checkpoint.get("state_dict") or "hyper_parameters" not in checkpoint:
-        raise ConfigError(f"{key}: expected a lamina checkpoint (state_dict and hyper_parameters), got {path!r}")
+    """The checkpoint dict (lamina.user_errors.read_checkpoint), with its model hyperparameters."""
+    checkpoint = read_any_checkpoint(path, key)
+    if not checkpoint.get("state_dict") or "hyper_parameters" not in checkpoint:
+        raise ConfigError(f"{key}: expected a lamina checkpoint (state_dict and hyper_parameters), got {str(path)!r}")
     return checkpoint
+
+
+def misfits(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors a model's state dict (`own`) and `weights` do not share in shape."""
+    return sorted(own.keys() ^ weights.keys()) + sorted(
+        k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape
+    )
 
 
 def gpt_config(hparams: dict, key: str) -> GPTConfig:
@@ -75,10 +74,7 @@ def load_gpt(path: str | os.PathLike, key: str = "checkpoint", tokenizer: bool =
     hparams = dict(checkpoint["hyper_parameters"])
     model = GPT(gpt_config(hparams, key))
     weights = model_weights(checkpoint)
-    own = model.state_dict()
-    bad = sorted(own.keys() ^ weights.keys()) + sorted(
-        k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape
-    )
+    bad = misfits(model.state_dict(), weights)
     if bad:
         raise ConfigError(
             f"{key}: expected weights that fit the shape in its hyper_parameters, got {len(bad)} that do not "
@@ -135,6 +131,7 @@ __all__ = [
     "gpt_config",
     "load_gpt",
     "model_weights",
+    "misfits",
     "read_checkpoint",
     "run_tokenizer",
     "same_tokenizer",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 import zipfile
 from collections.abc import Mapping
@@ -239,21 +240,23 @@ def yaml_problem(err: yaml.YAMLError) -> str:
 # these is one line naming ckpt_path rather than an error from inside Lightning's loading.
 
 
-def read_checkpoint(path: str) -> dict:
-    """A Lightning checkpoint's contents, or a one-line ConfigError. The tensors of a zip-format
-    file (torch.save's) are memory-mapped: reading the hyperparameters and shapes costs little."""
+def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> dict:
+    """A Lightning checkpoint's contents, or a one-line ConfigError that names `key` (the flag or
+    config key the path came from). The tensors of a zip-format file (torch.save's) are
+    memory-mapped: reading the hyperparameters and shapes costs little."""
     import torch
 
+    path = str(path)
     if Path(path).is_dir():
-        raise ConfigError(f"ckpt_path: {path!r} is a folder, expected a .ckpt file")
+        raise ConfigError(f"{key}: {path!r} is a folder, expected a .ckpt file")
     if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path: no such checkpoint file {path!r}")
+        raise ConfigError(f"{key}: no such checkpoint file {path!r}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # noqa: BLE001 - whatever torch.load makes of a file that is not a checkpoint
-        raise ConfigError(unreadable_checkpoint(path, err)) from err
+        raise ConfigError(unreadable_checkpoint(path, err, key)) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path: {path!r} is not a lamina checkpoint (no state_dict)")
+        raise ConfigError(f"{key}: {path!r} is not a lamina checkpoint (no state_dict)")
     return checkpoint
 
 
@@ -262,11 +265,11 @@ def read_checkpoint_hparams(path: str) -> dict:
     return dict(read_checkpoint(path).get("hyper_parameters") or {})
 
 
-def unreadable_checkpoint(path, err: Exception) -> str:
+def unreadable_checkpoint(path, err: Exception, key: str = "ckpt_path") -> str:
     if is_argument_error(err):  # a checkpoint of an older lamina, say, with a key since renamed
-        return f"ckpt_path: the hyperparameters saved in {str(path)!r} do not fit this config: {parser_message(err)}"
+        return f"{key}: the hyperparameters saved in {str(path)!r} do not fit this config: {parser_message(err)}"
     detail = first_sentence(str(err)) or "the file ends early"
-    return f"ckpt_path: cannot read {str(path)!r} as a lamina checkpoint ({type(err).__name__}: {detail})"
+    return f"{key}: cannot read {str(path)!r} as a lamina checkpoint ({type(err).__name__}: {detail})"
 
 
 def check_resume_config(path: str, model_config, model_defaults) -> None:

@@ -9,18 +9,29 @@ of the research note, from lamina's own configs, each with a verdict by a rule s
 - `claim`: `Claim` (name, sentence, run(ctx) -> ClaimResult) and `StudyContext`
 
 A claim plugs in as a module that defines `CLAIM = Claim(name, sentence, run)` and one entry in
-`CLAIMS` below. Claims so far: finetune-fragility (lamina.study.finetune).
+`CLAIMS` below. Claims: density-familiarity, sparsify-difficulty, hierarchy, modularity and context-vs-prior
+(lamina.study.pretraining, sharing their world-v2 runs), reasoning-in-pretraining (lamina.study.rlp),
+elicitation (lamina.study.elicitation, on reasoning-in-pretraining's runs), finetune-fragility
+(lamina.study.finetune).
 """
 
 from lamina.study.claim import Claim, StudyContext
 from lamina.study.finetune import CLAIM as FINETUNE_FRAGILITY
-from lamina.study.rlp import CLAIM as RLP_THINKING
+from lamina.study.pretraining import CLAIMS as PRETRAINING_CLAIMS
+from lamina.study.rlp import CLAIM as REASONING_IN_PRETRAINING
+from lamina.study.elicitation import CLAIM as ELICITATION
 from lamina.study.command import main, parser
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_index, write_report
 from lamina.study.runs import Run, Runner, RunSpec
 from lamina.study.verdict import RULE, Prediction, Verdict, decide
 
-CLAIMS: dict[str, Claim] = {claim.name: claim for claim in (FINETUNE_FRAGILITY, RLP_THINKING)}
+DENSITY_FAMILIARITY, SPARSIFY_DIFFICULTY, HIERARCHY, MODULARITY, CONTEXT_VS_PRIOR = PRETRAINING_CLAIMS
+# In the research note's order (index.md lists them so).
+CLAIMS: dict[str, Claim] = {
+    claim.name: claim
+    for claim in (DENSITY_FAMILIARITY, SPARSIFY_DIFFICULTY, HIERARCHY, MODULARITY, REASONING_IN_PRETRAINING,
+                  ELICITATION, FINETUNE_FRAGILITY, CONTEXT_VS_PRIOR)
+}
 
 __all__ = [
     "CLAIMS",

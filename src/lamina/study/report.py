@@ -295,15 +295,49 @@ def write_report(result: ClaimResult, out: str | Path) -> Path:
     return report
 
 
+def span_text(st: dict) -> str:
+    """A contrast's saved stats as `mean [lo, hi]` (the mean alone without an interval)."""
+    if st.get("lo") is not None:
+        return f"{fmt(st['mean'], 3, sign=True)} [{fmt(st['lo'], 3, sign=True)}, {fmt(st['hi'], 3, sign=True)}]"
+    return fmt(st.get("mean"), 3, sign=True) or "no value"
+
+
+def summary_table(results: list[dict]) -> list[str]:
+    """One row per judged contrast of every claim: the verdict, the mean and 95% interval, the seeds."""
+    rows = []
+    for data in results:
+        claim = data.get("claim", "?")
+        for c in data.get("contrasts", []):
+            if c.get("verdict") is None:
+                continue
+            st = c["stats"]
+            span = span_text(st)
+            rows.append(md_row([f"[{claim}]({claim}/report.md)", c["name"], f"**{c['verdict']}**", span,
+                                str(st["n"])]))
+    if not rows:
+        return []
+    return [md_row(["claim", "contrast", "verdict", "mean [95% interval]", "seeds"]),
+            md_row(["---"] * 5), *rows, ""]
+
+
 def write_index(out: str | Path) -> Path:
     """DIR/index.md: every claim with a result.json under DIR, its verdicts and its gates."""
+    from lamina.study import CLAIMS  # (the claims' order: the research note's)
+
     root = Path(out)
-    lines = ["# Findings", "", f"Rule: {RULE}", ""]
-    found = 0
-    for path in sorted(root.glob("*/result.json")):
+    order = {name: i for i, name in enumerate(CLAIMS)}
+    paths = sorted(root.glob("*/result.json"), key=lambda p: (order.get(p.parent.name, len(order)), p.parent.name))
+    results = []
+    for path in paths:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            results.append((path, json.loads(path.read_text(encoding="utf-8"))))
         except (OSError, json.JSONDecodeError):
+            results.append((path, None))
+    lines = ["# Findings", "", f"Rule: {RULE}", ""]
+    lines += summary_table([data for _, data in results if data is not None])
+    found = 0
+    for path, data in results:
+        if data is None:
             lines += [f"## {path.parent.name}", "", f"(unreadable {path})", ""]
             continue
         found += 1
@@ -318,8 +352,7 @@ def write_index(out: str | Path) -> Path:
             if c.get("verdict") is None:
                 continue
             st = c["stats"]
-            span = (f"{fmt(st['mean'], 3, sign=True)} [{fmt(st['lo'], 3, sign=True)}, {fmt(st['hi'], 3, sign=True)}]"
-                    if st.get("lo") is not None else (fmt(st.get("mean"), 3, sign=True) or "no value"))
+            span = span_text(st)
             lines.append(f"- {c['name']}: **{c['verdict']}** ({span}, {st['n']} seed(s))")
         lines.append("")
     if not found:

@@ -1,4 +1,4 @@
-"""Claim `rlp-thinking`: RLP (reinforcement as a pretraining objective, arXiv:2510.01265) on text whose
+"""Claim `reasoning-in-pretraining`: RLP (reinforcement as a pretraining objective, arXiv:2510.01265) on text whose
 worked reasoning was stripped teaches a pretrained model to think: its greedy thinking accuracy on
 held-out arithmetic ends above the same RLP with shuffled rewards, above next-token training at the
 same tokens and above next-token training at the same FLOPs.
@@ -28,7 +28,7 @@ their pretraining, their batches and their evaluation problems, and differ only 
    the paper's RLP, the other levels and each arm against the base. The elicitation share (of the
    problems an arm solves greedily, the share the base already solved in its k samples: the mean of
    the base's unbiased pass@k over them, lamina.rlp.elicitation_share) is reported per arm and level.
-6. `lamina compare` over the phase-2 arms (DIR/rlp-thinking/compare/): thinking accuracy against
+6. `lamina compare` over the phase-2 arms (DIR/reasoning-in-pretraining/compare/): thinking accuracy against
    tokens and FLOPs, paired by seed, with the elicitation share.
 """
 
@@ -52,7 +52,7 @@ from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, wr
 from lamina.study.runs import Run, RunSpec
 from lamina.study.verdict import Prediction
 
-NAME = "rlp-thinking"
+NAME = "reasoning-in-pretraining"
 SENTENCE = (
     "RLP on text whose worked reasoning was stripped teaches a pretrained model to think: its greedy "
     "thinking accuracy on held-out arithmetic ends above RLP with shuffled rewards, above next-token "
