@@ -670,6 +670,7 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
     bins = [b for b in ("0", "1", "10", "100") if per_seed(runs, tag(f"follow/{b}"))]
     reads = {s: (at(b[ARM], "eval/context/follow/0/lo"), at(b[ARM], "eval/context/other/0")) for s, b in runs.items()}
     knows = {s: at(b[ARM], "eval/context/greedy_prior/100") for s, b in runs.items()}
+    norms = {s: (at(b[ARM], "eval/context/steer_norm"), at(b[ARM], "eval/context/steer_norm_null")) for s, b in runs.items()}
     result.gates = [
         runs_gate(runs),
         Gate("reads-context", "does the model follow the context on facts it has not seen (bin 0: the follow "
@@ -680,6 +681,10 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
              "gives the memorised answer on some prompts), every seed?",
              all(math.isfinite(v) and v > 0 for v in knows.values()),
              "; ".join(f"seed {s}: {v:.3f}" for s, v in knows.items())),
+        Gate("steering-vector", "is there a direction to steer along: the fitted vector's norm above the norm a "
+             "difference of group means has when the groups are one population (`steer_norm_null`), every seed?",
+             all(norm > null for norm, null in norms.values()),
+             "; ".join(f"seed {s}: {norm:.3f} vs null {null:.3f}" for s, (norm, null) in norms.items())),
     ]
     result.arms[ARM] = {**{f"follow/{b}": per_seed(runs, tag(f"follow/{b}")) for b in bins},
                         **{f"follow steered/{b}": per_seed(runs, tag(f"follow_steered/{b}")) for b in bins},
@@ -694,10 +699,12 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
                         per_seed(runs, tag("follow/0")), prediction=margin, needs=needs),
         Contrast.paired("steering gain at exposure 100", "follow rate with the context-following vector added minus "
                         "without, on the held-out half", per_seed(runs, tag("steer_gain/100")),
-                        prediction=Prediction(1, 0.05, "margin: 5 points of follow rate"), needs=needs),
+                        prediction=Prediction(1, 0.05, "margin: 5 points of follow rate"),
+                        needs=needs + ("steering-vector",)),
         Contrast.paired("steered − random vector at exposure 100", "the vector against a random one of the same norm",
                         per_seed(runs, tag("follow_steered/100")), per_seed(runs, tag("follow_steered_random/100")),
-                        prediction=Prediction(1, 0.05, "margin: 5 points of follow rate"), needs=needs),
+                        prediction=Prediction(1, 0.05, "margin: 5 points of follow rate"),
+                        needs=needs + ("steering-vector",)),
     ]
     result.figures = [Figure("follow_by_exposure", "Follow rate (answer from the context) by exposure bin", "exposure bin",
                              "follow rate", bins, {
