@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig
 from lamina.study import pretraining as pt
 from lamina.study.command import main as study_main
@@ -106,3 +107,19 @@ def test_the_five_claims_at_the_test_preset(tmp_path, capsys):
         assert "supported" not in judged, claim
         assert f"[{claim}]({claim}/report.md)" in index
     assert index.index("density-familiarity") < index.index("context-vs-prior")  # the research note's order
+
+
+def test_groups_of_claims_run_in_processes_of_their_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # (the token caches of the processes land here)
+    results = study_main(["density-familiarity", "finetune-fragility", "--seeds", "1", "--out", str(tmp_path / "s"),
+                          "--preset", "test", "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert "study: starting density-familiarity in a process of its own" in out
+    assert "study: starting finetune-fragility in a process of its own" in out
+    assert set(results) == {"density-familiarity", "finetune-fragility"}
+    assert all(r["contrasts"] for r in results.values())
+    index = (tmp_path / "s" / "index.md").read_text()
+    assert "[density-familiarity](density-familiarity/report.md)" in index
+    assert "[finetune-fragility](finetune-fragility/report.md)" in index
+    with pytest.raises(ConfigError, match="^--jobs: expected a count >= 1, got 0"):
+        study_main(["--jobs", "0", "--out", str(tmp_path / "s")])

@@ -48,6 +48,11 @@ class Claim:
     sentence: str
     run: Callable[[StudyContext], ClaimResult]
     presets: tuple[str, ...] = PRESETS
+    group: str = ""  # claims of one group share runs (and run one after another); "": the claim's own
+
+    @property
+    def runs_with(self) -> str:
+        return self.group or self.name
 
 
 __all__ = ["Claim", "PRESETS", "StudyContext", "repo_configs"]

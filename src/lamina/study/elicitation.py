@@ -70,6 +70,6 @@ def from_rlp(inner: ClaimResult) -> ClaimResult:
     return result
 
 
-CLAIM = Claim(NAME, SENTENCE, run)
+CLAIM = Claim(NAME, SENTENCE, run, group=rlp.NAME)  # on the RLP study's runs
 
 __all__ = ["CLAIM", "NAME", "SENTENCE", "from_rlp", "run"]

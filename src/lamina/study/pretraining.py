@@ -720,11 +720,11 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
     return result
 
 
-DENSITY_CLAIM = Claim(DENSITY, DENSITY_SENTENCE, density_familiarity)
-DIFFICULTY_CLAIM = Claim(DIFFICULTY, DIFFICULTY_SENTENCE, sparsify_difficulty)
-HIERARCHY_CLAIM = Claim(HIERARCHY, HIERARCHY_SENTENCE, hierarchy)
-MODULARITY_CLAIM = Claim(MODULARITY, MODULARITY_SENTENCE, modularity)
-CONTEXT_CLAIM = Claim(CONTEXT, CONTEXT_SENTENCE, context_vs_prior)
+DENSITY_CLAIM = Claim(DENSITY, DENSITY_SENTENCE, density_familiarity, group=ARM)
+DIFFICULTY_CLAIM = Claim(DIFFICULTY, DIFFICULTY_SENTENCE, sparsify_difficulty, group=ARM)
+HIERARCHY_CLAIM = Claim(HIERARCHY, HIERARCHY_SENTENCE, hierarchy, group=ARM)
+MODULARITY_CLAIM = Claim(MODULARITY, MODULARITY_SENTENCE, modularity, group=ARM)
+CONTEXT_CLAIM = Claim(CONTEXT, CONTEXT_SENTENCE, context_vs_prior, group=ARM)
 CLAIMS = (DENSITY_CLAIM, DIFFICULTY_CLAIM, HIERARCHY_CLAIM, MODULARITY_CLAIM, CONTEXT_CLAIM)
 
 __all__ = ["CLAIMS", "PRESETS", "Preset", "cross_seed_matches", "label_depths", "match_score", "profile_match",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -360,7 +361,10 @@ def write_index(out: str | Path) -> Path:
     index = root / "index.md"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        index.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # Whole or not at all: groups of claims in processes of their own rewrite it as they finish.
+        tmp = index.with_name(f"index.md.tmp-{os.getpid()}")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, index)
     except OSError as err:
         raise ConfigError(f"--out: expected a writable folder, got {str(root)!r} ({write_failure(err)})") from err
     return index
