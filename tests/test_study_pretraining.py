@@ -68,8 +68,11 @@ def test_right_minus_wrong_is_within_level():
         "2": {"correct": [True, False, False], "density": [0.3, 0.2, 0.1]},
         "3": {"correct": [False, False], "density": [0.9, 0.9]},  # no right answer: left out
     }
-    assert pt.correct_minus_wrong(levels) == pytest.approx((0.3 + 0.15) / 2)
-    assert np.isnan(pt.correct_minus_wrong({"5": levels["3"]}))
+    assert pt.correct_minus_wrong(levels, minimum=1) == pytest.approx((0.3 + 0.15) / 2)
+    assert np.isnan(pt.correct_minus_wrong({"5": levels["3"]}, minimum=1))
+    assert pt.mixed_levels(levels, minimum=1) == ["1", "2"]
+    # Two right answers do not make a comparison: below the minimum a level is left out.
+    assert pt.mixed_levels(levels, minimum=2) == [] and np.isnan(pt.correct_minus_wrong(levels, minimum=2))
 
 
 def test_prompt_density_does_not_depend_on_batching():

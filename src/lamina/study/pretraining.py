@@ -118,13 +118,16 @@ def train(ctx: StudyContext, arms: tuple[str, ...] = (ARM,)) -> tuple[dict[int, 
     return runs, preset, seconds
 
 
-_SCALARS: dict[Path, dict] = {}
+_SCALARS: dict[tuple, dict] = {}
 
 
 def scalars(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    if run.folder not in _SCALARS:
-        _SCALARS[run.folder] = read_scalars(run.folder)
-    return _SCALARS[run.folder]
+    """The run's TensorBoard scalars, read once per state of its event files (five claims read them)."""
+    events = tuple(sorted((p.name, p.stat().st_size) for p in run.folder.glob("events.out.tfevents.*")))
+    key = (str(run.folder), events)
+    if key not in _SCALARS:
+        _SCALARS[key] = read_scalars(run.folder)
+    return _SCALARS[key]
 
 
 def at(run: Run, tag: str, step: int | None = None) -> float:
@@ -338,14 +341,22 @@ def cached_problems(ctx: StudyContext, run: Run, seed: int, preset: Preset, devi
     return levels
 
 
-def correct_minus_wrong(levels: dict) -> float:
-    """Density when right minus when wrong, within each level that has both, averaged over those
-    levels (so that a level's difficulty does not pass for a per-problem effect)."""
+MIN_OUTCOMES = 10  # problems right and wrong a level needs before their densities are compared
+
+
+def mixed_levels(levels: dict, minimum: int = MIN_OUTCOMES) -> list[str]:
+    """The levels with at least `minimum` problems right and `minimum` wrong."""
+    return [k for k, lv in levels.items()
+            if minimum <= sum(lv["correct"]) <= len(lv["correct"]) - minimum]
+
+
+def correct_minus_wrong(levels: dict, minimum: int = MIN_OUTCOMES) -> float:
+    """Density when right minus when wrong, within each level with `minimum` of each, averaged over
+    those levels (so that a level's difficulty does not pass for a per-problem effect)."""
     diffs = []
-    for lv in levels.values():
-        dens, right = np.asarray(lv["density"]), np.asarray(lv["correct"], bool)
-        if right.any() and (~right).any():
-            diffs.append(float(dens[right].mean() - dens[~right].mean()))
+    for k in mixed_levels(levels, minimum):
+        dens, right = np.asarray(levels[k]["density"]), np.asarray(levels[k]["correct"], bool)
+        diffs.append(float(dens[right].mean() - dens[~right].mean()))
     return float(np.mean(diffs)) if diffs else float("nan")
 
 
@@ -357,14 +368,16 @@ def sparsify_difficulty(ctx: StudyContext) -> ClaimResult:
     result = ClaimResult(DIFFICULTY, DIFFICULTY_SENTENCE, {}, list(ctx.seeds))
     trained = lambda r: float(np.mean([at(r, f"sparsity/level/{k}/mean") for k in (1, 2, 3)]))  # noqa: E731
     held = lambda r: float(np.mean([at(r, f"sparsity/ood/level/{k}/mean") for k in (4, 5)]))  # noqa: E731
-    mixed = {s: sum(1 for lv in p.values() if any(lv["correct"]) and not all(lv["correct"])) for s, p in problems.items()}
+    mixed = {s: len(mixed_levels(p)) for s, p in problems.items()}
     solved = {s: sum(sum(lv["correct"]) for lv in p.values()) for s, p in problems.items()}
     result.gates = [
         runs_gate(runs),
         null_probe_gate(runs, "sparsity/gap/id_b/z", "id − id_b"),
-        Gate("right-and-wrong", "does the model get some problems right and some wrong within a level, every seed?",
+        Gate("right-and-wrong", f"does the model get at least {MIN_OUTCOMES} problems right and {MIN_OUTCOMES} wrong "
+             "within some level (so that their densities can be compared), every seed?",
              all(m > 0 for m in mixed.values()),
-             "; ".join(f"seed {s}: {solved[s]} right, {mixed[s]} level(s) with both" for s in sorted(problems))),
+             "; ".join(f"seed {s}: {solved[s]} right of {sum(len(lv['correct']) for lv in problems[s].values())}, "
+                       f"{mixed[s]} level(s) with {MIN_OUTCOMES} of each" for s in sorted(problems))),
     ]
     margin = margin_from_null(runs, "sparsity/gap/id_b/se")
     pred = Prediction(1, margin, f"margin: 3 × the within-run standard error of the id − id_b null gap ({margin:.4f})")
