@@ -55,7 +55,16 @@ class Claim:
         return self.group or self.name
 
 
-__all__ = ["Claim", "PRESETS", "StudyContext", "repo_configs"]
+def study_configs(claim: str, folder: Path, names: dict[str, str]) -> dict[str, Path]:
+    """role -> the study config file `folder / name`; a missing one is a one-line error (--configs)."""
+    paths = {role: Path(folder) / name for role, name in names.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"study {claim}: expected the study's configs, got no {', '.join(missing)} (--configs)")
+    return paths
+
+
+__all__ = ["Claim", "PRESETS", "StudyContext", "repo_configs", "study_configs"]
 
 
 def yaml_value(paths, *keys: str):

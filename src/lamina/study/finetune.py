@@ -57,7 +57,7 @@ from lamina.finetune.retention import (
 )
 from lamina.pretrained import load_gpt
 from lamina.probes import world_seed
-from lamina.study.claim import Claim, StudyContext, yaml_value
+from lamina.study.claim import Claim, StudyContext, study_configs, yaml_value
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, write_report
 from lamina.study.runs import Run, RunSpec
 from lamina.study.verdict import Prediction
@@ -124,11 +124,7 @@ ARMS = ("base", "finetuned-base", "proxy-base", "continued-base", "small", "fine
 
 
 def config_paths(folder: Path) -> dict[str, Path]:
-    paths = {role: folder / name for role, name in CONFIGS.items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ConfigError(f"study {NAME}: expected the study's configs, got no {', '.join(missing)} (--configs)")
-    return paths
+    return study_configs(NAME, folder, CONFIGS)
 
 
 # ---- the evaluation items ------------------------------------------------------------------------------

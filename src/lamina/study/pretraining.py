@@ -35,7 +35,7 @@ from lamina.finetune.retention import GreedyCompleter, score, token_budget
 from lamina.instrument.hierarchy import TIER_ORDER, tier_of
 from lamina.pretrained import load_gpt
 from lamina.probes import world_seed
-from lamina.study.claim import Claim, StudyContext
+from lamina.study.claim import Claim, StudyContext, study_configs
 from lamina.study.finetune import arith_items, device_of, fingerprint, checkpoint_key, training_questions
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed
 from lamina.study.runs import Run, RunSpec
@@ -94,9 +94,7 @@ def preset_of(ctx: StudyContext) -> Preset:
 
 
 def specs_for(ctx: StudyContext, preset: Preset, seed: int) -> dict[str, RunSpec]:
-    config = ctx.configs / CONFIG
-    if not config.is_file():
-        raise ConfigError(f"study {ctx.claim}: expected the study's configs, got no {config} (--configs)")
+    config = study_configs(ctx.claim, ctx.configs, {"world": CONFIG})["world"]
     cadence = ("--instrument.every_n_steps", str(preset.measure_every),
                "--instrument.modularity_every_n_steps", str(preset.measure_every))
     words = preset.every + cadence

@@ -47,7 +47,7 @@ import numpy as np
 from lamina.compare.stats import summarize, t_quantile
 from lamina.errors import ConfigError
 from lamina.rlp.evaluate import elicitation_share, paired_interval, pass_at_k
-from lamina.study.claim import Claim, StudyContext, yaml_value
+from lamina.study.claim import Claim, StudyContext, study_configs, yaml_value
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, write_report
 from lamina.study.runs import Run, RunSpec
 from lamina.study.verdict import Prediction
@@ -119,11 +119,7 @@ PRESETS = {
 
 
 def config_paths(folder: Path) -> dict[str, Path]:
-    paths = {role: folder / name for role, name in CONFIGS.items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ConfigError(f"study {NAME}: expected the study's configs, got no {', '.join(missing)} (--configs)")
-    return paths
+    return study_configs(NAME, folder, CONFIGS)
 
 
 def arm_configs(paths: dict[str, Path], arm: str) -> tuple[str, ...]:
