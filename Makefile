@@ -87,9 +87,9 @@ rlp-study: $(STAMP)
 # hierarchy, modularity, reasoning-in-pretraining, elicitation, finetune-fragility, context-vs-prior,
 # STUDY_SEEDS seeds each at the cpu preset; study/index.md gathers the verdicts. Runs already under
 # study/runs/ are reused (the targets above share them), a killed run resumes where it stopped.
-# STUDY_JOBS: groups of claims at once (the world-v2 claims, the RLP study, fine-tuning), one thread each.
+# STUDY_JOBS: seeds fitted at once (a seed of a group of claims a process, one thread each; the longest first).
 STUDY_SEEDS ?= 3
-STUDY_JOBS  ?= 3
+STUDY_JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 .PHONY: study
 study: $(STAMP)
 	$(PY) -m lamina.study --seeds $(STUDY_SEEDS) --out study --preset cpu --jobs $(STUDY_JOBS)

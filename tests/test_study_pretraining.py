@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig
 from lamina.study import pretraining as pt
-from lamina.study.command import main as study_main
+from lamina.study.command import main as study_main, unit_order
 from lamina.study.runs import Run, RunSpec
 
 
@@ -112,17 +112,42 @@ def test_the_five_claims_at_the_test_preset(tmp_path, capsys):
     assert index.index("density-familiarity") < index.index("context-vs-prior")  # the research note's order
 
 
-def test_groups_of_claims_run_in_processes_of_their_own(tmp_path, monkeypatch, capsys):
+def test_jobs_fit_each_seed_of_a_group_in_a_process_of_its_own(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # (the token caches of the processes land here)
-    results = study_main(["density-familiarity", "finetune-fragility", "--seeds", "1", "--out", str(tmp_path / "s"),
+    results = study_main(["density-familiarity", "finetune-fragility", "--seeds", "2", "--out", str(tmp_path / "s"),
                           "--preset", "test", "--jobs", "2"])
     out = capsys.readouterr().out
-    assert "study: starting density-familiarity in a process of its own" in out
-    assert "study: starting finetune-fragility in a process of its own" in out
+    for seed in (1, 2):
+        assert f"study: seed {seed} of density-familiarity in a process of its own" in out
+        assert f"study: seed {seed} of finetune-fragility in a process of its own" in out
+    # (the processes' own lines go to the terminal) The reports are written here from the finished
+    # runs: no fit starts in this process.
+    assert "seed 2/2, arm world-v2: finished run reused" in out and ": training " not in out
     assert set(results) == {"density-familiarity", "finetune-fragility"}
-    assert all(r["contrasts"] for r in results.values())
+    assert all(r.contrasts and r.seeds == [1, 2] for r in results.values())
     index = (tmp_path / "s" / "index.md").read_text()
     assert "[density-familiarity](density-familiarity/report.md)" in index
     assert "[finetune-fragility](finetune-fragility/report.md)" in index
+
+
+def test_a_unit_fits_one_seed_and_writes_no_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "s"
+    assert study_main(["density-familiarity", "--seeds", "3", "--fits-for-seed", "2", "--out", str(out),
+                       "--preset", "test"]) == {}
+    assert sorted(p.name for p in (out / "runs" / "world-v2").iterdir()) == ["seed2"]
+    assert not (out / "density-familiarity" / "report.md").exists() and not (out / "index.md").exists()
+    with pytest.raises(ConfigError, match="^--fits-for-seed: expected one of the seeds 1 2 3, got 4$"):
+        study_main(["density-familiarity", "--seeds", "3", "--fits-for-seed", "4", "--out", str(out)])
+
+
+def test_units_run_the_longest_first():
+    groups = {"finetune-fragility": ["finetune-fragility"], "world-v2": ["density-familiarity", "hierarchy"],
+              "reasoning-in-pretraining": ["reasoning-in-pretraining", "elicitation"], "other": ["x"]}
+    order = [(group, seed) for group, _, seed in unit_order(groups, [3, 1])]
+    assert order == [("reasoning-in-pretraining", 3), ("reasoning-in-pretraining", 1), ("world-v2", 3),
+                     ("world-v2", 1), ("finetune-fragility", 3), ("finetune-fragility", 1), ("other", 3),
+                     ("other", 1)]
+    assert unit_order(groups, [1])[1][1] == ["density-familiarity", "hierarchy"]  # a group's claims stay together
     with pytest.raises(ConfigError, match="^--jobs: expected a count >= 1, got 0"):
-        study_main(["--jobs", "0", "--out", str(tmp_path / "s")])
+        study_main(["--jobs", "0", "--out", "unused"])

@@ -33,6 +33,7 @@ class StudyContext:
     configs: Path = field(default_factory=repo_configs)
     device: str = "auto"  # for evaluations outside a fit: auto (cuda when present), cpu, cuda, ...
     log: Callable[[str], None] = print
+    unit: bool = False  # a --fits-for-seed process: fits and per-seed evaluations, nothing over all seeds
 
     @property
     def folder(self) -> Path:

@@ -23,8 +23,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="evaluations outside a fit: auto (cuda when present), cpu, cuda")
     p.add_argument("--isolate", action="store_true", help="run each fit in its own process, not in this one")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="run up to N groups of claims at once, each in its own process with one thread (claims that "
-                        "share runs form a group and run one after another; default: 1, everything here)")
+                   help="fit up to N seeds at once, each seed of a group of claims (claims that share runs) in a "
+                        "process of its own with one thread; the reports are then written here (default: 1, "
+                        "everything in this process)")
+    p.add_argument("--fits-for-seed", type=int, default=None, metavar="S",
+                   help="run seed S's fits and evaluations only, and write no report (what --jobs gives each "
+                        "process; another machine's share of a study)")
     return p
 
 
@@ -38,37 +42,45 @@ def seeds_from(values: list[int]) -> list[int]:
     return list(values)
 
 
+# CPU minutes one seed of a group's fits took at the cpu preset (one thread, 2026-12-01): --jobs
+# starts the longest units first, so that no core idles at the end while one long unit runs.
+MINUTES_PER_SEED = {"reasoning-in-pretraining": 20.0, "world-v2": 12.0, "finetune-fragility": 8.0}
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """`lamina study ...` (argv without the program name and subcommand); returns claim -> ClaimResult."""
+    """`lamina study ...` (argv without the program name and subcommand); returns claim -> ClaimResult
+    (with --jobs N > 1: claim -> its result.json, a dict)."""
     from lamina.study import CLAIMS
 
     args = parser().parse_args(argv)
-    names = args.claims or list(CLAIMS)
+    names = list(dict.fromkeys(args.claims or CLAIMS))
     unknown = [name for name in names if name not in CLAIMS]
     if unknown:
         raise ConfigError(f"lamina study: unknown claim {unknown[0]!r} (expected one of {', '.join(CLAIMS)})")
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)}, got {args.preset!r}")
+    for name in names:
+        if args.preset not in CLAIMS[name].presets:
+            raise ConfigError(f"--preset: claim {name} runs at {', '.join(CLAIMS[name].presets)}, got {args.preset!r}")
     seeds = seeds_from(args.seeds)
     if args.jobs < 1:
         raise ConfigError(f"--jobs: expected a count >= 1, got {args.jobs}")
+    if args.fits_for_seed is not None:
+        if args.fits_for_seed not in seeds:
+            raise ConfigError(f"--fits-for-seed: expected one of the seeds {' '.join(map(str, seeds))}, "
+                              f"got {args.fits_for_seed}")
+        for name in names:
+            run_claim(args, name, [args.fits_for_seed], unit=True)
+        return {}
     groups: dict[str, list[str]] = {}
-    for name in dict.fromkeys(names):
+    for name in names:
         groups.setdefault(CLAIMS[name].runs_with, []).append(name)
-    if args.jobs > 1 and len(groups) > 1:
-        return run_groups(args, list(groups.values()))
-    out = Path(args.out)
-    configs = Path(args.configs) if args.configs else repo_configs()
+    if args.jobs > 1:
+        run_units(args, groups, seeds)
     results = {}
-    for name in dict.fromkeys(names):
-        claim = CLAIMS[name]
-        if args.preset not in claim.presets:
-            raise ConfigError(f"--preset: claim {name} runs at {', '.join(claim.presets)}, got {args.preset!r}")
-        runner = Runner(out / "runs", name, isolate=args.isolate)
-        ctx = StudyContext(name, out, seeds, args.preset, runner, configs, args.device)
-        result = claim.run(ctx)
-        report = write_report(result, out)
-        results[name] = result
+    for name in names:  # every run is finished now (with --jobs) or is fitted here
+        results[name] = result = run_claim(args, name, seeds)
+        report = write_report(result, args.out)
         gates = result.gate_map
         for contrast in result.contrasts:
             verdict = contrast.verdict(gates)
@@ -78,50 +90,64 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{st.mean:+.3f}" if st.n else "no value")
                 print(f"study {name}: {contrast.name}: {verdict.verdict} ({span}, {st.n} seed(s))")
         print(f"study {name}: report in {report}")
-    print(f"study: index in {out / 'index.md'}")
+    print(f"study: index in {Path(args.out) / 'index.md'}")
     return results
 
 
-def group_words(args: argparse.Namespace, claims: list[str]) -> list[str]:
-    words = [*claims, "--seeds", *map(str, args.seeds), "--out", str(args.out), "--preset", args.preset,
-             "--device", args.device]
+def run_claim(args: argparse.Namespace, name: str, seeds: list[int], unit: bool = False):
+    """A claim's study over `seeds` (its fits run or are reused); its ClaimResult, no report.
+    unit: one seed's share of a study (--fits-for-seed), nothing that reads every seed."""
+    from lamina.study import CLAIMS
+
+    out = Path(args.out)
+    configs = Path(args.configs) if args.configs else repo_configs()
+    runner = Runner(out / "runs", name, isolate=args.isolate)
+    return CLAIMS[name].run(StudyContext(name, out, seeds, args.preset, runner, configs, args.device, unit=unit))
+
+
+def unit_words(args: argparse.Namespace, claims: list[str], seed: int) -> list[str]:
+    words = [*claims, "--seeds", *map(str, args.seeds), "--fits-for-seed", str(seed), "--out", str(args.out),
+             "--preset", args.preset, "--device", args.device]
     if args.configs:
         words += ["--configs", str(args.configs)]
     return words + (["--isolate"] if args.isolate else [])
 
 
-def run_groups(args: argparse.Namespace, groups: list[list[str]]) -> dict:
-    """Each group of claims in its own `python -m lamina.study` process (one torch thread each, so
-    that N processes share N cores), up to `args.jobs` at once; then DIR/index.md over them all.
-    Returns claim -> its result.json (a dict)."""
-    import json
+def unit_order(groups: dict[str, list[str]], seeds: list[int]) -> list[tuple[str, list[str], int]]:
+    """(group, its claims, seed) for every group and seed, the longest first (MINUTES_PER_SEED; a
+    group not there counts 1), seeds in their order within a group."""
+    units = [(group, claims, seed) for group, claims in groups.items() for seed in seeds]
+    return sorted(units, key=lambda unit: (-MINUTES_PER_SEED.get(unit[0], 1.0), seeds.index(unit[2])))
+
+
+def run_units(args: argparse.Namespace, groups: dict[str, list[str]], seeds: list[int]) -> None:
+    """The fits and evaluations of each (group of claims, seed) in a `python -m lamina.study
+    --fits-for-seed` process of its own (one torch thread, so that N processes share N cores), up
+    to `args.jobs` at once, the longest first. The reports are then written in this process from
+    the finished runs and the evaluations' caches. A unit that fails leaves DIR/index.md over what
+    was reported before and ends the study with one line."""
     import os
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    units = unit_order(groups, seeds)
 
-    def run(claims: list[str]) -> tuple[list[str], int]:
-        print(f"study: starting {', '.join(claims)} in a process of its own", flush=True)
-        done = subprocess.run([sys.executable, "-m", "lamina.study", *group_words(args, claims)], env=env, check=False)
-        return claims, done.returncode
+    def run(unit: tuple[str, list[str], int]) -> tuple[list[str], int, int]:
+        _, claims, seed = unit
+        print(f"study: seed {seed} of {', '.join(claims)} in a process of its own", flush=True)
+        done = subprocess.run([sys.executable, "-m", "lamina.study", *unit_words(args, claims, seed)], env=env,
+                              check=False)
+        return claims, seed, done.returncode
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        finished = list(pool.map(run, groups))
-    out = Path(args.out)
-    index = write_index(out)
-    failed = [(claims, code) for claims, code in finished if code]
+        failed = [(claims, seed, code) for claims, seed, code in pool.map(run, units) if code]
     if failed:
-        claims, code = failed[0]
-        raise ConfigError(f"lamina study: the process of {', '.join(claims)} ended with exit status {code} "
-                          f"(its lines above say why); the other groups' reports are in {index}")
-    print(f"study: index in {index}")
-    results = {}
-    for claims, _ in finished:
-        for name in claims:
-            results[name] = json.loads((out / name / "result.json").read_text(encoding="utf-8"))
-    return results
+        index = write_index(Path(args.out))
+        claims, seed, code = failed[0]
+        raise ConfigError(f"lamina study: the process of seed {seed} of {', '.join(claims)} ended with exit status "
+                          f"{code} (its lines above say why); the reports written so far are in {index}")
 
 
-__all__ = ["group_words", "main", "parser", "run_groups", "seeds_from"]
+__all__ = ["MINUTES_PER_SEED", "main", "parser", "run_claim", "run_units", "seeds_from", "unit_order", "unit_words"]
