@@ -27,6 +27,7 @@ import torch
 from lamina.cli import LaminaCLI, cli_kwargs
 from lamina.data import TextDataModule
 from lamina.lm import LanguageModel
+from lamina.pretrained import load_init_from
 from lamina.rlp import objective as rlp
 from report import write_result
 
@@ -76,7 +77,7 @@ def main() -> None:
     init_from = module.hparams.init_from
     started_from = init_from if init_from and os.path.isfile(init_from) else "random init"
     if started_from != "random init":
-        module._load_init_from(init_from)
+        load_init_from(module.model, module.hparams, init_from)
     module.to(device)
     module.rlp_ema.load_state_dict(module.model.state_dict())
     initial = {k: v.clone() for k, v in module.model.state_dict().items()}

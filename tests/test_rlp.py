@@ -354,17 +354,19 @@ def test_bad_rlp_keys_are_named():
 
 
 def test_init_from_errors_name_the_key(tmp_path):
+    from lamina.pretrained import load_init_from
+
     lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32)
     with pytest.raises(ConfigError, match="model.init_from: no such checkpoint"):
-        lm._load_init_from(str(tmp_path / "missing.ckpt"))
+        load_init_from(lm.model, lm.hparams, str(tmp_path / "missing.ckpt"))
     other = LanguageModel(n_layer=2, n_head=2, n_embd=64, block_size=32)
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}, path)
     with pytest.raises(ConfigError, match="model.init_from.*model.n_embd is 64 there, 32 here"):
-        lm._load_init_from(str(path))
+        load_init_from(lm.model, lm.hparams, str(path))
     same = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32)
     torch.save({"state_dict": same.state_dict()}, path)
-    lm._load_init_from(str(path))
+    load_init_from(lm.model, lm.hparams, str(path))
     assert all(torch.equal(a, b) for a, b in zip(lm.model.state_dict().values(), same.model.state_dict().values()))
 
 

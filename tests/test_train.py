@@ -188,7 +188,7 @@ class FusedAdamW(torch.optim.AdamW):
 
 
 class HostValue(torch.Tensor):
-    """Marks the values lamina.lm.host_scalar puts on the host (it survives Lightning's clones): on a
+    """Marks the values lamina.step_logging.host_scalar puts on the host (through lamina.lm) (it survives Lightning's clones): on a
     GPU they live in host memory, and reading them waits for nothing."""
 
     def __deepcopy__(self, memo):

@@ -1,7 +1,8 @@
 """The next-token objective as a LightningModule: optimizer groups, schedule, validation, bits per byte.
 
 Everything that observes training (throughput and MFU, the non-finite guard, thinking evaluations)
-is a Callback in lamina.callbacks; the RLP objective is lamina.rlp.RLPModel, a subclass. Their keys
+is a Callback in lamina.callbacks; the RLP objective is lamina.rlp.RLPModel, a subclass. The step's
+gradient norm and clipping by it are lamina.gradients; `init_from` is lamina.pretrained.load_init_from. Their keys
 stay under `model.` (`model.peak_flops`, `model.on_nonfinite`, `model.rlp`, ...) so that configs keep
 working: the callbacks read them from `hparams`, and `LanguageModel(rlp=...)` makes an RLPModel.
 """
@@ -13,7 +14,6 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.config_types import (
@@ -29,10 +29,11 @@ from lamina.config_types import (
 from lamina.errors import ConfigError
 from lamina.kernels import wide_dtype
 from lamina.model import GPT, GPTConfig
-from lamina.pretrained import SHAPE_KEYS, misfits, model_weights
+from lamina.gradients import clip_by_step_norm, step_grad_norm
+from lamina.pretrained import load_init_from
 from lamina.rlp.config import RLPConfig, ThoughtEvalConfig
-from lamina.sharding import check_fsdp, global_grad_norm, is_fsdp, scaler_owns_infs
-from lamina.user_errors import read_checkpoint
+from lamina.sharding import check_fsdp, is_fsdp
+from lamina.step_logging import ends_logged_step, host_scalar
 
 NONFINITE_POLICIES = ("stop", "skip")
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
@@ -49,23 +50,6 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: fl
 def bits_per_byte(loss_nats: torch.Tensor | float, tokens_per_byte: float) -> torch.Tensor | float:
     """Mean next-token loss (nats per token) as bits per byte of raw text: comparable across tokenizers."""
     return loss_nats / math.log(2) * tokens_per_byte
-
-
-def ends_logged_step(trainer: L.Trainer, batch_idx: int) -> bool:
-    """In on_train_batch_end: this micro-batch ends an optimizer step whose metrics Lightning writes
-    (every log_every_n_steps optimizer steps, as its logger connector counts them)."""
-    if (batch_idx + 1) % trainer.accumulate_grad_batches:
-        return False
-    n = trainer.log_every_n_steps
-    return bool(n) and (trainer.global_step % n == 0 or trainer.should_stop)
-
-
-def host_scalar(value: torch.Tensor | float) -> torch.Tensor:
-    """A float32 scalar on the host for self.log: no host-to-device copy, and Lightning's per-batch
-    progress-bar conversion of it never waits for the device."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", torch.float32)
-    return torch.tensor(float(value), dtype=torch.float32)
 
 
 class _RLPWhenConfigured:
@@ -309,37 +293,15 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """After backward (gradients all-reduced under DDP, reduce-scattered under FSDP), before
-        clipping and the update: the gradient norm, computed once (clipping reuses it; not with fp16's
-        scaler, whose gradients may still be scaled), then `step_check`, where the NonFiniteGuard
-        callback plugs in. Under FSDP it is the norm of the whole gradient, not of this rank's shard:
-        FSDP's own clip_grad_norm_ (a collective, on every rank) with no limit computes it and leaves
-        the gradients as they are (times 1; a non-finite norm makes them NaN, a step the guard drops)."""
-        scaled = scaler_owns_infs(self.trainer.precision)
-        if is_fsdp(self.trainer):
-            self.grad_norm = None if scaled else global_grad_norm(self.trainer)
-        else:
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads and not scaled else None
+        """The step's gradient norm, computed once (lamina.gradients), then `step_check`, where the
+        NonFiniteGuard callback plugs in."""
+        self.grad_norm = step_grad_norm(self.trainer, optimizer)
         if self.step_check is not None:
             self.step_check(self.trainer, self, optimizer)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip by this step's gradient norm (the same numbers as Lightning's clip_grad_norm_, without
-        computing the norm twice); Lightning's own clipping where it was not computed, or under another
-        sharded strategy. Under FSDP each rank scales its shard by the one factor the global norm
-        gives, as FSDP's clip_grad_norm_ does (Lightning's FSDP plugin refuses to clip by norm)."""
         norm, self.grad_norm = self.grad_norm, None
-        by_norm = gradient_clip_algorithm in (None, "norm")
-        fsdp = is_fsdp(self.trainer)
-        ours = fsdp or type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)  # not DeepSpeed
-        if fsdp and norm is None and gradient_clip_val and by_norm:
-            return  # the guard dropped this step's gradients (fp16 with clipping is refused under FSDP)
-        if norm is None or not gradient_clip_val or not by_norm or not ours:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        clip_by_step_norm(self, optimizer, norm, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- a phase on a pretrained checkpoint -----------------------------------------------------
 
@@ -347,20 +309,5 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         # A fresh run starts from init_from; a resumed one has restored its model already (or
         # restores it right after this hook, which overwrites what is set here).
         if not self._restored and self.hparams.init_from:
-            self._load_init_from(self.hparams.init_from)
-
-    def _load_init_from(self, path: str) -> None:
-        """Copy the model weights of a lamina checkpoint into this model; nothing else."""
-        checkpoint = read_checkpoint(path, "model.init_from")
-        weights = model_weights(checkpoint)
-        bad = misfits(self.model.state_dict(), weights)
-        if bad:
-            saved = checkpoint.get("hyper_parameters", {})
-            differ = [f"model.{k} is {saved[k]} there, {self.hparams[k]} here"
-                      for k in SHAPE_KEYS if k in saved and saved[k] != self.hparams[k]]
-            raise ConfigError(
-                f"model.init_from: the weights in {path!r} do not fit this model: "
-                + ("; ".join(differ) if differ else f"{len(bad)} tensors differ, e.g. {bad[0]}")
-            )
-        self.model.load_state_dict(weights)
-        rank_zero_info(f"lamina: model weights from {path}")
+            load_init_from(self.model, self.hparams, self.hparams.init_from)
+            rank_zero_info(f"lamina: model weights from {self.hparams.init_from}")

@@ -68,6 +68,23 @@ def model_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
 
 
+def load_init_from(model: GPT, hparams, path: str) -> None:
+    """`model.init_from`: copy the model weights of a lamina checkpoint into `model` (the module's
+    GPT, whose hyperparameters are `hparams`), and nothing else: no optimizer, step or counters."""
+    checkpoint = read_any_checkpoint(path, "model.init_from")
+    weights = model_weights(checkpoint)
+    bad = misfits(model.state_dict(), weights)
+    if bad:
+        saved = checkpoint.get("hyper_parameters", {})
+        differ = [f"model.{k} is {saved[k]} there, {hparams[k]} here"
+                  for k in SHAPE_KEYS if k in saved and saved[k] != hparams[k]]
+        raise ConfigError(
+            f"model.init_from: the weights in {path!r} do not fit this model: "
+            + ("; ".join(differ) if differ else f"{len(bad)} tensors differ, e.g. {bad[0]}")
+        )
+    model.load_state_dict(weights)
+
+
 def load_gpt(path: str | os.PathLike, key: str = "checkpoint", tokenizer: bool = True) -> LoadedCheckpoint:
     """A lamina checkpoint as a GPT in eval mode (CPU, float32), with its tokenizer when asked."""
     checkpoint = read_checkpoint(path, key)

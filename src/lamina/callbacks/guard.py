@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.checkpointing import last_good_checkpoint
 from lamina.errors import ConfigError
-from lamina.lm import ends_logged_step
+from lamina.step_logging import ends_logged_step
 from lamina.sharding import scaler_owns_infs
 
 

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lamina.lm import ends_logged_step
+from lamina.step_logging import ends_logged_step
 
 # Dense peak FLOP/s per device for the dtype of the matmuls (bf16 tensor cores, no sparsity); MFU is
 # only reported where it is known. Matched in order on the CUDA device name: the PCIe H100 before

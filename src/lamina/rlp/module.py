@@ -10,7 +10,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from lamina.data.thoughts import DEFAULT_THOUGHT_TOKENS, ThoughtSlots, longest_thought_tokens
 from lamina.errors import ConfigError
-from lamina.lm import LanguageModel, host_scalar
+from lamina.lm import LanguageModel
+from lamina.step_logging import host_scalar
 from lamina.rlp.config import RLPConfig
 from lamina.rlp.evaluate import newline_ids
 from lamina.rlp.objective import ema_model, ema_update, rlp_step, step_generator

@@ -136,7 +136,8 @@ def run_units(args: argparse.Namespace, groups: dict[str, list[str]], seeds: lis
 
     def run(unit: tuple[str, list[str], int]) -> tuple[list[str], int, int]:
         _, claims, seed = unit
-        print(f"study: seed {seed} of {', '.join(claims)} in a process of its own", flush=True)
+        # one write a line (a print's newline is a second write, which another thread's line can split)
+        print(f"study: seed {seed} of {', '.join(claims)} in a process of its own\n", end="", flush=True)
         done = subprocess.run([sys.executable, "-m", "lamina.study", *unit_words(args, claims, seed)], env=env,
                               check=False)
         return claims, seed, done.returncode
