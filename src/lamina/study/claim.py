@@ -49,7 +49,7 @@ class Claim:
     sentence: str
     run: Callable[[StudyContext], ClaimResult]
     presets: tuple[str, ...] = PRESETS
-    group: str = ""  # claims of one group share runs (and run one after another); "": the claim's own
+    group: str = ""  # claims of one group share runs (fitted once a seed, in one --jobs unit); "": the claim's own
 
     @property
     def runs_with(self) -> str:

@@ -49,7 +49,7 @@ MINUTES_PER_SEED = {"reasoning-in-pretraining": 20.0, "world-v2": 12.0, "finetun
 
 def main(argv: list[str] | None = None) -> dict:
     """`lamina study ...` (argv without the program name and subcommand); returns claim -> ClaimResult
-    (with --jobs N > 1: claim -> its result.json, a dict)."""
+    ({} with --fits-for-seed, which writes no report)."""
     from lamina.study import CLAIMS
 
     args = parser().parse_args(argv)

@@ -361,7 +361,7 @@ def write_index(out: str | Path) -> Path:
     index = root / "index.md"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        # Whole or not at all: groups of claims in processes of their own rewrite it as they finish.
+        # Whole or not at all: a --jobs unit whose gate stops its claim writes it too, beside the others.
         tmp = index.with_name(f"index.md.tmp-{os.getpid()}")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         os.replace(tmp, index)
