@@ -1,21 +1,37 @@
 # Each target creates .venv when it is missing.
 # On a machine without a GPU the CPU build of torch goes in first; on a GPU box run
-# `make install TORCH_SPEC=torch` (or install your CUDA build of torch into .venv first).
+# `make install TORCH_SPEC=torch LOCK=` (a CUDA build of torch brings the triton it was built with).
+# Everything else is installed at the versions in constraints.txt, the ones the suite last passed
+# with; `make lock` refreshes that file to the newest versions pyproject.toml's ranges allow, after
+# running the suite on them in a venv of its own.
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
+LOCK       ?= constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench compare-demo clean
+.PHONY: install lock demo test bench compare-demo clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q $(if $(LOCK),-c $(LOCK)) -e ".[test]"
 	touch $(STAMP)
+
+# torch is pinned by TORCH_SPEC, not here: the CPU and CUDA builds differ.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(MAKE) test VENV=$(LOCK_VENV) LOCK=
+	{ echo "# What make install installs beside torch (TORCH_SPEC): the newest versions pyproject.toml's"; \
+	  echo "# ranges allowed when make lock last ran the suite on them ($$(date -u +%Y-%m-%d), python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())'))."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)=='; \
+	} > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 demo: $(STAMP)
 	$(VENV)/bin/lamina fit --config configs/tiny.yaml
@@ -44,7 +60,7 @@ compare-demo: $(STAMP)
 	@echo "Report: compare/demo/report.md"
 
 clean:
-	rm -rf $(VENV) .cache runs .pytest_cache
+	rm -rf $(VENV) .venv-lock .cache runs .pytest_cache
 
 # The GPU check (bench/gpu_check.sh). `make wheels` downloads, where pip has the network, the wheels a
 # lent GPU box lacks into .wheels/ (carried there with the run); `make gpu-check-cpu` runs the same
@@ -59,7 +75,7 @@ gpu-check:
 gpu-check-cpu: $(STAMP)
 	bash bench/gpu_check.sh --cpu --out $${GPU_CHECK_OUT:-$$(mktemp -d)}
 
-# finetune-fragility (issue 15 item 4, lamina.study.finetune): direct fine-tuning vs proxy tuning on
+# finetune-fragility (lamina.study.finetune): direct fine-tuning vs proxy tuning on
 # fact retention, the new task and drift by layer, paired by seed; writes study/finetune-fragility/report.md
 # and study/index.md. Finished runs under study/runs/ are reused, a killed run resumes. FINETUNE_SEEDS:
 # one number N means seeds 1..N, several numbers mean exactly those seeds.
@@ -69,7 +85,7 @@ finetune-study: $(STAMP)
 	$(PY) -m lamina.study finetune-fragility --seeds $(FINETUNE_SEEDS) --out study --preset cpu
 	@echo "Report: study/finetune-fragility/report.md"
 
-# reasoning-in-pretraining (issue 13 item 7, lamina.study.rlp): phase 1 pretrains the tiny GPT on world arithmetic
+# reasoning-in-pretraining (lamina.study.rlp): phase 1 pretrains the tiny GPT on world arithmetic
 # with its worked thoughts (a gate stops the study unless greedy thinking at level 2 lands in 15-85%);
 # phase 2, from that checkpoint on the same arithmetic with the thoughts stripped: RLP (thought slots,
 # line reward) against RLP with shuffled rewards, next-token at the same tokens, next-token at the same
@@ -83,7 +99,7 @@ rlp-study: $(STAMP)
 	$(PY) -m lamina.study reasoning-in-pretraining --seeds $(RLP_SEEDS) --out study --preset cpu
 	@echo "Report: study/reasoning-in-pretraining/report.md"
 
-# Every claim of the research note (lamina study, issue 16): density-familiarity, sparsify-difficulty,
+# Every claim lamina studies (lamina study, docs/studies.md): density-familiarity, sparsify-difficulty,
 # hierarchy, modularity, reasoning-in-pretraining, elicitation, finetune-fragility, context-vs-prior,
 # STUDY_SEEDS seeds each at the cpu preset; study/index.md gathers the verdicts. Runs already under
 # study/runs/ are reused (the targets above share them), a killed run resumes where it stopped.

@@ -7,7 +7,7 @@
 #                      (`pip install --no-deps -e .`: `datasets` is never needed for the built-in corpus);
 #   1. tests           tests/test_kernels.py and tests/test_measures.py on CUDA, the kernels compiled by
 #                      Triton (TRITON_INTERPRET=0) and run on CUDA tensors; a skipped kernel test fails it;
-#   2. kernels         bench/kernels.py: GB/s against the device's HBM peak, Gram TFLOP/s (do_bench);
+#   2. kernels         bench/kernel_bandwidth.py: GB/s against the device's HBM peak, Gram TFLOP/s (do_bench);
 #   3. throughput_small   bench/throughput.py on configs/small.yaml (compile, bf16): tokens/s, MFU, peak
 #                      memory, compile time, against the plain loop;
 #   4. throughput_124m the same for the GPT-2 124M shape (configs/gpt2-124m.yaml) on the built-in corpus:
@@ -213,7 +213,7 @@ if [ "$MODE" = gpu ] && "$PY" -c "import xdist" 2>/dev/null; then
 fi
 run_step tests "${LIMITS[1]}" "$PY" -m pytest -q -rs -p no:cacheprovider "${XDIST[@]}" "${TESTS[@]}" \
   --junitxml="$LOGS/tests.xml"
-run_step kernels "${LIMITS[2]}" "$PY" bench/kernels.py --out "$OUT_DIR" "${KERNEL_ARGS[@]}"
+run_step kernels "${LIMITS[2]}" "$PY" bench/kernel_bandwidth.py --out "$OUT_DIR" "${KERNEL_ARGS[@]}"
 run_step throughput_small "${LIMITS[3]}" "$PY" bench/throughput.py --out "$OUT_DIR" "${SMALL_ARGS[@]}"
 run_step throughput_124m "${LIMITS[4]}" "$PY" bench/throughput.py --out "$OUT_DIR" "${ARGS_124M[@]}"
 # Last: its cost (the measurements at step 0 and at the end partition and ablate) is the least known.

@@ -137,11 +137,15 @@ def test_report_numbers_by_hand(report):
     base, rlp = table["base", "val/bpb"], table["rlp", "val/bpb"]
     assert base["runs"] == rlp["runs"] == "3"
 
-    # End of each run: base ends at 100 * 1024 tokens, rlp at 60 * 1024.
-    assert_stats(base, "end", [4.0 - 102400 / 65536 + e for e in BASE_NOISE])
-    assert_stats(rlp, "end", [3.5 - 61440 / 32768 + e for e in RLP_NOISE])
-    assert_stats(table["base", "perf/tokens_seen"], "end", [102400.0] * 3)
+    # At the last step every run reached: base validates at steps 0, 24, 49, 74, 99, rlp at 0, 14,
+    # 29, 44, 59; no step after 0 in common, so no end-of-run val/bpb (base's step 99 against rlp's
+    # 59 was the old table's). The counters, logged every 10 steps by both, compare at rlp's last, 59.
+    assert base["end_step"] == rlp["end_step"] == "" and base["end_n"] == rlp["end_n"] == "0"
+    assert base["end_mean"] == rlp["end_mean"] == rlp["end_delta"] == ""
+    assert table["base", "perf/tokens_seen"]["end_step"] == "59"
+    assert_stats(table["base", "perf/tokens_seen"], "end", [61440.0] * 3)
     assert_stats(table["rlp", "perf/flops"], "end", [61440.0 * 12] * 3)
+    assert_stats(table["rlp", "eval/arith_acc/level1"], "end", [0.5 + e for e in RLP_NOISE])
 
     # Matched tokens: rlp's last val (61440 tokens) falls between base's val points (51200, 76800).
     assert float(base["at_tokens_budget"]) == 61440
@@ -154,20 +158,24 @@ def test_report_numbers_by_hand(report):
     assert_stats(table["rlp", "perf/flops"], "at_tokens", [61440.0 * 12] * 3)
 
     # Difference from the first group, Welch's interval around it.
-    diff = float(rlp["end_mean"]) - float(base["end_mean"])
-    assert float(rlp["end_delta"]) == pytest.approx(diff)
+    diff = float(rlp["at_tokens_mean"]) - float(base["at_tokens_mean"])
+    assert float(rlp["at_tokens_delta"]) == pytest.approx(diff)
     va, vb = statistics.variance(BASE_NOISE) / 3, statistics.variance(RLP_NOISE) / 3
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
     half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
-    assert float(rlp["end_delta_ci95_low"]) == pytest.approx(diff - half)
-    assert float(rlp["end_delta_ci95_high"]) == pytest.approx(diff + half)
-    assert base["end_delta"] == ""
+    assert float(rlp["at_tokens_delta_ci95_low"]) == pytest.approx(diff - half)
+    assert float(rlp["at_tokens_delta_ci95_high"]) == pytest.approx(diff + half)
+    assert base["at_tokens_delta"] == ""
 
-    # The markdown shows the same numbers.
+    # The markdown shows the same numbers, and says why val/bpb has no end-of-run row.
     md = (out / "report.md").read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| `val/bpb` |"))
-    mean, sd, lo, hi = by_hand([4.0 - 102400 / 65536 + e for e in BASE_NOISE])
-    assert f"{mean:.4g} ± {sd:.2g} [{lo:.4g}, {hi:.4g}] (n=3)" in row
+    row = md_row_of(md, "val/bpb", "## At matched tokens seen")
+    mean, sd, lo, hi = by_hand([4.0 - 61440 / 65536 + e for e in BASE_NOISE])
+    assert row[2] == f"{mean:.4g} ± {sd:.2g} [{lo:.4g}, {hi:.4g}] (n=3)"
+    assert md_row_of(md, "perf/tokens_seen")[1] == "59 (base: to 99)"
+    assert md_row_of(md, "val/bpb") == []
+    assert ("- `val/bpb`: its runs share no step after step 0; did not reach step 99: "
+            "rlp/version_0, rlp/version_1, rlp/version_2 (last at step 59)") in md_section(md, END)
 
 
 def test_missing_metrics_are_blank(report):
@@ -180,8 +188,8 @@ def test_missing_metrics_are_blank(report):
     assert table["rlp", "sparsity/gap/id_b"]["end_mean"] == ""
     assert_stats(table["rlp", "eval/arith_acc/level1"], "end", [0.5 + e for e in RLP_NOISE])
     md = (out / "report.md").read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| `eval/arith_acc/level1` |"))
-    assert row.split("|")[2].strip() == ""  # the base cell of the end-of-run table
+    row = md_row_of(md, "eval/arith_acc/level1")
+    assert row[1] == "59" and row[2] == ""  # the step (rlp's alone) and the base cell of the end-of-run table
 
 
 def test_grouping_by_name_glob_and_group_flag(runs, tmp_path):
@@ -202,8 +210,9 @@ def test_grouping_by_name_glob_and_group_flag(runs, tmp_path):
     table = read_csv(tmp_path / "b")
     first = table["first", "val/bpb"]
     assert first["runs"] == "2"
-    assert float(first["end_mean"]) == pytest.approx(
-        statistics.mean([4.0 - 102400 / 65536 + BASE_NOISE[0], 3.5 - 61440 / 32768 + RLP_NOISE[0]]))
+    assert first["end_n"] == "0"  # base's step 99 and rlp's step 59 are not averaged as one end
+    assert float(first["at_tokens_mean"]) == pytest.approx(
+        statistics.mean([4.0 - 61440 / 65536 + BASE_NOISE[0], 3.5 - 61440 / 32768 + RLP_NOISE[0]]))
     assert table["rest", "rlp/reward_std"]["end_n"] == "0"
 
 
@@ -369,10 +378,18 @@ def seeded_run(folder: Path, seed: int | None, bpb0: float, config: str | None =
         (folder / "config.yaml").write_text(config if config is not None else lightning_config(seed, seed))
 
 
-def md_row_of(md: str, metric: str, section: str = "## At the end of each run") -> list[str]:
-    table = md.split(section, 1)[1]
-    line = next(line for line in table.splitlines() if line.startswith(f"| `{metric}` |"))
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+END = "## At the last step every run reached"
+
+
+def md_section(md: str, heading: str) -> str:
+    """The text under `heading`, up to the next section."""
+    return md.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+
+
+def md_row_of(md: str, metric: str, section: str = END) -> list[str]:
+    """The cells of the metric's row in the section's table; [] where the table has no such row."""
+    lines = [line for line in md_section(md, section).splitlines() if line.startswith(f"| `{metric}` |")]
+    return [cell.strip() for cell in lines[0].strip().strip("|").split("|")] if lines else []
 
 
 def test_paired_by_seed_cancels_what_the_seeds_share(tmp_path):
@@ -460,9 +477,10 @@ def test_unmatched_seeds_fall_back_to_welch(tmp_path):
     assert float(table["one", "val/bpb"]["end_paired_delta"]) == EFFECT + SHARED[1] - SHARED[1]
     cells = md_row_of(md, "val/bpb")
     other = table["other", "val/bpb"]
-    assert cells[5] == compare.delta_cell(
+    assert cells[1] == "39"  # the step of the row's values
+    assert cells[6] == compare.delta_cell(
         tuple(float(other[f"end_{k}"]) for k in ("delta", "delta_ci95_low", "delta_ci95_high")))
-    assert "(Welch)" not in cells[5]  # the column says it once
+    assert "(Welch)" not in cells[6]  # the column says it once
 
 
 def test_runs_without_seeds_are_left_unpaired(tmp_path):
@@ -525,3 +543,92 @@ def test_runs_without_config_keep_welch(report):
     assert "| rlp − base (Welch) |" in md
     row = read_csv(report)["rlp", "val/bpb"]
     assert row["end_paired_n"] == "0" and row["end_paired_delta"] == ""
+
+
+# ---- the end-of-run table: the values of a row are from one step -------------------------------
+
+
+def steps_run(last_step: int, val: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+    """A run's counters (every 10 steps, as synthetic_run logs them) with the validation points given."""
+    scalars = synthetic_run(last_step, 8, 4.0, 1 / 65536, 0.0, last_step + 1)
+    return {tag: points for tag, points in scalars.items() if tag.startswith("perf/")} | val
+
+
+def test_end_of_run_compares_at_the_last_common_step_and_names_it(tmp_path, capsys):
+    """Training bit-identical up to step 31: a stopped there, b's runs went on to 40 and 45. The old
+    table set a's last val/bpb against b's last (another step); this one compares both at step 31."""
+    root = tmp_path / "runs"
+    bpb = {0: 8.25, 31: 4.5}  # the same at the steps both logged
+    write_run(root / "a" / "version_0", steps_run(31, {
+        "val/bpb": bpb,
+        "val/loss": {0: 16.5},  # its last validation was its step-0 pass: no end to compare
+        "eval/once": {10: 0.5},  # logged at a step the other runs did not log
+        "eval/init": {0: 0.25},  # logged at step 0 only, by every run: compared there
+    }))
+    for version, last in enumerate([40, 45]):
+        write_run(root / "b" / f"version_{version}", steps_run(last, {
+            "val/bpb": bpb | {last: 4.0 - version / 4},
+            "val/loss": {0: 16.5, 31: 9.0, last: 8.0},
+            "eval/once": {20: 0.75},
+            "eval/init": {0: 0.25},
+        }))
+    out = tmp_path / "cmp"
+    main(["compare", str(root / "a"), str(root / "b"), "--out", str(out), "--metrics", "val/*,eval/*"])
+
+    table = read_csv(out)
+    a, b = table["a", "val/bpb"], table["b", "val/bpb"]
+    assert a["end_step"] == b["end_step"] == "31"
+    assert float(a["end_mean"]) == 4.5 and float(b["end_mean"]) == 4.5  # not 8.25 (step 0) nor 4.0 (step 40)
+    assert b["end_n"] == "2" and float(b["end_delta"]) == 0.0
+    assert table["b", "eval/init"]["end_step"] == "0" and float(table["b", "eval/init"]["end_mean"]) == 0.25
+    assert table["a", "perf/tokens_seen"]["end_step"] == "29"  # the counters' last common logging step
+    for metric in ("val/loss", "eval/once"):  # refused: blank, with no step
+        for group in ("a", "b"):
+            row = table[group, metric]
+            assert row["end_step"] == "" and row["end_n"] == "0" and row["end_mean"] == "", (group, metric)
+    assert table["b", "val/loss"]["at_tokens_n"] == "2"  # the matched-budget tables still have it (at 0 tokens)
+
+    md = (out / "report.md").read_text()
+    assert md_row_of(md, "val/bpb")[:4] == ["`val/bpb`", "31 (b: to 40–45)", "4.5 (n=1)", "4.5 ± 0 [4.5, 4.5] (n=2)"]
+    assert md_row_of(md, "eval/init")[1] == "0"
+    assert md_row_of(md, "perf/tokens_seen")[1] == "29 (b: to 39)"
+    section = md_section(md, END)
+    assert md_row_of(md, "val/loss") == md_row_of(md, "eval/once") == []
+    refused = [line for line in section.splitlines() if line.startswith("- ")]
+    assert refused == [
+        "- `val/loss`: its runs share no step after step 0; did not reach step 45: a/version_0 (last at step 0); "
+        "b/version_0 (last at step 40)",
+        "- `eval/once`: its runs share no step after step 0; did not reach step 20: a/version_0 (last at step 10)",
+    ]
+    assert "the last step at which every run logging it has a value" in section
+
+    err = capsys.readouterr().err  # the command says so too, one line per metric, no traceback
+    notes = [line for line in err.splitlines() if "left out of the table" in line]
+    assert "Traceback" not in err and len(notes) == 2
+    assert notes[0].startswith("lamina compare: note: val/loss left out of the table at the last step every run "
+                               "reached: its runs share no step after step 0; did not reach step 45: a/version_0")
+
+
+def test_end_step_by_hand():
+    """end_step on runs in memory: the last step every run logging the metric has; none where only
+    step 0 is shared and a run went on; a run without the metric does not hold the others back."""
+
+    def run(name: str, **tags: list[int]) -> compare.Run:
+        scalars = {tag.replace("_", "/"): (np.array(steps, dtype=np.int64), np.zeros(len(steps))) for tag, steps
+                   in tags.items()}
+        return compare.Run(Path(name), name, name, scalars)
+
+    a, b, c = run("a", val_bpb=[0, 31], val_loss=[0]), run("b", val_bpb=[0, 31, 40], val_loss=[0, 9]), run("c")
+    end = compare.end_step([a, b, c], "val/bpb")
+    assert end.step == 31 and [(r.label, last) for r, last in end.last] == [("a", 31), ("b", 40)]
+    assert not end.refused and a.at_step("val/bpb", 31) == 0.0 and a.at_step("val/bpb", 40) is None
+    loss = compare.end_step([a, b, c], "val/loss")
+    assert loss.step is None and loss.refused
+    assert compare.end_step([a, c], "val/loss") == (0, [(a, 0)])  # step 0 is every run's last: compared
+    assert compare.end_step([c], "val/bpb") == (None, []) and not compare.end_step([c], "val/bpb").refused
+
+
+def test_help_says_what_the_end_of_run_table_compares():
+    text = " ".join(compare.parser().format_help().split())
+    assert "at the last step every run reached" in text
+    assert "a metric whose runs share no step after step 0 is refused" in text

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,3 +84,49 @@ def test_sample_refuses_a_prompt_longer_than_the_context(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", checkpoint, "--prompt", "x" * 40])
     assert capsys.readouterr().err.startswith("lamina: error: --prompt: expected 1 to 23 tokens")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_with_repo_root_first(code: str, *, site: bool = True) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter whose sys.path starts with the repository root (as under
+    `python -m pytest`, `python -c` or a notebook in the checkout); without site-packages if not `site`."""
+    prelude = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+    if not site:
+        prelude += "sys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def test_repo_root_kernels_folder_does_not_shadow_transformers_kernels():
+    # transformers imports the Hugging Face package `kernels`; the repository's kernels/ (lamina.kernels)
+    # must not be what it gets, wherever the repository root sits on sys.path.
+    done = run_with_repo_root_first(
+        "import kernels, lamina.kernels\n"
+        "from transformers import GPT2LMHeadModel\n"
+        "assert kernels is not lamina.kernels\n"
+        f"assert not kernels.__file__.startswith({str(REPO_ROOT / 'kernels')!r}), kernels.__file__\n"
+        "print('ok')")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_repo_root_kernels_folder_is_not_a_top_level_package():
+    # With no other `kernels` installed, `import kernels` fails as if the folder were not there.
+    done = run_with_repo_root_first("import kernels", site=False)
+    assert done.returncode == 1
+    assert "ModuleNotFoundError: No module named 'kernels'" in done.stderr and "is lamina.kernels" in done.stderr
+
+
+def test_outside_clients_script_runs_as_a_user_runs_it(tmp_path):
+    # `python bench/outside_clients.py` puts bench/ first on sys.path: nothing there may shadow a package
+    # transformers imports. transformers is a test dependency; nnsight and TransformerLens may be absent.
+    out = tmp_path / "clients.json"
+    done = subprocess.run([sys.executable, "bench/outside_clients.py", "--demo", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["ok"] and len(report["runs"]) == 2
+    for run in report["runs"]:
+        assert run["clients"]["transformers"]["max_abs_logit_diff"] < 1e-4

@@ -1,4 +1,4 @@
-"""RLP that can show its effect (issue 13), each mechanism on a case whose answer is known by
+"""RLP that can show its effect, each mechanism on a case whose answer is known by
 construction: reasoning stripped from the text (`data.thoughts`), thought slots (`model.rlp.positions`),
 K-token and line rewards (`reward_tokens`), the shuffled-reward control, the thought rules and cap,
 evaluations in the corpus's own format with paired intervals, pass@k and the elicitation share."""

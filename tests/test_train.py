@@ -86,6 +86,28 @@ def test_ckpt_path_last_continues_the_latest_version(tmp_path):
     assert max(steps) >= 7
 
 
+def test_a_fit_validates_at_its_last_step_whatever_its_length(tmp_path):
+    main(fit_args(tmp_path, "odd", "--trainer.max_steps", "7", "--trainer.val_check_interval", "5",
+                  "--trainer.log_every_n_steps", "5"))
+    tags = scalars(tmp_path / "runs" / "odd" / "version_0")
+    assert sorted(tags["val/bpb"]) == [0, 5, 7]
+
+
+def test_extending_a_run_keeps_its_learning_rate_schedule(tmp_path, caplog):
+    # lr 3e-3, warmup 5, min_lr_ratio 0.1: the cosine reaches its floor, 3e-4, at the first run's max_steps.
+    main(fit_args(tmp_path, "ext", "--trainer.max_steps", "10", "--trainer.log_every_n_steps", "1"))
+    first = scalars(tmp_path / "runs" / "ext" / "version_0")["lr"]
+    with caplog.at_level("INFO"):
+        main(fit_args(tmp_path, "ext", "--trainer.max_steps", "14", "--ckpt_path", "last",
+                      "--trainer.log_every_n_steps", "1"))
+    lr = scalars(tmp_path / "runs" / "ext" / "version_0")["lr"]
+    assert [lr[s] for s in range(10)] == [first[s] for s in range(10)]
+    assert 3e-4 < lr[9] < 6e-4  # on its way down to the floor before the extension ...
+    assert all(lr[s] == pytest.approx(3e-4) for s in range(10, 14)), lr  # ... and at it after, not back up
+    said = [r.getMessage() for r in caplog.records if "learning rate keeps its schedule" in r.getMessage()]
+    assert len(said) == 1 and "trainer.max_steps 14" in said[0] and "steps 10-14 train at its floor" in said[0]
+
+
 def run_cli_error(tmp_path, capsys, *extra) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main(fit_args(tmp_path, "bad", "--trainer.max_steps", "2", *extra))
@@ -347,3 +369,20 @@ def custom_scalars_layout(run_dir: Path) -> dict[str, list[str]]:
                 s.value for s in content.series
             ]
     return charts
+
+
+def test_lamina_help_names_every_subcommand(capsys):
+    from lamina.cli import SUBCOMMANDS, TOOLS, LaminaCLI
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    runnable = {*LaminaCLI.subcommands(), "prepare", *TOOLS}
+    assert runnable == set(SUBCOMMANDS)  # the list is what main() runs, no more, no less
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    assert listed == runnable
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tset"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("lamina: error: unknown subcommand 'tset'") and "\n" not in err

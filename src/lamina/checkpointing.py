@@ -137,13 +137,39 @@ def megabytes(n_bytes: int) -> str:
 
 
 class ReportRunFolder(L.Callback):
-    """At the end of fit, one line with the run folder's size and what takes it (checkpoints
-    grow with the model and with checkpoint.save_top_k; events with logging and pictures)."""
+    """At the end of fit, where it got to and where it is: a line with the step, the last train loss
+    and the last validation's loss and bits per byte (every fit validates at its last step: lamina.lm),
+    then one with the run folder, its size and what takes it (checkpoints grow with the model and with
+    checkpoint.save_top_k; events with logging and pictures)."""
+
+    def __init__(self):
+        self._validation: tuple[int, float, float | None] | None = None  # (step, val/loss, val/bpb)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if "val/loss" in metrics:  # not after a partial sanity pass, which lamina does not log
+            bpb = metrics.get("val/bpb")
+            self._validation = (trainer.global_step, float(metrics["val/loss"]), None if bpb is None else float(bpb))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks
-        if trainer.is_global_zero and log_dir and Path(log_dir).is_dir():
-            rank_zero_info(run_folder_summary(Path(log_dir)))
+        if trainer.is_global_zero:
+            rank_zero_info(self.results(trainer))
+            if log_dir and Path(log_dir).is_dir():
+                rank_zero_info(run_folder_summary(Path(log_dir)))
+
+    def results(self, trainer: L.Trainer) -> str:
+        """`lamina: step 600/600: train loss 1.234, val loss 1.250, val bpb 1.803`."""
+        step, parts = trainer.global_step, []
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            parts.append(f"train loss {float(loss):.3f}")
+        if self._validation is not None:
+            at, val_loss, bpb = self._validation
+            parts.append(f"val loss {val_loss:.3f}" + ("" if bpb is None else f", val bpb {bpb:.3f}")
+                         + ("" if at == step else f" (at step {at})"))
+        of = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        return f"lamina: step {step}{of}: " + (", ".join(parts) or "no loss logged")
 
 
 def run_folder_summary(folder: Path) -> str:

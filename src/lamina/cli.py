@@ -12,6 +12,7 @@ import inspect
 import logging
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError
@@ -19,7 +20,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lamina.callbacks import Throughput, training_callbacks
+from lamina.callbacks import TerminalDefaults, Throughput, training_callbacks
 from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_checkpoints
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
@@ -52,8 +53,28 @@ def not_a_promotion(record: logging.LogRecord) -> bool:
 # every handler, Lightning's own and the user's).
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_a_promotion)
 
+# Other libraries' deprecation notices about each other's internals, which a lamina user can do
+# nothing about (each by its message; any other warning still shows): Lightning 2.6 builds torch's
+# deprecated pytree LeafSpec when it logs a value.
+KNOWN_DEPRECATIONS = ((r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),)
+
+
+def hide_known_deprecations() -> None:
+    """On import and again as each CLI starts (cli_kwargs): a `warnings.catch_warnings` block around
+    the import (a test runner's) drops the filters set in it. (Setting one again replaces it.)"""
+    for pattern, category in KNOWN_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+
+
+hide_known_deprecations()
+
 
 class LaminaCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit and validate: a LanguageModel has no test or predict step."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # int: model.block_size is a PositiveInt, which a key typed int cannot write back to YAML
         parser.link_arguments("model.block_size", "data.block_size", compute_fn=int)
@@ -201,11 +222,13 @@ def prepare(args: list[str]) -> None:
 
 
 def cli_kwargs() -> dict:
+    hide_known_deprecations()
     return dict(
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "default_env": False},
         auto_configure_optimizers=False,
-        trainer_defaults={"callbacks": [*training_callbacks(), StopOnSignal(), ReportRunFolder()]},
+        # TerminalDefaults after the config's callbacks: it swaps only the bar and summary Lightning adds
+        trainer_defaults={"callbacks": [*training_callbacks(), StopOnSignal(), ReportRunFolder(), TerminalDefaults()]},
     )
 
 
@@ -220,6 +243,27 @@ TOOLS = {
 }
 
 
+# `lamina --help`: every subcommand with a line (each one's own --help says the rest).
+SUBCOMMANDS = {
+    "fit": "train a GPT (lamina fit --config configs/tiny.yaml); --ckpt_path last resumes the latest run",
+    "validate": "val/loss and val/bpb of a checkpoint (--ckpt_path)",
+    "prepare": "build a config's tokenizer and token cache ahead of a fit",
+    "compare": "runs side by side on tokens seen and FLOPs, paired by seed: a report (md, CSV, PNG)",
+    "study": "one small experiment per claim about how representations form (docs/studies.md), each with a verdict",
+    "sample": "what a checkpoint writes after a prompt, greedy or sampled",
+    "export": "a checkpoint as a Hugging Face GPT2LMHeadModel folder (transformers, nnsight, TransformerLens)",
+    "proxy": "proxy tuning: decode a base model with a small tuned expert's logit offset",
+}
+
+
+def overview() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {line}" for name, line in SUBCOMMANDS.items()]
+    return "\n".join(["usage: lamina SUBCOMMAND [options]   (lamina SUBCOMMAND --help for its options)", "",
+                      "A small-scale pretraining lab with in-loop instrumentation of representations.", "",
+                      "subcommands:", *lines])
+
+
 def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
@@ -227,6 +271,13 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """The console script; `argv` (without the program name) is for calling it from Python."""
     words = sys.argv[1:] if argv is None else argv
+    if words[:1] in ([], ["-h"], ["--help"]):
+        print(overview(), file=sys.stdout if words else sys.stderr)
+        sys.exit(0 if words else 2)
+    if not words[0].startswith("-") and words[0] not in SUBCOMMANDS:
+        print(f"lamina: error: unknown subcommand {words[0]!r}: expected one of {', '.join(SUBCOMMANDS)} "
+              "(lamina --help)", file=sys.stderr)
+        sys.exit(2)
     try:
         if words[:1] and words[0] in TOOLS:
             importlib.import_module(TOOLS[words[0]]).main(words[1:])

@@ -36,6 +36,27 @@ def check_exportable(loaded: LoadedCheckpoint) -> None:
             f"uses rotary ones"
         )
 
+    def setting(key: str, default):  # the checkpoint's hyperparameters say, where the config may not know the key
+        return loaded.hparams.get(key, getattr(config, key, default))
+
+    # GPT-2's attention has no norm on queries and keys, and its logits no cap: refused. An untied
+    # output layer GPT-2 can hold (tie_word_embeddings false), but gpt2_config writes a tied one.
+    if setting("qk_norm", False):
+        raise ConfigError(
+            f"model.qk_norm: export to GPT2LMHeadModel needs attention without a query/key norm, the checkpoint "
+            f"{loaded.path!r} normalises them"
+        )
+    if setting("logit_softcap", None) is not None:
+        raise ConfigError(
+            f"model.logit_softcap: export to GPT2LMHeadModel needs uncapped logits, the checkpoint {loaded.path!r} "
+            f"caps them at {setting('logit_softcap', None)}"
+        )
+    if not setting("tie_embeddings", True):
+        raise ConfigError(
+            f"model.tie_embeddings: export to GPT2LMHeadModel writes a tied output layer, the checkpoint "
+            f"{loaded.path!r} has an untied one"
+        )
+
 
 def gpt2_config(loaded: LoadedCheckpoint, eot_id: int):
     from transformers import GPT2Config
@@ -85,9 +106,10 @@ def export(checkpoint: str, out: str | Path) -> Path:
     try:
         from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
     except ImportError as err:
-        raise ConfigError(
-            "export: needs the optional package transformers (pip install -e '.[export]')"
-        ) from err
+        if isinstance(err, ModuleNotFoundError) and err.name == "transformers":
+            raise ConfigError("export: needs the optional package transformers (pip install -e '.[export]')") from err
+        # transformers is there but something it imports failed: say what, not "install it"
+        raise ConfigError(f"export: transformers is installed but does not import: {err}") from err
     loaded = load_gpt(checkpoint, key="export CKPT")
     check_exportable(loaded)
     eot_id = loaded.tokenizer.token_to_id(EOT)

@@ -29,6 +29,7 @@ from lamina.config_types import (
 from lamina.errors import ConfigError
 from lamina.kernels import wide_dtype
 from lamina.model import GPT, GPTConfig
+from lamina.optim import OPTIMIZERS, MuonWithAdamW
 from lamina.gradients import clip_by_step_norm, step_grad_norm
 from lamina.pretrained import load_init_from
 from lamina.rlp.config import RLPConfig, ThoughtEvalConfig
@@ -78,11 +79,17 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         dropout: Fraction = 0.0,
         bias: bool = False,
         rotary: bool = False,
+        qk_norm: bool = False,
+        tie_embeddings: bool = True,
+        zero_init_projections: bool = False,
+        logit_softcap: PositiveNumber | None = None,
         lr: NonNegativeNumber = 1e-3,
         min_lr_ratio: ClosedUnitInterval = 0.1,
         warmup_steps: NonNegativeInt = 100,
         weight_decay: NonNegativeNumber = 0.1,
         betas: tuple[Fraction, Fraction] = (0.9, 0.95),
+        optimizer: Literal[OPTIMIZERS] = "adamw",
+        muon_lr: NonNegativeNumber = 0.02,
         compile: bool = False,
         peak_flops: PositiveNumber | None = None,
         init_from: str | None = None,
@@ -103,11 +110,21 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
             dropout: dropout probability (0 for pretraining from scratch).
             bias: biases in linear layers and layer norms.
             rotary: rotary position embeddings instead of learned positions.
-            lr: peak learning rate.
+            qk_norm: RMS-normalise each head's queries and keys (no weight) before attention.
+            tie_embeddings: the output layer shares the token embedding's matrix (false: a matrix of its own).
+            zero_init_projections: start the blocks' residual projections (attention and MLP c_proj) at
+                zero, so that each block starts as the identity.
+            logit_softcap: cap the logits smoothly at +-cap (cap * tanh(logits / cap)); null: no cap.
+            lr: peak learning rate (AdamW's).
             min_lr_ratio: final learning rate as a fraction of lr.
             warmup_steps: linear warmup steps.
-            weight_decay: AdamW decay on matrices (never on norms, biases, embeddings).
+            weight_decay: decay of the blocks' weight matrices (never of norms, biases, embeddings, the
+                output layer): each step shrinks them by lr x weight_decay (with muon too, at its larger lr).
             betas: AdamW betas.
+            optimizer: adamw, or muon: torch.optim.Muon on the blocks' weight matrices, AdamW on the rest
+                (not under FSDP).
+            muon_lr: Muon's peak learning rate (with optimizer muon), on Muon's own scale (nanochat's 0.02),
+                scheduled as lr is.
             compile: torch.compile the model (GPU runs).
             peak_flops: device peak FLOP/s for MFU, overriding the built-in table (lamina.callbacks.Throughput).
             init_from: a lamina checkpoint whose model weights (and nothing else: no optimizer, step or
@@ -128,8 +145,8 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         n_layer, n_head, n_embd, block_size, vocab_size, warmup_steps, max_nonfinite_skips = map(
             plain, (n_layer, n_head, n_embd, block_size, vocab_size, warmup_steps, max_nonfinite_skips)
         )
-        dropout, lr, min_lr_ratio, weight_decay, peak_flops = map(
-            plain, (dropout, lr, min_lr_ratio, weight_decay, peak_flops)
+        dropout, lr, min_lr_ratio, weight_decay, peak_flops, muon_lr, logit_softcap = map(
+            plain, (dropout, lr, min_lr_ratio, weight_decay, peak_flops, muon_lr, logit_softcap)
         )
         betas = tuple(map(plain, betas))
         super().__init__()
@@ -137,6 +154,8 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         self.config = GPTConfig(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
             activation=activation, mlp_ratio=mlp_ratio, dropout=dropout, bias=bias, rotary=rotary,
+            qk_norm=qk_norm, tie_embeddings=tie_embeddings, zero_init_projections=zero_init_projections,
+            logit_softcap=logit_softcap,
         )
         self.model = GPT(self.config)
         self.thought_eval_config = thought_eval  # for the ThoughtEval callback (hparams may hold it as a dict)
@@ -145,6 +164,9 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         self.tokens_seen = 0
         self.flops_seen = 0.0
         self.nonfinite_skips = 0  # counted by the NonFiniteGuard callback, kept in checkpoints
+        # The max_steps the learning-rate schedule decays over, kept in checkpoints: a run extended
+        # with a larger trainer.max_steps keeps its schedule (configure_optimizers).
+        self.schedule_max_steps: int | None = None
         # This optimizer step so far, on the device: the sum of its micro-batches' losses (train/loss is
         # their mean; the guard checks it), and its gradient norm (computed once: clipping, the guard).
         self.step_loss_sum: torch.Tensor | None = None
@@ -184,6 +206,11 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         self.flops_seen += flops * self.trainer.world_size
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.trainer.global_step >= self.trainer.max_steps:
+            # The last optimizer step: asking the trainer to stop here makes Lightning validate now
+            # (a stop request validates, `trainer.should_stop`), so every fit ends with a validation
+            # at its last step whatever its length, and logs train/loss there too.
+            self.trainer.should_stop = True
         if ends_logged_step(self.trainer, batch_idx) and self.step_loss_sum is not None:
             self.log_step(self.step_loss_sum / self.trainer.accumulate_grad_batches)
 
@@ -196,7 +223,8 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lamina"] = {
-            "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "nonfinite_skips": self.nonfinite_skips
+            "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "nonfinite_skips": self.nonfinite_skips,
+            "schedule_max_steps": self.schedule_max_steps,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -204,6 +232,7 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         self.tokens_seen = state.get("tokens_seen", 0)
         self.flops_seen = state.get("flops_seen", 0.0)
         self.nonfinite_skips = state.get("nonfinite_skips", 0)
+        self.schedule_max_steps = state.get("schedule_max_steps")  # None in checkpoints of older lamina
         self._restored = True
 
     # ---- validation -----------------------------------------------------------------------------
@@ -267,7 +296,13 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         if self.trainer.max_steps is None or self.trainer.max_steps < 1:
             raise ConfigError("trainer.max_steps: expected a positive number of steps (training streams endlessly)")
         strategy = self.trainer.strategy
+        muon = self.hparams.optimizer == "muon"
         if is_fsdp(self.trainer):
+            if muon:  # Muon orthogonalises whole matrices; an FSDP rank holds flat 1-D shards of them
+                raise ConfigError(
+                    "model.optimizer: muon needs whole weight matrices, which FSDP splits into flat 1-D shards; "
+                    "use model.optimizer adamw under FSDP, or muon under DDP"
+                )
             check_fsdp(self.trainer)
         # Weight decay on the weight matrices of the blocks' linear layers (attention and MLP
         # projections) and on nothing else: not norms, biases, the embeddings (wte, tied to lm_head;
@@ -277,20 +312,53 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         for p in self.model.parameters():
             if p.requires_grad:
                 (decay if id(p) in matrices else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
         # Fused AdamW where torch has it (CUDA and the CPU): on the CPU the per-tensor loop costs
         # tiny 3x the fused step (bench/results/throughput-tiny-cpu-*). The strategy's device: a
         # LightningModule's `device` is not updated when FSDP moves it.
-        optimizer = torch.optim.AdamW(
-            groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-            fused=strategy.root_device.type in FUSED_ADAMW_DEVICES,
-        )
-        max_steps, warmup, floor = self.trainer.max_steps, self.hparams.warmup_steps, self.hparams.min_lr_ratio
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, max_steps, floor))
+        adamw = dict(lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                     fused=strategy.root_device.type in FUSED_ADAMW_DEVICES)
+        if not muon:
+            groups = [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            optimizer = torch.optim.AdamW(groups, **adamw)
+        else:
+            # Muon (nanochat's and modded-nanogpt's settings: momentum 0.95, Nesterov, the update
+            # scaled by sqrt(max(1, rows / columns)), torch's adjust_lr_fn "original") on the matrices,
+            # AdamW on the rest, as ONE optimizer (lamina.optim.MuonWithAdamW says why): Lightning's
+            # automatic optimization, accumulation, clipping, the guard and resume stay as they are.
+            # Its weight decay is scaled so that a matrix shrinks by lr x weight_decay a step, as under
+            # AdamW (torch's Muon shrinks by muon_lr x its weight_decay). AdamW's group comes first:
+            # the logged `lr` stays model.lr's schedule; the one LambdaLR scales muon_lr by it too.
+            # (c_attn's fused q, k, v projection is orthogonalised as one [3C, C] matrix; nanochat and
+            # modded-nanogpt orthogonalise the three apart.)
+            lr, muon_lr = self.hparams.lr, self.hparams.muon_lr
+            muon_decay = self.hparams.weight_decay * lr / muon_lr if muon_lr > 0 else 0.0
+            optimizer = MuonWithAdamW(
+                [{"params": no_decay, "weight_decay": 0.0}],
+                [{"params": decay, "weight_decay": muon_decay}],
+                adamw=adamw,
+                muon=dict(lr=muon_lr, momentum=0.95, nesterov=True, adjust_lr_fn="original"),
+            )
+        horizon, warmup, floor = self.schedule_horizon(), self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, horizon, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def schedule_horizon(self) -> int:
+        """The step the cosine reaches its floor: trainer.max_steps for a new run; for a resumed one, the
+        horizon it was started with, so that a run extended with a larger trainer.max_steps keeps its
+        schedule and trains the added steps at the floor lr (lr x min_lr_ratio) instead of jumping back
+        up the cosine, and a shortened one stops where its schedule has got to. Said in one line."""
+        max_steps, horizon = self.trainer.max_steps, self.schedule_max_steps or self.trainer.max_steps
+        self.schedule_max_steps = horizon
+        if horizon != max_steps:
+            floor = self.hparams.lr * self.hparams.min_lr_ratio
+            tail = (f"steps {horizon}-{max_steps} train at its floor, {floor:.3g}" if max_steps > horizon
+                    else f"the run stops at step {max_steps}, before the schedule's end")
+            rank_zero_info(f"lamina: trainer.max_steps {max_steps} differs from the {horizon} this run was started "
+                           f"with: the learning rate keeps its schedule (cosine to step {horizon}); {tail}")
+        return horizon
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """The step's gradient norm, computed once (lamina.gradients), then `step_check`, where the

@@ -1,5 +1,12 @@
 """The GPT: pre-norm transformer blocks, tied embeddings, GPT-2 init (after nanoGPT's model.py).
 
+Options of a newer recipe (modded-nanogpt, nanochat), each off by default so that a config without
+them builds today's model: `qk_norm` (queries and keys RMS-normalised per head, without a weight),
+`tie_embeddings` false (an output layer of its own), `zero_init_projections` (the blocks' residual
+projections start at zero: each block starts as the identity), `logit_softcap` (logits
+cap * tanh(logits / cap)); rotary positions and relu2 are `rotary` and `activation`. The optimizers
+(`model.optimizer`: AdamW, or Muon beside AdamW) are lamina.optim.
+
 No framework inside: plain torch.nn. The one narrow interface the instrumentation reads is
 `GPT.forward(idx, record=...)`: pass a dict and each block appends its MLP post-activation
 (`record["mlp"]`, `[B, T, d_ff]` per layer), the pre-activation that decides whether a unit fires
@@ -39,6 +46,10 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     rotary: bool = False
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    zero_init_projections: bool = False
+    logit_softcap: float | None = None
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -61,6 +72,9 @@ class GPTConfig:
                 f"model.mlp_ratio: expected a number > 0 that gives the MLP at least one unit "
                 f"(mlp_ratio * n_embd >= 1), got {self.mlp_ratio}"
             )
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf):
+            raise ConfigError(f"model.logit_softcap: expected a number > 0 or null (no cap), got {cap!r}")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -126,6 +140,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -140,6 +155,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # RMS norm over each head's dimensions, no weight (modded-nanogpt, nanochat)
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rope is not None:  # the cos/sin rows of this chunk's positions
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -226,7 +243,8 @@ class GPT(nn.Module):
         if not config.rotary:
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
         if config.rotary:
             cos, sin = rotary_tables(config.n_embd // config.n_head, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -236,6 +254,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init_projections:  # modded-nanogpt: every block starts as the identity
+            for block in self.transformer.h:
+                for proj in (block.attn.c_proj, block.mlp.c_proj):
+                    nn.init.zeros_(proj.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -247,16 +269,22 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, exclude_position_embeddings: bool = True) -> int:
-        """Parameters counted once (the tied embedding is the output layer's weight)."""
+        """Parameters counted once (the tied embedding is the output layer's weight; an untied
+        output layer counts beside the embedding)."""
         n = sum(p.numel() for p in self.parameters())
         if exclude_position_embeddings and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6N + 12 * n_layer * n_embd * block_size (PaLM appendix B, as nanoGPT)."""
+        """Training FLOPs per token: 6N + 12 * n_layer * n_embd * block_size (PaLM appendix B, as nanoGPT),
+        N the parameters that take part in a matmul: the output layer's matrix counts once, tied or
+        not; an untied token embedding is a lookup (no FLOPs), as the position embedding is."""
         c = self.config
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+        n = self.num_params()
+        if not c.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
     def forward(
         self,
@@ -281,6 +309,9 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, record, kv_cache, layer)
         logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.logit_softcap is not None:  # Gemma 2, modded-nanogpt: |logits| < cap, smoothly
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

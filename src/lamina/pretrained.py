@@ -21,7 +21,10 @@ from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig
 from lamina.user_errors import read_checkpoint as read_any_checkpoint
 
-SHAPE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "activation", "mlp_ratio", "bias", "rotary")
+SHAPE_KEYS = (
+    "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "activation", "mlp_ratio", "bias", "rotary",
+    "qk_norm", "tie_embeddings", "logit_softcap",
+)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from lamina.errors import ConfigError
 SECTIONS = "seed_everything, trainer, model, data, checkpoint, instrument, drift, retention, ckpt_path"
 MODEL_SHAPE_KEYS = (
     "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "activation", "mlp_ratio", "bias", "rotary",
+    "qk_norm", "tie_embeddings", "logit_softcap",
 )
 
 

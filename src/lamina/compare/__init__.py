@@ -9,8 +9,8 @@ default one group per run name (the versions of `runs/<name>` are seeds of one a
 `--group LABEL=RUN[,RUN...]` says.
 
 Written to `DIR`:
-- `report.md`: per group and key metric, the value at the end of each run and at a matched
-  budget (the largest tokens seen, and the largest FLOPs, that every run logging the metric
+- `report.md`: per group and key metric, the value at the last step every run reached and at a
+  matched budget (the largest tokens seen, and the largest FLOPs, that every run logging the metric
   reached), as mean ± std [95% t-interval] over the group's runs, and the difference of each
   group from the first one: paired by seed where the runs of the two groups match by seed (see
   below), else the difference of means with Welch's 95% interval;
@@ -28,6 +28,13 @@ validation text, the same initialisation) cancels in each pair, where Welch's in
 as noise. Fewer than 2 pairs (runs without seeds in their config, seeds that differ between the
 groups): Welch's interval, as the report says per column and cell.
 
+At the last step every run reached: per metric, the last step at which every run logging it has a
+value, named in the row (with the groups whose runs went further, and to what step). Side by side,
+one run's last value from step 0 and another's from step 31 would read as a difference between the
+runs; so a metric whose runs share no step after step 0 (the untrained model) is refused: the
+report says so in a line naming the runs that stopped short, and so does the command, on stderr.
+Runs of different lengths on purpose compare at matched tokens and FLOPs.
+
 Nothing is invented: a run that lacks a metric, or whose curve does not reach a budget, is left
 out of that cell, and a cell no run fills is blank.
 
@@ -41,17 +48,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from lamina.compare.report import delta_cell, write_csv, write_markdown, write_plots
+from lamina.compare.report import delta_cell, refusals, write_csv, write_markdown, write_plots
 from lamina.compare.runs import (
     AXES, FLOPS, KEY_METRICS, TOKENS, Group, Run, assemble, load_run, read_seed, resolve, select_metrics,
 )
-from lamina.compare.stats import Cell, Comparison, Difference, Stats, compare_groups, summarize, welch
+from lamina.compare.stats import (
+    Cell, Comparison, Difference, EndStep, Stats, compare_groups, end_step, summarize, welch,
+)
 from lamina.errors import ConfigError
 
 __all__ = [
-    "AXES", "FLOPS", "KEY_METRICS", "TOKENS", "Cell", "Comparison", "Difference", "Group", "Run", "Stats",
-    "assemble", "compare_groups", "delta_cell", "load_run", "main", "parser", "read_seed", "resolve",
-    "select_metrics", "summarize", "welch", "write_csv", "write_markdown", "write_plots",
+    "AXES", "FLOPS", "KEY_METRICS", "TOKENS", "Cell", "Comparison", "Difference", "EndStep", "Group", "Run",
+    "Stats", "assemble", "compare_groups", "delta_cell", "end_step", "load_run", "main", "parser", "read_seed",
+    "refusals", "resolve", "select_metrics", "summarize", "welch", "write_csv", "write_markdown", "write_plots",
 ]
 
 
@@ -63,7 +72,11 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="lamina compare",
-        description="Compare runs (groups of seeds) on tokens seen and training FLOPs: report.md, report.csv, PNGs.",
+        description="Compare runs (groups of seeds) on tokens seen and training FLOPs: report.md, report.csv, PNGs. "
+        "Three tables: at the last step every run reached (per metric, the last step at which every run logging "
+        "it has a value, named in the row; a metric whose runs share no step after step 0 is refused, with a "
+        "line naming the runs that stopped short), at matched tokens seen and at matched FLOPs (runs of "
+        "different lengths on purpose: the largest budget every run reached).",
         epilog="Examples: lamina compare runs/base runs/rlp --out cmp;  "
         "lamina compare --group base='runs/base/version_*' --group rlp=runs/rlp/version_0,runs/rlp/version_1 --out cmp",
     )
@@ -87,6 +100,12 @@ def note_missing_axes(runs: list[Run]) -> None:
                   "left off that axis (its end-of-run values are still reported)", file=sys.stderr)
 
 
+def note_refusals(result: Comparison) -> None:
+    for metric, reason in refusals(result).items():
+        print(f"lamina compare: note: {metric} left out of the table at the last step every run reached: {reason}",
+              file=sys.stderr)
+
+
 def make_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +127,7 @@ def main(argv: list[str]) -> Comparison:
     plots = write_plots(result, out)
     write_markdown(result, plots, out / "report.md")
     write_csv(result, out / "report.csv")
+    note_refusals(result)
     print(f"lamina compare: {len(runs)} runs in {len(groups)} groups -> {out / 'report.md'}, "
           f"{out / 'report.csv'}, {sum(len(files) for _, files in plots)} plots")
     return result

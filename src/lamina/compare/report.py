@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from lamina.compare.runs import AXES, FLOPS, TOKENS, Group, Run
-from lamina.compare.stats import VIEWS, Cell, Comparison, Difference, Stats, summarize
+from lamina.compare.stats import VIEWS, Cell, Comparison, Difference, EndStep, Stats, summarize
 
 # ---- numbers as text ---------------------------------------------------------------------------
 
@@ -104,23 +104,75 @@ def runs_table(result: Comparison) -> list[str]:
     return lines
 
 
+END_TITLE = "At the last step every run reached"
+END_TEXT = ("Step: per metric, the last step at which every run logging it has a value; every value of a row "
+            "is from that step, so that one run's last value is never set against another's from an earlier "
+            "or later step. *(X: to S)*: the runs of group X went on to step S, past the step compared. A "
+            "metric whose runs share no step after step 0 (the untrained model) is left out, with a line "
+            "below the table naming the runs that stopped short. Runs of different lengths on purpose "
+            "compare in the matched tokens and FLOPs tables; each run's own end is in the Runs table.")
+
+
+def step_range(steps: list[int]) -> str:
+    low, high = min(steps), max(steps)
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def step_cell(result: Comparison, end: EndStep) -> str:
+    """The step a row compares at, and the groups whose runs logged the metric past it (to what step)."""
+    if end.step is None:
+        return ""
+    group_of = {id(run): group.label for group in result.groups for run in group.runs}
+    later: dict[str, list[int]] = {}
+    for run, last in end.last:
+        if last > end.step:
+            later.setdefault(group_of[id(run)], []).append(last)
+    beyond = "; ".join(f"{label}: to {step_range(steps)}" for label, steps in later.items())
+    return f"{end.step} ({beyond})" if beyond else str(end.step)
+
+
+def refusal(end: EndStep) -> str:
+    """Why the end-of-run table leaves a metric out, in one line naming the runs that stopped short."""
+    furthest = max(last for _, last in end.last)
+    short: dict[int, list[str]] = {}
+    for run, last in end.last:
+        if last < furthest:
+            short.setdefault(last, []).append(run.label)
+    stops = "; ".join(f"{', '.join(labels)} (last at step {step})" for step, labels in sorted(short.items()))
+    return f"its runs share no step after step 0; did not reach step {furthest}: {stops}"
+
+
+def refusals(result: Comparison) -> dict[str, str]:
+    """metric -> why the end-of-run table leaves it out, for the metrics it leaves out."""
+    return {metric: refusal(end) for metric, end in result.ends.items() if end.refused}
+
+
 def view_table(result: Comparison, view: str) -> list[str]:
-    """One table: a row per metric, a column per group and per difference from the first group."""
+    """One table: a row per metric, a column per group and per difference from the first group. The
+    end-of-run table's rows name their step; a row it refuses is a line below it instead."""
     groups, ref = result.groups, result.groups[0].label
     axis = AXES.get(view)
-    lines = [f"## {axis.title if axis else 'At the end of each run'}", ""]
+    lines = [f"## {axis.title if axis else END_TITLE}", ""]
     if axis:
         lines += [f"Budget: per metric, the largest {axis.label} that every run logging it reached; "
                   "each run's curve is interpolated there.", ""]
-    head = (["metric"] + ([f"{axis.label} (budget)"] if axis else []) + [g.label for g in groups]
+    else:
+        lines += [END_TEXT, ""]
+    refused = {} if axis else refusals(result)
+    head = (["metric", f"{axis.label} (budget)" if axis else "step"] + [g.label for g in groups]
             + [delta_header(result, g, ref) for g in groups[1:]])
     lines += [md_row(head), md_row(["---"] * len(head))]
     for metric in result.metrics:
+        if metric in refused:
+            continue
         per_group = result.cells[view][metric]
-        row = [f"`{metric}`"] + ([fmt(result.budgets[view][metric])] if axis else [])
+        row = [f"`{metric}`", fmt(result.budgets[view][metric]) if axis else step_cell(result, result.ends[metric])]
         row += [stats_cell(per_group[g.label].stats) for g in groups]
         row += [difference_cell(per_group[g.label], len(result.pairs.get(g.label, []))) for g in groups[1:]]
         lines.append(md_row(row))
+    if refused:
+        lines += ["", "Not compared at a common step:", ""]
+        lines += [f"- `{metric}`: {reason}" for metric, reason in refused.items()]
     return lines
 
 
@@ -263,11 +315,12 @@ CSV_STATS = ("n", "mean", "std", "ci95_low", "ci95_high", "delta", "delta_ci95_l
 
 
 def csv_columns() -> list[str]:
+    """end_step: the step the end-of-run values are from (blank: no common step, see report.md);
+    at_<axis>_budget: the matched budget."""
     columns = ["group", "metric", "runs"]
     for view in VIEWS:
         prefix = "end" if view == "end" else f"at_{view}"
-        if view != "end":
-            columns.append(f"{prefix}_budget")
+        columns.append(f"{prefix}_step" if view == "end" else f"{prefix}_budget")
         columns += [f"{prefix}_{name}" for name in CSV_STATS]
     return columns
 
@@ -290,7 +343,10 @@ def write_csv(result: Comparison, path: Path) -> None:
             for metric in result.metrics:
                 row = [group.label, metric, len(group.runs)]
                 for view in VIEWS:
-                    if view != "end":
+                    if view == "end":
+                        step = result.ends[metric].step
+                        row.append("" if step is None else step)
+                    else:
                         row.append(csv_number(result.budgets[view][metric]))
                     row += csv_cells(result.cells[view][metric][group.label])
                 writer.writerow(row)

@@ -107,6 +107,19 @@ class Run:
         curve = self.scalars.get(tag)
         return float(curve[1][-1]) if curve is not None and len(curve[0]) else None
 
+    def steps(self, tag: str) -> np.ndarray:
+        """The steps the run logged `tag` at, increasing (empty where it has none)."""
+        curve = self.scalars.get(tag)
+        return curve[0] if curve is not None else np.zeros(0, dtype=np.int64)
+
+    def at_step(self, tag: str, step: int | None) -> float | None:
+        """The value of `tag` logged at `step`; None where the run has none there."""
+        curve = self.scalars.get(tag)
+        if curve is None or step is None:
+            return None
+        hit = np.flatnonzero(curve[0] == step)
+        return float(curve[1][hit[0]]) if len(hit) else None
+
     def curve(self, tag: str, axis: str) -> Curve | None:
         """`tag` against the axis's counter (tokens or FLOPs), or None where the run lacks either."""
         data, counter = self.scalars.get(tag), self.axes.get(axis)

@@ -1,6 +1,6 @@
 """The statistics of a comparison: per group the mean, std and 95% t-interval over its runs; per
 group after the first, its difference from the first group, Welch's and paired by seed; the
-cells of every table (end of run, at matched tokens, at matched FLOPs)."""
+cells of every table (at the last step every run reached, at matched tokens, at matched FLOPs)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from scipy import stats as scipy_stats
 from lamina.compare.runs import AXES, FLOPS, TOKENS, Curve, Group, Run, value_at
 
 LEVEL = 0.95
-VIEWS = ("end", "tokens", "flops")  # the tables: end of each run, then at a matched budget per axis
+VIEWS = ("end", "tokens", "flops")  # the tables: at the runs' last common step, then at a matched budget per axis
 
 
 def t_quantile(df: float) -> float:
@@ -98,6 +98,33 @@ class Cell:
         return self.paired is not None and self.paired.n >= 2
 
 
+class EndStep(NamedTuple):
+    """Where the end-of-run table reads a metric: `step`, the last step at which every run logging it
+    has a value (None where they share none after step 0: the row is refused), and `last`, each of
+    those runs with its own last step of the metric."""
+
+    step: int | None
+    last: list[tuple[Run, int]]
+
+    @property
+    def refused(self) -> bool:
+        return self.step is None and bool(self.last)
+
+
+def end_step(runs: list[Run], metric: str) -> EndStep:
+    """The step the end-of-run table compares `metric` at. Values from different steps side by side
+    (one run's last validation at step 0, another's at step 31) would read as a difference between
+    the runs; so the table takes the last step they all logged. Step 0 alone does not count where a
+    run went further: the untrained model is no end of a run."""
+    logged = [(run, steps) for run in runs if len(steps := run.steps(metric))]
+    last = [(run, int(steps[-1])) for run, steps in logged]
+    common = set.intersection(*(set(steps.tolist()) for _, steps in logged)) if logged else set()
+    step = max(common, default=None)
+    if step == 0 and any(end > 0 for _, end in last):
+        step = None
+    return EndStep(None if step is None else int(step), last)
+
+
 @dataclass
 class Comparison:
     groups: list[Group]
@@ -105,6 +132,7 @@ class Comparison:
     budgets: dict[str, dict[str, float | None]]  # axis -> metric -> budget
     cells: dict[str, dict[str, dict[str, Cell]]]  # view -> metric -> group -> cell
     pairs: dict[str, list[tuple[Run, Run]]] = field(default_factory=dict)  # group -> seed pairs with the first
+    ends: dict[str, EndStep] = field(default_factory=dict)  # metric -> the step of the end-of-run table
 
     @property
     def runs(self) -> list[Run]:
@@ -117,10 +145,12 @@ def budget(curves: list[Curve]) -> float | None:
     return min(ends) if ends else None
 
 
-def run_value(run: Run, metric: str, view: str, budgets: dict[str, dict[str, float | None]]) -> float | None:
-    """The run's value in a table: its last one, or its curve on the view's axis at the budget."""
+def run_value(run: Run, metric: str, view: str, budgets: dict[str, dict[str, float | None]],
+              ends: dict[str, EndStep]) -> float | None:
+    """The run's value in a table: the one it logged at the metric's end step, or its curve on the
+    view's axis at the budget."""
     if view == "end":
-        return run.final(metric)
+        return run.at_step(metric, ends[metric].step)
     return value_at(run.curve(metric, view), budgets[view][metric])
 
 
@@ -149,9 +179,10 @@ def compare_groups(groups: list[Group], metrics: list[str]) -> Comparison:
     budgets = {
         axis: {m: budget([c for r in runs if (c := r.curve(m, axis)) is not None]) for m in rows} for axis in AXES
     }
+    ends = {m: end_step(runs, m) for m in rows}
     pairs = {group.label: match_by_seed(groups[0], group) for group in groups[1:]}
     cells = {
-        view: {m: table_row(groups, pairs, {id(r): run_value(r, m, view, budgets) for r in runs}) for m in rows}
+        view: {m: table_row(groups, pairs, {id(r): run_value(r, m, view, budgets, ends) for r in runs}) for m in rows}
         for view in VIEWS
     }
-    return Comparison(groups, rows, budgets, cells, pairs)
+    return Comparison(groups, rows, budgets, cells, pairs, ends)

@@ -435,6 +435,8 @@ def _import_datasets(what: str):
     try:
         import datasets
     except ImportError as err:
+        if not (isinstance(err, ModuleNotFoundError) and err.name == "datasets"):
+            raise ConfigError(f"data.source: reading {what}: `datasets` is installed but does not import: {err}") from err
         raise ConfigError(
             f"data.source: reading {what} needs the `datasets` package, which is not installed "
             f"(pip install datasets); data.source 'world', the built-in corpus, does not"

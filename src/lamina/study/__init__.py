@@ -1,5 +1,5 @@
 """`lamina study [CLAIM ...] --seeds N --out DIR [--preset cpu|gpu]`: one small experiment per claim
-of the research note, from lamina's own configs, each with a verdict by a rule stated in its report.
+lamina studies (docs/studies.md), from lamina's own configs, each with a verdict by a rule stated in its report.
 
 - `runs`: `Runner` runs (or reuses, or resumes) the `lamina fit`s of a claim under DIR/runs/
 - `verdict`: `Prediction` and `decide`: supported / not supported / inconclusive from a paired
@@ -26,7 +26,7 @@ from lamina.study.runs import Run, Runner, RunSpec
 from lamina.study.verdict import RULE, Prediction, Verdict, decide
 
 DENSITY_FAMILIARITY, SPARSIFY_DIFFICULTY, HIERARCHY, MODULARITY, CONTEXT_VS_PRIOR = PRETRAINING_CLAIMS
-# In the research note's order (index.md lists them so).
+# In the order docs/studies.md gives them (index.md lists them so).
 CLAIMS: dict[str, Claim] = {
     claim.name: claim
     for claim in (DENSITY_FAMILIARITY, SPARSIFY_DIFFICULTY, HIERARCHY, MODULARITY, REASONING_IN_PRETRAINING,

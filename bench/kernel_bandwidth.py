@@ -1,6 +1,6 @@
 """Time lamina's Triton kernels against their eager PyTorch references; write JSON.
 
-    python bench/kernels.py --out bench/results    # -> bench/results/kernels-<device>-<date>.json
+    python bench/kernel_bandwidth.py --out bench/results    # -> bench/results/kernels-<device>-<date>.json
 
 On a CUDA device: for each shape (default tokens 65536, d in 1024/3072/4096, bf16) it times
 
