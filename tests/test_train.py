@@ -175,7 +175,8 @@ QUIET = ("--instrument.enabled", "false")
     ("NVIDIA H100 SXM5 80GB", "bf16-true", 989e12),
     ("NVIDIA H200", "bf16-mixed", 989e12),
     ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312e12),
-    ("NVIDIA H100 NVL", "bf16-mixed", None),  # neither PCIe nor SXM: not guessed
+    ("NVIDIA H100 NVL", "bf16-mixed", 835e12),
+    ("NVIDIA H200 NVL", "bf16-mixed", 835e12),  # not the H200 SXM's 989e12
     ("NVIDIA GeForce RTX 4090", "bf16-mixed", None),
     ("NVIDIA H100 80GB HBM3", "32-true", None),  # the table holds bf16 peaks only
 ])

@@ -18,6 +18,8 @@ PEAK_FLOPS: tuple[tuple[tuple[str, ...], str, float], ...] = (
     (("H100", "PCIE"), "bf16", 756e12),
     (("H100", "SXM"), "bf16", 989e12),
     (("H100", "HBM3"), "bf16", 989e12),
+    (("H100", "NVL"), "bf16", 835e12),  # the NVL cards are clocked lower than SXM: 1,671 TF with sparsity
+    (("H200", "NVL"), "bf16", 835e12),  # before the plain H200 row (SXM): the first match wins
     (("H200",), "bf16", 989e12),
     (("A100",), "bf16", 312e12),
 )

@@ -368,6 +368,8 @@ class Instrumentation(L.Callback):
         self.last_step = trainer.global_step
         if trainer.is_global_zero:
             self._log(trainer, measurement)
+        if pl_module.device.type == "cuda":  # kernels still queued would be timed into the next training step
+            torch.cuda.synchronize(pl_module.device)
         self.last_seconds = time.perf_counter() - started  # measuring and logging
         self.timings.append(
             {"step": trainer.global_step, "hook": hook, "seconds": self.last_seconds, "partition": partition,
