@@ -48,6 +48,8 @@ bench: $(STAMP)
 
 # RLP against its controls from the demo's checkpoint, three seeds each, then the report.
 # CPU: 15 real runs, about 14 minutes on one core of the development machine (2026-11-25).
+# report.md opens with the headline (val/bpb of each arm − rlp-tiny, paired by seed); without --margin it gives
+# intervals and no verdict (a margin is fixed in advance: rerun lamina compare with --margin M for verdicts).
 COMPARE_ARMS  ?= rlp-tiny ntp-tiny ntp-tiny-flops rlp-tiny-filler rlp-tiny-frozen
 COMPARE_SEEDS ?= 1 2 3
 compare-demo: $(STAMP)

@@ -89,7 +89,7 @@ def main() -> None:
         "text": str(text) if args.text else "python stdlib sources",
         "train_bytes": datamodule.meta["splits"]["train"]["bytes"],
         "steps": args.steps,
-        "tokens": args.steps * config.data.batch_size * config.model.block_size,
+        "tokens": args.steps * config.data.batch_size * config.model.init_args.block_size,
         "params": lamina_model.num_params(),
         "lamina_val_bpb": bpb["lamina"],
         "plain_val_bpb": bpb["plain"],

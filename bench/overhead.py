@@ -151,7 +151,7 @@ def main() -> None:
         "schedule_period_steps": period,
         "timed_steps": steps,
         "timed_from_step": args.warmup,
-        "tokens_per_step": config.data.batch_size * config.model.block_size,
+        "tokens_per_step": config.data.batch_size * config.model.init_args.block_size,
         "params": module.model.num_params(),
         "ratio_on_over_off": {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)},
         "overhead_pct_median": 100 * (statistics.median(ratios) - 1),

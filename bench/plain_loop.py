@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -70,10 +70,13 @@ def train_plain(
     timed_from: int = 0,
     log_every: int = 10,
     fused: bool | None = None,
+    after_step: Callable[[int], bool] | None = None,
 ) -> dict:
     """Train for `steps` steps; returns the losses, tokens/s from step `timed_from` on (wall time; and
     the process's CPU time over the same steps, `cpu_seconds`), and the wall time of the steps before
-    it (`warmup_seconds`: compilation and allocator warm-up)."""
+    it (`warmup_seconds`: compilation and allocator warm-up). `after_step(n)`, if given, is called
+    after the n-th optimizer step (n from 1; e.g. to validate, bench/speedrun.py); it returning True
+    ends training there (the schedule is still the one of `steps` steps)."""
     optimizer = nanogpt_optimizer(model, lr, weight_decay, betas, fused)
     device = next(model.parameters()).device
     model.train()
@@ -97,6 +100,8 @@ def train_plain(
         if log_every and step % log_every == 0:
             loss.item()  # nanoGPT's log_interval: its one host sync
         tokens += y.numel()
+        if after_step is not None and after_step(step + 1):
+            break
     synchronize(device)
     end, cpu_end = time.perf_counter(), time.process_time()
     elapsed = end - (start if start is not None else began)

@@ -69,8 +69,8 @@ def main() -> None:
         LanguageModel, TextDataModule, run=False, args=["--config", args.config, *overrides], **cli_kwargs()
     )
     module, datamodule, config = cli.model, cli.datamodule, cli.config
-    if module.rlp_config is None:
-        raise SystemExit(f"{args.config}: no model.rlp section: nothing to compare")
+    if getattr(module, "rlp_config", None) is None:
+        raise SystemExit(f"{args.config}: its model is not lamina.rlp.RLPModel: nothing to compare")
     datamodule.prepare_data()
     datamodule.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() and config.trainer.accelerator != "cpu" else "cpu")

@@ -178,7 +178,7 @@ def main(argv=None) -> Path:
     median_tps = {arm: statistics.median(r[arm]["tokens_per_sec"] for r in rounds) for arm in ("lamina", "plain")}
     peak = peak_flops(device, config.trainer.precision)
     flops_per_token = module.model.flops_per_token()
-    tokens_per_step = config.data.batch_size * config.model.block_size
+    tokens_per_step = config.data.batch_size * config.model.init_args.block_size
     timed = args.steps - args.warmup
     first = rounds[0][rounds[0]["order"][0]]  # the first arm run: it paid for compilation
     steady_step = tokens_per_step / first["tokens_per_sec"]
@@ -194,7 +194,7 @@ def main(argv=None) -> Path:
         "params": module.model.num_params(),
         "flops_per_token": flops_per_token,
         "precision": str(config.trainer.precision),
-        "compile": bool(config.model.compile),
+        "compile": bool(config.model.init_args.compile),
         "lamina_tokens_per_sec": median_tps["lamina"],
         "plain_tokens_per_sec": median_tps["plain"],
         "ratio_lamina_over_plain": statistics.median(ratios),

@@ -30,6 +30,7 @@ from lamina.user_errors import check_resume_config, check_trainer, user_message
 from tests.test_train import fit_args
 
 QUIET = ["--trainer.max_steps", "2", "--instrument.enabled", "false"]
+RLP_MODEL = ["--model", "lamina.rlp.RLPModel"]
 
 
 def one_error_line(capsys, args: list[str]) -> str:
@@ -131,7 +132,8 @@ CASES = [
     # (jsonargparse's own NonNegativeFloat would take inf: lamina's number types are finite)
     ("lr inf", ["--model.lr", "inf"], r"model\.lr: expected a number, got 'inf'"),
     ("betas 1.0", ["--model.betas", "[0.9, 1.0]"], r"model\.betas: expected a number in \[0, 1\), got 1\.0"),
-    ("peak_flops 0", ["--model.peak_flops", "0"], r"model\.peak_flops: expected a number > 0 or null, got 0\.0"),
+    ("peak_flops 0", ["--throughput.peak_flops", "0"],
+     r"throughput\.peak_flops: expected a number > 0 or null, got 0\.0"),
     ("on_nonfinite", ["--model.on_nonfinite", "ignore"],
      r"model\.on_nonfinite: expected one of stop, skip, got 'ignore'"),
     ("max_nonfinite_skips 0", ["--model.max_nonfinite_skips", "0"],
@@ -249,20 +251,30 @@ CASES = [
      r"instrument\.probe_batch_size: expected an integer >= 1 or null, got 0"),
     ("instrument ablation mode", ["--instrument.enabled", "true", "--instrument.ablation_mode", "half"],
      r"instrument\.ablation_mode: expected one of mean, zero, got 'half'"),
-    ("rlp group_size 1", ["--model.rlp.group_size", "1"],
+    ("rlp group_size 1", [*RLP_MODEL, "--model.rlp.group_size", "1"],
      r"model\.rlp\.group_size: expected an integer >= 2 .*got 1"),
-    ("rlp temperature 0", ["--model.rlp.temperature", "0"],
+    ("rlp temperature 0", [*RLP_MODEL, "--model.rlp.temperature", "0"],
      r"model\.rlp\.temperature: expected a number > 0, got 0\.0"),
-    ("rlp temperature -1", ["--model.rlp.temperature", "-1"],
+    ("rlp temperature -1", [*RLP_MODEL, "--model.rlp.temperature", "-1"],
      r"model\.rlp\.temperature: expected a number > 0, got -1\.0"),
-    ("rlp thoughts", ["--model.rlp.thoughts", "wrong"],
+    ("rlp thoughts", [*RLP_MODEL, "--model.rlp.thoughts", "wrong"],
      r"model\.rlp\.thoughts: expected one of policy, filler, frozen, got 'wrong'"),
-    ("rlp thought too long", ["--model.rlp.max_thought_tokens", "64"],
+    ("rlp thought too long", [*RLP_MODEL, "--model.rlp.max_thought_tokens", "64"],
      r"model\.rlp\.context_tokens: .*do not fit in model\.block_size=32"),
-    ("thought_eval level", ["--model.thought_eval.levels", "[9]"], r"model\.thought_eval\.levels: unknown level 9"),
-    ("rlp filler of 3 tokens", ["--model.rlp.thoughts", "filler", "--model.rlp.filler_token", "abc",
+    ("thought_eval level", ["--thought_eval.levels", "[9]"], r"thought_eval\.levels: unknown level 9"),
+    ("rlp filler of 3 tokens", [*RLP_MODEL, "--model.rlp.thoughts", "filler", "--model.rlp.filler_token", "abc",
                                 "--model.rlp.group_size", "2", "--model.rlp.max_thought_tokens", "4"],
      r"model\.rlp\.filler_token: 'abc' is 3 tokens, expected one"),
+    ("RLPModel without rlp", RLP_MODEL, r"model\.rlp: lamina\.rlp\.RLPModel needs the RLP settings"),
+    ("not a model class", ["--model", "lamina.data.TextDataModule"], r"^lamina: error: model: "),
+    # keys that moved: where they are now (a config file of an older lamina is read in today's layout)
+    ("moved peak_flops", ["--model.peak_flops", "1e15"],
+     r"model\.peak_flops: no such key; it moved to throughput\.peak_flops$"),
+    ("moved thought_eval", ["--model.thought_eval.levels", "[1]"],
+     r"model\.thought_eval\.levels: no such key; model\.thought_eval moved to thought_eval, a section of its own"),
+    ("moved rlp", ["--model.rlp.group_size", "2"],
+     r"model\.rlp\.group_size: no such key; model\.rlp moved to the model class lamina\.rlp\.RLPModel "
+     r"\(.*--model lamina\.rlp\.RLPModel --model\.rlp\.\* on the command line\)$"),
 ]
 
 NO_GPU = [
@@ -291,7 +303,7 @@ CAUGHT_LATE = [  # mistakes Lightning accepts but fails on (or misbehaves with) 
     ("logger save_dir a file", ["--trainer.logger.init_args.save_dir", "{f}/a_file"], r"save_dir: "),
     ("betas 1.5", ["--model.betas", "[1.5, 0.95]"], r"model\.betas: "),  # ValueError from AdamW
     ("min_lr_ratio 2", ["--model.min_lr_ratio", "2"], r"model\.min_lr_ratio: "),  # lr climbs
-    ("peak_flops -1", ["--model.peak_flops", "-1"], r"model\.peak_flops: "),  # negative MFU
+    ("peak_flops -1", ["--throughput.peak_flops", "-1"], r"throughput\.peak_flops: "),  # negative MFU
 ]
 
 
@@ -351,12 +363,14 @@ def test_checkpoint_whose_hyperparameters_no_longer_parse(trained, tmp_path, cap
 
 
 def test_rlp_resume_from_a_next_token_run(trained, capsys):
-    line = one_error_line(
-        capsys,
-        fit_args(trained, "good", *QUIET, "--ckpt_path", "last", "--model.rlp.group_size", "2",
-                 "--model.rlp.max_thought_tokens", "4"),
-    )
+    rlp = [*RLP_MODEL, "--model.rlp.group_size", "2", "--model.rlp.max_thought_tokens", "4"]
+    line = one_error_line(capsys, fit_args(trained, "good", *QUIET, "--ckpt_path", "last", *rlp))
     assert line.startswith("lamina: error: ckpt_path: the checkpoint holds no RLP EMA model")
+    # a checkpoint file's model settings take the config's place: a model class the user set must be its
+    file = str(last_ckpt(trained, "good"))
+    line = one_error_line(capsys, fit_args(trained, "good", *QUIET, "--ckpt_path", file, *rlp))
+    assert re.search(r"ckpt_path: '.*last\.ckpt' is a checkpoint of a lamina\.lm\.LanguageModel, this config's model "
+                     r"is a lamina\.rlp\.RLPModel \(.*model\.init_from\)$", line), line
 
 
 # ---- other entry points and the line between a mistake and a bug ---------------------------------

@@ -227,10 +227,10 @@ def test_metrics_patterns_choose_rows_and_plots(runs, tmp_path):
 def test_plots_are_real_images_one_colour_per_group(report):
     out = report
     names = {p.name for p in out.glob("*.png")}
-    for stem in ("val_bpb", "val_loss", "arith_acc_level1", "arith_acc_level2", "rlp_reward_std", "sparsity_gap_id_b"):
+    for stem in ("val_bpb", "val_loss", "arith_acc", "rlp_reward_std", "sparsity_gap"):  # levels: panels of one
         assert {f"{stem}_vs_tokens.png", f"{stem}_vs_flops.png"} <= names
-    assert len(names) == 12
-    for name in ("val_bpb_vs_flops.png", "val_bpb_vs_tokens.png", "arith_acc_level1_vs_flops.png"):
+    assert len(names) == 10  # no paired-difference plot: these runs have no seeds to pair
+    for name in ("val_bpb_vs_flops.png", "val_bpb_vs_tokens.png", "arith_acc_vs_flops.png"):
         with Image.open(out / name) as image:
             image.verify()
         with Image.open(out / name) as image:
@@ -265,11 +265,13 @@ def test_plots_show_a_line_per_group_and_say_so_in_the_legend(runs, tmp_path):
     labels = [t.get_text() for t in ax.get_xticklabels() if 0 <= t.get_position()[0] <= 102400]
     assert labels[:2] == ["0", "20k"] and all(label.endswith("k") for label in labels[1:])
 
-    arith = compare_report.family_figure(result, families["arith_acc_level1"], "flops")
+    assert list(families["arith_acc"].panels) == ["level 1", "level 2"]  # one figure, a panel per level
+    arith = compare_report.family_figure(result, families["arith_acc"], "flops")
     assert [t.get_text() for t in arith.legends[0].get_texts()] == ["rlp (n=3)", "with thinking", "no thinking",
                                                                     "±1 std over seeds"]
     styles = sorted(line.get_linestyle() for line in arith.axes[0].get_lines())
-    assert styles == ["-", "--"] and arith.axes[0].get_ylabel() == "accuracy"
+    assert styles == ["-", "--"] and arith._supylabel.get_text() == "accuracy"
+    assert [ax.get_title() for ax in arith.axes if ax.get_visible()] == ["level 1", "level 2"]
 
 
 def test_a_run_without_flops_keeps_its_end_values(tmp_path):
@@ -382,8 +384,8 @@ END = "## At the last step every run reached"
 
 
 def md_section(md: str, heading: str) -> str:
-    """The text under `heading`, up to the next section."""
-    return md.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+    """The text under the section whose heading starts with `heading`, up to the next section."""
+    return md.split("\n" + heading, 1)[1].split("\n", 1)[1].split("\n## ", 1)[0]
 
 
 def md_row_of(md: str, metric: str, section: str = END) -> list[str]:
@@ -632,3 +634,137 @@ def test_help_says_what_the_end_of_run_table_compares():
     text = " ".join(compare.parser().format_help().split())
     assert "at the last step every run reached" in text
     assert "a metric whose runs share no step after step 0 is refused" in text
+
+
+# ---- the headline: the primary metric, paired by seed, read by lamina's one rule ----------------
+
+MARGIN = 0.02
+OFFSETS = {  # group -> (bpb0, last step, FLOPs per token, per-seed offset of its difference from a)
+    "a": (4.0, 39, 8, {1: 0.0, 2: 0.0, 3: 0.0}),
+    "better": (3.9, 39, 8, {1: 0.0, 2: 0.01, 3: -0.01}),  # -0.1, far beyond the margin: supported
+    "same": (4.0, 39, 8, {1: 0.001, 2: -0.002, 3: 0.0005}),  # no effect, a little seed noise: negligible
+    "twin": (4.0, 39, 8, {1: 0.0, 2: 0.0, 3: 0.0}),  # bit-identical to a: never supported
+    "short": (4.1, 19, 12, {1: 0.0, 2: 0.01, 3: -0.01}),  # worse, and a smaller budget: against, flagged
+}
+
+
+def gap_tags(seed: int) -> dict[str, dict[int, float]]:
+    """sparsity gaps as the instrument logs them: per probe and per layer, each with its /se and /z."""
+    out = {}
+    for probe in ("id_b", "ood/code"):
+        for suffix in ("", "/layer0", "/layer1"):
+            tag = f"sparsity/gap/{probe}{suffix}"
+            out[tag] = {0: 0.0, 9: 0.01 * seed, 19: 0.02}
+            out[f"{tag}/se"] = {0: 0.001, 9: 0.002, 19: 0.002}
+            out[f"{tag}/z"] = {0: 0.0, 9: 5.0 * seed, 19: 10.0}
+    return out
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("five") / "runs"
+    for group, (bpb0, last, fpt, offsets) in OFFSETS.items():
+        for seed in SHARED:
+            folder = root / group / f"version_{seed}"
+            write_run(folder, synthetic_run(last, fpt, bpb0, 1 / 65536, SHARED[seed] + offsets[seed], 10,
+                                            gap_tags(seed)))
+            (folder / "config.yaml").write_text(lightning_config(seed, seed))
+    return root
+
+
+def headline_rows(md: str) -> dict[str, list[str]]:
+    section = md_section(md, "## Headline")
+    rows = [line for line in section.splitlines() if line.startswith("| ") and " − a |" in line]
+    return {cells[0].split(" − ")[0]: cells for cells in
+            ([c.strip() for c in row.strip().strip("|").split("|")] for row in rows)}
+
+
+def test_headline_reads_each_contrast_by_the_rule(five, tmp_path):
+    out = tmp_path / "cmp"
+    main(["compare", *(str(five / g) for g in OFFSETS), "--out", str(out), "--margin", str(MARGIN)])
+    md = (out / "report.md").read_text()
+    assert md.startswith("# lamina compare\n\n## Headline: val/bpb, each group − a\n")
+    rows = headline_rows(md)
+    assert list(rows) == ["better", "same", "twin", "short"]
+    # columns: contrast, tokens: difference, n, verdict, FLOPs: difference, n, verdict
+    assert rows["better"][3] == rows["better"][6] == "supported"
+    assert rows["better"][1].startswith("-0.1 [") and rows["better"][2] == "3 (paired by seed)"
+    assert rows["same"][3] in ("negligible", "inconclusive") and rows["same"][6] in ("negligible", "inconclusive")
+    assert "supported" not in rows["twin"][3] + rows["twin"][6]  # zero variance: not tested, by the rule
+    assert rows["short"][3] == "against"
+    assert "predicted: below a, i.e. lower (the default for a bpb/loss-like metric)" in md
+    assert "margin ±0.02" in md
+    sentences = [line for line in md_section(md, "## Headline").splitlines() if line.startswith("- **")]
+    assert len(sentences) == 4 and sentences[0].startswith("- **better vs a**: at matched tokens seen")
+    assert "better's val/bpb is lower than a's by 0.1" in sentences[0]
+    assert f"`tensorboard --logdir_spec a:{five / 'a'},better:{five / 'better'},same:" in md
+
+    # budgets said out loud: short ends at 20480 tokens, the others at 40960
+    heading = [line for line in md.splitlines() if line.startswith(END)][0]
+    assert "budgets differ: runs end at tokens seen 20480 to 40960" in heading
+
+    # the headline's numbers are the matched-budget tables' paired differences
+    table = read_csv(out)
+    better = table["better", "val/bpb"]
+    assert float(better["at_tokens_paired_delta"]) == pytest.approx(-0.1)
+    assert rows["better"][1] == compare.delta_cell(
+        tuple(float(better[f"at_tokens_paired_{k}"]) for k in ("delta", "delta_ci95_low", "delta_ci95_high")))
+
+
+def test_no_margin_no_verdict_and_the_direction_can_be_chosen(five, tmp_path):
+    out = tmp_path / "cmp"
+    main(["compare", str(five / "a"), str(five / "better"), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    row = headline_rows(md)["better"]
+    assert row[1].startswith("-0.1 [") and row[3] == row[6] == "no margin given: no verdict"
+    assert "supported" not in md_section(md, "## Headline").split("\n| ")[-1]
+
+    main(["compare", str(five / "a"), str(five / "better"), "--out", str(out), "--margin", "0.02",
+          "--predict", "higher"])
+    row = headline_rows((out / "report.md").read_text())["better"]
+    assert row[3] == row[6] == "against"  # predicted higher, came out lower beyond the margin
+
+
+def test_statistics_are_bands_and_columns_not_metrics(five, tmp_path):
+    out = tmp_path / "cmp"
+    result = compare.main([*(str(five / g) for g in OFFSETS), "--out", str(out), "--margin", str(MARGIN)])
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert not [n for n in names if "_se" in n or "_z_" in n or n.endswith("_z.png")], names
+    assert names == sorted([
+        "val_bpb_difference_vs_tokens.png", "val_bpb_difference_vs_flops.png",  # paired differences
+        "val_bpb_vs_tokens.png", "val_bpb_vs_flops.png", "val_loss_vs_tokens.png", "val_loss_vs_flops.png",
+        "sparsity_gap_vs_tokens.png", "sparsity_gap_vs_flops.png",  # a panel per probe
+        "sparsity_gap_per_layer_vs_tokens.png", "sparsity_gap_per_layer_vs_flops.png",  # a panel per probe, layer
+    ])
+    assert len(names) <= 20
+    md = (out / "report.md").read_text()
+    assert "`sparsity/gap/id_b/se`" not in md and "`sparsity/gap/id_b/z`" not in md
+    assert md_row_of(md, "sparsity/gap/id_b", "## At matched tokens seen")[-1].startswith("a: ")  # the z column
+    assert "sparsity/gap/id_b/z" in result.hidden
+
+    families = compare_report.families(result.metrics, result.hidden)
+    layers = compare_report.family_figure(result, families["sparsity_gap_per_layer"], "tokens")
+    assert [ax.get_title() for ax in layers.axes if ax.get_visible()] == [
+        "id_b, layer 0", "id_b, layer 1", "ood/code, layer 0", "ood/code, layer 1"]
+    gap = compare_report.family_figure(result, families["sparsity_gap"], "tokens")
+    assert "±1.96 se (logged /se)" in [t.get_text() for t in gap.legends[0].get_texts()]
+
+    diff = compare_report.paired_figure(result, "val/bpb", "tokens", MARGIN)
+    ys = sorted({round(line.get_ydata()[0], 6) for line in diff.axes[0].get_lines()
+                 if line.get_linestyle() == "--"})
+    assert ys == [-MARGIN, MARGIN]  # the margin drawn, and zero
+    assert any(line.get_ydata()[0] == 0 for line in diff.axes[0].get_lines() if line.get_color() == "0.45")
+
+    # --metrics still opens anything: a /se asked for is a row and a plot of its own
+    out2 = tmp_path / "explicit"
+    compare.main([str(five / "a"), "--out", str(out2), "--metrics", "sparsity/gap/id_b/se"])
+    assert "sparsity_gap_id_b_se_vs_tokens.png" in {p.name for p in out2.glob("*.png")}
+
+
+def test_help_says_what_the_headline_is_and_how_to_choose_it():
+    text = " ".join(compare.parser().format_help().split())
+    assert "report.md opens with the headline" in text
+    for flag in ("--primary METRIC", "--margin M", "--predict {lower,higher}"):
+        assert flag in text
+    assert "fixed before the runs, never derived from them; required for a verdict" in text
+    assert "default: lower for a bpb/loss-like metric" in text

@@ -276,7 +276,7 @@ def test_ema_update_is_exact():
 
 
 def test_ema_moves_after_each_optimizer_step():
-    lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config(ema_decay=0.5))
+    lm = RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config(ema_decay=0.5))
     assert not any(p.requires_grad for p in lm.rlp_ema.parameters())
     assert not {id(p) for p in lm.model.parameters()} & {id(p) for p in lm.rlp_ema.parameters()}
     lm.rlp_ema.load_state_dict(lm.model.state_dict())
@@ -349,8 +349,10 @@ def test_bad_rlp_keys_are_named():
         RLPConfig(thoughts="random")
     with pytest.raises(ConfigError, match="model.rlp.context_tokens"):
         RLPConfig(max_thought_tokens=40).context_length(32)
-    with pytest.raises(ConfigError, match="model.thought_eval.levels"):
+    with pytest.raises(ConfigError, match=r"^thought_eval\.levels"):
         ThoughtEvalConfig(levels=[9])
+    with pytest.raises(ConfigError, match=r"^thought_eval\.levels"):
+        ThoughtEval(levels=[9])  # checked whether the evaluations are on or off
 
 
 def test_init_from_errors_name_the_key(tmp_path):
@@ -410,14 +412,15 @@ def test_configs_parse(name):
                     **cli_kwargs())
     model = cli.model
     assert model.hparams.init_from == "runs/tiny/version_0/checkpoints/last.ckpt"
-    assert model.thought_eval_config is not None  # read by the ThoughtEval callback
-    assert any(isinstance(c, ThoughtEval) for c in cli.trainer.callbacks)
+    [thought_eval] = [c for c in cli.trainer.callbacks if isinstance(c, ThoughtEval)]  # the section's
+    assert thought_eval.config is not None and thought_eval.config.levels == [1, 2, 3, 4]
     if name.startswith("rlp"):
         assert isinstance(model, RLPModel)
+        assert model.hparams["_class_path"] == "lamina.rlp.RLPModel"
         assert model.rlp_config.thoughts == {"rlp-tiny": "policy"}.get(name, name.rsplit("-", 1)[1])
         assert (model.rlp_frozen is not None) == (name == "rlp-tiny-frozen")
     else:
-        assert type(model) is LanguageModel and model.hparams.rlp is None
+        assert type(model) is LanguageModel and "rlp" not in model.hparams
 
 
 # ---- end to end through the CLI ---------------------------------------------------------------------
@@ -431,11 +434,12 @@ TINY = [
     "--instrument.enabled", "false",  # measured elsewhere; here only RLP's own work
 ]
 RLP = [
+    "--model", "lamina.rlp.RLPModel",
     "--model.rlp.group_size", "4", "--model.rlp.max_thought_tokens", "6", "--model.rlp.ema_decay", "0.5",
-    "--model.thought_eval.every_n_steps", "2", "--model.thought_eval.levels", "[1]",
-    "--model.thought_eval.examples_per_level", "4", "--model.thought_eval.max_thought_tokens", "8",
-    "--model.thought_eval.nll_positions", "4", "--model.thought_eval.pass_samples", "4",
-    "--model.thought_eval.pass_at", "[1, 4]",
+    "--thought_eval.enabled", "true", "--thought_eval.every_n_steps", "2", "--thought_eval.levels", "[1]",
+    "--thought_eval.examples_per_level", "4", "--thought_eval.max_thought_tokens", "8",
+    "--thought_eval.nll_positions", "4", "--thought_eval.pass_samples", "4",
+    "--thought_eval.pass_at", "[1, 4]",
 ]
 
 
@@ -496,7 +500,7 @@ def test_rlp_fit_from_a_checkpoint_and_resume_keeps_the_ema(tmp_path):
 
 def test_resuming_rlp_needs_an_rlp_checkpoint():
     """(Through the CLI, --ckpt_path restores the checkpoint's own model config, RLP or not.)"""
-    lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())
+    lm = RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())
     plain = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32)
     with pytest.raises(ConfigError, match="model.init_from"):
         lm.on_load_checkpoint({"state_dict": plain.state_dict(), "lamina": {}})
@@ -507,11 +511,15 @@ def test_resuming_rlp_needs_an_rlp_checkpoint():
 # ---- the package: RLPModel, names kept, checkpoints readable -----------------------------------------
 
 
-def test_rlp_settings_make_an_rlp_model():
-    lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())
-    plain = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32)
-    assert isinstance(lm, RLPModel) and type(plain) is LanguageModel
-    assert type(RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())) is RLPModel
+def test_rlp_is_the_model_class_rlp_model_alone_takes_rlp():
+    import inspect
+
+    lm = RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())
+    assert isinstance(lm, LanguageModel) and lm.hparams.rlp == small_config() and lm.hparams.n_embd == 32
+    assert "rlp" not in inspect.signature(LanguageModel.__init__).parameters
+    assert LanguageModel.__new__ is object.__new__  # no __new__ that picks the class
+    with pytest.raises(TypeError):
+        LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=32, rlp=small_config())
     with pytest.raises(ConfigError, match="model.rlp"):
         RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=32)
     assert RLPModel.training_step is not LanguageModel.training_step

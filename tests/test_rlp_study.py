@@ -29,7 +29,6 @@ from lamina.data.thoughts import (
 )
 from lamina.data.tokenizer import byte_tokenizer, train_bpe
 from lamina.errors import ConfigError
-from lamina.lm import LanguageModel
 from lamina.model import GPT, GPTConfig, KVCache
 from lamina.rlp import (
     RLPConfig,
@@ -47,7 +46,7 @@ from lamina.rlp import (
     shuffled_rewards,
     step_generator,
 )
-from lamina.rlp.module import PROGRESS_BAR
+from lamina.rlp.module import PROGRESS_BAR, RLPModel
 
 THINK, END_THINK, EOT = 257, 258, 256
 RULES = ThoughtRules(THINK, END_THINK, EOT)
@@ -355,7 +354,7 @@ def test_bad_new_keys_are_named():
     ]:
         with pytest.raises(ConfigError, match=rf"^model\.rlp\.{key}: expected {expected}, got {value!r}$"):
             RLPConfig(**{key: value})
-    with pytest.raises(ConfigError, match=r"^model\.thought_eval\.pass_at: expected integers in \[1, pass_samples=8\]"):
+    with pytest.raises(ConfigError, match=r"^thought_eval\.pass_at: expected integers in \[1, pass_samples=8\]"):
         ThoughtEvalConfig(pass_samples=8, pass_at=[1, 16])
     with pytest.raises(ConfigError, match=r"model\.rlp\.context_tokens: .* 3 scored token\(s\) do not fit"):
         RLPConfig(max_thought_tokens=20, reward_tokens=3).context_length(24)
@@ -481,7 +480,7 @@ def test_elicitation_share_by_hand():
 
 
 def test_progress_bar_shows_what_can_show_learning():
-    lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=64, rlp=RLPConfig(group_size=2, max_thought_tokens=4))
+    lm = RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=64, rlp=RLPConfig(group_size=2, max_thought_tokens=4))
     logged = {}
     lm.log = lambda name, value, prog_bar=False, **kw: logged.__setitem__(name, prog_bar)
     lm._step_lr = torch.tensor(0.1)
@@ -492,8 +491,7 @@ def test_progress_bar_shows_what_can_show_learning():
 
 
 def rlp_model_with_data(**data_hparams):
-    lm = LanguageModel(n_layer=2, n_head=2, n_embd=32, block_size=64,
-                       rlp=RLPConfig(group_size=2, positions="thought_slots"))
+    lm = RLPModel(n_layer=2, n_head=2, n_embd=32, block_size=64, rlp=RLPConfig(group_size=2, positions="thought_slots"))
     datamodule = SimpleNamespace(think_id=THINK, end_think_id=END_THINK, eot_id=EOT, tokenizer=BYTES,
                                  hparams=data_hparams)
     lm._trainer = SimpleNamespace(datamodule=datamodule)  # what on_fit_start reads

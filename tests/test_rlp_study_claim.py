@@ -16,6 +16,7 @@ from lamina.compare import main as compare_main
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
+from lamina.callbacks import ThoughtEval
 from lamina.rlp import RLPModel, elicitation_share, pass_at_k
 from lamina.study import rlp as study
 from lamina.study.claim import repo_configs
@@ -89,15 +90,18 @@ def test_room_and_power_gates():
     assert not study.room_gate({1: {**r, "pass": 0.25}}).passed  # sampling finds nothing greedy misses
     assert not study.room_gate({1: r, 2: {}}).passed
 
-    # the detectable difference shrinks with items and seeds; by hand at p = 0.5, n = 256, one seed (z)
-    d1 = study.detectable_difference(0.5, 256, 1)
-    assert d1 == pytest.approx((1.959964 + 0.841621) * math.sqrt(0.5 / 256), rel=1e-5)
-    assert study.detectable_difference(0.5, 256, 3) < d1 * 1.2  # t with 2 dof, over sqrt(3)
-    assert study.detectable_difference(0.5, 1024, 3) < study.detectable_difference(0.5, 256, 3)
-    bases = {1: {"think": 0.5, "n": 256}}
-    assert study.power_gate(bases, {1: {"pass": 0.9, "greedy": 0.5}}, 1).passed  # room 0.4 > 0.175
-    assert not study.power_gate(bases, {1: {"pass": 0.6, "greedy": 0.5}}, 1).passed  # room 0.1 < 0.175
-    assert not study.power_gate(bases, {1: {}}, 1).passed
+    # the detectable difference comes from the seed-to-seed spread of the per-seed differences (the
+    # items are the same in every seed): by hand at sd 0.05, 3 seeds, (t(0.975, 2) + t(0.8, 2)) sd / sqrt(3)
+    d3 = study.detectable_difference(0.05, 3)
+    assert d3 == pytest.approx((4.302653 + 1.060660) * 0.05 / math.sqrt(3), rel=1e-5)
+    assert study.detectable_difference(0.05, 10) < d3 and study.detectable_difference(0.1, 3) == pytest.approx(2 * d3)
+    assert study.detectable_difference(0.05, 1) == math.inf  # one seed: no spread over seeds to read
+    # against the margin (0.05): tight seeds pass, the achieved half-width is printed beside the margin
+    tight = study.power_gate({1: 0.10, 2: 0.11, 3: 0.12, 4: 0.11}, 4)
+    assert tight.passed and "half-width" in tight.detail and "margin 0.05" in tight.detail
+    # the spread of the 2026-12-01 run (achieved half-widths 0.15-0.19 over 3 seeds) cannot see the margin
+    assert not study.power_gate({1: 0.02, 2: 0.18, 3: 0.10}, 3).passed
+    assert not study.power_gate({1: 0.1}, 3).passed  # one seed so far: no spread to plan from
 
 
 # ---- the arms' configs ---------------------------------------------------------------------------------
@@ -119,7 +123,8 @@ def flat(namespace) -> dict:
             out[prefix] = value
 
     walk("", namespace.as_dict())
-    return {k: v for k, v in out.items() if not k.startswith("config")}
+    # the model's keys as `model.<key>` whatever its class (a class path puts them under init_args)
+    return {k.replace("model.init_args.", "model.", 1): v for k, v in out.items() if not k.startswith("config")}
 
 
 def differences(a: dict, b: dict) -> dict:
@@ -141,15 +146,17 @@ def test_arms_parse_and_differ_only_where_they_should(arms):
     rlp = arms["rlp"].model.rlp_config
     assert (rlp.positions, rlp.reward_tokens, rlp.reward, rlp.thoughts) == ("thought_slots", "line", "info_gain", "policy")
     assert rlp.max_thought_tokens is None and rlp.seed == 7  # the cap resolves to the trained levels'; seeded
-    assert arms["rlp"].model.thought_eval_config.pass_samples == 64  # the base's pass@k: the elicitation share
+    evaluations = next(c for c in arms["rlp"].trainer.callbacks if isinstance(c, ThoughtEval))
+    assert evaluations.config.pass_samples == 64  # the base's pass@k: the elicitation share
 
     assert differences(cfg["rlp"], cfg["rlp-shuffled"]) == {
-        "model.rlp.reward": ("info_gain", "shuffled"), "model.thought_eval.pass_samples": (64, 0)}
+        "model.rlp.reward": ("info_gain", "shuffled"), "thought_eval.pass_samples": (64, 0)}
     assert differences(cfg["rlp"], cfg["rlp-paper"]) == {
         "model.rlp.positions": ("thought_slots", "uniform"), "model.rlp.reward_tokens": ("line", 1),
-        "model.thought_eval.pass_samples": (64, 0)}
+        "thought_eval.pass_samples": (64, 0)}
     diff = differences(cfg["rlp"], cfg["ntp-tokens"])
-    assert {k for k in diff if not k.startswith("model.rlp")} == {"model.thought_eval.pass_samples"}
+    assert {k for k in diff if not k.startswith("model.rlp")} == {"model.class_path", "thought_eval.pass_samples"}
+    assert diff["model.class_path"] == ("lamina.rlp.RLPModel", "lamina.lm.LanguageModel")
     assert cfg["ntp-tokens"].get("model.rlp") is None
 
     # every phase-2 arm: the phase-1 checkpoint, stripped thoughts, the same lr, batches, steps and evaluation
@@ -158,19 +165,19 @@ def test_arms_parse_and_differ_only_where_they_should(arms):
         assert c["model.init_from"] == "/some/phase1/last.ckpt" and c["data.thoughts"] == "strip"
         for key in ("model.lr", "model.warmup_steps", "model.min_lr_ratio", "data.batch_size", "data.seed",
                     "trainer.max_steps", "data.families", "data.levels", "data.level_weights", "data.max_bytes",
-                    "model.thought_eval.levels", "model.thought_eval.examples_per_level", "model.thought_eval.seed",
-                    "model.thought_eval.every_n_steps", "model.n_embd", "model.n_layer", "model.block_size"):
+                    "thought_eval.levels", "thought_eval.examples_per_level", "thought_eval.seed",
+                    "thought_eval.every_n_steps", "model.n_embd", "model.n_layer", "model.block_size"):
             assert c[key] == cfg["rlp"][key], (arm, key)
 
     # phase 1: the same world arithmetic and shape, with its thoughts, from scratch
     pre = cfg["pretrain"]
     assert pre["data.thoughts"] == "keep" and pre["model.init_from"] is None and pre.get("model.rlp") is None
     for key in ("data.families", "data.levels", "data.level_weights", "model.n_embd", "model.n_layer",
-                "model.block_size", "model.thought_eval.levels", "model.thought_eval.examples_per_level",
-                "model.thought_eval.seed"):
+                "model.block_size", "thought_eval.levels", "thought_eval.examples_per_level",
+                "thought_eval.seed"):
         assert pre[key] == cfg["rlp"][key], key
     assert pre["data.families"] == ["arith"] and pre["data.levels"] == [1, 2, 3] and pre["data.level_weights"] == "equal"
-    assert pre["model.thought_eval.every_n_steps"] == pre["trainer.max_steps"]  # the gate reads the end
+    assert pre["thought_eval.every_n_steps"] == pre["trainer.max_steps"]  # the gate reads the end
 
 
 def test_ntp_flops_steps_and_cadence():
@@ -179,13 +186,13 @@ def test_ntp_flops_steps_and_cadence():
     with pytest.raises(ConfigError):
         study.flop_matched_steps(0.0, 1.0, 1)
     phase2 = study.yaml_value([PATHS["phase2"]], "trainer", "max_steps")
-    every = study.yaml_value([PATHS["phase2"]], "model", "thought_eval", "every_n_steps")
+    every = study.yaml_value([PATHS["phase2"]], "thought_eval", "every_n_steps")
     words = study.ntp_flops_words(PATHS, (), 10 * phase2, phase2)
-    assert study.word_value(words, "model.thought_eval.every_n_steps") == str(10 * every)
+    assert study.word_value(words, "thought_eval.every_n_steps") == str(10 * every)
     assert study.word_value(words, "checkpoint.every_n_train_steps") == str(10 * phase2)
     test = study.PRESETS["test"]
     words = study.ntp_flops_words(PATHS, test.every, 6, 2)  # the preset's own cadence, scaled
-    assert study.word_value(words, "model.thought_eval.every_n_steps") == "6"
+    assert study.word_value(words, "thought_eval.every_n_steps") == "6"
 
 
 # ---- verdicts on built numbers ---------------------------------------------------------------------------
@@ -207,10 +214,12 @@ def seed_numbers(seed: int, acc: dict[str, float], base: float = 0.5, n: int = 2
     }
 
 
-ACC = {  # per seed: rlp above shuffled every time, below ntp-tokens every time, ntp-flops within the noise
-    1: {"rlp": 0.60, "rlp-shuffled": 0.50, "rlp-paper": 0.52, "ntp-tokens": 0.70, "ntp-flops": 0.55},
-    2: {"rlp": 0.62, "rlp-shuffled": 0.51, "rlp-paper": 0.50, "ntp-tokens": 0.69, "ntp-flops": 0.68},
-    3: {"rlp": 0.58, "rlp-shuffled": 0.49, "rlp-paper": 0.51, "ntp-tokens": 0.71, "ntp-flops": 0.50},
+ACC = {  # per seed (base 0.5): rlp above its base and above shuffled every time beyond the margin (0.05),
+    # below ntp-tokens every time, ntp-flops all over the place
+    1: {"rlp": 0.62, "rlp-shuffled": 0.52, "rlp-paper": 0.52, "ntp-tokens": 0.72, "ntp-flops": 0.55},
+    2: {"rlp": 0.63, "rlp-shuffled": 0.51, "rlp-paper": 0.50, "ntp-tokens": 0.72, "ntp-flops": 0.68},
+    3: {"rlp": 0.61, "rlp-shuffled": 0.50, "rlp-paper": 0.51, "ntp-tokens": 0.72, "ntp-flops": 0.50},
+    4: {"rlp": 0.62, "rlp-shuffled": 0.53, "rlp-paper": 0.52, "ntp-tokens": 0.72, "ntp-flops": 0.66},
 }
 
 
@@ -221,31 +230,46 @@ def assembled(numbers: dict[int, dict], n_seeds: int | None = None) -> ClaimResu
 
 
 def verdicts(result: ClaimResult) -> dict[str, str]:
-    gates = result.gate_map
-    return {c.name: c.verdict(gates).verdict for c in result.contrasts if c.prediction is not None}
+    return {name: v.verdict for name, v in result.verdicts().items() if v is not None}
 
 
 def test_each_contrast_gets_the_verdict_its_interval_gives():
     result = assembled({s: seed_numbers(s, ACC[s]) for s in ACC})
     assert all(g.passed for g in result.gates), [(g.name, g.detail) for g in result.gates]
-    assert verdicts(result) == {"rlp − shuffled": "supported", "rlp − ntp at the same tokens": "not supported",
-                                "rlp − ntp at the same FLOPs": "inconclusive"}
+    assert result.primary == "rlp − base"
+    assert verdicts(result) == {"rlp − base": "supported", "rlp − shuffled": "supported",
+                                "rlp − ntp at the same tokens": "against", "rlp − ntp at the same FLOPs": "inconclusive"}
+    assert result.claim_verdict().verdict == "supported"
     by_name = {c.name: c for c in result.contrasts}
-    assert by_name["rlp − shuffled"].stats.mean == pytest.approx(0.10)
-    assert by_name["rlp − shuffled"].prediction.margin == pytest.approx(0.1 * 0.4)  # a tenth of the room
-    assert by_name["rlp − base"].stats.mean == pytest.approx(0.10)  # descriptive rows have no verdict
-    assert by_name["rlp − base"].verdict(result.gate_map) is None
-    assert result.arms[study.LABELS["rlp"]]["elicitation/level2"] == {1: 0.9, 2: 0.9, 3: 0.9}
+    assert by_name["rlp − base"].stats.mean == pytest.approx(0.12)
+    assert by_name["rlp − shuffled"].stats.mean == pytest.approx(0.105)
+    assert by_name["rlp − shuffled"].prediction.margin == study.ACCURACY_MARGIN == 0.05  # fixed, not from the run
+    assert result.role(by_name["rlp − base"]) == "primary" and result.role(by_name["rlp − shuffled"]) == "secondary"
+    assert result.role(by_name["rlp-paper − shuffled"]) == "descriptive"  # descriptive rows have no verdict
+    assert result.verdicts()["rlp-paper − shuffled"] is None
+    # the secondary ones are read at their Holm level: wider than 95%, p_Holm beside p
+    shuffled = result.verdicts()["rlp − shuffled"]
+    assert shuffled.confidence > 0.95 and shuffled.p_holm >= shuffled.p
+    assert result.verdicts()["rlp − base"].confidence == pytest.approx(0.95)
+    assert result.arms[study.LABELS["rlp"]]["elicitation/level2"] == {1: 0.9, 2: 0.9, 3: 0.9, 4: 0.9}
     text = markdown(result, [])
-    assert "**rlp − shuffled**: supported" in text and "**rlp − ntp at the same tokens**: not supported" in text
+    assert "**Claim verdict: supported**" in text and "**rlp − base** (primary): **supported**" in text
+    assert "**rlp − ntp at the same tokens** (secondary): **against**" in text
+    assert "achieved half-width" in text and "Holm-adjusted p" in text
 
 
-def test_within_the_margin_is_not_supported_and_one_seed_is_inconclusive():
-    near = {s: {**ACC[s], "rlp-shuffled": ACC[s]["rlp"] - 0.005 * (s - 2)} for s in ACC}  # diffs 0.005, 0, -0.005
-    assert verdicts(assembled({s: seed_numbers(s, near[s]) for s in near}))["rlp − shuffled"] == "not supported"
+def test_within_the_margin_is_negligible_and_one_seed_is_not_tested():
+    diffs = {1: 0.01, 2: 0.0, 3: -0.01, 4: 0.005}
+    near = {s: {**ACC[s], "rlp-shuffled": ACC[s]["rlp"] - diffs[s]} for s in ACC}
+    assert verdicts(assembled({s: seed_numbers(s, near[s]) for s in near}))["rlp − shuffled"] == "negligible"
     one = assembled({1: seed_numbers(1, ACC[1])})
-    assert set(verdicts(one).values()) == {"inconclusive"}
-    assert one.contrasts[0].verdict(one.gate_map).reason == "no interval (fewer than two seeds)"
+    assert set(verdicts(one).values()) == {"not tested"}
+    assert one.claim_verdict().reason.startswith("not tested: gate power failed")  # no spread over one seed
+    # a seed planned but missing (its number is not there): named, and the claim is not tested
+    three = assembled({s: seed_numbers(s, ACC[s]) for s in (1, 2, 3)})
+    three.seeds = [1, 2, 3, 4]
+    assert three.verdicts()["rlp − base"].verdict == "not tested"
+    assert "seed 4 missing" in three.verdicts()["rlp − base"].reason
 
 
 def test_a_failed_gate_blocks_the_verdicts():
@@ -254,9 +278,21 @@ def test_a_failed_gate_blocks_the_verdicts():
         numbers[s]["base"]["2"]["room"]["pass"] = 0.5
     result = assembled(numbers)
     assert not result.gate_map["room-to-elicit"].passed
-    gates = result.gate_map
-    assert all(c.verdict(gates).reason.startswith("not tested: gate room-to-elicit")
-               for c in result.contrasts if c.prediction is not None)
+    assert all(v.reason.startswith("not tested: gate room-to-elicit")
+               for v in result.verdicts().values() if v is not None)
+
+
+def test_no_structure_in_nothing_supported_rlp():
+    import random
+
+    rng = random.Random(7)
+    for draw in range(20):  # every arm the same accuracy, up to noise between seeds, 5 seeds
+        acc = {s: {arm: round(0.5 + rng.gauss(0, 0.03), 3) for arm in study.ARMS} for s in range(1, 6)}
+        numbers = {s: seed_numbers(s, acc[s], base=round(0.5 + rng.gauss(0, 0.03), 3)) for s in acc}
+        assert "supported" not in verdicts(assembled(numbers)).values(), draw
+    same = assembled({s: seed_numbers(s, dict.fromkeys(study.ARMS, 0.5)) for s in range(1, 6)})  # identical arms
+    assert set(verdicts(same).values()) == {"not tested"}
+    assert "zero variance across seeds" in same.verdicts()["rlp − shuffled"].reason
 
 
 # ---- lamina compare: the key metrics and the elicitation share ---------------------------------------------
@@ -309,17 +345,31 @@ def test_compare_reports_the_elicitation_share(tmp_path):
 # ---- the elicitation claim, read off the same numbers ---------------------------------------------------
 
 
-@pytest.mark.parametrize("base_pass, verdict", [(0.6, "supported"), (0.9, "not supported"), (0.95, "not supported")])
+@pytest.mark.parametrize("base_pass, verdict", [(0.6, "supported"), (0.9, "negligible"), (0.98, "against")])
 def test_elicitation_reads_the_share_against_the_base_pass_at_k(base_pass, verdict):
     from lamina.study.elicitation import from_rlp
 
     numbers = {s: seed_numbers(s, ACC[s]) for s in ACC}
+    jitter = {1: 0.01, 2: 0.0, 3: -0.01, 4: 0.005}
     for s in numbers:  # every arm's share is 0.9: RL's greedy solutions are what the base reached 90% of the time
-        numbers[s]["base"]["2"]["room"]["pass"] = base_pass
+        numbers[s]["base"]["2"]["room"]["pass"] = base_pass + jitter[s]
     result = from_rlp(assembled(numbers))
     contrast = result.contrasts[0]
-    assert contrast.stats.mean == pytest.approx(0.9 - base_pass)
+    assert result.primary == contrast.name == "rlp share − base pass@64"
+    assert contrast.stats.mean == pytest.approx(0.9 - base_pass - 0.00125)
     # share = pass@k: RL's solutions are no more the base's than chance gives (within the margin).
-    assert contrast.verdict(result.gate_map).verdict == verdict
-    assert result.arms["base"]["pass@64/level2"] == {1: base_pass, 2: base_pass, 3: base_pass}
+    assert result.claim_verdict().verdict == verdict
+    assert result.arms["base"]["pass@64/level2"] == {s: base_pass + jitter[s] for s in numbers}
     assert [c.stats.mean for c in result.contrasts[1:]] == [pytest.approx(0.0)] * 2  # every arm's share is 0.9
+
+
+def test_elicitation_at_a_ceiling_is_not_tested():
+    from lamina.study.elicitation import from_rlp
+
+    numbers = {s: seed_numbers(s, ACC[s]) for s in ACC}
+    for s in numbers:  # the base solves every problem in its samples, and RL's are all of them: a ceiling
+        numbers[s]["base"]["2"]["room"]["pass"] = 1.0
+        for arm in numbers[s]["arms"].values():
+            arm["elicitation"]["2"]["share"] = 1.0
+    verdict = from_rlp(assembled(numbers)).claim_verdict()
+    assert verdict.verdict == "not tested" and "a ceiling" in verdict.reason

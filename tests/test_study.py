@@ -1,6 +1,6 @@
-"""lamina.study: the verdict rule on intervals built by hand, the runner's reuse and resume of fits
-(counted through a stand-in fit), the report's files on a small made-up result, and one smoke run
-of the finetune-fragility claim at toy sizes."""
+"""lamina.study: a contrast paired by seed and judged (the rule itself: tests/test_verdict.py), the
+runner's reuse and resume of fits (counted through a stand-in fit), the report's files on a small
+made-up result, and one smoke run of the finetune-fragility claim at toy sizes."""
 
 from __future__ import annotations
 
@@ -16,58 +16,31 @@ from lamina.study import CLAIMS, main
 from lamina.study import finetune as ft
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_report
 from lamina.study.runs import Runner, RunSpec
-from lamina.study.verdict import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Prediction, decide
+from lamina.verdict import NOT_TESTED, SUPPORTED, Prediction
 
-# ---- the verdict rule ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "lo, hi, sign, margin, expected",
-    [
-        (0.02, 0.30, 1, 0.05, SUPPORTED),  # entirely above 0, predicted above
-        (-0.30, -0.02, -1, 0.05, SUPPORTED),  # entirely below 0, predicted below
-        (-0.30, -0.02, 1, 0.05, NOT_SUPPORTED),  # entirely on the other side
-        (0.02, 0.30, -1, 0.05, NOT_SUPPORTED),
-        (-0.04, 0.03, 1, 0.05, NOT_SUPPORTED),  # within the equivalence margin
-        (-0.04, 0.03, -1, 0.05, NOT_SUPPORTED),
-        (-0.10, 0.20, 1, 0.05, INCONCLUSIVE),  # holds 0, reaches past the margin
-        (-0.04, 0.03, 1, 0.0, INCONCLUSIVE),  # no margin: an interval around 0 decides nothing
-        (0.0, 0.30, 1, 0.0, INCONCLUSIVE),  # touching 0 is not "entirely above"
-        (0.01, 0.02, 1, 0.05, SUPPORTED),  # on the predicted side and inside the margin: supported (said so)
-    ],
-)
-def test_verdict_rule_on_built_intervals(lo, hi, sign, margin, expected):
-    verdict = decide(lo, hi, Prediction(sign, margin))
-    assert verdict.verdict == expected
-    if (lo, hi, margin) == (0.01, 0.02, 0.05):
-        assert "smaller than the margin" in verdict.reason
-
-
-def test_verdict_without_an_interval_or_behind_a_failed_gate_is_inconclusive():
-    assert decide(None, None, Prediction(1)).verdict == INCONCLUSIVE
-    assert decide(math.nan, 1.0, Prediction(1)).verdict == INCONCLUSIVE
-    blocked = decide(0.1, 0.2, Prediction(1), blocked="gate base-knows-facts failed")
-    assert blocked.verdict == INCONCLUSIVE and "base-knows-facts" in blocked.reason
-    with pytest.raises(ConfigError, match="sign"):
-        Prediction(0)
-    with pytest.raises(ConfigError, match="margin"):
-        Prediction(1, -0.1)
+# ---- a contrast ----------------------------------------------------------------------------------
 
 
 def test_a_contrast_is_paired_by_seed_and_judged_by_its_t_interval():
     a = {1: 0.50, 2: 0.60, 3: 0.55, 4: 0.9}
-    b = {1: 0.30, 2: 0.42, 3: 0.33}  # seed 4 has no partner: left out
+    b = {1: 0.30, 2: 0.42, 3: 0.33}  # seed 4 has no partner: it drops out, and is named
     c = Contrast.paired("a − b", "", a, b, prediction=Prediction(1, 0.01), needs=("g",))
-    assert sorted(c.per_seed) == [1, 2, 3]
+    assert sorted(c.per_seed) == [1, 2, 3] and c.dropped == {4: "no value in b"}
     assert c.per_seed[1] == pytest.approx(0.2)
     st = c.stats
     from scipy import stats
 
     want = stats.ttest_1samp([0.2, 0.18, 0.22], 0).confidence_interval()
     assert (st.lo, st.hi) == pytest.approx((want.low, want.high))
-    assert c.verdict({"g": Gate("g", "?", True, "")}).verdict == SUPPORTED
-    assert c.verdict({"g": Gate("g", "?", False, "")}).verdict == INCONCLUSIVE
-    assert c.verdict({}).verdict == INCONCLUSIVE  # a gate that was not run blocks too
+    passed, failed = {"g": Gate("g", "?", True, "")}, {"g": Gate("g", "?", False, "")}
+    assert c.verdict(passed, [1, 2, 3]).verdict == SUPPORTED
+    assert c.verdict(failed, [1, 2, 3]).verdict == NOT_TESTED
+    assert c.verdict({}, [1, 2, 3]).reason == "not tested: gate g not run"  # a gate that was not run blocks too
+    # four seeds planned, three paired: not tested, and the seed that dropped out is named
+    short = c.verdict(passed, [1, 2, 3, 4])
+    assert short.verdict == NOT_TESTED and "seed 4 missing" in short.reason
+    nan = Contrast.paired("a − b", "", {1: 0.5, 2: math.nan, 3: 0.4}, {1: 0.1, 2: 0.2, 3: 0.1}, labels=("A", "B"))
+    assert nan.dropped == {2: "A is nan"} and sorted(nan.per_seed) == [1, 3]
 
 
 # ---- the runner ------------------------------------------------------------------------------------
@@ -130,13 +103,14 @@ def test_report_writes_its_files_on_a_made_up_result(tmp_path):
     result = ClaimResult(
         "made-up", "A is above B.", {"steps": "10"}, seeds,
         gates=[Gate("can-do", "does A do it?", True, "yes"), Gate("power", "enough items?", False, "no")],
-        arms={"A": {"acc": {1: 0.5, 2: 0.6, 3: 0.55}}, "B": {"acc": {1: 0.3, 2: 0.4, 3: 0.35}}},
+        arms={"A": {"acc": {1: 0.5, 2: 0.6, 3: 0.56}}, "B": {"acc": {1: 0.3, 2: 0.4, 3: 0.35}}},
+        primary="A − B",
     )
     result.contrasts = [
         Contrast.paired("A − B", "acc", result.arms["A"]["acc"], result.arms["B"]["acc"],
                         prediction=Prediction(1, 0.02, "margin: made up"), needs=("can-do",)),
         Contrast.paired("A − B, powered", "acc", result.arms["A"]["acc"], result.arms["B"]["acc"],
-                        prediction=Prediction(1), needs=("power",)),
+                        prediction=Prediction(1, 0.02), needs=("power",)),
         Contrast.paired("A alone", "descriptive", result.arms["A"]["acc"]),
     ]
     result.figures = [
@@ -147,17 +121,23 @@ def test_report_writes_its_files_on_a_made_up_result(tmp_path):
     ]
     report = write_report(result, tmp_path)
     text = report.read_text()
-    assert "**A − B**: supported" in text and "**A − B, powered**: inconclusive" in text
-    assert "not tested: gate power failed" in text
-    assert "Rule: For a contrast" in text and "| power | enough items? | **no** | no |" in text
-    assert "0.2 [" in text  # the paired mean with its interval
+    assert "**Claim verdict: supported**" in text and "**A − B** (primary): **supported**" in text
+    assert "**A − B, powered** (secondary): **not tested**" in text and "not tested: gate power failed" in text
+    assert "Rule: Each claim names one **primary** contrast" in text and "| power | enough items? | **no** | no |" in text
+    assert "0.203 [" in text  # the paired mean with its interval
+    assert "achieved half-width" in text and "### Descriptive" in text
     data = json.loads((tmp_path / "made-up" / "result.json").read_text())
     assert data["contrasts"][0]["verdict"] == SUPPORTED and data["contrasts"][2]["verdict"] is None
-    assert data["arms"]["A"]["acc"]["per_seed"] == {"1": 0.5, "2": 0.6, "3": 0.55}
+    assert data["primary"] == "A − B" and data["verdict"]["verdict"] == SUPPORTED
+    assert [c["role"] for c in data["contrasts"]] == ["primary", "secondary", "descriptive"]
+    assert data["arms"]["A"]["acc"]["per_seed"] == {"1": 0.5, "2": 0.6, "3": 0.56}
     for name in ("by_layer.png", "bars.png"):
         assert (tmp_path / "made-up" / name).read_bytes()[:4] == b"\x89PNG"
     index = (tmp_path / "index.md").read_text()
-    assert "[made-up](made-up/report.md)" in index and "A − B: **supported**" in index
+    assert "| [made-up](made-up/report.md) | A − B | **supported** | +0.203 [" in index  # one row per claim
+    assert "| A − B, powered | secondary | **not tested** |" in index
+    assert "| A alone | descriptive | (descriptive: no verdict) |" in index
+    assert "- made-up: A − B, powered (secondary): not tested: gate power failed" in index
     assert "failed: power" in index
 
 
@@ -178,8 +158,9 @@ def test_held_out_arithmetic_leaves_out_the_fine_tuning_problems():
     gold = items[0]
     assert gold.is_correct(gold.gold) and not gold.is_correct(" 1+1=2. </think> A: -1\n")
     assert (ft.checkpoint_every(746, 200), ft.checkpoint_every(400, 200), ft.checkpoint_every(7, 2)) == (373, 200, 1)
-    assert ft.detectable_difference(0.5, 100, 3) > ft.detectable_difference(0.5, 400, 3)
-    assert ft.detectable_difference(0.5, 100, 3) > ft.detectable_difference(0.5, 100, 10)
+    # power from the seed-to-seed spread of the per-seed differences: more spread, fewer seeds, less power
+    assert ft.detectable_difference(0.1, 3) > ft.detectable_difference(0.05, 3)
+    assert ft.detectable_difference(0.05, 3) > ft.detectable_difference(0.05, 10)
 
 
 def test_study_command_refuses_bad_input_in_one_line(tmp_path):
@@ -202,17 +183,18 @@ def test_finetune_fragility_smoke_run_writes_a_report_with_verdicts(tmp_path, on
     args = ["finetune-fragility", "--seeds", "1", "--out", str(out), "--preset", "test", "--device", "cpu"]
     results = main(args)
     report = (out / "finetune-fragility" / "report.md").read_text()
-    assert "## Verdicts" in report and "**retention one-hop: proxy − finetuned**:" in report
-    assert "**drift lower − upper (1 − CKA)**:" in report
+    assert "## Verdicts" in report and "**retention one-hop: proxy − finetuned** (primary):" in report
+    assert "**drift lower − upper (1 − CKA)** (secondary):" in report
     for name in ("drift_cka_by_layer.png", "drift_weights_by_layer.png", "accuracy_by_arm.png"):
         assert (out / "finetune-fragility" / name).is_file()
     assert "finetune-fragility" in (out / "index.md").read_text()
     result = results["finetune-fragility"]
     assert set(result.arms) >= {"base", "finetuned-base", "proxy-base", "continued-base"}
     assert len(result.arms["finetuned-base"]["drift/layer0/1-cka"]) == 1
-    # one seed: no interval, so every verdict is inconclusive, whatever the numbers
-    judged = [c.verdict(result.gate_map) for c in result.contrasts if c.prediction]
-    assert judged and all(v.verdict == INCONCLUSIVE for v in judged)
+    # one seed: no interval, so nothing is tested, whatever the numbers
+    judged = [v for v in result.verdicts().values() if v is not None]
+    assert judged and all(v.verdict == NOT_TESTED for v in judged)
+    assert result.primary == "retention one-hop: proxy − finetuned" and "**Claim verdict: not tested**" in report
     printed = capsys.readouterr().out
     assert "study finetune-fragility: seed 1/1, arm finetuned-base: training 2 steps" in printed
 

@@ -108,8 +108,13 @@ def test_the_five_claims_at_the_test_preset(tmp_path, capsys):
         assert data["gates"] and judged
         # Four steps teach nothing: no claim may come out supported.
         assert "supported" not in judged, claim
+        # one primary contrast, named by the claim; the claim's verdict is its
+        assert data["primary"] in {c["name"] for c in data["contrasts"]} and data["verdict"]["verdict"] != "supported"
+        assert [c["role"] for c in data["contrasts"]].count("primary") == 1
         assert f"[{claim}]({claim}/report.md)" in index
     assert index.index("density-familiarity") < index.index("context-vs-prior")  # the research note's order
+    assert "| [modularity](modularity/report.md) | learned: Q above its null, end − step 0 |" in index
+    assert "| Q above its null | descriptive | (descriptive: no verdict) |" in index and "## Not tested" in index
 
 
 def test_jobs_fit_each_seed_of_a_group_in_a_process_of_its_own(tmp_path, monkeypatch, capsys):

@@ -14,9 +14,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lamina import lm as lm_module
-from lamina.callbacks import NonFiniteGuard, ThoughtEval, Throughput, peak_flops_of, training_callbacks
+from lamina.callbacks import Throughput, peak_flops_of, training_callbacks
 from lamina.cli import main
 from lamina.lm import LanguageModel
+from lamina.step import NonFiniteGuard
 
 TINY = [
     "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
@@ -211,7 +212,7 @@ class FusedAdamW(torch.optim.AdamW):
 
 
 class HostValue(torch.Tensor):
-    """Marks the values lamina.step_logging.host_scalar puts on the host (through lamina.lm) (it survives Lightning's clones): on a
+    """Marks the values lamina.step.host_scalar puts on the host (through lamina.lm) (it survives Lightning's clones): on a
     GPU they live in host memory, and reading them waits for nothing."""
 
     def __deepcopy__(self, memo):
@@ -315,8 +316,8 @@ def test_perf_counts_training_time_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LanguageModel, "training_step", training_step)
     monkeypatch.setattr(LanguageModel, "validation_step", validation_step)
-    monkeypatch.setattr("lamina.cli.training_callbacks",
-                        lambda: [Throughput(clock=lambda: clock[0]), NonFiniteGuard(), ThoughtEval(), Measure()])
+    monkeypatch.setattr(Throughput, "host_clock", staticmethod(lambda: clock[0]))
+    monkeypatch.setattr("lamina.cli.training_callbacks", lambda: [*training_callbacks(), Measure()])
     main(fit_args(tmp_path, "perf", *QUIET, "--trainer.max_steps", "9", "--trainer.log_every_n_steps", "3",
                   "--trainer.val_check_interval", "2", "--trainer.accumulate_grad_batches", "2"))
     perf = scalars(tmp_path / "runs" / "perf" / "version_0")["perf/tokens_per_sec"]
@@ -330,7 +331,11 @@ def test_throughput_is_the_first_callback(tmp_path):
     from lamina.data import TextDataModule
 
     cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=fit_args(tmp_path, "order")[1:], **cli_kwargs())
-    assert isinstance(cli.trainer.callbacks[0], Throughput)
+    assert isinstance(cli.trainer.callbacks[0], Throughput)  # the first section that makes a callback
+    assert sum(isinstance(c, Throughput) for c in cli.trainer.callbacks) == 1  # (not also training_callbacks')
+    # the non-finite guard is the model's, not a callback's: nothing is plugged into the module
+    assert isinstance(cli.model.guard, NonFiniteGuard) and cli.model.guard.policy == "stop"
+    assert not any("Guard" in type(c).__name__ for c in cli.trainer.callbacks)
 
 
 def test_steps_line_up_validation_counts_optimizer_steps(tmp_path):

@@ -1,6 +1,10 @@
 """`lamina fit|validate|prepare`: LightningCLI over the LanguageModel and the TextDataModule.
 
-Every config key can be overridden on the command line (`--model.n_layer 8`). Runs land in
+Every config key can be overridden on the command line (`--model.n_layer 8`). The model is
+lamina.lm.LanguageModel unless the config names another class (`model: class_path:
+lamina.rlp.RLPModel, init_args: ...`; `--model lamina.rlp.RLPModel`); each callback with settings
+has a section of its own (throughput, thought_eval, instrument, checkpoint, drift, retention). A
+config of an older lamina is read in today's layout (lamina.pretrained.migrate). Runs land in
 `runs/<name>/version_<n>/`; `--ckpt_path last` resumes the latest run of the same name in place.
 A user mistake prints one line naming the key or file and exits non-zero.
 """
@@ -15,16 +19,19 @@ import sys
 import warnings
 from pathlib import Path
 
-from jsonargparse import ArgumentError
+import yaml
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
-from lamina.callbacks import TerminalDefaults, Throughput, training_callbacks
+from lamina.callbacks import TerminalDefaults, ThoughtEval, Throughput, training_callbacks
 from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_checkpoints
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
+from lamina.pretrained import LANGUAGE_MODEL, MOVED_KEYS, checkpoint_config, migrate
 from lamina.user_errors import (
     check_checkpoint_fits,
     check_config_files,
@@ -32,7 +39,6 @@ from lamina.user_errors import (
     check_trainer,
     lightning_argument_error,
     read_checkpoint,
-    read_checkpoint_hparams,
     unreadable_checkpoint,
     user_message,
 )
@@ -70,15 +76,27 @@ hide_known_deprecations()
 
 
 class LaminaCLI(LightningCLI):
+    def __init__(self, *args, subclass_mode_model: bool = True, **kwargs):
+        """LightningCLI's arguments. The model section takes any LanguageModel subclass by class path
+        (lamina.rlp.RLPModel); a config without one is a LanguageModel."""
+        super().__init__(*args, subclass_mode_model=subclass_mode_model, **kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """fit and validate: a LanguageModel has no test or predict step."""
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The model's keys are init_args of whichever class the config names; without a class path,
+        # the LanguageModel's.
+        parser.set_defaults({"model": {"class_path": LANGUAGE_MODEL}})
         # int: model.block_size is a PositiveInt, which a key typed int cannot write back to YAML
-        parser.link_arguments("model.block_size", "data.block_size", compute_fn=int)
-        parser.link_arguments("data.model_vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments("model.init_args.block_size", "data.block_size", compute_fn=int)
+        parser.link_arguments("data.model_vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        # Throughput's section first: Lightning runs callbacks in this order (ModelCheckpoint moved
+        # last), so the others' on_train_batch_end (measurements, thinking evaluations, checkpoints)
+        # run after its timing window closes.
+        parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         from lamina.instrument import Instrumentation  # (imported here: cli.py's one instrumentation hook)
 
@@ -87,6 +105,7 @@ class LaminaCLI(LightningCLI):
 
         parser.add_lightning_class_args(Drift, "drift")
         parser.add_lightning_class_args(Retention, "retention")
+        parser.add_lightning_class_args(ThoughtEval, "thought_eval")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -101,36 +120,49 @@ class LaminaCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        super().parse_arguments(parser, args)
+        words = sys.argv[1:] if args is None else args
+        migrated = None if isinstance(words, (dict, Namespace)) else migrated_config_words(list(words))
+        if migrated is None:
+            super().parse_arguments(parser, args)
+        else:  # (LightningCLI's own parse, without its warning about args given beside sys.argv)
+            self.config = parser.parse_args(migrated)
         subcommand = self.config.get("subcommand")
+        check_vocab_size_not_given((self.config[subcommand] if subcommand else self.config).model)
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path in ("best", "hpc"):
             # "best" names the best checkpoint of an earlier fit in the same process; a SLURM job that
             # was requeued resumes from its "hpc" checkpoint by itself (with ckpt_path null).
             raise ConfigError(f"ckpt_path: expected a checkpoint file or 'last', got {ckpt_path!r}")
-        if ckpt_path and ckpt_path != "last" and is_local_file(ckpt_path):
-            self.check_checkpoint_config(parser, subcommand, str(ckpt_path))
 
-    def check_checkpoint_config(self, parser: LightningArgumentParser, subcommand: str, path: str) -> None:
-        """Before LightningCLI reads the checkpoint at `path` and puts its model hyperparameters in
-        place of the config's: the file is a readable checkpoint, no shape key the user set differs
-        from it (it would be silently ignored), and its hyperparameters parse as a model config (a
-        checkpoint of an older lamina may hold a key since renamed)."""
-        # The signature's defaults: lamina sets no parser defaults in the model section.
-        defaults = {k: p.default for k, p in inspect.signature(self.model_class.__init__).parameters.items()}
-        check_resume_config(path, self.config[subcommand].model, defaults)
-        saved = {k: v for k, v in read_checkpoint_hparams(path).items() if not k.startswith("_")}  # ours only
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's: a checkpoint file's model settings take the config's place (a resumed run
+        keeps its checkpoint's model); lamina's reads the checkpoint in today's layout (migrated: an
+        older one's thought_eval and peak_flops come along, into their sections), and first checks
+        that the file is a readable checkpoint, that no shape key or model class the user set differs
+        from it (it would be silently ignored), and that its settings parse as a config."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or ckpt_path == "last" or not is_local_file(ckpt_path):
+            return  # (`last` is found in before_instantiate_classes; a registry name or URL, Lightning reads)
+        path = str(ckpt_path)
+        settings = checkpoint_config(read_checkpoint(path))  # a missing file, a folder, not a checkpoint: one line
+        model = self.config[subcommand].model
+        # The signature's defaults: lamina sets no parser defaults among the model's keys.
+        defaults = {k: p.default for k, p in inspect.signature(LanguageModel.__init__).parameters.items()}
+        check_resume_config(path, model.init_args, defaults)
+        saved_class = settings["model"]["class_path"]
+        if model.class_path not in (LANGUAGE_MODEL, saved_class):
+            raise ConfigError(
+                f"ckpt_path: {path!r} is a checkpoint of a {saved_class}, this config's model is a {model.class_path} "
+                f"(a resumed run keeps its checkpoint's model: to start from its weights, pass it as model.init_from)"
+            )
         try:
-            parser.parse_object({subcommand: {"model": saved}}, self.config.clone())
+            self.config = self.parser.parse_object({subcommand: settings}, self.config)
         except ArgumentError as err:
             raise ConfigError(unreadable_checkpoint(path, err)) from err
 
     def instantiate_trainer(self, **kwargs):
         trainer = self.lightning_trainer(**kwargs)
-        # Throughput first: the other callbacks' on_train_batch_end (measurements, thinking
-        # evaluations, checkpoints) run after its timing window closes (sorted stably: ModelCheckpoint
-        # stays last).
-        trainer.callbacks.sort(key=lambda c: not isinstance(c, Throughput))
         check_trainer(trainer)
         count_validation_in_optimizer_steps(trainer)
         use_atomic_checkpoints(trainer)
@@ -179,6 +211,46 @@ class LaminaCLI(LightningCLI):
             check_checkpoint_fits(str(path), read_checkpoint(str(path)), self.model, resuming=self.subcommand == "fit")
 
 
+def check_vocab_size_not_given(model) -> None:
+    """model.vocab_size is linked from the data module (its tokenizer's size) when the classes are
+    built, over any value given; jsonargparse refuses a value given for a link target of a plain
+    section, not for one among a class path's init_args: lamina does (a value other than the default)."""
+    default = inspect.signature(LanguageModel.__init__).parameters["vocab_size"].default
+    if model.init_args.get("vocab_size", default) != default:
+        raise ConfigError(
+            "model.vocab_size: is set from data.tokenizer and data.vocab_size (a link), not directly; set "
+            "data.tokenizer and data.vocab_size instead"
+        )
+
+
+def migrated_config_words(words: list[str]) -> list[str] | None:
+    """`words` with each `--config FILE` of an older lamina (lamina.pretrained.migrate changes it) given
+    as its migrated YAML instead, and a line saying so; None when no config file needed it."""
+    out = list(words)
+    for i, word in enumerate(words):
+        if word.startswith("--config="):
+            at, value = i, word.split("=", 1)[1]
+        elif word in ("--config", "-c") and i + 1 < len(words):
+            at, value = i + 1, words[i + 1]
+        else:
+            continue
+        path = Path(value).expanduser()
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # check_config_files says what is wrong with it
+        if not isinstance(content, dict) or (new := migrate(content)) == content:
+            continue
+        text = yaml.safe_dump(new, sort_keys=False)  # --config takes YAML text as well as a file
+        out[at] = f"--config={text}" if at == i else text
+        model = content.get("model") or {}
+        keys = (model.get("init_args") or {}) if "class_path" in model else model
+        moved = ", ".join(f"{old} -> {MOVED_KEYS[old]}" for old in MOVED_KEYS if old.split(".")[1] in keys)
+        rank_zero_info(f"lamina: {value} holds keys of an older lamina, read in today's layout: {moved} "
+                       f"(lamina.pretrained.migrate; docs/configs.md)")
+    return out if out != list(words) else None
+
+
 def is_local_file(ckpt_path) -> bool:
     """Not a model registry name ("registry:...") nor a URL (s3://...): those Lightning reads itself."""
     return not str(ckpt_path).startswith("registry") and "://" not in str(ckpt_path)
@@ -221,6 +293,11 @@ def prepare(args: list[str]) -> None:
     print(f"lamina: token cache ready at {cli.datamodule.cache_path}")
 
 
+def fit_callbacks() -> list:
+    """lamina.callbacks.training_callbacks() but Throughput, which the `throughput` section makes."""
+    return [c for c in training_callbacks() if not isinstance(c, Throughput)]
+
+
 def cli_kwargs() -> dict:
     hide_known_deprecations()
     return dict(
@@ -228,7 +305,7 @@ def cli_kwargs() -> dict:
         parser_kwargs={"exit_on_error": False, "default_env": False},
         auto_configure_optimizers=False,
         # TerminalDefaults after the config's callbacks: it swaps only the bar and summary Lightning adds
-        trainer_defaults={"callbacks": [*training_callbacks(), StopOnSignal(), ReportRunFolder(), TerminalDefaults()]},
+        trainer_defaults={"callbacks": [*fit_callbacks(), StopOnSignal(), ReportRunFolder(), TerminalDefaults()]},
     )
 
 

@@ -1,10 +1,55 @@
-"""The next-token objective as a LightningModule: optimizer groups, schedule, validation, bits per byte.
+"""The next-token objective as a LightningModule: optimizer groups, schedule, validation, bits per
+byte, and the optimizer step's own work (gradient norm, clipping, the non-finite guard: lamina.step).
+lamina.rlp.RLPModel is the subclass whose training step is RLP's; observers of training (throughput,
+thinking evaluations, measurements) are Callbacks with config sections of their own.
 
-Everything that observes training (throughput and MFU, the non-finite guard, thinking evaluations)
-is a Callback in lamina.callbacks; the RLP objective is lamina.rlp.RLPModel, a subclass. The step's
-gradient norm and clipping by it are lamina.gradients; `init_from` is lamina.pretrained.load_init_from. Their keys
-stay under `model.` (`model.peak_flops`, `model.on_nonfinite`, `model.rlp`, ...) so that configs keep
-working: the callbacks read them from `hparams`, and `LanguageModel(rlp=...)` makes an RLPModel.
+The anatomy of one optimizer step of A micro-batches (trainer.accumulate_grad_batches), in the order
+Lightning 2.6 runs the hooks (loops/training_epoch_loop.py:_TrainingEpochLoop.advance,
+loops/optimization/automatic.py, plugins/precision/precision.py:Precision._wrap_closure). Callbacks'
+hooks run before the module's hook of the same name; [brackets] are Lightning's own work.
+
+  each micro-batch 1..A-1 (gradients accumulate; under DDP without their all-reduce):
+    callbacks/throughput.py:Throughput.on_train_batch_start   the timing window opens
+    lm.py:LanguageModel.training_step                         forward and loss (rlp/module.py:RLPModel.training_step
+                                                              in RLP runs); _count: tokens_seen, flops_seen;
+                                                              _note_loss: the step's loss sum on the device, its lr
+    [zero_grad: on micro-batch 1 only, after its forward]
+    [backward]
+    callbacks/throughput.py:Throughput.on_train_batch_end     the timing window closes (the first callback)
+    [the other callbacks' on_train_batch_end: instrument, thought_eval, StopOnSignal, ModelCheckpoint last]
+    lm.py:LanguageModel.on_train_batch_end                    nothing to do between an optimizer step's micro-batches
+
+  micro-batch A, the optimizer step:
+    callbacks/throughput.py:Throughput.on_train_batch_start
+    rlp/module.py:RLPModel.optimizer_step (RLP runs)          wraps Lightning's optimizer_step:
+    [optimizer.step(closure)], whose closure is this micro-batch's
+      lm.py:LanguageModel.training_step
+      [zero_grad when A is 1; backward: DDP all-reduces the gradients, FSDP reduce-scatters them]
+    lm.py:LanguageModel.on_before_optimizer_step              step.py:step_grad_norm (once a step), then
+                                                              step.py:NonFiniteGuard.check (stop, drop the
+                                                              gradients, or found_inf for a fused optimizer)
+    lm.py:LanguageModel.configure_gradient_clipping           step.py:clip_by_step_norm, by that same norm
+    [the update: AdamW, or optim.py:MuonWithAdamW; skipped on the device when found_inf is set]
+    rlp/objective.py:ema_update (RLP runs)                    from RLPModel.optimizer_step, after the update
+    [the lr scheduler steps (lm.py:warmup_cosine); global_step += 1]
+    callbacks/throughput.py:Throughput.on_train_batch_end     the window closes; perf/* at log steps
+    [the other callbacks' on_train_batch_end; ModelCheckpoint's save calls
+     lm.py:LanguageModel.on_save_checkpoint                   step.py:NonFiniteGuard.read first: a pending
+                                                              non-finite step that stops the run writes nothing]
+    lm.py:LanguageModel.on_train_batch_end                    should_stop at max_steps (a last validation);
+                                                              step.py:NonFiniteGuard.read_if_due; at log
+                                                              steps log_step: train/loss, lr (step.py:host_scalar;
+                                                              rlp/module.py:RLPModel.log_step: rlp/*, lr)
+    [Lightning writes the logged values at log steps (step.py:ends_logged_step is the same rule)]
+    [validation when due: lm.py:LanguageModel.on_validation_epoch_start, validation_step, on_validation_epoch_end;
+     cli.py:count_validation_in_optimizer_steps made trainer.val_check_interval count optimizer steps]
+
+Once a fit (loops/fit_loop.py, trainer/trainer.py:Trainer._run): lm.py:LanguageModel.configure_model
+(compile), on_load_checkpoint when resuming (counters, the guard's skips, the schedule's horizon),
+configure_optimizers, on_fit_start (init_from; rlp/module.py:RLPModel.on_fit_start: its EMA model, think ids),
+on_train_start (the guard's count in a row), the steps, on_train_end (the guard's last read).
+
+lm.py imports nothing from lamina.rlp, and nothing that loads the world generator (lamina.data).
 """
 
 from __future__ import annotations
@@ -30,13 +75,17 @@ from lamina.errors import ConfigError
 from lamina.kernels import wide_dtype
 from lamina.model import GPT, GPTConfig
 from lamina.optim import OPTIMIZERS, MuonWithAdamW
-from lamina.gradients import clip_by_step_norm, step_grad_norm
 from lamina.pretrained import load_init_from
-from lamina.rlp.config import RLPConfig, ThoughtEvalConfig
 from lamina.sharding import check_fsdp, is_fsdp
-from lamina.step_logging import ends_logged_step, host_scalar
+from lamina.step import (
+    NONFINITE_POLICIES,
+    NonFiniteGuard,
+    clip_by_step_norm,
+    ends_logged_step,
+    host_scalar,
+    step_grad_norm,
+)
 
-NONFINITE_POLICIES = ("stop", "skip")
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
@@ -53,20 +102,7 @@ def bits_per_byte(loss_nats: torch.Tensor | float, tokens_per_byte: float) -> to
     return loss_nats / math.log(2) * tokens_per_byte
 
 
-class _RLPWhenConfigured:
-    """`LanguageModel(..., rlp=RLPConfig(...))` is an RLPModel: `model.rlp` picks the objective, so
-    configs keep one model class. (A base class of its own: argument parsers read LanguageModel's
-    signature from its __init__, not from this inherited __new__.)"""
-
-    def __new__(cls, *args, **kwargs):
-        if cls is LanguageModel and kwargs.get("rlp") is not None:
-            from lamina.rlp.module import RLPModel
-
-            cls = RLPModel
-        return super().__new__(cls)
-
-
-class LanguageModel(_RLPWhenConfigured, L.LightningModule):
+class LanguageModel(L.LightningModule):
     def __init__(
         self,
         n_layer: PositiveInt = 4,
@@ -91,10 +127,7 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         optimizer: Literal[OPTIMIZERS] = "adamw",
         muon_lr: NonNegativeNumber = 0.02,
         compile: bool = False,
-        peak_flops: PositiveNumber | None = None,
         init_from: str | None = None,
-        rlp: RLPConfig | None = None,
-        thought_eval: ThoughtEvalConfig | None = None,
         on_nonfinite: Literal[NONFINITE_POLICIES] = "stop",
         max_nonfinite_skips: PositiveInt = 10,
     ):
@@ -126,15 +159,9 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
             muon_lr: Muon's peak learning rate (with optimizer muon), on Muon's own scale (nanochat's 0.02),
                 scheduled as lr is.
             compile: torch.compile the model (GPU runs).
-            peak_flops: device peak FLOP/s for MFU, overriding the built-in table (lamina.callbacks.Throughput).
             init_from: a lamina checkpoint whose model weights (and nothing else: no optimizer, step or
                 counters) the run starts from; a phase on a pretrained model. Ignored when resuming.
-            rlp: train with the RLP objective (reinforcement as a pretraining objective) instead of
-                next-token prediction (lamina.rlp.RLPModel); see lamina.rlp.RLPConfig for its keys
-                (`model.rlp.group_size`, ...).
-            thought_eval: evaluate thinking every N steps (held-out arithmetic with and without a
-                thought, next-token loss with a sampled thought); see lamina.rlp.ThoughtEvalConfig.
-            on_nonfinite: a NaN/Inf loss or gradient (lamina.callbacks.NonFiniteGuard): `stop` (one-line
+            on_nonfinite: a NaN/Inf loss or gradient (lamina.step.NonFiniteGuard): `stop` (one-line
                 error naming the step and the last good checkpoint) or `skip` (drop the update, count it
                 in train/nonfinite_skips).
             max_nonfinite_skips: with `skip`, stop anyway after this many non-finite steps in a row.
@@ -145,8 +172,8 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         n_layer, n_head, n_embd, block_size, vocab_size, warmup_steps, max_nonfinite_skips = map(
             plain, (n_layer, n_head, n_embd, block_size, vocab_size, warmup_steps, max_nonfinite_skips)
         )
-        dropout, lr, min_lr_ratio, weight_decay, peak_flops, muon_lr, logit_softcap = map(
-            plain, (dropout, lr, min_lr_ratio, weight_decay, peak_flops, muon_lr, logit_softcap)
+        dropout, lr, min_lr_ratio, weight_decay, muon_lr, logit_softcap = map(
+            plain, (dropout, lr, min_lr_ratio, weight_decay, muon_lr, logit_softcap)
         )
         betas = tuple(map(plain, betas))
         super().__init__()
@@ -158,12 +185,11 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
             logit_softcap=logit_softcap,
         )
         self.model = GPT(self.config)
-        self.thought_eval_config = thought_eval  # for the ThoughtEval callback (hparams may hold it as a dict)
         self.flops_per_token = self.model.flops_per_token()  # fixed by the shape; not recounted per step
         # Cumulative over the whole run (all ranks), kept in checkpoints: the x axes of `lamina compare`.
         self.tokens_seen = 0
         self.flops_seen = 0.0
-        self.nonfinite_skips = 0  # counted by the NonFiniteGuard callback, kept in checkpoints
+        self.guard = NonFiniteGuard(on_nonfinite, max_nonfinite_skips)  # its count of skips is kept in checkpoints
         # The max_steps the learning-rate schedule decays over, kept in checkpoints: a run extended
         # with a larger trainer.max_steps keeps its schedule (configure_optimizers).
         self.schedule_max_steps: int | None = None
@@ -171,7 +197,6 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         # their mean; the guard checks it), and its gradient norm (computed once: clipping, the guard).
         self.step_loss_sum: torch.Tensor | None = None
         self.grad_norm: torch.Tensor | None = None
-        self.step_check = None  # called with (trainer, module, optimizer) before each update
         self._step_lr = 0.0
         self._restored = False  # set when a checkpoint is loaded: a resumed run keeps its state
 
@@ -205,14 +230,21 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         self.tokens_seen += tokens * self.trainer.world_size
         self.flops_seen += flops * self.trainer.world_size
 
+    def on_train_start(self) -> None:
+        self.guard.start()
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.trainer.global_step >= self.trainer.max_steps:
             # The last optimizer step: asking the trainer to stop here makes Lightning validate now
             # (a stop request validates, `trainer.should_stop`), so every fit ends with a validation
             # at its last step whatever its length, and logs train/loss there too.
             self.trainer.should_stop = True
+        self.guard.read_if_due(self.trainer, batch_idx)
         if ends_logged_step(self.trainer, batch_idx) and self.step_loss_sum is not None:
             self.log_step(self.step_loss_sum / self.trainer.accumulate_grad_batches)
+
+    def on_train_end(self) -> None:
+        self.guard.read(self.trainer)  # the flags still pending: a stop or the skips' count
 
     def log_step(self, mean_loss: torch.Tensor) -> None:
         """At a log step: train/loss, the mean over the step's micro-batches and over ranks (one
@@ -222,8 +254,10 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         self.log("lr", host_scalar(self._step_lr))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.guard.pending:  # raises, and nothing is written, when a pending step stops the run
+            self.guard.read(self.trainer)
         checkpoint["lamina"] = {
-            "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "nonfinite_skips": self.nonfinite_skips,
+            "tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "nonfinite_skips": self.guard.skips,
             "schedule_max_steps": self.schedule_max_steps,
         }
 
@@ -231,7 +265,7 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         state = checkpoint.get("lamina", {})
         self.tokens_seen = state.get("tokens_seen", 0)
         self.flops_seen = state.get("flops_seen", 0.0)
-        self.nonfinite_skips = state.get("nonfinite_skips", 0)
+        self.guard.skips = state.get("nonfinite_skips", 0)
         self.schedule_max_steps = state.get("schedule_max_steps")  # None in checkpoints of older lamina
         self._restored = True
 
@@ -361,11 +395,10 @@ class LanguageModel(_RLPWhenConfigured, L.LightningModule):
         return horizon
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """The step's gradient norm, computed once (lamina.gradients), then `step_check`, where the
-        NonFiniteGuard callback plugs in."""
+        """The step's gradient norm, computed once (clipping reads it too), then the non-finite guard."""
         self.grad_norm = step_grad_norm(self.trainer, optimizer)
-        if self.step_check is not None:
-            self.step_check(self.trainer, self, optimizer)
+        if not self.guard.check(self.trainer, optimizer, self.step_loss_sum, self.grad_norm):
+            self.grad_norm = None  # the guard dropped the gradients: nothing to clip
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         norm, self.grad_norm = self.grad_norm, None

@@ -5,20 +5,25 @@ A lamina checkpoint (what `lamina fit` writes under `runs/<name>/version_<n>/che
 shape keys and vocab_size) and `datamodule_hyper_parameters` (data.tokenizer, data.vocab_size, ...).
 The tokenizer itself is not in the checkpoint: it is the run folder's `tokenizer.json`, two levels
 up. A byte tokenizer is the same everywhere, so it is rebuilt when that file is missing.
+
+`migrate` reads the checkpoints and configs of an older lamina in today's layout.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from lamina.data.tokenizer import byte_tokenizer
 from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig
+from lamina.user_errors import MOVED_KEYS
 from lamina.user_errors import read_checkpoint as read_any_checkpoint
 
 SHAPE_KEYS = (
@@ -113,6 +118,8 @@ def run_tokenizer(path: str | os.PathLike, kind: str | None, key: str):
     `checkpoints/` folder (or beside the file itself); a byte tokenizer is rebuilt if missing."""
     from tokenizers import Tokenizer
 
+    from lamina.data.tokenizer import byte_tokenizer  # (here: lamina.data loads the world generator)
+
     here = Path(path).resolve().parent
     for candidate in (here.parent / "tokenizer.json", here / "tokenizer.json"):
         if candidate.is_file():
@@ -146,10 +153,138 @@ def tokenizer_spec(tokenizer) -> dict:
     return spec
 
 
+# ---- older checkpoints and configs in today's layout --------------------------------------------
+
+LANGUAGE_MODEL = "lamina.lm.LanguageModel"
+RLP_MODEL = "lamina.rlp.RLPModel"
+INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # how Lightning rebuilds a module named by class path
+# Keys that left the model's section: the old key under `model.` -> (its section, its key there; None: the
+# whole section)
+MOVED_OUT_OF_MODEL = {"peak_flops": ("throughput", "peak_flops"), "thought_eval": ("thought_eval", None)}
+# (lamina.user_errors.MOVED_KEYS says where each moved key is now, for the error lines and notes)
+
+
+def migrate(old: Mapping) -> dict:
+    """An older lamina's config or checkpoint in today's layout: a new dict (`old` is left as it is);
+    a config already in today's layout comes back equal.
+
+    A config (sections seed_everything, trainer, model, data, ...; the model's keys flat or as
+    class_path and init_args):
+    - `model.peak_flops` (a setting of the Throughput callback) -> `throughput.peak_flops`;
+    - `model.thought_eval` (the ThoughtEval callback's) -> the `thought_eval` section, with
+      `enabled: true` (a mapping there turned the evaluations on), null -> nothing;
+    - `model.rlp` set -> the model class lamina.rlp.RLPModel, `rlp` among its init_args (the other
+      model keys kept); `model.rlp` null -> dropped.
+
+    A checkpoint (state_dict and hyper_parameters, as Lightning writes them): its hyper_parameters as
+    today's model writes them, without peak_flops or thought_eval; where `rlp` is set it is an RLPModel
+    checkpoint (`_class_path` lamina.rlp.RLPModel and Lightning's `_instantiator`, as a `lamina fit` of
+    today writes them: RLPModel.load_from_checkpoint reads it). The settings that left the model go to
+    `checkpoint["lamina"]["moved_settings"]` as config sections ({"throughput": {"peak_flops": ...},
+    "thought_eval": {...}}): a resumed run took them from its checkpoint, as model settings, and
+    `lamina fit --ckpt_path` still does (checkpoint_config)."""
+    if "state_dict" in old or "hyper_parameters" in old:
+        # (the tensors are shared with `old`, not copied: only the settings change)
+        checkpoint = {**old, **{k: copy.deepcopy(old[k]) for k in ("hyper_parameters", "lamina") if k in old}}
+        return _migrate_checkpoint(checkpoint)
+    return _migrate_config(copy.deepcopy(dict(old)))
+
+
+def _migrate_config(config: dict) -> dict:
+    model = config.get("model")
+    if not isinstance(model, Mapping):
+        return config
+    class_path, init_args, rest = _split_model(model)
+    for key, (section, name) in MOVED_OUT_OF_MODEL.items():
+        if key not in init_args:
+            continue
+        value = _plain_data(init_args.pop(key))
+        if value is None:
+            continue
+        if name is None:  # the whole section: a mapping there turned it on
+            config[section] = {"enabled": True, **value, **(config.get(section) or {})}
+        else:
+            config[section] = {name: value, **(config.get(section) or {})}
+    if "rlp" in init_args:
+        rlp = _plain_data(init_args["rlp"])
+        if rlp is None:
+            del init_args["rlp"]
+        else:
+            init_args["rlp"] = rlp
+            if class_path in (None, LANGUAGE_MODEL):
+                class_path = RLP_MODEL
+            init_args = {"rlp": init_args.pop("rlp"), **init_args}
+    config["model"] = init_args if class_path is None else {"class_path": class_path, "init_args": init_args, **rest}
+    return config
+
+
+def model_init_args(model: Mapping) -> dict:
+    """The model's keys of a model section, flat or as class_path with init_args (a saved config.yaml
+    of today holds the latter)."""
+    return _split_model(model)[1]
+
+
+def _split_model(model: Mapping) -> tuple[str | None, dict, dict]:
+    """(class_path or None, the model's keys, what else the section holds) of a model section as a
+    config writes it (flat, or class_path with init_args) or as a checkpoint's hyper_parameters hold it
+    (flat, with Lightning's `_class_path`)."""
+    model = dict(model)
+    if "class_path" in model:
+        class_path = model.pop("class_path")
+        init_args = dict(model.pop("init_args", None) or {})
+        return class_path, init_args, model
+    return model.pop("_class_path", None), model, {}
+
+
+def _plain_data(value):
+    """Settings as a config holds them: a dataclass (RLPConfig and ThoughtEvalConfig in the
+    hyperparameters of a module built from Python) as a mapping, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {k: _plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_data(v) for v in value]
+    return value
+
+
+def _migrate_checkpoint(checkpoint: dict) -> dict:
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    instantiator = hparams.pop("_instantiator", None)
+    config = _migrate_config({"model": hparams})
+    class_path, init_args, _ = _split_model(config.pop("model"))
+    if class_path is not None:
+        init_args = {"_class_path": class_path, **init_args, "_instantiator": instantiator or INSTANTIATOR}
+    elif instantiator is not None:
+        init_args["_instantiator"] = instantiator
+    if "hyper_parameters" in checkpoint:
+        checkpoint["hyper_parameters"] = init_args
+    if config:
+        checkpoint.setdefault("lamina", {})["moved_settings"] = config
+    return checkpoint
+
+
+def checkpoint_config(checkpoint: dict) -> dict:
+    """The config sections a checkpoint sets when a run resumes from it (migrated first): `model`, as
+    class_path and init_args, and, for a checkpoint of an older lamina, the settings that have left the
+    model since (`throughput`, `thought_eval`)."""
+    checkpoint = migrate(checkpoint)
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items()
+               if k == "_class_path" or not k.startswith("_")}  # ours, not Lightning's _instantiator
+    class_path, init_args, _ = _split_model(hparams)
+    return {"model": {"class_path": class_path or LANGUAGE_MODEL, "init_args": init_args},
+            **checkpoint.get("lamina", {}).get("moved_settings", {})}
+
+
 __all__ = [
+    "LANGUAGE_MODEL",
+    "MOVED_KEYS",
+    "RLP_MODEL",
     "LoadedCheckpoint",
+    "checkpoint_config",
     "gpt_config",
     "load_gpt",
+    "migrate",
     "model_weights",
     "misfits",
     "read_checkpoint",

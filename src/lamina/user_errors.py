@@ -22,7 +22,17 @@ import yaml
 
 from lamina.errors import ConfigError
 
-SECTIONS = "seed_everything, trainer, model, data, checkpoint, instrument, drift, retention, ckpt_path"
+SECTIONS = (
+    "seed_everything, trainer, model, data, throughput, checkpoint, instrument, thought_eval, drift, retention, "
+    "ckpt_path"
+)
+# Keys that moved (lamina.pretrained.migrate reads older configs and checkpoints): old key -> where it is now.
+MOVED_KEYS = {
+    "model.peak_flops": "throughput.peak_flops",
+    "model.thought_eval": "thought_eval, a section of its own (thought_eval.enabled: true turns it on)",
+    "model.rlp": "the model class lamina.rlp.RLPModel (model.class_path lamina.rlp.RLPModel with model.init_args.rlp; "
+                 "--model lamina.rlp.RLPModel --model.rlp.* on the command line)",
+}
 MODEL_SHAPE_KEYS = (
     "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "activation", "mlp_ratio", "bias", "rotary",
     "qk_norm", "tie_embeddings", "logit_softcap",
@@ -79,21 +89,61 @@ def memory_message(err: BaseException) -> str | None:
 def parser_message(err: BaseException) -> str | None:
     if not is_argument_error(err):
         return None
-    text = str(err)
+    return argument_message(str(err))
+
+
+def argument_message(text: str) -> str:
+    """jsonargparse's account of a mistake as lamina's line (without `lamina: error:`)."""
     if m := re.match(r'Parser key "([^"]+)":\s*(.*)', text, re.S):
-        return f"{m.group(1)}: {expected_got(m.group(2))}"
+        key, problem = m.groups()
+        if inner := subclass_problem(problem):
+            # a key of the model, whose section takes a class path: the class's own account, under `key.`
+            inner_message = argument_message(inner)
+            return moved_key_message(f"{key}.{inner_message}") or f"{key}.{inner_message}"
+        return f"{key}: {expected_got(problem)}"
+    if m := re.fullmatch(r"Option '([^']+)' is not accepted", text.strip()):
+        return f"{m.group(1)}: no such key"
     if m := re.match(r'Linked "([^"]+)" must be given via "([^"]+)"', text):
         target, source = m.groups()
         if source == "data.model_vocab_size":  # a property of the data module, not a key to set
             source = "data.tokenizer and data.vocab_size"
         return f"{target}: is set from {source} (a link), not directly; set {source} instead"
     if m := re.match(r"unrecognized arguments: --([\w.]+)", text):
-        return f"{m.group(1)}: no such key ({text})"
+        return moved_key_message(f"{m.group(1)}: no such key") or f"{m.group(1)}: no such key ({text})"
     if m := re.search(r"does not accept (?:option|key) '([^']+)'", text):
         return f"{m.group(1)}: no such key"
     if text.startswith(("Problems parsing config", "Unexpected config")):
         return f"config: expected YAML that maps sections ({SECTIONS}) to their keys; {text}"
     return text
+
+
+def subclass_problem(problem: str) -> str | None:
+    """The class's own problem in jsonargparse's account of a section that takes a class path (the
+    model): "Does not validate against any of the Union subtypes ... - Problem with given class_path
+    'lamina.lm.LanguageModel': <the problem> - Expected a <class 'NoneType'> ..."; None for another."""
+    m = re.search(r"^( *)- Problem with given class_path '[^']+':\n(.*?)(?=^\1- |^\s*Given value|\Z)", problem,
+                  re.S | re.M)
+    if not m or not problem.lstrip().startswith("Does not validate against any of the Union subtypes"):
+        return None
+    lines = [line for line in m.group(2).splitlines() if line.strip()]
+    indent = min(len(line) - len(line.lstrip()) for line in lines) if lines else 0
+    inner = "\n".join(line[indent:] for line in lines)
+    if m := re.fullmatch(r"unrecognized arguments: --([\w.]+)=.*", inner.strip(), re.S):
+        return f"Option '{m.group(1)}' is not accepted"  # the same mistake, worded alike
+    return inner
+
+
+def moved_key_message(line: str) -> str | None:
+    """`<key>: no such key` for a key that moved (`model.peak_flops`, `model.rlp.group_size`): where it
+    is now; None for any other line."""
+    m = re.fullmatch(r"([\w.]+): no such key(?: .*)?", line)
+    if not m:
+        return None
+    key = m.group(1).replace(".init_args.", ".")
+    moved = next((old for old in MOVED_KEYS if key == old or key.startswith(old + ".")), None)
+    if moved is None:
+        return None
+    return f"{key}: no such key; {'it' if key == moved else moved} moved to {MOVED_KEYS[moved]}"
 
 
 def is_argument_error(err: BaseException) -> bool:
@@ -253,7 +303,16 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> dict:
     if not Path(path).is_file():
         raise ConfigError(f"{key}: no such checkpoint file {path!r}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except Exception as err:  # noqa: BLE001 - retried below, or reported
+            if "lamina.rlp" not in str(err):
+                raise
+            # RLPConfig or ThoughtEvalConfig in the hyperparameters (a module built in Python): lamina.rlp.config
+            # lets weights-only loading read them (imported here only: it loads the world generator)
+            import lamina.rlp.config  # noqa: F401
+
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # noqa: BLE001 - whatever torch.load makes of a file that is not a checkpoint
         raise ConfigError(unreadable_checkpoint(path, err, key)) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

@@ -1,12 +1,12 @@
-"""Observers of training, as Lightning Callbacks: throughput and MFU, the non-finite guard, thinking
-evaluations, the TensorBoard layout. `lamina fit` installs all of them (`training_callbacks()`); each reads its keys from the
-module's hparams (`model.peak_flops`, `model.on_nonfinite`, `model.thought_eval`, ...). What the terminal shows: the
-progress bar in optimizer steps (StepProgressBar) and the model summary (PlainModelSummary), which TerminalDefaults puts
-in place of Lightning's defaults."""
+"""Observers of training, as Lightning Callbacks, each with its own config section in `lamina fit`:
+throughput and MFU (`throughput.*`), thinking evaluations (`thought_eval.*`); and the TensorBoard
+layout, which every run gets (`training_callbacks()`: what a Trainer built in Python adds to train as
+`lamina fit` does). What the terminal shows: the progress bar in optimizer steps (StepProgressBar) and
+the model summary (PlainModelSummary), which TerminalDefaults puts in place of Lightning's defaults.
+(The non-finite guard is the LanguageModel's own: lamina.step.NonFiniteGuard, `model.on_nonfinite`.)"""
 
 from __future__ import annotations
 
-from lamina.callbacks.guard import NonFiniteError, NonFiniteGuard
 from lamina.callbacks.progress import StepProgressBar
 from lamina.callbacks.summary import PlainModelSummary
 from lamina.callbacks.terminal import TerminalDefaults
@@ -16,14 +16,14 @@ from lamina.tensorboard import TensorBoardLayout
 
 
 def training_callbacks() -> list:
-    """The callbacks every lamina run trains with; Throughput first (see its docstring)."""
-    return [Throughput(), NonFiniteGuard(), ThoughtEval(), TensorBoardLayout()]
+    """The callbacks a Trainer built in Python adds to train as `lamina fit` does: Throughput first
+    (see its docstring), the TensorBoard layout. (`lamina fit` makes its Throughput from the
+    `throughput` section, its ThoughtEval from `thought_eval`, which is off by default.)"""
+    return [Throughput(), TensorBoardLayout()]
 
 
 __all__ = [
     "PEAK_FLOPS",
-    "NonFiniteError",
-    "NonFiniteGuard",
     "PlainModelSummary",
     "StepProgressBar",
     "TensorBoardLayout",

@@ -11,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
-from lamina.step_logging import ends_logged_step
+from lamina.step import ends_logged_step
 
 # Lightning's rank_zero_info (which lamina's lines go through) logs here; the handlers that print
 # its records are on this logger's ancestors (Lightning's own on "lightning.pytorch").

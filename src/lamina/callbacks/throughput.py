@@ -1,4 +1,5 @@
-"""perf/tokens_per_sec and perf/mfu over training time only, and the one table of device peaks."""
+"""perf/tokens_per_sec and perf/mfu over training time only (the `throughput` section of a config:
+`throughput.peak_flops`), and the one table of device peaks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lamina.step_logging import ends_logged_step
+from lamina.config_types import PositiveNumber, plain
+from lamina.step import ends_logged_step
 
 # Dense peak FLOP/s per device for the dtype of the matmuls (bf16 tensor cores, no sparsity); MFU is
 # only reported where it is known. Matched in order on the CUDA device name: the PCIe H100 before
@@ -56,16 +58,25 @@ class Throughput(L.Callback):
 
     Timed from each micro-batch's on_train_batch_start to its on_train_batch_end hook: the training
     step, its backward and optimizer step. Validation, checkpoint saves, measurements and thinking
-    evaluations run outside these windows (this callback runs first among the callbacks: the others'
-    on_train_batch_end hooks come after it) and are not counted; so is the fetch of the next batch.
-    On CUDA the marks are events on the device's stream (never a synchronisation per step: one per
-    logging interval, when the sum is read); elsewhere the host clock. The first step after start
-    or resume pays for warm-up and compilation and is not timed. Peak FLOP/s: `model.peak_flops`,
-    else the table; an unknown device logs no MFU and says so once.
+    evaluations run outside these windows and are not counted; so is the fetch of the next batch. (This
+    callback's hooks run before lamina's others: `throughput` is the first of lamina fit's config
+    sections that make callbacks, Lightning calls callbacks in that order (a config's own
+    trainer.callbacks before them) and moves ModelCheckpoint last, so the others' on_train_batch_end
+    hooks come after its window closes.) On CUDA the marks are events on the device's stream (never a
+    synchronisation per step: one per logging interval, when the sum is read); elsewhere the host
+    clock. The first step after start or resume pays for warm-up and compilation and is not timed.
+    Peak FLOP/s: `throughput.peak_flops`, else the table; an unknown device logs no MFU and says so once.
     """
 
-    def __init__(self, clock=time.perf_counter):
-        self._host_clock = clock  # the host clock off CUDA (a fake one in tests)
+    host_clock = staticmethod(time.perf_counter)  # the clock off CUDA (tests put a fake one in its place)
+
+    def __init__(self, peak_flops: PositiveNumber | None = None):
+        """
+        Args:
+            peak_flops: the device's peak FLOP/s for perf/mfu, in place of the built-in table (H100, H200,
+                A100 at bf16); null: the table's, and no MFU where the table has none.
+        """
+        self.peak_flops = plain(peak_flops)
         self._peak: float | None = None
         self._first_step = 0
         self._marks: list = []  # (start, end) per timed micro-batch of this interval
@@ -77,11 +88,11 @@ class Throughput(L.Callback):
         self._in_first_step = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._peak = pl_module.hparams.get("peak_flops") or peak_flops(pl_module.device, trainer.precision)
+        self._peak = self.peak_flops or peak_flops(pl_module.device, trainer.precision)
         if self._peak is None:
             rank_zero_info(
                 f"lamina: no MFU logged: peak FLOP/s unknown for {pl_module.device} at precision "
-                f"{trainer.precision} (set model.peak_flops to report it)"
+                f"{trainer.precision} (set throughput.peak_flops to report it)"
             )
         self._first_step, self._marks, self._tokens, self._first_marks = trainer.global_step, [], 0, []
 
@@ -90,7 +101,7 @@ class Throughput(L.Callback):
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
-        return self._host_clock()
+        return self.host_clock()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx % trainer.accumulate_grad_batches == 0:

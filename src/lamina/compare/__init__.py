@@ -9,15 +9,25 @@ default one group per run name (the versions of `runs/<name>` are seeds of one a
 `--group LABEL=RUN[,RUN...]` says.
 
 Written to `DIR`:
-- `report.md`: per group and key metric, the value at the last step every run reached and at a
+- `report.md`, opening with the headline: for each group against the reference group (the first),
+  the primary metric (`--primary`, default val/bpb) at matched tokens and at matched FLOPs, its
+  difference paired by seed with the 95% t-interval and n seeds, and the verdict of lamina's one
+  rule (`lamina.verdict.decide`, the rule `lamina study` uses) from the margin `--margin` (fixed in
+  advance; without it: the interval, no verdict) and the predicted sign `--predict` (default lower
+  for a bpb/loss-like metric); a sentence per contrast; the TensorBoard command that shows the
+  groups side by side. Then per group and key metric and key metric, the value at the last step every run reached and at a
   matched budget (the largest tokens seen, and the largest FLOPs, that every run logging the metric
   reached), as mean ± std [95% t-interval] over the group's runs, and the difference of each
   group from the first one: paired by seed where the runs of the two groups match by seed (see
   below), else the difference of means with Welch's 95% interval;
 - `report.csv`: the same numbers, one row per group x metric, blank where no run has the value,
   with both the Welch and the paired difference;
-- `<metric>_vs_tokens.png` and `<metric>_vs_flops.png`: one plot per metric family, a line per
-  group (its mean over runs) with a shaded band of ±1 std where the group has several runs.
+- `<metric>_vs_tokens.png` and `<metric>_vs_flops.png`: one figure per metric family (levels,
+  layers and probes as small panels of one figure), a line per group (its mean over runs) with a
+  shaded band of ±1 std where the group has several runs (±1.96 se where the metric logs a `/se`);
+  with the default patterns a tag's `/se` and `/z` are its band and a table column, not metrics;
+- `<primary>_difference_vs_tokens.png` and `..._vs_flops.png`: group − reference per seed, their
+  mean and 95% t-interval, zero and the margin drawn.
 
 Paired by seed: a run's seed is the pair (`seed_everything`, `data.seed`) of the config.yaml that
 LightningCLI saved in its folder. Runs of the two groups with the same seed (one run per seed in
@@ -48,9 +58,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from lamina.compare.headline import DEFAULT_PRIMARY, default_prediction, headline_section
 from lamina.compare.report import delta_cell, refusals, write_csv, write_markdown, write_plots
 from lamina.compare.runs import (
     AXES, FLOPS, KEY_METRICS, TOKENS, Group, Run, assemble, load_run, read_seed, resolve, select_metrics,
+    statistics_of,
 )
 from lamina.compare.stats import (
     Cell, Comparison, Difference, EndStep, Stats, compare_groups, end_step, summarize, welch,
@@ -73,7 +85,12 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="lamina compare",
         description="Compare runs (groups of seeds) on tokens seen and training FLOPs: report.md, report.csv, PNGs. "
-        "Three tables: at the last step every run reached (per metric, the last step at which every run logging "
+        "report.md opens with the headline: for each group against the reference group (the first), the primary "
+        "metric (--primary, default val/bpb) at matched tokens and at matched FLOPs: the difference paired by seed, "
+        "its 95% interval, n seeds, and the verdict (supported / negligible / against / inconclusive / not tested) "
+        "of the rule lamina study uses, from the margin --margin (the smallest difference of interest, fixed in "
+        "advance, never from the data; without it: no verdict) and the predicted direction --predict. "
+        "Then three tables: at the last step every run reached (per metric, the last step at which every run logging "
         "it has a value, named in the row; a metric whose runs share no step after step 0 is refused, with a "
         "line naming the runs that stopped short), at matched tokens seen and at matched FLOPs (runs of "
         "different lengths on purpose: the largest budget every run reached).",
@@ -89,6 +106,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", action="append", metavar="PATTERN[,PATTERN...]",
                    help="scalar tags to report, glob patterns (comma-separated, repeatable); default: "
                    + ", ".join(KEY_METRICS))
+    p.add_argument("--primary", default=DEFAULT_PRIMARY, metavar="METRIC",
+                   help="the headline's metric, a scalar tag (default: %(default)s; e.g. eval/arith_acc/level1)")
+    p.add_argument("--margin", type=float, metavar="M",
+                   help="the smallest difference of the primary metric that matters, in its units (> 0), fixed "
+                   "before the runs, never derived from them; required for a verdict (without it the headline "
+                   "gives the interval and no verdict)")
+    p.add_argument("--predict", choices=("lower", "higher"),
+                   help="the predicted direction of each group against the reference (default: lower for a "
+                   "bpb/loss-like metric, higher otherwise)")
     return p
 
 
@@ -122,10 +148,24 @@ def main(argv: list[str]) -> Comparison:
     runs = [run for group in groups for run in group.runs]
     note_missing_axes(runs)
     patterns = [p.strip() for item in args.metrics for p in item.split(",") if p.strip()] if args.metrics else None
-    result = compare_groups(groups, select_metrics(runs, patterns))
+    if args.margin is not None and not (args.margin > 0 and args.margin != float("inf")):
+        raise ConfigError(f"--margin {args.margin}: expected a finite number > 0 (the smallest difference of interest)")
+    metrics = select_metrics(runs, patterns)
+    primary = args.primary
+    if primary not in metrics and any(primary in run.scalars for run in runs):
+        metrics.append(primary)
+    elif primary not in metrics and primary != DEFAULT_PRIMARY:
+        raise ConfigError(f"--primary {primary}: no run logs this scalar tag")
+    statistics = {} if patterns else statistics_of(metrics)  # with the defaults: se/z are bands and columns
+    result = compare_groups(groups, metrics, statistics)
+    if args.predict is None:
+        sign, note = default_prediction(primary)
+    else:
+        sign, note = (-1 if args.predict == "lower" else 1), f"{args.predict} (`--predict {args.predict}`)"
     make_out_dir(out)
-    plots = write_plots(result, out)
-    write_markdown(result, plots, out / "report.md")
+    plots = write_plots(result, out, primary, args.margin)
+    headline = headline_section(result, primary, sign, note, args.margin)
+    write_markdown(result, plots, out / "report.md", headline)
     write_csv(result, out / "report.csv")
     note_refusals(result)
     print(f"lamina compare: {len(runs)} runs in {len(groups)} groups -> {out / 'report.md'}, "

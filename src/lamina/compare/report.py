@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from lamina.compare.runs import AXES, FLOPS, TOKENS, Group, Run
+from lamina.compare.runs import AXES, FLOPS, STATISTICS, TOKENS, Group, Run
 from lamina.compare.stats import VIEWS, Cell, Comparison, Difference, EndStep, Stats, summarize
 
 # ---- numbers as text ---------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def intro(result: Comparison) -> list[str]:
                  "pairs of the per-seed difference with its 95% t-interval (n − 1 degrees of freedom; a cell with "
                  "fewer pairs having the value shows its n, one with fewer than 2 falls back to Welch and says so). "
                  "Marked *Welch* (fewer than 2 seed pairs): difference of means with Welch's 95% interval.")
-    return ["# lamina compare", "", text]
+    return [text]
 
 
 def runs_table(result: Comparison) -> list[str]:
@@ -142,9 +142,31 @@ def refusal(end: EndStep) -> str:
     return f"its runs share no step after step 0; did not reach step {furthest}: {stops}"
 
 
+def budgets_differ(result: Comparison) -> str:
+    """Where runs end at different tokens or FLOPs: the words the end-of-run heading adds ('' where not)."""
+    parts = []
+    for axis in AXES.values():
+        ends = [v for run in result.runs if (v := run.final(axis.counter)) is not None]
+        if ends and max(ends) > min(ends) * (1 + 1e-9):
+            parts.append(f"{axis.label} {fmt(min(ends))} to {fmt(max(ends))}")
+    return "" if not parts else (" — budgets differ: runs end at " + ", ".join(parts)
+                                 + " (matched budgets below)")
+
+
+def z_cell(result: Comparison, view: str, metric: str) -> str:
+    """The mean z (the metric's `/z`) per group, at the row's step or budget."""
+    tag = result.statistics.get(metric, {}).get("z")
+    if tag is None:
+        return ""
+    cells = result.cells[view][tag]
+    return "; ".join(f"{g.label}: {fmt(cells[g.label].stats.mean, 3)}" for g in result.groups
+                     if cells[g.label].stats.n)
+
+
 def refusals(result: Comparison) -> dict[str, str]:
     """metric -> why the end-of-run table leaves it out, for the metrics it leaves out."""
-    return {metric: refusal(end) for metric, end in result.ends.items() if end.refused}
+    hidden = result.hidden
+    return {metric: refusal(end) for metric, end in result.ends.items() if end.refused and metric not in hidden}
 
 
 def view_table(result: Comparison, view: str) -> list[str]:
@@ -152,24 +174,25 @@ def view_table(result: Comparison, view: str) -> list[str]:
     end-of-run table's rows name their step; a row it refuses is a line below it instead."""
     groups, ref = result.groups, result.groups[0].label
     axis = AXES.get(view)
-    lines = [f"## {axis.title if axis else END_TITLE}", ""]
+    lines = [f"## {axis.title if axis else END_TITLE + budgets_differ(result)}", ""]
     if axis:
         lines += [f"Budget: per metric, the largest {axis.label} that every run logging it reached; "
                   "each run's curve is interpolated there.", ""]
     else:
         lines += [END_TEXT, ""]
     refused = {} if axis else refusals(result)
+    with_z = any(result.statistics.get(m, {}).get("z") for m in result.shown)
     head = (["metric", f"{axis.label} (budget)" if axis else "step"] + [g.label for g in groups]
-            + [delta_header(result, g, ref) for g in groups[1:]])
+            + [delta_header(result, g, ref) for g in groups[1:]] + (["z (its /z, mean per group)"] if with_z else []))
     lines += [md_row(head), md_row(["---"] * len(head))]
-    for metric in result.metrics:
+    for metric in result.shown:
         if metric in refused:
             continue
         per_group = result.cells[view][metric]
         row = [f"`{metric}`", fmt(result.budgets[view][metric]) if axis else step_cell(result, result.ends[metric])]
         row += [stats_cell(per_group[g.label].stats) for g in groups]
         row += [difference_cell(per_group[g.label], len(result.pairs.get(g.label, []))) for g in groups[1:]]
-        lines.append(md_row(row))
+        lines.append(md_row(row + ([z_cell(result, view, metric)] if with_z else [])))
     if refused:
         lines += ["", "Not compared at a common step:", ""]
         lines += [f"- `{metric}`: {reason}" for metric, reason in refused.items()]
@@ -179,8 +202,11 @@ def view_table(result: Comparison, view: str) -> list[str]:
 def plots_section(plots: list[tuple[str, list[tuple[str, str]]]]) -> list[str]:
     if not plots:
         return []
-    lines = ["## Plots", "", "Lines: a group's mean over its runs; shaded: ±1 std over runs; dotted vertical line: "
-             "the matched budget.", ""]
+    lines = ["## Plots", "", "Level plots: a group's mean over its runs; shaded: ±1 std over runs (for a metric "
+             "with a logged `/se`: ±1.96 se); dotted vertical line: the matched budget; series per level or layer "
+             "share one figure of small panels. Paired-difference plots (*difference*): group − reference per "
+             "seed (thin), their mean (thick) and 95% t-interval (shaded), with zero (solid grey) and the margin "
+             "(dashed) drawn.", ""]
     for title, files in plots:
         lines += [f"### {title}", "", " ".join(f"![{title} vs {xlabel}]({file})" for xlabel, file in files), ""]
     return lines
@@ -210,12 +236,14 @@ def init_from(path: Path) -> str | None:
     """model.init_from of the config.yaml LightningCLI saved in the run folder (None: none)."""
     import yaml
 
+    from lamina.pretrained import model_init_args  # (on use: it imports torch)
+
     try:
         config = yaml.safe_load((path / "config.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     model = config.get("model") if isinstance(config, dict) else None
-    value = model.get("init_from") if isinstance(model, dict) else None
+    value = model_init_args(model).get("init_from") if isinstance(model, dict) else None
     return value if isinstance(value, str) and value else None
 
 
@@ -299,8 +327,10 @@ def elicitation_section(result: Comparison) -> list[str]:
     return lines
 
 
-def write_markdown(result: Comparison, plots: list[tuple[str, list[tuple[str, str]]]], path: Path) -> None:
-    sections = [intro(result), runs_table(result), *(view_table(result, view) for view in VIEWS),
+def write_markdown(result: Comparison, plots: list[tuple[str, list[tuple[str, str]]]], path: Path,
+                   headline: list[str] | None = None) -> None:
+    sections = [["# lamina compare"], headline, intro(result), runs_table(result),
+                *(view_table(result, view) for view in VIEWS),
                 elicitation_section(result), plots_section(plots)]
     lines = [line for section in sections if section for line in ["", *section]][1:]
     path.write_text("\n".join(lines).rstrip() + "\n")
@@ -360,12 +390,13 @@ LINESTYLES = ("-", "--", ":", "-.")
 MUTED = "0.45"  # grey of the legend's style, band and budget entries
 SIZE_PX, DPI = (960, 600), 100
 BAND_LABEL, BUDGET_LABEL = "±1 std over seeds", "matched budget"
+SE_LABEL, T_LABEL = "±1.96 se (logged /se)", "95% t-interval over seeds"
 
 
 @dataclass
 class Series:
-    """One curve: `group` names it in the legend (one colour per group); `lo`/`hi` shade a band;
-    `style` (one of the plot's styles) picks the line style."""
+    """One curve: `group` names it in the legend (one colour per group); `lo`/`hi` shade a band
+    (`band` names it); `style` (one of the plot's styles) picks the line style."""
 
     group: str
     color: str
@@ -374,14 +405,21 @@ class Series:
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     style: str | None = None
+    band: str = BAND_LABEL
+    width: float = 2.2
 
 
 class Family(NamedTuple):
-    """The tags one plot shows: (tag, line style), and its title and y label."""
+    """The tags one figure shows: per panel (a level, a layer, a probe; one panel: '') its (tag, line
+    style) pairs, and the figure's title and y label."""
 
     title: str
     ylabel: str
-    members: list[tuple[str, str | None]]
+    panels: dict[str, list[tuple[str, str | None]]]
+
+    @property
+    def members(self) -> list[tuple[str, str | None]]:
+        return [member for members in self.panels.values() for member in members]
 
 
 def group_color(index: int) -> str:
@@ -393,35 +431,65 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "metric"
 
 
-def families(metrics: list[str]) -> dict[str, Family]:
-    """Plot families by file stem. Arithmetic accuracy with and without thinking at one level share
-    a plot; every other tag has its own."""
+PER_LAYER = re.compile(r"(.+)/layer(\d+)")
+PER_LEVEL = re.compile(r"(.+)/level(\d+)")
+GAP = re.compile(r"sparsity/gap/(.+)")
+
+
+def placement(tag: str) -> tuple[str, str, str, str, str | None]:
+    """(file stem, title, y label, panel, line style) of a tag. Arithmetic accuracy with and without
+    thinking share a figure, a panel per level; any `.../level<k>` family a figure with a panel per
+    level; per-layer gaps of every probe one figure, a panel per probe and layer; any other
+    `.../layer<i>` family a figure with a panel per layer; the probes' gaps one figure, a panel each."""
+    if m := ARITH.fullmatch(tag):
+        return "arith_acc", "arithmetic accuracy", "accuracy", f"level {m[2]}", THINK_STYLES[bool(m[1])]
+    if m := PER_LAYER.fullmatch(tag):
+        if g := GAP.fullmatch(m[1]):
+            return "sparsity_gap_per_layer", "sparsity/gap per layer", "gap", f"{g[1]}, layer {m[2]}", None
+        return f"{slug(m[1])}_per_layer", f"{m[1]} per layer", m[1], f"layer {m[2]}", None
+    if m := PER_LEVEL.fullmatch(tag):
+        return slug(m[1].removeprefix("eval/")), m[1], m[1], f"level {m[2]}", None
+    if (m := GAP.fullmatch(tag)) and tag.rpartition("/")[2] not in STATISTICS:
+        return "sparsity_gap", "sparsity/gap (mean over layers)", "gap", m[1], None
+    return slug(tag.removeprefix("eval/")), tag, tag, "", None
+
+
+def families(metrics: list[str], hidden: set[str] = frozenset()) -> dict[str, Family]:
+    """Figures by file stem (`placement`); the statistics of other tags (`hidden`) are none of them."""
     out: dict[str, Family] = {}
     for tag in metrics:
-        if tag in (TOKENS, FLOPS):
+        if tag in (TOKENS, FLOPS) or tag in hidden:
             continue
-        m = ARITH.fullmatch(tag)
-        if m:
-            stem = f"arith_acc_level{m[2]}"
-            family = out.setdefault(stem, Family(f"arithmetic accuracy, level {m[2]}", "accuracy", []))
-            family.members.append((tag, THINK_STYLES[bool(m[1])]))
-        else:
-            out.setdefault(slug(tag.removeprefix("eval/")), Family(tag, tag, [])).members.append((tag, None))
+        stem, title, ylabel, panel, style = placement(tag)
+        family = out.setdefault(stem, Family(title, ylabel, {}))
+        family.panels.setdefault(panel, []).append((tag, style))
     return out
 
 
-def group_series(group: Group, index: int, tags: list[tuple[str, str | None]], axis: str) -> list[Series]:
-    """A group's curves for one plot: per tag, its mean over the group's runs where they overlap,
-    with ±1 std as a band (a single run: its own curve). The legend counts the runs shown."""
-    per_tag = [(style, [(run, c) for run in group.runs if (c := run.curve(tag, axis)) is not None])
+def group_series(group: Group, index: int, tags: list[tuple[str, str | None]], axis: str,
+                 se: dict[str, str] | None = None) -> list[Series]:
+    """A group's curves for one panel: per tag, its mean over the group's runs where they overlap,
+    with ±1 std as a band (a single run: its own curve); where the tag has a logged standard error
+    (`se`: tag -> its /se tag), the band is ±1.96 se (the root mean square over the runs)."""
+    se = se or {}
+    per_tag = [(tag, style, [(run, c) for run in group.runs if (c := run.curve(tag, axis)) is not None])
                for tag, style in tags]
-    shown = {id(run) for _, pairs in per_tag for run, _ in pairs}
+    shown = {id(run) for _, _, pairs in per_tag for run, _ in pairs}
     name, color = f"{group.label} (n={len(shown)})", group_color(index)
     series = []
-    for style, pairs in per_tag:
+    for tag, style, pairs in per_tag:
         curves = [c for _, c in pairs]
         start = max((x[0] for x, _ in curves), default=0.0)
         stop = min((x[-1] for x, _ in curves), default=0.0)
+        se_curves = [c for run, _ in pairs if tag in se and (c := run.curve(se[tag], axis)) is not None]
+        if se_curves and len(se_curves) == len(curves) and start <= stop:
+            grid = np.unique(np.concatenate([x for x, _ in curves]))
+            grid = grid[(grid >= start) & (grid <= stop)]
+            mean = np.stack([np.interp(grid, x, y) for x, y in curves]).mean(axis=0)
+            rms = np.sqrt(np.mean(np.stack([np.interp(grid, x, y) ** 2 for x, y in se_curves]), axis=0))
+            series.append(Series(name, color, grid, mean, mean - 1.96 * rms, mean + 1.96 * rms, style=style,
+                                 band=SE_LABEL))
+            continue
         if len(curves) < 2 or start > stop:  # one run, or runs sharing no stretch of the axis
             series += [Series(name, color, x, y, style=style) for x, y in curves]
             continue
@@ -445,8 +513,8 @@ def shorten(text: str, limit: int = 32) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def legend_handles(series: list[Series], styles: tuple[str, ...], vline: bool) -> list:
-    """One entry per group (its colour), per line style where they differ, the band, the budget line."""
+def legend_handles(series: list[Series], styles: tuple[str, ...], vline: bool, extra: list | None = None) -> list:
+    """One entry per group (its colour), per line style where they differ, each band, the budget line."""
     colors = dict.fromkeys(s.group for s in series)  # groups in order, each with its first series' colour
     colors.update({s.group: s.color for s in reversed(series)})
     handles = [Line2D([], [], color=color, linewidth=2.2, label=shorten(group)) for group, color in colors.items()]
@@ -454,55 +522,161 @@ def legend_handles(series: list[Series], styles: tuple[str, ...], vline: bool) -
     if len(used) > 1 or (used and used[0] != styles[0]):
         handles += [Line2D([], [], color=MUTED, linestyle=LINESTYLES[styles.index(st) % len(LINESTYLES)],
                            linewidth=2.2, label=shorten(st)) for st in used]
-    if any(s.lo is not None for s in series):
-        handles.append(Patch(color=MUTED, alpha=0.35, label=BAND_LABEL))
+    for band in dict.fromkeys(s.band for s in series if s.lo is not None):
+        handles.append(Patch(color=MUTED, alpha=0.35, label=band))
     if vline:
         handles.append(Line2D([], [], color=MUTED, linestyle=":", linewidth=1.5, label=BUDGET_LABEL))
-    return handles
+    return handles + (extra or [])
 
 
-def line_figure(series: list[Series], *, title: str, xlabel: str, ylabel: str, tokens: bool = False,
-                styles: tuple[str, ...] = (), vline: float | None = None) -> Figure:
-    """A figure of `series` (each a line; with `lo`/`hi` a shaded band), its legend right of the axes."""
-    figure = Figure(figsize=(SIZE_PX[0] / DPI, SIZE_PX[1] / DPI), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
+def draw(ax, series: list[Series], styles: tuple[str, ...], vline: float | None, tokens: bool) -> None:
     for s in series:
         if s.lo is not None and s.hi is not None:
             ax.fill_between(s.x, s.lo, s.hi, color=s.color, alpha=0.22, linewidth=0)
     for s in series:
         linestyle = LINESTYLES[styles.index(s.style) % len(LINESTYLES)] if s.style in styles else "-"
-        ax.plot(s.x, s.y, color=s.color, linestyle=linestyle, linewidth=2.2, marker="o" if len(s.x) <= 60 else None,
-                markersize=5, markerfacecolor=s.color if linestyle == "-" else "white")
+        marker = "o" if len(s.x) <= 60 and s.width >= 2 else None
+        ax.plot(s.x, s.y, color=s.color, linestyle=linestyle, linewidth=s.width, marker=marker,
+                markersize=5, markerfacecolor=s.color if linestyle == "-" else "white",
+                alpha=1.0 if s.width >= 2 else 0.5)
     if vline is not None:
         ax.axvline(vline, color=MUTED, linestyle=":", linewidth=1.5)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(color="0.9")
     ax.set_axisbelow(True)
     if tokens:
         ax.xaxis.set_major_formatter(FuncFormatter(token_count))
-    figure.legend(handles=legend_handles(series, styles, vline is not None), loc="outside right upper",
+
+
+def panels_figure(panels: dict[str, list[Series]], *, title: str, xlabel: str, ylabel: str, tokens: bool = False,
+                  styles: tuple[str, ...] = (), vline: float | None = None, extra: list | None = None,
+                  decorate=None) -> Figure:
+    """A figure of small multiples, a panel per key of `panels` (one panel: a plain plot titled
+    `title`), one legend right of them. `decorate(ax)` draws more on each panel."""
+    count = len(panels)
+    cols = min(count, 4)
+    rows = math.ceil(count / cols)
+    width, height = SIZE_PX[0] / DPI, SIZE_PX[1] / DPI
+    if count > 1:
+        width, height = max(width, 3.2 * cols + 2.5), max(height, 2.6 * rows + 1.0)
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, cols, squeeze=False, sharex=True)
+    every = []
+    for ax, (panel, series) in zip(axes.flat, panels.items()):
+        draw(ax, series, styles, vline, tokens)
+        if decorate is not None:
+            decorate(ax)
+        every += series
+        if count == 1:
+            ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        else:
+            ax.set_title(panel, fontsize=9)
+    for ax in list(axes.flat)[count:]:
+        ax.set_visible(False)
+    if count > 1:
+        figure.suptitle(title)
+        figure.supxlabel(xlabel)
+        figure.supylabel(ylabel)
+    figure.legend(handles=legend_handles(every, styles, vline is not None, extra), loc="outside right upper",
                   frameon=False)
     return figure
 
 
+def line_figure(series: list[Series], *, title: str, xlabel: str, ylabel: str, tokens: bool = False,
+                styles: tuple[str, ...] = (), vline: float | None = None) -> Figure:
+    """A figure of `series` (each a line; with `lo`/`hi` a shaded band), its legend right of the axes."""
+    return panels_figure({"": series}, title=title, xlabel=xlabel, ylabel=ylabel, tokens=tokens, styles=styles,
+                         vline=vline)
+
+
 def family_figure(result: Comparison, family: Family, axis: str) -> Figure | None:
-    """The plot of one family on one axis: a line per group; None where no run has a curve there.
-    The budget line is drawn where several groups share one budget."""
-    series = [s for i, group in enumerate(result.groups) for s in group_series(group, i, family.members, axis)]
+    """The figure of one family on one axis: a panel per level/layer/probe, a line per group; None
+    where no run has a curve there. The budget line is drawn where several groups share one budget."""
+    se = {tag: kinds["se"] for tag, kinds in result.statistics.items() if "se" in kinds}
+    panels = {}
+    for panel, members in family.panels.items():
+        series = [s for i, group in enumerate(result.groups) for s in group_series(group, i, members, axis, se)]
+        if series:
+            panels[panel] = series
+    if not panels:
+        return None
+    every = [s for series in panels.values() for s in series]
+    budgets = {result.budgets[axis][tag] for tag, _ in family.members} - {None}
+    shared = budgets.pop() if len(budgets) == 1 and len({s.group for s in every}) > 1 else None
+    return panels_figure(panels, title=f"{family.title} vs {AXES[axis].label}", xlabel=AXES[axis].label,
+                         ylabel=family.ylabel, tokens=axis == "tokens",
+                         styles=THINK_STYLES if any(style for _, style in family.members) else (), vline=shared)
+
+
+def paired_curves(result: Comparison, group: Group, metric: str, axis: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per seed pair with the reference, (x, treatment − reference) where both curves overlap."""
+    out = []
+    for mine, theirs in result.pairs.get(group.label, []):
+        a, b = mine.curve(metric, axis), theirs.curve(metric, axis)
+        if a is None or b is None:
+            continue
+        start, stop = max(a[0][0], b[0][0]), min(a[0][-1], b[0][-1])
+        grid = np.unique(np.concatenate([a[0], b[0]]))
+        grid = grid[(grid >= start) & (grid <= stop)]
+        if len(grid):
+            out.append((grid, np.interp(grid, *b) - np.interp(grid, *a)))
+    return out
+
+
+def paired_figure(result: Comparison, metric: str, axis: str, margin: float | None) -> Figure | None:
+    """treatment − reference per seed (thin), mean and 95% t-interval over seeds (thick, shaded),
+    against the axis, a line per group; zero and ±margin drawn. None where no group has 2 pairs."""
+    from lamina.compare.stats import t_quantile
+
+    series = []
+    for index, group in enumerate(result.groups[1:], 1):
+        curves = paired_curves(result, group, metric, axis)
+        if len(curves) < 2:
+            continue
+        name, color = f"{group.label} − {result.groups[0].label} (n={len(curves)})", group_color(index)
+        series += [Series(name, color, x, y, width=0.8) for x, y in curves]
+        start, stop = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+        grid = np.unique(np.concatenate([x for x, _ in curves]))
+        grid = grid[(grid >= start) & (grid <= stop)]
+        if not len(grid):
+            continue
+        ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+        mean, half = ys.mean(axis=0), t_quantile(len(curves) - 1) * ys.std(axis=0, ddof=1) / math.sqrt(len(curves))
+        series.append(Series(name, color, grid, mean, mean - half, mean + half, band=T_LABEL))
     if not series:
         return None
-    budgets = {result.budgets[axis][tag] for tag, _ in family.members} - {None}
-    shared = budgets.pop() if len(budgets) == 1 and len({s.group for s in series}) > 1 else None
-    return line_figure(series, title=f"{family.title} vs {AXES[axis].label}", xlabel=AXES[axis].label,
-                       ylabel=family.ylabel, tokens=axis == "tokens",
-                       styles=THINK_STYLES if any(style for _, style in family.members) else (), vline=shared)
+
+    def decorate(ax):
+        ax.axhline(0.0, color=MUTED, linewidth=1.2)
+        if margin is not None:
+            for m in (margin, -margin):
+                ax.axhline(m, color=MUTED, linestyle="--", linewidth=1.2)
+
+    extra = [Line2D([], [], color=MUTED, linewidth=1.2, label="zero")]
+    if margin is not None:
+        extra.append(Line2D([], [], color=MUTED, linestyle="--", linewidth=1.2, label=f"margin ±{fmt(margin, 3)}"))
+    budget = result.budgets[axis].get(metric)
+    return panels_figure({"": series}, title=f"{metric}: difference from {result.groups[0].label} vs "
+                         f"{AXES[axis].label}", xlabel=AXES[axis].label, ylabel=f"Δ {metric}",
+                         tokens=axis == "tokens", vline=budget, extra=extra, decorate=decorate)
 
 
-def write_plots(result: Comparison, out: Path) -> list[tuple[str, list[tuple[str, str]]]]:
-    """`<family>_vs_<axis>.png` in `out`; returns [(title, [(axis label, file)])] for the markdown."""
+def write_plots(result: Comparison, out: Path, primary: str | None = None,
+                margin: float | None = None) -> list[tuple[str, list[tuple[str, str]]]]:
+    """`<family>_vs_<axis>.png` in `out`, and `<primary>_difference_vs_<axis>.png` (the paired
+    differences of the primary metric); returns [(title, [(axis label, file)])] for the markdown."""
     written = []
-    for stem, family in families(result.metrics).items():
+    if primary is not None and primary in result.metrics and len(result.groups) > 1:
+        files = []
+        for axis in AXES:
+            figure = paired_figure(result, primary, axis, margin)
+            if figure is not None:
+                name = f"{slug(primary)}_difference_vs_{axis}.png"
+                figure.savefig(out / name, dpi=DPI)
+                files.append((AXES[axis].label, name))
+        if files:
+            written.append((f"{primary}: difference from {result.groups[0].label}, paired by seed", files))
+    for stem, family in families(result.metrics, result.hidden).items():
         files = []
         for axis in AXES:
             figure = family_figure(result, family, axis)

@@ -292,6 +292,20 @@ def assemble(run_specs: list[str], group_specs: list[str]) -> list[Group]:
     return [Group(label, runs) for label, runs in groups.items()]
 
 
+STATISTICS = ("se", "z")  # `<tag>/se`, `<tag>/z`: statistics of `<tag>` (its standard error, its z), not metrics
+
+
+def statistics_of(tags: list[str]) -> dict[str, dict[str, str]]:
+    """tag -> {"se": tag/se, "z": tag/z} for the tags whose statistics are among `tags`."""
+    present = set(tags)
+    out: dict[str, dict[str, str]] = {}
+    for tag in tags:
+        base, _, kind = tag.rpartition("/")
+        if kind in STATISTICS and base in present:
+            out.setdefault(base, {})[kind] = tag
+    return out
+
+
 def select_metrics(runs: list[Run], patterns: list[str] | None) -> list[str]:
     """Tags matching the patterns (or the key metrics), in pattern order, levels in numeric order."""
     tags = sorted({tag for run in runs for tag in run.scalars}, key=natural_key)

@@ -91,6 +91,7 @@ class Cell:
     stats: Stats
     welch: Difference = Difference()  # from the first group
     paired: Stats | None = None  # over the seed pairs with the first group that have the value; None: first group
+    per_seed: dict = field(default_factory=dict)  # seed -> paired difference (None: the pair lacks the value)
 
     @property
     def is_paired(self) -> bool:
@@ -133,6 +134,17 @@ class Comparison:
     cells: dict[str, dict[str, dict[str, Cell]]]  # view -> metric -> group -> cell
     pairs: dict[str, list[tuple[Run, Run]]] = field(default_factory=dict)  # group -> seed pairs with the first
     ends: dict[str, EndStep] = field(default_factory=dict)  # metric -> the step of the end-of-run table
+    statistics: dict[str, dict[str, str]] = field(default_factory=dict)  # metric -> {"se": tag, "z": tag}
+
+    @property
+    def hidden(self) -> set[str]:
+        """Tags that are statistics of another metric (its se, its z): a band and a column, not rows or plots."""
+        return {tag for kinds in self.statistics.values() for tag in kinds.values()}
+
+    @property
+    def shown(self) -> list[str]:
+        hidden = self.hidden
+        return [m for m in self.metrics if m not in hidden]
 
     @property
     def runs(self) -> list[Run]:
@@ -154,10 +166,12 @@ def run_value(run: Run, metric: str, view: str, budgets: dict[str, dict[str, flo
     return value_at(run.curve(metric, view), budgets[view][metric])
 
 
-def paired_differences(pairs: list[tuple[Run, Run]], value: dict[int, float | None]) -> list[float]:
-    """(run of the group - run of the first group with the same seed), for the pairs that have both."""
-    return [value[id(theirs)] - value[id(mine)] for mine, theirs in pairs
-            if value[id(mine)] is not None and value[id(theirs)] is not None]
+def paired_differences(pairs: list[tuple[Run, Run]], value: dict[int, float | None]) -> dict:
+    """seed -> (run of the group - run of the first group with the same seed); None where the pair
+    lacks either value."""
+    return {mine.seed: (value[id(theirs)] - value[id(mine)]
+                        if value[id(mine)] is not None and value[id(theirs)] is not None else None)
+            for mine, theirs in pairs}
 
 
 def table_row(groups: list[Group], pairs: dict[str, list[tuple[Run, Run]]],
@@ -168,12 +182,15 @@ def table_row(groups: list[Group], pairs: dict[str, list[tuple[Run, Run]]],
     for group in groups[1:]:
         cell = row[group.label]
         cell.welch = welch(ref, cell.stats)
-        cell.paired = summarize(paired_differences(pairs[group.label], value))
+        cell.per_seed = paired_differences(pairs[group.label], value)
+        cell.paired = summarize([d for d in cell.per_seed.values() if d is not None])
     return row
 
 
-def compare_groups(groups: list[Group], metrics: list[str]) -> Comparison:
-    """Every table of the report: per view, metric and group, a cell."""
+def compare_groups(groups: list[Group], metrics: list[str],
+                   statistics: dict[str, dict[str, str]] | None = None) -> Comparison:
+    """Every table of the report: per view, metric and group, a cell. `statistics`: metric ->
+    {"se": tag, "z": tag} among `metrics` (their cells are computed, and shown as a band and a column)."""
     runs = [run for group in groups for run in group.runs]
     rows = metrics + [tag for tag in (TOKENS, FLOPS) if tag not in metrics]
     budgets = {
@@ -185,4 +202,4 @@ def compare_groups(groups: list[Group], metrics: list[str]) -> Comparison:
         view: {m: table_row(groups, pairs, {id(r): run_value(r, m, view, budgets, ends) for r in runs}) for m in rows}
         for view in VIEWS
     }
-    return Comparison(groups, rows, budgets, cells, pairs, ends)
+    return Comparison(groups, rows, budgets, cells, pairs, ends, statistics or {})

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from lamina.data.packing import SPLITS, available_cores, build_token_cache, describe_cache, open_split, read_meta
-from lamina.data.sources import MASK64, holdout_index, resolve_source, splitmix64_array
+from lamina.data.sources import MASK64, holdout_index, resolve_source, resolve_val_source, splitmix64_array
 from lamina.data.thoughts import with_thoughts
 from lamina.data.tokenizer import (
     END_THINK,
@@ -41,7 +41,9 @@ class TextDataModule(L.LightningDataModule):
     (reproducible and resumable), a fixed validation set, and exact bits-per-byte accounting.
 
     After setup(): `tokenizer` (tokenizers.Tokenizer), `cache_path`, `meta`, `train_data` and
-    `val_data` (token memmaps), `val_tokens_per_byte`, `eot_id`, `think_id`, `end_think_id`.
+    `val_data` (token memmaps of data.source's splits), `validation_data` (the text validation
+    measures: `val_data`, or data.val_source's tokens from `val_cache_path`), `val_tokens_per_byte`,
+    `eot_id`, `think_id`, `end_think_id`.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class TextDataModule(L.LightningDataModule):
         max_bytes: int | None = 20_000_000,
         val_fraction: float = 0.02,
         val_tokens: int = 65_536,
+        val_source: str | None = None,
         families: list[str] | None = None,
         levels: list[int] | None = None,
         tasks: list[str] | None = None,
@@ -85,6 +88,13 @@ class TextDataModule(L.LightningDataModule):
                 (null: all of it; the world corpus is endless and needs a cap).
             val_fraction: share of documents held out for validation (0 < val_fraction < 1).
             val_tokens: tokens in the fixed validation set, taken from the start of the val split.
+            val_source: the text val/loss and val/bpb are measured on (null: data.source's own
+                held-out passages, data.val_fraction of them). A local file, folder or glob of
+                .txt/.jsonl/.json/.parquet files (e.g. nanoGPT's last 10% of a text, written to a
+                file), or a split of data.source's Hugging Face dataset (e.g. `validation`). Read up
+                to data.max_bytes (data.thoughts applies to it too), tokenised into a cache of its own;
+                data.source is split as without it, so the training text (and the probes' held-out
+                text) does not change.
             families: world families to train on (null: prose, arith, strings; world v2 adds
                 people, context).
             levels: world arithmetic levels to train on (null: all of 1-5); the others become
@@ -124,13 +134,18 @@ class TextDataModule(L.LightningDataModule):
             world_options=dict(levels=levels, tasks=tasks, level_weights=level_weights, exposure_bins=exposure_bins),
         )
         self.corpus = with_thoughts(self.corpus, thoughts)
+        self.val_corpus = resolve_val_source(val_source, self.corpus)
+        if self.val_corpus is not None:  # tokenised as the training text is
+            self.val_corpus = with_thoughts(self.val_corpus, thoughts)
         self.probe_files = list(probe_files)
         # Set by setup():
         self.tokenizer = None  # tokenizers.Tokenizer
         self.cache_path: Path | None = None
         self.meta: dict | None = None
         self.train_data: np.ndarray | None = None  # token ids, read-only memmaps
-        self.val_data: np.ndarray | None = None
+        self.val_data: np.ndarray | None = None  # data.source's held-out passages (probes read them)
+        self.val_cache_path: Path | None = None  # data.val_source's own token cache (None without it)
+        self.validation_data: np.ndarray | None = None  # what val/bpb measures: val_data, or val_source's
         self.val_tokens_per_byte: float | None = None  # of the val set's predicted tokens: exact bpb
         self.eot_id = self.think_id = self.end_think_id = None
 
@@ -143,7 +158,7 @@ class TextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Train (or load) the tokenizer and build the token cache; once per node."""
-        tokenizer, self.cache_path = self._build()
+        tokenizer, self.cache_path, self.val_cache_path = self._build()
         hp = self.hparams
         reached = tokenizer.get_vocab_size()
         if hp.tokenizer == "bpe" and reached < hp.vocab_size:
@@ -156,19 +171,23 @@ class TextDataModule(L.LightningDataModule):
                 f"to {reached} to drop the {hp.vocab_size - reached:,} unused embedding rows)"
             )
         rank_zero_info(describe_cache(self.cache_path))
+        if self.val_cache_path is not None:
+            rank_zero_info(describe_cache(self.val_cache_path) + f" (data.val_source {hp.val_source!r})")
 
     def setup(self, stage: str | None = None) -> None:
-        self.tokenizer, self.cache_path = self._build()  # a cache hit after prepare_data
+        self.tokenizer, self.cache_path, self.val_cache_path = self._build()  # cache hits after prepare_data
         self.meta = read_meta(self.cache_path)
         self.train_data = open_split(self.cache_path, "train")
         self.val_data = open_split(self.cache_path, "val")
+        self.validation_data = self.val_data if self.val_cache_path is None else open_split(self.val_cache_path, "val")
         ids = special_ids(self.tokenizer)
         self.eot_id, self.think_id, self.end_think_id = ids[EOT], ids[THINK], ids[END_THINK]
         self.val_tokens_per_byte = self._val_tokens_per_byte()
-        if self.hparams.val_tokens > len(self.val_data):  # fine (a small corpus), but say so
+        if self.hparams.val_tokens > len(self.validation_data):  # fine (a small corpus), but say so
+            what = "the val split" if self.val_cache_path is None else f"data.val_source {self.hparams.val_source!r}"
             rank_zero_info(
-                f"lamina: data.val_tokens is {self.hparams.val_tokens:,} but the val split holds "
-                f"{len(self.val_data):,} tokens: validating on all of them"
+                f"lamina: data.val_tokens is {self.hparams.val_tokens:,} but {what} holds "
+                f"{len(self.validation_data):,} tokens: validating on all of them"
             )
         if stage == "fit":
             self._save_tokenizer_to_run()
@@ -191,8 +210,9 @@ class TextDataModule(L.LightningDataModule):
         return DataLoader(windows, batch_size=None, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
+        self._require_setup()
         windows = FixedWindows(
-            self._require_setup(), block_size=self.hparams.block_size, n_windows=self.n_val_windows
+            self.val_cache_path or self.cache_path, block_size=self.hparams.block_size, n_windows=self.n_val_windows
         )
         sampler = None
         if self.trainer is not None and self.trainer.world_size > 1:
@@ -215,7 +235,7 @@ class TextDataModule(L.LightningDataModule):
         whole number of batches (rounded up where the split has the tokens, else down): every val
         batch has one shape, so a compiled model traces validation once."""
         block, batch = self.hparams.block_size, self.hparams.batch_size
-        available = (len(self.val_data) - 1) // block
+        available = (len(self.validation_data) - 1) // block
         wanted = min((self.hparams.val_tokens - 1) // block, available)
         if wanted < batch:
             return wanted
@@ -245,7 +265,35 @@ class TextDataModule(L.LightningDataModule):
             num_proc=hp.num_proc or available_cores(),
         )
         self._check_split_sizes(read_meta(path))
-        return tokenizer, path
+        return tokenizer, path, self._build_val(tokenizer)
+
+    def _build_val(self, tokenizer) -> Path | None:
+        """data.val_source's token cache (every passage in its val split), keyed as any cache is:
+        by its content (a local file) or name and split (a hub dataset), the tokenizer, the cap."""
+        if self.val_corpus is None:
+            return None
+        hp = self.hparams
+        try:
+            path = build_token_cache(
+                self.val_corpus,
+                tokenizer,
+                cache_dir=hp.cache_dir,
+                max_bytes=hp.max_bytes,
+                val_fraction=1.0,  # all of it
+                num_proc=hp.num_proc or available_cores(),
+            )
+        except ConfigError as err:  # the reading errors name data.source: here it is data.val_source
+            message = str(err)
+            if not message.startswith("data.source"):
+                raise
+            raise type(err)("data.val_source" + message[len("data.source") :]) from err
+        have, need = read_meta(path)["splits"]["val"]["tokens"], hp.block_size + 1
+        if have < need:
+            raise ConfigError(
+                f"data.val_source: {hp.val_source!r} has {have} tokens, fewer than block_size + 1 = {need}; "
+                f"give it more text, or lower model.block_size"
+            )
+        return path
 
     def _check_split_sizes(self, meta: dict) -> None:
         hp = self.hparams
@@ -269,7 +317,7 @@ class TextDataModule(L.LightningDataModule):
     def _val_tokens_per_byte(self) -> float:
         # Exact for the val set: the tokens it predicts over the raw bytes they stand for.
         n = self.n_val_windows * self.hparams.block_size
-        predicted = np.asarray(self.val_data[1 : n + 1])
+        predicted = np.asarray(self.validation_data[1 : n + 1])
         n_bytes = int(token_byte_lengths(self.tokenizer)[predicted].sum())
         return n / max(n_bytes, 1)
 

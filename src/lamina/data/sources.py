@@ -16,6 +16,12 @@ Each passage goes to train or val by a fixed integer hash of its index in the st
 is the same on every machine and does not depend on the seed. Where the hash sends no passage of a
 small source to val, the passage with the smallest hash is held out (`holdout_index`), so any
 source of two passages or more has a val split.
+
+`data.val_source` (resolve_val_source) names a validation text of the user's choosing instead: a
+local file, folder or glob, or another split of data.source's Hugging Face dataset. All of its
+passages are val; data.source is split exactly as without it (its held-out passages stay out of
+training, and are what the in-distribution probes read), so setting it changes only what val/loss
+and val/bpb are measured on.
 """
 
 from __future__ import annotations
@@ -192,6 +198,56 @@ def resolve_source(
     return Source(spec, "local", files=local_files(spec), text_column=text_column)
 
 
+VAL_SOURCE_EXPECTED = (
+    f"null (hold out data.val_fraction of data.source), a local file, folder or glob of {SUFFIXES} "
+    f"files, or a split of data.source's Hugging Face dataset (e.g. validation)"
+)
+
+
+def resolve_val_source(spec, source: Source) -> Source | None:
+    """Classify and check `data.val_source` against the resolved `data.source`, reading no text.
+
+    None: no text of its own (today's behaviour: val is the source's own held-out passages). A
+    local file, folder or glob: all of its text is the validation text. A bare split name (no
+    `/`, not a path on disk) with a Hugging Face data.source: that split of the same dataset
+    (same config and text column). Validation text that is the training text is refused: a
+    local file whose content is one of data.source's files, or the hub split data.source trains on.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"data.val_source: expected {VAL_SOURCE_EXPECTED}, got {spec!r}")
+    if looks_local(spec):
+        val = Source(spec, "local", files=local_files(spec, "data.val_source"), text_column=source.text_column)
+        if source.kind == "local":
+            train = {sha: f for f, (_, sha) in zip(source.files, source.identity()["files"])}
+            for f, (_, sha) in zip(val.files, val.identity()["files"]):
+                if sha in train:
+                    raise ConfigError(
+                        f"data.val_source: {f!r} is training text (the same content as {train[sha]!r} of "
+                        f"data.source); validate on text the model is not trained on, or leave it null"
+                    )
+        return val
+    if source.kind == "hub" and "/" not in spec:
+        if spec == source.dataset_split:
+            raise ConfigError(
+                f"data.val_source: {spec!r} is the split data.source trains on (data.dataset_split); "
+                f"name another split of {source.spec!r}, or leave it null"
+            )
+        return Source(
+            source.spec,
+            "hub",
+            dataset_config=source.dataset_config,
+            dataset_split=spec,
+            text_column=source.text_column,
+        )
+    if source.kind == "hub":
+        why = "it is no local path, and a split of data.source's dataset is a bare name"
+    else:
+        why = f"it is no local path, and data.source {source.spec!r} is not a Hugging Face dataset with splits"
+    raise ConfigError(f"data.val_source: no such file or folder {spec!r} ({why}); expected {VAL_SOURCE_EXPECTED}")
+
+
 def looks_local(spec: str) -> bool:
     """A hub name is `name` or `owner/name`; anything path-like, or present on disk, is local."""
     path = Path(os.path.expanduser(spec))
@@ -205,16 +261,16 @@ def looks_local(spec: str) -> bool:
     )
 
 
-def local_files(spec: str) -> tuple[str, ...]:
-    """The files a local `data.source` names, sorted, each with a supported suffix."""
+def local_files(spec: str, key: str = "data.source") -> tuple[str, ...]:
+    """The files a local `data.source` (or `key`) names, sorted, each with a supported suffix."""
     path = Path(os.path.expanduser(spec))
     if glob.has_magic(spec):
         matches = sorted(p for p in glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(p))
         if not matches:
-            raise ConfigError(f"data.source: no file matches {spec!r}")
+            raise ConfigError(f"{key}: no file matches {spec!r}")
         files = [p for p in matches if Path(p).suffix.lower() in BUILDERS]
         if not files:
-            raise ConfigError(f"data.source: {spec!r} matches no {SUFFIXES} file")
+            raise ConfigError(f"{key}: {spec!r} matches no {SUFFIXES} file")
     elif path.is_dir():
         files = sorted(
             str(p)
@@ -224,15 +280,15 @@ def local_files(spec: str) -> tuple[str, ...]:
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not files:
-            raise ConfigError(f"data.source: folder {spec!r} holds no {SUFFIXES} file")
+            raise ConfigError(f"{key}: folder {spec!r} holds no {SUFFIXES} file")
     elif path.is_file():
         if path.suffix.lower() not in BUILDERS:
-            raise ConfigError(f"data.source: {spec!r} is not a {SUFFIXES} file")
+            raise ConfigError(f"{key}: {spec!r} is not a {SUFFIXES} file")
         files = [str(path)]
     else:
-        raise ConfigError(f"data.source: no such file or folder {spec!r}")
+        raise ConfigError(f"{key}: no such file or folder {spec!r}")
     if all(os.path.getsize(f) == 0 for f in files):
-        raise ConfigError(f"data.source: {no_text_in(spec, files)}")
+        raise ConfigError(f"{key}: {no_text_in(spec, files)}")
     return tuple(files)
 
 

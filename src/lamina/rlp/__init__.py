@@ -1,10 +1,11 @@
 """RLP, reinforcement as a pretraining objective (Hatamizadeh et al., arXiv:2510.01265), on a lamina GPT.
 
-- `lamina.rlp.config`: the settings, `RLPConfig` (`model.rlp.*`) and `ThoughtEvalConfig` (`model.thought_eval.*`);
+- `lamina.rlp.config`: the settings, `RLPConfig` (`model.rlp.*`) and `ThoughtEvalConfig` (`thought_eval.*`);
 - `lamina.rlp.objective`: the objective's math (positions, sampling, rewards, advantages, loss), plain
   functions on torch tensors and GPT models, usable without a Trainer (its docstring states the objective);
 - `lamina.rlp.decoding`: what a thought may hold (`ThoughtRules`) and the batched decoder that keeps to it;
-- `lamina.rlp.module`: `RLPModel(LanguageModel)`, whose training step is RLP's;
+- `lamina.rlp.module`: `RLPModel(LanguageModel)`, whose training step is RLP's (configs name it by class
+  path, `model: {class_path: lamina.rlp.RLPModel, init_args: {rlp: ...}}`);
 - `lamina.rlp.evaluate`: `ThoughtEvaluator`, the evaluations of thinking (run by lamina.callbacks.ThoughtEval).
 """
 
@@ -28,6 +29,7 @@ from lamina.rlp.evaluate import (
     paired_interval,
     pass_at_k,
 )
+from lamina.rlp.module import RLPModel
 from lamina.rlp.objective import (
     RLPLoss,
     RLPStep,
@@ -53,15 +55,6 @@ from lamina.rlp.objective import (
 )
 
 frozen_copy = ema_model  # the name before lamina.rlp became a package
-
-
-def __getattr__(name: str):
-    # RLPModel imports lamina.lm, which imports lamina.rlp.config: loaded on first use, not here.
-    if name == "RLPModel":
-        from lamina.rlp.module import RLPModel
-
-        return RLPModel
-    raise AttributeError(f"module 'lamina.rlp' has no attribute {name!r}")
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The RLP phase's settings (`model.rlp.*`) and those of the thinking evaluations (`model.thought_eval.*`)."""
+"""The RLP phase's settings (`model.rlp.*`) and those of the thinking evaluations (`thought_eval.*`)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class RLPConfig:
 
 @dataclass
 class ThoughtEvalConfig:
-    """Evaluations of thinking (`model.thought_eval.*`), for RLP runs and their controls alike."""
+    """Evaluations of thinking (`thought_eval.*`), for RLP runs and their controls alike."""
 
     every_n_steps: int = 100  # also at step 0 and after the last step; 0: never
     levels: list[int] = field(default_factory=lambda: list(world.ARITH_LEVELS))
@@ -123,22 +123,22 @@ class ThoughtEvalConfig:
     def __post_init__(self) -> None:
         for key in ("every_n_steps", "examples_per_level", "nll_positions", "pass_samples", "pass_problems"):
             if not _is_int(getattr(self, key)) or getattr(self, key) < 0:
-                raise ConfigError(f"model.thought_eval.{key}: expected an integer >= 0, got {getattr(self, key)!r}")
+                raise ConfigError(f"thought_eval.{key}: expected an integer >= 0, got {getattr(self, key)!r}")
         for key in ("max_answer_tokens", "batch_size"):
             if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                raise ConfigError(f"model.thought_eval.{key}: expected an integer >= 1, got {getattr(self, key)!r}")
+                raise ConfigError(f"thought_eval.{key}: expected an integer >= 1, got {getattr(self, key)!r}")
         cap = self.max_thought_tokens
         if cap is not None and (not _is_int(cap) or cap < 1):
-            raise ConfigError(f"model.thought_eval.max_thought_tokens: expected null or an integer >= 1, got {cap!r}")
+            raise ConfigError(f"thought_eval.max_thought_tokens: expected null or an integer >= 1, got {cap!r}")
         for level in self.levels:
             if level not in world.ARITH_LEVELS:
                 raise ConfigError(
-                    f"model.thought_eval.levels: unknown level {level!r} (expected some of "
+                    f"thought_eval.levels: unknown level {level!r} (expected some of "
                     f"{', '.join(map(str, world.ARITH_LEVELS))})"
                 )
         if self.pass_samples and not all(_is_int(k) and 1 <= k <= self.pass_samples for k in self.pass_at):
             raise ConfigError(
-                f"model.thought_eval.pass_at: expected integers in [1, pass_samples={self.pass_samples}], "
+                f"thought_eval.pass_at: expected integers in [1, pass_samples={self.pass_samples}], "
                 f"got {self.pass_at!r}"
             )
 
@@ -165,5 +165,5 @@ def thought_eval_settings(rlp: RLPConfig | None, config: ThoughtEvalConfig) -> t
     tokens = config.nll_thought_tokens or (rlp.thought_cap if rlp else 32)
     temperature = config.nll_temperature or (rlp.temperature if rlp else 0.7)
     if not tokens >= 1 or not temperature > 0:
-        raise ConfigError("model.thought_eval: nll_thought_tokens must be >= 1 and nll_temperature > 0")
+        raise ConfigError("thought_eval: nll_thought_tokens must be >= 1 and nll_temperature > 0")
     return tokens, temperature

@@ -160,7 +160,7 @@ class ThoughtEvaluator:
             context = block_size - thought_tokens - 2  # as in RLP: <think>, thought, forced </think>
             if context < 1:
                 raise ConfigError(
-                    f"model.thought_eval.nll_thought_tokens: thoughts of {thought_tokens} tokens leave no "
+                    f"thought_eval.nll_thought_tokens: thoughts of {thought_tokens} tokens leave no "
                     f"context in model.block_size={block_size}"
                 )
             span = context + 1

@@ -1,5 +1,12 @@
-"""RLPModel: the LanguageModel whose training step is RLP's (`model.rlp` set; `LanguageModel(rlp=...)`
-makes one). Validation, optimizer, schedule and init_from are the LanguageModel's."""
+"""RLPModel: the LanguageModel whose training step is RLP's. A config names it by class path, with the
+RLP settings among its arguments:
+
+    model:
+      class_path: lamina.rlp.RLPModel
+      init_args: {rlp: {group_size: 16, ...}, n_layer: 4, ...}   # LanguageModel's keys beside rlp
+
+(`--model lamina.rlp.RLPModel --model.rlp.group_size 16` on the command line). Validation, optimizer,
+schedule, init_from and the optimizer step's guard are the LanguageModel's (lamina.lm lists a step's hooks)."""
 
 from __future__ import annotations
 
@@ -11,20 +18,27 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lamina.data.thoughts import DEFAULT_THOUGHT_TOKENS, ThoughtSlots, longest_thought_tokens
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
-from lamina.step_logging import host_scalar
 from lamina.rlp.config import RLPConfig
 from lamina.rlp.evaluate import newline_ids
 from lamina.rlp.objective import ema_model, ema_update, rlp_step, step_generator
+from lamina.step import host_scalar
 
 PROGRESS_BAR = ("reward_std", "advantage_abs_mean", "zero_variance_frac")  # what can show learning
 
 
 class RLPModel(LanguageModel):
     def __init__(self, *args, rlp: RLPConfig | None = None, **kwargs):
-        """LanguageModel's arguments; `rlp` (`model.rlp`) is required."""
-        super().__init__(*args, rlp=rlp, **kwargs)
+        """
+        Args:
+            rlp: the RLP settings (required): see lamina.rlp.RLPConfig for its keys (`model.rlp.group_size`,
+                ...); the other arguments are LanguageModel's.
+        """
         if rlp is None:
-            raise ConfigError("model.rlp: RLPModel needs the RLP settings (model.rlp)")
+            raise ConfigError(
+                "model.rlp: lamina.rlp.RLPModel needs the RLP settings (model.init_args.rlp, or --model.rlp.* "
+                "on the command line)"
+            )
+        super().__init__(*args, **kwargs)
         self.rlp_config = rlp
         # The EMA baseline model (and, for the `frozen` control, the starting model) are submodules
         # that never train, kept in checkpoints; both start as copies of the start weights.

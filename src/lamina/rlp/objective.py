@@ -42,7 +42,7 @@ Implementation choices (see also README, "RLP"):
   the update) are computed the same way, so the runs differ only in where thoughts or rewards come from.
 
 Everything here is a plain function or class on torch tensors and GPT models, usable without a
-Trainer; `RLPModel` (lamina.rlp.module) trains on it when `model.rlp` is set.
+Trainer; `RLPModel` (lamina.rlp.module, the model class `lamina.rlp.RLPModel`) trains on it.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 lamina studies (docs/studies.md), from lamina's own configs, each with a verdict by a rule stated in its report.
 
 - `runs`: `Runner` runs (or reuses, or resumes) the `lamina fit`s of a claim under DIR/runs/
-- `verdict`: `Prediction` and `decide`: supported / not supported / inconclusive from a paired
-  95% interval over seeds
-- `report`: `ClaimResult` (gates, per-seed values per arm, `Contrast`s, `Figure`s) ->
-  DIR/<claim>/report.md, result.json, PNGs; DIR/index.md gathers every claim's verdicts
+- `verdict`: `Prediction` and `decide`: not tested / supported / negligible / against /
+  inconclusive from a contrast's per-seed paired differences (or interval), its predicted sign and
+  margin, the planned seeds, gates, floor and ceiling; `holm` for the secondary contrasts
+- `report`: `ClaimResult` (gates, per-seed values per arm, `Contrast`s with the primary one named,
+  `Figure`s) -> DIR/<claim>/report.md, result.json, PNGs; DIR/index.md gathers one verdict per
+  claim (its primary contrast's), then the secondary and descriptive rows
 - `claim`: `Claim` (name, sentence, run(ctx) -> ClaimResult) and `StudyContext`
 
 A claim plugs in as a module that defines `CLAIM = Claim(name, sentence, run)` and one entry in
@@ -23,7 +25,7 @@ from lamina.study.elicitation import CLAIM as ELICITATION
 from lamina.study.command import main, parser
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_index, write_report
 from lamina.study.runs import Run, Runner, RunSpec
-from lamina.study.verdict import RULE, Prediction, Verdict, decide
+from lamina.verdict import RULE, Prediction, Verdict, decide, holm
 
 DENSITY_FAMILIARITY, SPARSIFY_DIFFICULTY, HIERARCHY, MODULARITY, CONTEXT_VS_PRIOR = PRETRAINING_CLAIMS
 # In the order docs/studies.md gives them (index.md lists them so).
@@ -48,6 +50,7 @@ __all__ = [
     "StudyContext",
     "Verdict",
     "decide",
+    "holm",
     "main",
     "parser",
     "write_index",

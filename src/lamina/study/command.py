@@ -81,14 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:  # every run is finished now (with --jobs) or is fitted here
         results[name] = result = run_claim(args, name, seeds)
         report = write_report(result, args.out)
-        gates = result.gate_map
+        verdicts = result.verdicts()
+        claim = result.claim_verdict(verdicts)
+        print(f"study {name}: claim verdict: {claim.label} (primary: {result.primary or 'none'})")
         for contrast in result.contrasts:
-            verdict = contrast.verdict(gates)
+            verdict = verdicts[contrast.name]
             if verdict is not None:
                 st = contrast.stats
                 span = f"{st.mean:+.3f} [{st.lo:+.3f}, {st.hi:+.3f}]" if st.lo is not None else (
                     f"{st.mean:+.3f}" if st.n else "no value")
-                print(f"study {name}: {contrast.name}: {verdict.verdict} ({span}, {st.n} seed(s))")
+                print(f"study {name}: {contrast.name} ({result.role(contrast)}): {verdict.label} ({span}, "
+                      f"{st.n} seed(s))")
         print(f"study {name}: report in {report}")
     print(f"study: index in {Path(args.out) / 'index.md'}")
     return results

@@ -12,15 +12,21 @@ reported beside it: RL's elicitation is what exceeds that.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 from lamina.study import rlp
 from lamina.study.claim import Claim, StudyContext
 from lamina.study.report import ClaimResult, Contrast
-from lamina.study.verdict import Prediction
+from lamina.verdict import Prediction
 
 NAME = "elicitation"
+# The primary contrast, named before any run (its name carries the k of the base's pass@k).
+PRIMARY_PREFIX = "rlp share − base "
+# The smallest effect of interest, fixed before any run: five points of share (of the problems RL
+# solves greedily, 1 in 20 more of them within the base's reach than its pass@k gives). No run's noise.
+SHARE_MARGIN = 0.05
+SHARE_NOTE = ("margin 0.05: five points of share (1 in 20 of the problems RL solves greedily more within the base's "
+              "reach than its pass@k gives)")
 SENTENCE = (
     "Base models hold latent reasoning that RL elicits: the held-out problems RLP teaches the model to solve "
     "greedily are ones the base model already solved by sampling, more often than its pass@k alone gives."
@@ -49,14 +55,13 @@ def from_rlp(inner: ClaimResult) -> ClaimResult:
         rlp.BASE: {f"{k}/level{level}": pass_k},
         **{rlp.LABELS[arm]: {f"elicitation share/level{level}": share(arm)} for arm in rlp.ARMS if share(arm)},
     }
-    room = [pass_k[s] for s in pass_k if math.isfinite(pass_k[s])]
-    margin = 0.1 * (1 - sum(room) / len(room)) if room else 0.0
+    result.primary = f"{PRIMARY_PREFIX}{k}"
     result.contrasts = [
-        Contrast.paired(f"rlp share − base {k}", f"level {level}: of the problems RLP solves greedily, the share the "
+        Contrast.paired(result.primary, f"level {level}: of the problems RLP solves greedily, the share the "
                         f"base reached in its samples, minus the base's {k} over all problems (the share were RL's "
                         "solutions unrelated to the base's reach)", share("rlp"), pass_k,
-                        prediction=Prediction(1, margin, f"margin: a tenth of what the base's {k} leaves (1 − {k})"),
-                        needs=needs),
+                        labels=("rlp share", f"base {k}"), prediction=Prediction(1, SHARE_MARGIN, SHARE_NOTE),
+                        needs=needs, floor=0.0, ceiling=1.0),
         Contrast.paired("rlp share − ntp-tokens share", f"level {level}: the same share for RLP minus next-token "
                         "training on the same tokens (what the easiness of the solved problems gives alone)",
                         share("rlp"), share("ntp-tokens")),

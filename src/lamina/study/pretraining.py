@@ -12,8 +12,9 @@ Per seed s two runs are trained (or reused) once and shared by the five claims:
 Every number is the run's own instrumentation (its TensorBoard scalars: the measures beside their
 nulls, see DESIGN.md "Measures"), except sparsify-difficulty's per-problem correctness, which
 decodes held-out arithmetic problems of every level from the final checkpoint. Contrasts are
-per-seed values (paired by seed where they are differences) read by lamina.study.verdict's rule;
-each claim's margin is stated in its report.
+per-seed values (paired by seed where they are differences) read by lamina.verdict's rule;
+each claim names its primary contrast and fixes its margins (the smallest effects of interest, each
+with its reason, never derived from a run's own noise) at the top of its section below.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ from lamina.study.claim import Claim, StudyContext, study_configs
 from lamina.study.finetune import arith_items, device_of, fingerprint, checkpoint_key, training_questions
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed
 from lamina.study.runs import Run, RunSpec
-from lamina.study.verdict import Prediction
+from lamina.verdict import Prediction
 
 CONFIG = "world-v2-tiny.yaml"
 ARM, SMALL_ARM = "world-v2", "world-v2-small"
 HIGHER_TIERS = ("conceptual", "functional", "output")
-NULL_Z = 3.0  # |z| below this on a probe with no structure: no finding
+NULL_Z = 3.0  # |z| below this on a probe with no structure: no finding (the gates; no margin comes from it)
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,14 @@ def steps_of(run: Run, tag: str) -> list[int]:
 
 
 def per_seed(runs: dict[int, dict[str, Run]], fn, arm: str = ARM) -> PerSeed:
+    """Per seed, fn of its run; a value that is missing or not finite stays (as nan), so that a
+    contrast names the seed that drops out (tables and figures read the finite ones)."""
     values = {seed: fn(by_arm[arm]) for seed, by_arm in runs.items() if arm in by_arm}
-    return {s: v for s, v in values.items() if isinstance(v, float) and math.isfinite(v)}
+    return {s: (float(v) if isinstance(v, (int, float)) else math.nan) for s, v in values.items()}
+
+
+def has_values(values: PerSeed) -> bool:
+    return any(math.isfinite(v) for v in values.values())
 
 
 def setup(ctx: StudyContext, preset: Preset, runs: dict[int, dict[str, Run]], seconds: float, started: float,
@@ -197,14 +204,6 @@ def curve_series(runs: dict[int, dict[str, Run]], tags: dict[str, str], arm: str
     return [str(s) for s in steps], series
 
 
-def margin_from_null(runs, tag_se: str, arm: str = ARM) -> float:
-    """3 x the mean within-run standard error of a null probe's gap: differences smaller than that
-    are what a probe with no structure gives."""
-    ses = [at(by_arm[arm], tag_se) for by_arm in runs.values()]
-    ses = [s for s in ses if math.isfinite(s)]
-    return NULL_Z * float(np.mean(ses)) if ses else 0.0
-
-
 # ---- density-familiarity -----------------------------------------------------------------------------
 
 
@@ -213,6 +212,13 @@ DENSITY_SENTENCE = (
     "Density is learned with exposure: MLP states grow denser on familiar text than on unfamiliar text over "
     "training, and denser on entities seen often than on entities never seen."
 )
+DENSITY_PRIMARY = "familiar − random tokens"
+# The smallest density difference of interest: one point of the share of active MLP units, about a
+# twentieth of the change training itself brings to mean density (0.50 at initialisation, under the
+# sign rule, to about 0.26 at the cpu preset's end). Fixed here, before any run; no run's noise.
+DENSITY_MARGIN = 0.01
+DENSITY_MARGIN_NOTE = ("margin 0.01: one point of the share of active MLP units, about a twentieth of the fall "
+                       "training brings to mean density (0.50 at initialisation to about 0.26)")
 
 
 def density_familiarity(ctx: StudyContext) -> ClaimResult:
@@ -221,12 +227,11 @@ def density_familiarity(ctx: StudyContext) -> ClaimResult:
     result = ClaimResult(DENSITY, DENSITY_SENTENCE, {}, list(ctx.seeds))
     result.gates = [runs_gate(runs), null_probe_gate(runs, "sparsity/gap/id_b/z", "id − id_b (two samples of the "
                                                      "training distribution)")]
-    margin = margin_from_null(runs, "sparsity/gap/id_b/se")
-    note = f"margin: 3 × the within-run standard error of the id − id_b null gap ({margin:.4f})"
-    pred = Prediction(1, margin, note)
+    result.primary = DENSITY_PRIMARY
+    pred = Prediction(1, DENSITY_MARGIN, DENSITY_MARGIN_NOTE)
     gap = lambda probe, step=None: (lambda r: at(r, f"sparsity/gap/{probe}", step))  # noqa: E731
     density = lambda probe: (lambda r: at(r, f"sparsity/{probe}/mean"))  # noqa: E731
-    bins = [b for b in ("0", "1", "10", "100") if per_seed(runs, density(f"exposure/{b}"))]
+    bins = [b for b in ("0", "1", "10", "100") if has_values(per_seed(runs, density(f"exposure/{b}")))]
     result.arms[ARM] = {
         **{f"density/{p}": per_seed(runs, density(p)) for p in ("id", "id_b", "random", "shuffled", "novel")},
         **{f"density/exposure/{b}": per_seed(runs, density(f"exposure/{b}")) for b in bins},
@@ -236,12 +241,14 @@ def density_familiarity(ctx: StudyContext) -> ClaimResult:
     needs = ("learns-the-text", "null-probe-quiet")
     random_end, random_start = per_seed(runs, gap("random")), per_seed(runs, gap("random", 0))
     result.contrasts = [
-        Contrast.paired("familiar − random tokens", "density of id minus random (uniform over the vocabulary "
+        Contrast.paired(DENSITY_PRIMARY, "density of id minus random (uniform over the vocabulary "
                         "the data uses), at the end", random_end, prediction=pred, needs=needs),
         Contrast.paired("familiar − shuffled", "density of id minus the same windows shuffled (same tokens, no "
                         "order), at the end", per_seed(runs, gap("shuffled")), prediction=pred, needs=needs),
         Contrast.paired("learned: (familiar − random) end − step 0", "growth of the id − random gap over "
-                        "training", random_end, random_start, prediction=pred, needs=needs),
+                        "training; descriptive: every probe is 0.50 dense at initialisation under the sign rule, "
+                        "so this is familiar − random counted again, not a test of its own", random_end,
+                        random_start),
         Contrast.paired("seen often − never seen (exposure 100 − novel)", "density on bios of people with 100 "
                         "mentions minus people never in the text", per_seed(runs, gap("novel")),
                         per_seed(runs, gap("exposure/100")), prediction=pred, needs=needs),
@@ -266,7 +273,9 @@ def density_familiarity(ctx: StudyContext) -> ClaimResult:
     result.notes = [
         "Density: `sparsity/<probe>/mean`, the share of MLP units whose pre-activation is > 0, averaged over "
         "tokens and layers; each gap is the run's `sparsity/gap/<probe>` (id minus the probe) with its "
-        "within-run standard error. The id_b gap is the null every other gap is read against.",
+        "within-run standard error. The id_b gap (two samples of the training distribution) is the null "
+        "probe: its gate asks that it show nothing; the margin is fixed in the claim's code "
+        f"({DENSITY_MARGIN:g}), not taken from any run's standard error.",
     ]
     result.setup = setup(ctx, preset, runs, seconds, started)
     return result
@@ -281,6 +290,13 @@ DIFFICULTY_SENTENCE = (
     "and a more concentrated last-layer state than the trained levels, and problems the model gets wrong are "
     "sparser than those it gets right."
 )
+DIFFICULTY_PRIMARY = "trained − held-out levels"
+# MLP density differences: DENSITY_MARGIN, for the same reason (density-familiarity above).
+# Last-layer shares (top-5% energy and entropy rank / d, both in [0, 1]; a uniform state has 0.05 and
+# 1): two points of the share, a fiftieth of its scale. Fixed here, before any run; no run's noise.
+LASTLAYER_MARGIN = 0.02
+LASTLAYER_MARGIN_NOTE = ("margin 0.02: two points of a share in [0, 1] (top-5% energy; entropy rank over the "
+                         "width), a fiftieth of its scale")
 
 
 @torch.no_grad()
@@ -377,11 +393,9 @@ def sparsify_difficulty(ctx: StudyContext) -> ClaimResult:
              "; ".join(f"seed {s}: {solved[s]} right of {sum(len(lv['correct']) for lv in problems[s].values())}, "
                        f"{mixed[s]} level(s) with {MIN_OUTCOMES} of each" for s in sorted(problems))),
     ]
-    margin = margin_from_null(runs, "sparsity/gap/id_b/se")
-    pred = Prediction(1, margin, f"margin: 3 × the within-run standard error of the id − id_b null gap ({margin:.4f})")
+    result.primary = DIFFICULTY_PRIMARY
+    pred = Prediction(1, DENSITY_MARGIN, DENSITY_MARGIN_NOTE)
     ll = lambda stat: (lambda r: at(r, f"lastlayer/gap/level5/{stat}"))  # noqa: E731
-    ll_margin = lambda stat: NULL_Z * float(np.nanmean([at(b[ARM], f"lastlayer/gap/level5/{stat}/se")  # noqa: E731
-                                                        for b in runs.values()]))
     metrics = {
         "density trained levels 1-3": per_seed(runs, trained),
         "density held-out levels 4-5": per_seed(runs, held),
@@ -395,17 +409,15 @@ def sparsify_difficulty(ctx: StudyContext) -> ClaimResult:
     result.arms[ARM] = metrics
     needs = ("learns-the-text", "null-probe-quiet")
     result.contrasts = [
-        Contrast.paired("trained − held-out levels", "MLP density on arithmetic of levels 1-3 minus held-out levels "
+        Contrast.paired(DIFFICULTY_PRIMARY, "MLP density on arithmetic of levels 1-3 minus held-out levels "
                         "4-5 (the runs' level probes)", per_seed(runs, trained), per_seed(runs, held),
                         prediction=pred, needs=needs),
         Contrast.paired("last layer top-5% energy, level 1 − level 5", "Jin et al.: a harder level concentrates "
                         "the final state (more energy in its top 5%)", per_seed(runs, ll("top5_energy")),
-                        prediction=Prediction(-1, ll_margin("top5_energy"),
-                                              "margin: 3 × the within-run standard error of this gap"), needs=needs),
+                        prediction=Prediction(-1, LASTLAYER_MARGIN, LASTLAYER_MARGIN_NOTE), needs=needs),
         Contrast.paired("last layer entropy rank, level 1 − level 5", "a sparser final state has a lower entropy "
                         "rank", per_seed(runs, ll("entropy_rank")),
-                        prediction=Prediction(1, ll_margin("entropy_rank"),
-                                              "margin: 3 × the within-run standard error of this gap"), needs=needs),
+                        prediction=Prediction(1, LASTLAYER_MARGIN, LASTLAYER_MARGIN_NOTE), needs=needs),
         Contrast.paired("right − wrong (within a level)", "per-problem density of problems solved minus problems "
                         "missed, within each level that has both, averaged over levels",
                         {s: correct_minus_wrong(p) for s, p in problems.items()}, prediction=pred,
@@ -440,6 +452,11 @@ HIERARCHY_SENTENCE = (
     "Features climb a hierarchy across layers: what a linear probe reads beyond its control task sits higher in "
     "the network for conceptual, functional and output labels than for lexical ones, at two model sizes."
 )
+HIERARCHY_PRIMARY = f"higher tiers − lexical ({ARM})"
+# Depth runs from 0 (first block) to 1 (last): a tenth of the network's depth, less than one block of
+# the 4-layer model, is the smallest difference of interest. Fixed here, before any run.
+DEPTH_MARGIN = 0.1
+DEPTH_MARGIN_NOTE = "margin 0.1: a tenth of the network's depth (less than one of the 4-layer model's blocks)"
 
 
 def label_depths(run: Run) -> dict[str, float]:
@@ -488,7 +505,8 @@ def hierarchy(ctx: StudyContext) -> ClaimResult:
             f"control (selectivity / se > {NULL_Z:g} at the peak layer), every seed?",
             all(a and b for a, b in rows.values()),
             "; ".join(f"seed {s}: lexical {'yes' if a else 'no'}, higher {'yes' if b else 'no'}" for s, (a, b) in rows.items())))
-    pred = Prediction(1, 0.1, "margin: a tenth of the network's depth")
+    result.primary = HIERARCHY_PRIMARY
+    pred = Prediction(1, DEPTH_MARGIN, DEPTH_MARGIN_NOTE)
     for arm in (ARM, SMALL_ARM):
         metrics = {f"depth/{tier}": per_seed(runs, lambda r, t=tier: tier_depth(r, (t,)), arm)
                    for tier in TIER_ORDER[:-1]}
@@ -523,6 +541,21 @@ MODULARITY_SENTENCE = (
     "Compositional tasks live in separable modules: co-activation modules form above their null, ablating one "
     "damages some tasks more than others beyond chance, and the same task-damage profiles recur across seeds."
 )
+# The primary: what training adds to Q above its null (step 0 as the reference). "Q above its null"
+# and "held-out Q above its null" are descriptive: the permutation null erases what any network
+# inherits from structured input, so an untrained one clears it too (they cannot fail).
+MODULARITY_PRIMARY = "learned: Q above its null, end − step 0"
+# Newman Q of about 0.3 and above is the usual mark of clear community structure (Newman & Girvan
+# 2004): a tenth of that is the smallest change of interest. Specificity is a loss increase (nats
+# per token): 0.05 nats is about a 5% change in the task's per-token probability. Matching is a
+# correlation in [-1, 1]: a tenth of a perfect match. Fixed here, before any run; no run's noise.
+Q_MARGIN = 0.03
+Q_MARGIN_NOTE = "margin 0.03: a tenth of the Q (about 0.3) that marks clear community structure (Newman & Girvan 2004)"
+SPECIFICITY_MARGIN = 0.05
+SPECIFICITY_MARGIN_NOTE = ("margin 0.05 nats: about a 5% change in a task's per-token probability when its module "
+                           "is ablated, beyond the other tasks'")
+MATCH_MARGIN = 0.1
+MATCH_MARGIN_NOTE = "margin 0.1: a tenth of a perfect match of the damage profiles (correlation 1)"
 
 
 def layers_of(run: Run) -> int:
@@ -621,27 +654,32 @@ def modularity(ctx: StudyContext) -> ClaimResult:
             r, lambda r, i: at(r, f"modularity/layer{i}/q", 0) - at(r, f"modularity/layer{i}/q_null_hi", 0))),
     }
     needs = ("learns-the-text",)
-    pred = Prediction(1, 0.0, "no margin: the contrast is already measured from the top of its null's 2-sd band")
+    result.primary = MODULARITY_PRIMARY
+    n_pairs = len(runs) * (len(runs) - 1) // 2
     result.contrasts = [
-        Contrast.paired("Q above its null", "Q minus the top of its permutation null's band (mean + 2 sd), averaged "
-                        "over layers, at the end", result.arms[ARM]["Q − null top (2 sd), mean over layers"],
-                        prediction=pred, needs=needs),
-        Contrast.paired("learned: Q above its null, end − step 0", "what training adds: an untrained network's "
-                        "co-activations already have structure the permutation null lacks (the input's), so the "
-                        "step-0 excess is the null the end's is read against",
+        Contrast.paired(MODULARITY_PRIMARY, "what training adds: an untrained network's co-activations already "
+                        "have structure the permutation null lacks (the input's), so the step-0 excess is the "
+                        "reference the end's is read against",
                         result.arms[ARM]["Q − null top (2 sd), mean over layers"],
-                        result.arms[ARM]["Q at step 0 − null top"], prediction=pred, needs=needs),
-        Contrast.paired("held-out Q above its null", "the same partition's Q on id_b's co-activations",
-                        result.arms[ARM]["held-out Q − null top"], prediction=pred, needs=needs),
+                        result.arms[ARM]["Q at step 0 − null top"], prediction=Prediction(1, Q_MARGIN, Q_MARGIN_NOTE),
+                        needs=needs),
+        Contrast.paired("Q above its null", "Q minus the top of its permutation null's band (mean + 2 sd), averaged "
+                        "over layers, at the end; descriptive: the per-unit permutation null erases what any "
+                        "network inherits from structured input, so an untrained network clears it too",
+                        result.arms[ARM]["Q − null top (2 sd), mean over layers"]),
+        Contrast.paired("held-out Q above its null", "the same partition's Q on id_b's co-activations; descriptive, "
+                        "for the same reason", result.arms[ARM]["held-out Q − null top"]),
         Contrast.paired("ablation specificity above its null", "specificity minus the top of its random-partition "
                         "null's band, averaged over layers, at the end",
-                        result.arms[ARM]["specificity − null top (2 sd)"], prediction=pred,
+                        result.arms[ARM]["specificity − null top (2 sd)"],
+                        prediction=Prediction(1, SPECIFICITY_MARGIN, SPECIFICITY_MARGIN_NOTE),
                         needs=needs + ("tasks-learned",)),
         Contrast("modules match across seeds", "per pair of seeds (keys: pairs, not seeds), the mean correlation "
-                 "of matched modules' task-damage profiles minus its task-permutation null, averaged over layers",
+                 "of matched modules' task-damage profiles minus its task-permutation null, averaged over layers; "
+                 "the pairs share seeds, so the interval is optimistic",
                  {pair_keys[k]: v["excess"] for k, v in matches.items()},
-                 prediction=Prediction(1, 0.0, "no margin: read against the permutation null's mean; the pairs share "
-                                       "seeds, so the interval is optimistic"), needs=needs + ("tasks-learned",)),
+                 prediction=Prediction(1, MATCH_MARGIN, MATCH_MARGIN_NOTE), needs=needs + ("tasks-learned",),
+                 planned=tuple(range(1, n_pairs + 1))),
     ]
     x, series = curve_series(runs, {f"layer{i} Q": f"modularity/layer{i}/q" for i in range(layers_of(
         next(iter(runs.values()))[ARM]))})
@@ -671,6 +709,11 @@ CONTEXT_SENTENCE = (
     "Strong priors override context: a fact the model has seen often is followed less when the context "
     "contradicts it than a fact it has rarely seen, and a steering vector moves it back toward the context."
 )
+CONTEXT_PRIMARY = "follow: exposure 100 − exposure 0"
+# Follow rates are shares of prompts: five points (about 1 in 20 prompts answered the other way) is the
+# smallest change of interest. Fixed here, before any run; no run's noise.
+FOLLOW_MARGIN = 0.05
+FOLLOW_MARGIN_NOTE = "margin 0.05: five points of follow rate (about 1 in 20 prompts answered the other way)"
 
 
 def context_vs_prior(ctx: StudyContext) -> ClaimResult:
@@ -678,7 +721,7 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
     runs, preset, seconds = train(ctx)
     result = ClaimResult(CONTEXT, CONTEXT_SENTENCE, {}, list(ctx.seeds))
     tag = lambda name: (lambda r: at(r, f"eval/context/{name}"))  # noqa: E731
-    bins = [b for b in ("0", "1", "10", "100") if per_seed(runs, tag(f"follow/{b}"))]
+    bins = [b for b in ("0", "1", "10", "100") if has_values(per_seed(runs, tag(f"follow/{b}")))]
     reads = {s: (at(b[ARM], "eval/context/follow/0/lo"), at(b[ARM], "eval/context/other/0")) for s, b in runs.items()}
     knows = {s: at(b[ARM], "eval/context/greedy_prior/100") for s, b in runs.items()}
     norms = {s: (at(b[ARM], "eval/context/steer_norm"), at(b[ARM], "eval/context/steer_norm_null")) for s, b in runs.items()}
@@ -703,18 +746,19 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
                         "steer norm": per_seed(runs, tag("steer_norm")),
                         "steer norm null": per_seed(runs, tag("steer_norm_null"))}
     needs = ("learns-the-text", "reads-context", "knows-priors")
-    margin = Prediction(-1, 0.05, "margin: 5 points of follow rate")
+    result.primary = CONTEXT_PRIMARY
+    margin = Prediction(-1, FOLLOW_MARGIN, FOLLOW_MARGIN_NOTE)
     result.contrasts = [
-        Contrast.paired("follow: exposure 100 − exposure 0", "share of counterfactual prompts answered from the "
+        Contrast.paired(CONTEXT_PRIMARY, "share of counterfactual prompts answered from the "
                         "context, people seen 100x minus people of bin 0", per_seed(runs, tag("follow/100")),
                         per_seed(runs, tag("follow/0")), prediction=margin, needs=needs),
         Contrast.paired("steering gain at exposure 100", "follow rate with the context-following vector added minus "
                         "without, on the held-out half", per_seed(runs, tag("steer_gain/100")),
-                        prediction=Prediction(1, 0.05, "margin: 5 points of follow rate"),
+                        prediction=Prediction(1, FOLLOW_MARGIN, FOLLOW_MARGIN_NOTE),
                         needs=needs + ("steering-vector",)),
         Contrast.paired("steered − random vector at exposure 100", "the vector against a random one of the same norm",
                         per_seed(runs, tag("follow_steered/100")), per_seed(runs, tag("follow_steered_random/100")),
-                        prediction=Prediction(1, 0.05, "margin: 5 points of follow rate"),
+                        prediction=Prediction(1, FOLLOW_MARGIN, FOLLOW_MARGIN_NOTE),
                         needs=needs + ("steering-vector",)),
     ]
     result.figures = [Figure("follow_by_exposure", "Follow rate (answer from the context) by exposure bin", "exposure bin",

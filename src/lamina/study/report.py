@@ -4,9 +4,14 @@ claim whose result.json is in DIR.
 
 A claim hands over a `ClaimResult`: its sentence, its setup, its gates, the per-seed values of
 every metric of every arm, its contrasts (per-seed differences, paired by seed, each with the
-claim's `Prediction`) and its figures. Means and 95% t-intervals over seeds are those of
-`lamina.compare.stats.summarize` (Student's t, n - 1 degrees of freedom); a contrast's interval
-is that of the mean of its per-seed differences, so what a seed shares across arms cancels.
+claim's `Prediction`), the name of its primary contrast and its figures. Means and 95%
+t-intervals over seeds are those of `lamina.compare.stats.summarize` (Student's t, n - 1 degrees
+of freedom); a contrast's interval is that of the mean of its per-seed differences, so what a seed
+shares across arms cancels. Verdicts are lamina.verdict's rule: `ClaimResult.verdicts()`
+reads the primary contrast from its 95% interval and each secondary one from its Holm-adjusted
+interval (Holm within the claim); descriptive contrasts (no prediction) get none. A seed that drops
+out of a contrast (no value, or a non-finite one, in an arm) is named in `Contrast.dropped`, and a
+contrast with fewer seeds than the claim planned is not tested.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,7 +28,21 @@ from matplotlib.figure import Figure as MplFigure
 from lamina.compare.report import fmt
 from lamina.compare.stats import Stats, summarize
 from lamina.errors import ConfigError, write_failure
-from lamina.study.verdict import RULE, Prediction, Verdict, decide
+from lamina.verdict import (
+    ALPHA,
+    DESCRIPTIVE,
+    NOT_TESTED,
+    PRIMARY,
+    RULE,
+    SECONDARY,
+    Prediction,
+    Verdict,
+    decide,
+    detectable,
+    half_width,
+    holm,
+    holm_confidence,
+)
 
 PerSeed = dict[int, float]  # seed -> value
 
@@ -42,36 +61,64 @@ class Gate:
 @dataclass
 class Contrast:
     """A per-seed difference (a - b, matched by seed) and what the claim predicts of it (None: a
-    descriptive row, no verdict). `needs`: the gates it cannot be read without."""
+    descriptive row, no verdict). `needs`: the gates it cannot be read without. `dropped`: the
+    seeds left out, each with why (a non-finite value, no value in one arm). `planned`: the keys
+    planned (None: the claim's seeds). `arms`, `floor`, `ceiling`: the per-seed values of the arms
+    compared and the scale's chance level and top, for the rule's floor and ceiling."""
 
     name: str
     description: str
     per_seed: PerSeed
     prediction: Prediction | None = None
     needs: tuple[str, ...] = ()
+    dropped: dict = field(default_factory=dict)
+    planned: tuple | None = None
+    arms: dict[str, PerSeed] = field(default_factory=dict)
+    floor: float | None = None
+    ceiling: float | None = None
+
+    def __post_init__(self):
+        self.per_seed = dict(self.per_seed)  # (never the caller's dict)
+        self.dropped = dict(self.dropped)
+        for s in [s for s, v in self.per_seed.items() if not _finite(v)]:  # a non-finite value: the seed drops out
+            self.dropped.setdefault(s, f"a non-finite value ({self.per_seed[s]})")
+            del self.per_seed[s]
 
     @classmethod
-    def paired(cls, name: str, description: str, a: PerSeed, b: PerSeed | None = None, **kwargs) -> Contrast:
-        """a - b over the seeds both have (b None: a against 0)."""
-        seeds = sorted(a.keys() & b.keys()) if b is not None else sorted(a)
-        diffs = {s: a[s] - (b[s] if b is not None else 0.0) for s in seeds
-                 if _finite(a[s]) and (b is None or _finite(b[s]))}
-        return cls(name, description, diffs, **kwargs)
+    def paired(cls, name: str, description: str, a: PerSeed, b: PerSeed | None = None,
+               labels: tuple[str, str] = ("a", "b"), **kwargs) -> Contrast:
+        """a - b over the seeds both have with finite values (b None: a against 0). A seed that
+        either lacks, or holds a non-finite value in either, drops out and is named (`dropped`)."""
+        seeds = sorted(set(a) | set(b or {}))
+        diffs, dropped = {}, {}
+        for s in seeds:
+            why = []
+            for label, arm in ((labels[0], a), (labels[1], b)) if b is not None else ((labels[0], a),):
+                if s not in arm:
+                    why.append(f"no value in {label}")
+                elif not _finite(arm[s]):
+                    why.append(f"{label} is {arm[s]}")
+            if why:
+                dropped[s] = ", ".join(why)
+            else:
+                diffs[s] = a[s] - (b[s] if b is not None else 0.0)
+        if (kwargs.get("floor") is not None or kwargs.get("ceiling") is not None) and "arms" not in kwargs:
+            kwargs["arms"] = {labels[0]: a, **({labels[1]: b} if b is not None else {})}
+        return cls(name, description, diffs, dropped=dropped, **kwargs)
 
     @property
     def stats(self) -> Stats:
         return summarize([self.per_seed[s] for s in sorted(self.per_seed)])
 
-    def verdict(self, gates: dict[str, Gate]) -> Verdict | None:
+    def verdict(self, gates: dict[str, Gate], planned=None, confidence: float = 1 - ALPHA) -> Verdict | None:
+        """The rule on this contrast alone (a secondary contrast's Holm level: ClaimResult.verdicts)."""
         if self.prediction is None:
             return None
-        failed = [g for g in self.needs if g in gates and not gates[g].passed]
-        missing = [g for g in self.needs if g not in gates]
-        blocked = None
-        if failed or missing:
-            blocked = "gate " + ", ".join(failed + missing) + (" failed" if failed else " not run")
-        st = self.stats
-        return decide(st.lo, st.hi, self.prediction, blocked)
+        differences = {**{s: math.nan for s in self.dropped}, **self.per_seed}
+        planned = self.planned if self.planned is not None else (list(planned) if planned is not None else None)
+        return decide(differences, sign=self.prediction.sign, margin=self.prediction.margin, planned=planned,
+                      gates={g: (gates[g].passed if g in gates else None) for g in self.needs},
+                      arms=self.arms or None, floor=self.floor, ceiling=self.ceiling, confidence=confidence)
 
 
 @dataclass
@@ -102,10 +149,46 @@ class ClaimResult:
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the study stopped before its comparison (a failed gate)
+    primary: str = ""  # the name of the primary contrast, fixed in the claim's code before it runs
 
     @property
     def gate_map(self) -> dict[str, Gate]:
         return {g.name: g for g in self.gates}
+
+    def role(self, contrast: Contrast) -> str:
+        if contrast.prediction is None:
+            return DESCRIPTIVE
+        return PRIMARY if contrast.name == self.primary else SECONDARY
+
+    def verdicts(self) -> dict[str, Verdict | None]:
+        """Every contrast's verdict (None: descriptive): the primary's from its 95% interval, each
+        secondary's from its Holm-adjusted interval (Holm over the claim's tested secondary ones)."""
+        gates = self.gate_map
+        out: dict[str, Verdict | None] = {}
+        family: list[Contrast] = []
+        for c in self.contrasts:
+            if c.name == self.primary and c.prediction is None:
+                raise ValueError(f"claim {self.claim}: the primary contrast {c.name!r} has no prediction")
+            out[c.name] = v = c.verdict(gates, self.seeds)
+            if v is not None and c.name != self.primary and v.verdict != NOT_TESTED:
+                family.append(c)
+        ps = [out[c.name].p for c in family]
+        for c, p, p_holm in zip(family, ps, holm(ps)):
+            v = c.verdict(gates, self.seeds, holm_confidence(p, p_holm))
+            out[c.name] = replace(v, p=p, p_holm=p_holm)
+        return out
+
+    def claim_verdict(self, verdicts: dict[str, Verdict | None] | None = None) -> Verdict:
+        """The claim's verdict: its primary contrast's (not tested where the primary was not reached)."""
+        verdicts = self.verdicts() if verdicts is None else verdicts
+        v = verdicts.get(self.primary) if self.primary else None
+        if v is not None:
+            return v
+        if self.stopped:
+            return Verdict(NOT_TESTED, f"not tested: the study stopped before its comparison ({self.stopped})")
+        if not self.primary:
+            return Verdict(NOT_TESTED, "not tested: the claim names no primary contrast")
+        return Verdict(NOT_TESTED, f"not tested: the primary contrast {self.primary!r} was not reached")
 
     def metrics(self) -> list[str]:
         """Every metric some arm has, in first-seen order."""
@@ -132,22 +215,86 @@ def md_row(cells: list[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
-def verdict_line(contrast: Contrast, gates: dict[str, Gate]) -> str:
-    v = contrast.verdict(gates)
-    st = contrast.stats
-    return (f"**{contrast.name}**: {v.verdict} — {interval_text(st, sign=True)} over {st.n} seed(s); "
-            f"{contrast.prediction.words}{'; ' + contrast.prediction.margin_note if contrast.prediction.margin_note else ''}"
-            f"; {v.reason}.")
+def num(x, sign: bool = True) -> str:
+    return fmt(x, 3, sign=sign) if x is not None and _finite(x) else "n/a"
+
+
+def verdict_interval(v: Verdict) -> str:
+    """The interval the rule read: `mean [lo, hi]` (with its level where not 95%)."""
+    if v.lo is None:
+        return num(v.mean) if v.mean is not None else "no interval"
+    level = "" if abs(v.confidence - (1 - ALPHA)) < 1e-12 else f" at {100 * v.confidence:.3g}% (Holm)"
+    return f"{num(v.mean)} [{num(v.lo)}, {num(v.hi)}]{level}"
+
+
+def power_text(v: Verdict) -> str:
+    """The achieved half-width beside the margin."""
+    if v.half_width is None or v.margin is None:
+        return ""
+    return f"achieved half-width {fmt(v.half_width, 3)} vs margin {fmt(v.margin, 3)}"
+
+
+def verdict_line(contrast: Contrast, v: Verdict, role: str) -> str:
+    p = contrast.prediction
+    if v.lo is None:  # not read: the numbers as they are
+        st = contrast.stats
+        span = f"{interval_text(st, sign=True) or 'no value'} over {st.n} seed(s)"
+    else:
+        span = f"{verdict_interval(v)} over {v.n} seed(s)"
+    parts = [span, p.words + (f" ({p.margin_note})" if p.margin_note else "")]
+    if power_text(v):
+        parts.append(power_text(v))
+    if role == SECONDARY and v.p_holm is not None:
+        parts.append(f"p {v.p:.3g}, Holm-adjusted p {v.p_holm:.3g}")
+    if contrast.dropped:
+        parts.append(dropped_text(contrast))
+    return f"**{contrast.name}** ({role}): **{v.label}** — " + "; ".join(parts) + f"; {v.reason}."
+
+
+def dropped_text(contrast: Contrast) -> str:
+    return "dropped out: " + "; ".join(f"seed {s} ({why})" for s, why in sorted(contrast.dropped.items(), key=str))
+
+
+def power_gate(name: str, question: str, differences: PerSeed, margin: float, planned: int,
+               source: str = "the seeds at hand") -> Gate:
+    """Can `planned` seeds tell an effect of twice the margin from none? From the seed-to-seed
+    standard deviation of the per-seed differences (`source`: the seeds at hand, earlier seeds or a
+    pilot): the difference the 95% interval clears 80% of the time, (t + t_0.8) sd / sqrt(n), at
+    most the margin. The detail gives the half-width the seeds give beside the margin."""
+    values = [v for v in differences.values() if _finite(v)]
+    if len(values) < 2:
+        return Gate(name, question, False, f"fewer than two seeds with a value in {source}: no seed-to-seed spread "
+                    f"to plan from (margin {fmt(margin, 3)})")
+    st = summarize(values)
+    d, h = detectable(st.std, planned), half_width(st.std, planned)
+    return Gate(name, question, d <= margin,
+                f"sd of the per-seed differences {fmt(st.std, 3)} over {len(values)} seed(s) ({source}); with "
+                f"{planned} seeds the 95% half-width is {fmt(h, 3)} and the difference seen with 80% power "
+                f"{fmt(d, 3)}, against the margin {fmt(margin, 3)}")
 
 
 def markdown(result: ClaimResult, figure_files: list[str]) -> str:
-    gates = result.gate_map
+    verdicts = result.verdicts()
+    claim = result.claim_verdict(verdicts)
     lines = [f"# {result.claim}", "", f"**Claim.** {result.sentence}", ""]
-    judged = [c for c in result.contrasts if c.prediction is not None]
     lines += ["## Verdicts", "", f"Rule: {RULE}", ""]
     if result.stopped:
         lines += [f"**Stopped before the comparison:** {result.stopped}", ""]
-    lines += [f"- {verdict_line(c, gates)}" for c in judged] or ["- (no contrast was reached)"]
+    lines += [f"**Claim verdict: {claim.label}** (its primary contrast, {result.primary or 'none named'}: "
+              f"{claim.reason}).", ""]
+    by_role = {PRIMARY: [], SECONDARY: [], DESCRIPTIVE: []}
+    for c in result.contrasts:
+        by_role[result.role(c)].append(c)
+    lines += ["### Primary", ""]
+    lines += [f"- {verdict_line(c, verdicts[c.name], PRIMARY)}" for c in by_role[PRIMARY]] or [
+        f"- {result.primary or '(none)'}: not reached"]
+    if by_role[SECONDARY]:
+        lines += ["", "### Secondary (Holm-corrected within the claim)", ""]
+        lines += [f"- {verdict_line(c, verdicts[c.name], SECONDARY)}" for c in by_role[SECONDARY]]
+    if by_role[DESCRIPTIVE]:
+        lines += ["", "### Descriptive (a number, no verdict: these cannot fail by construction, or only describe)", ""]
+        lines += [f"- **{c.name}**: {interval_text(c.stats, sign=True) or 'no value'} over {c.stats.n} seed(s) — "
+                  f"{c.description}" + (f"; {dropped_text(c)}" if c.dropped else "") for c in by_role[DESCRIPTIVE]]
     lines += ["", "## Setup", ""]
     lines += [f"- {label}: {text}" for label, text in result.setup.items()]
     lines += ["", "## Gates", "", md_row(["gate", "question", "passed", "numbers"]), md_row(["---"] * 4)]
@@ -165,15 +312,19 @@ def markdown(result: ClaimResult, figure_files: list[str]) -> str:
             lines.append(md_row([metric, *cells]))
     if result.contrasts:
         lines += ["", "## Contrasts", "", "Each row: the mean of the per-seed differences (paired by seed) with its "
-                  "95% t-interval over seeds, and each seed's difference.", "",
-                  md_row(["contrast", "what", "mean [95% interval]", "seeds", "per seed", "prediction", "verdict"]),
-                  md_row(["---"] * 7)]
+                  "95% t-interval over seeds, and each seed's difference; the verdict of a secondary row is read "
+                  "from its Holm-adjusted interval (in Verdicts).", "",
+                  md_row(["contrast", "role", "what", "mean [95% interval]", "seeds", "per seed", "prediction",
+                          "verdict"]),
+                  md_row(["---"] * 8)]
         for c in result.contrasts:
-            v = c.verdict(gates)
+            v = verdicts[c.name]
             per_seed = ", ".join(f"{s}: {fmt(c.per_seed[s], 3, sign=True)}" for s in sorted(c.per_seed))
-            lines.append(md_row([c.name, c.description, interval_text(c.stats, sign=True), str(c.stats.n), per_seed,
-                                 c.prediction.words if c.prediction else "descriptive",
-                                 v.verdict if v else ""]))
+            if c.dropped:
+                per_seed += ("; " if per_seed else "") + ", ".join(f"{s}: dropped" for s in sorted(c.dropped, key=str))
+            lines.append(md_row([c.name, result.role(c), c.description, interval_text(c.stats, sign=True),
+                                 str(c.stats.n), per_seed, c.prediction.words if c.prediction else "descriptive",
+                                 v.label if v else ""]))
     if figure_files:
         lines += ["", "## Figures", ""]
         lines += [f"![{name}]({name})" for name in figure_files]
@@ -234,20 +385,30 @@ def draw(figure: Figure, path: Path) -> None:
 # ---- files -------------------------------------------------------------------------------------------
 
 
+def verdict_json(v: Verdict | None) -> dict | None:
+    if v is None:
+        return None
+    return {"verdict": v.verdict, "label": v.label, "reason": v.reason, "trivial": v.trivial, "n": v.n,
+            "mean": v.mean, "lo": v.lo, "hi": v.hi, "confidence": v.confidence, "half_width": v.half_width,
+            "p": v.p, "p_holm": v.p_holm, "margin": v.margin, "missing": [str(s) for s in v.missing]}
+
+
 def to_json(result: ClaimResult) -> dict:
-    gates = result.gate_map
+    verdicts = result.verdicts()
 
     def stats(st: Stats) -> dict:
         return asdict(st)
 
     contrasts = []
     for c in result.contrasts:
-        v = c.verdict(gates)
+        v = verdicts[c.name]
         contrasts.append({
-            "name": c.name, "description": c.description, "needs": list(c.needs),
+            "name": c.name, "description": c.description, "role": result.role(c), "needs": list(c.needs),
             "per_seed": {str(s): c.per_seed[s] for s in sorted(c.per_seed)}, "stats": stats(c.stats),
+            "dropped": {str(s): why for s, why in c.dropped.items()},
             "prediction": asdict(c.prediction) if c.prediction else None,
             "verdict": v.verdict if v else None, "reason": v.reason if v else None,
+            "judged": verdict_json(v),
         })
     arms = {
         arm: {metric: {"per_seed": {str(s): values[s] for s in sorted(values)},
@@ -262,6 +423,7 @@ def to_json(result: ClaimResult) -> dict:
     return {
         "claim": result.claim, "sentence": result.sentence, "rule": RULE, "setup": result.setup,
         "seeds": result.seeds, "stopped": result.stopped, "gates": [asdict(g) for g in result.gates],
+        "primary": result.primary, "verdict": verdict_json(result.claim_verdict(verdicts)),
         "arms": arms, "contrasts": contrasts, "figures": figures, "notes": result.notes,
     }
 
@@ -303,26 +465,92 @@ def span_text(st: dict) -> str:
     return fmt(st.get("mean"), 3, sign=True) or "no value"
 
 
-def summary_table(results: list[dict]) -> list[str]:
-    """One row per judged contrast of every claim: the verdict, the mean and 95% interval, the seeds."""
+def judged_span(judged: dict | None, st: dict) -> str:
+    """The interval a saved verdict was read from (with its Holm level where not 95%)."""
+    if not judged or judged.get("lo") is None:
+        return span_text(st)
+    level = judged.get("confidence") or 1 - ALPHA
+    tail = "" if abs(level - (1 - ALPHA)) < 1e-12 else f" at {100 * level:.3g}% (Holm)"
+    return (f"{fmt(judged['mean'], 3, sign=True)} [{fmt(judged['lo'], 3, sign=True)}, "
+            f"{fmt(judged['hi'], 3, sign=True)}]{tail}")
+
+
+def margin_text(c: dict) -> str:
+    p = c.get("prediction")
+    if not p:
+        return ""
+    side = "> 0" if p["sign"] > 0 else "< 0"
+    return f"{side}, ±{fmt(p['margin'], 3)}"
+
+
+def claim_table(results: list[dict]) -> list[str]:
+    """One row per claim: its primary contrast and the claim's verdict (the primary's)."""
+    rows = []
+    for data in results:
+        claim = data.get("claim", "?")
+        link = f"[{claim}]({claim}/report.md)"
+        verdict = data.get("verdict")
+        if verdict is None:  # a result.json written before claims named a primary contrast
+            rows.append(md_row([link, "(none: written by the old rule)", "", "", "", ""]))
+            continue
+        primary = next((c for c in data.get("contrasts", []) if c["name"] == data.get("primary")), None)
+        span = judged_span(verdict, primary["stats"]) if primary else "no value"
+        margin = margin_text(primary) if primary else ""
+        note = primary["prediction"].get("margin_note", "") if primary and primary.get("prediction") else ""
+        rows.append(md_row([link, data.get("primary") or "(none)", f"**{verdict.get('label', verdict['verdict'])}**",
+                            span, margin + (f" ({note})" if note else ""),
+                            str(primary["stats"]["n"] if primary else 0)]))
+    if not rows:
+        return []
+    return ["## Claims", "", "The claim's verdict is its primary contrast's (named in the claim's code before it runs).",
+            "", md_row(["claim", "primary contrast", "verdict", "mean [95% interval]", "predicted, margin (reason)",
+                        "seeds"]), md_row(["---"] * 6), *rows, ""]
+
+
+def other_rows(results: list[dict]) -> list[str]:
+    """The secondary (Holm-corrected) and descriptive rows of every claim, marked as such."""
     rows = []
     for data in results:
         claim = data.get("claim", "?")
         for c in data.get("contrasts", []):
-            if c.get("verdict") is None:
+            role = c.get("role") or ("descriptive" if c.get("prediction") is None else "")
+            if c["name"] == data.get("primary") or not role or role == PRIMARY:
                 continue
-            st = c["stats"]
-            span = span_text(st)
-            rows.append(md_row([f"[{claim}]({claim}/report.md)", c["name"], f"**{c['verdict']}**", span,
-                                str(st["n"])]))
+            judged = c.get("judged")
+            verdict = f"**{judged.get('label', c['verdict'])}**" if judged else "(descriptive: no verdict)"
+            span = judged_span(judged, c["stats"]) if judged else span_text(c["stats"])
+            rows.append(md_row([f"[{claim}]({claim}/report.md)", c["name"], role, verdict, span, margin_text(c),
+                                str(c["stats"]["n"])]))
     if not rows:
         return []
-    return [md_row(["claim", "contrast", "verdict", "mean [95% interval]", "seeds"]),
-            md_row(["---"] * 5), *rows, ""]
+    return ["## Secondary and descriptive rows", "",
+            "Secondary: read by the rule from the Holm-adjusted interval (Holm within the claim). Descriptive: a "
+            "number, no verdict.", "",
+            md_row(["claim", "contrast", "role", "verdict", "mean [interval]", "predicted, margin", "seeds"]),
+            md_row(["---"] * 7), *rows, ""]
+
+
+def not_tested_list(results: list[dict]) -> list[str]:
+    """Every "not tested", with its reason."""
+    lines = []
+    for data in results:
+        claim = data.get("claim", "?")
+        verdict = data.get("verdict")
+        if verdict and verdict["verdict"] == NOT_TESTED and data.get("primary") not in {
+                c["name"] for c in data.get("contrasts", [])}:
+            lines.append(f"- {claim} (the claim): {verdict['reason']}")
+        for c in data.get("contrasts", []):
+            judged = c.get("judged")
+            if judged and judged["verdict"] == NOT_TESTED:
+                role = c.get("role", "")
+                lines.append(f"- {claim}: {c['name']} ({role}): {judged['reason']}")
+    return ["## Not tested", "", *lines, ""] if lines else []
 
 
 def write_index(out: str | Path) -> Path:
-    """DIR/index.md: every claim with a result.json under DIR, its verdicts and its gates."""
+    """DIR/index.md: every claim with a result.json under DIR: one row per claim (its primary
+    contrast's verdict), then the secondary and descriptive rows, every "not tested" with its
+    reason, and each claim's gates."""
     from lamina.study import CLAIMS  # (the claims' order: the research note's)
 
     root = Path(out)
@@ -334,8 +562,9 @@ def write_index(out: str | Path) -> Path:
             results.append((path, json.loads(path.read_text(encoding="utf-8"))))
         except (OSError, json.JSONDecodeError):
             results.append((path, None))
+    readable = [data for _, data in results if data is not None]
     lines = ["# Findings", "", f"Rule: {RULE}", ""]
-    lines += summary_table([data for _, data in results if data is not None])
+    lines += claim_table(readable) + other_rows(readable) + not_tested_list(readable)
     found = 0
     for path, data in results:
         if data is None:
@@ -344,17 +573,14 @@ def write_index(out: str | Path) -> Path:
         found += 1
         claim = data.get("claim", path.parent.name)
         lines += [f"## [{claim}]({claim}/report.md)", "", data.get("sentence", ""), ""]
+        if data.get("verdict"):
+            lines += [f"- claim verdict: **{data['verdict'].get('label', data['verdict']['verdict'])}** (primary: "
+                      f"{data.get('primary')}; {data['verdict']['reason']})"]
         if data.get("stopped"):
             lines += [f"- stopped before the comparison: {data['stopped']}"]
         failed = [g["name"] for g in data.get("gates", []) if not g.get("passed")]
         lines += [f"- gates: {len(data.get('gates', [])) - len(failed)} of {len(data.get('gates', []))} passed"
                   + (f" (failed: {', '.join(failed)})" if failed else "")]
-        for c in data.get("contrasts", []):
-            if c.get("verdict") is None:
-                continue
-            st = c["stats"]
-            span = span_text(st)
-            lines.append(f"- {c['name']}: **{c['verdict']}** ({span}, {st['n']} seed(s))")
         lines.append("")
     if not found:
         lines.append("(no claim has a result here yet)")
@@ -370,5 +596,5 @@ def write_index(out: str | Path) -> Path:
     return index
 
 
-__all__ = ["ClaimResult", "Contrast", "Figure", "Gate", "PerSeed", "draw", "markdown", "to_json", "write_index",
-           "write_report"]
+__all__ = ["ClaimResult", "Contrast", "Figure", "Gate", "PerSeed", "draw", "markdown", "power_gate", "to_json",
+           "write_index", "write_report"]

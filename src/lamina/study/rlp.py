@@ -1,7 +1,8 @@
 """Claim `reasoning-in-pretraining`: RLP (reinforcement as a pretraining objective, arXiv:2510.01265) on text whose
 worked reasoning was stripped teaches a pretrained model to think: its greedy thinking accuracy on
-held-out arithmetic ends above the same RLP with shuffled rewards, above next-token training at the
-same tokens and above next-token training at the same FLOPs.
+held-out arithmetic ends above where it started (the primary contrast, `rlp − base`), above the
+same RLP with shuffled rewards, above next-token training at the same tokens and above next-token
+training at the same FLOPs (secondary, Holm-corrected).
 
 Per seed s (every run of a seed gets seed_everything = data.seed = s, so the arms of a seed share
 their pretraining, their batches and their evaluation problems, and differ only where the arm says):
@@ -21,11 +22,12 @@ their pretraining, their batches and their evaluation problems, and differ only 
    run's training FLOPs, read from its checkpoint; its evaluations at the same FLOPs as rlp's).
 4. Gates `room-to-elicit` (the base's pass@k at the gate level, from the `rlp` run's step-0
    evaluation, above its greedy accuracy on the same problems: sampling finds answers greedy decoding
-   misses, so there is something for RLP to add) and `power` (the evaluation's items and seeds see a
-   difference smaller than that room).
-5. Contrasts, paired by seed, on the greedy thinking accuracy at GATE_LEVEL at the end of phase 2:
-   rlp − rlp-shuffled, rlp − ntp-tokens, rlp − ntp-flops (each predicted > 0); descriptive rows for
-   the paper's RLP, the other levels and each arm against the base. The elicitation share (of the
+   misses, so there is something for RLP to add) and `power` (from the seed-to-seed spread of the
+   primary's per-seed differences, the seeds can tell a difference of twice the margin from none).
+5. Contrasts, paired by seed, on the greedy thinking accuracy at GATE_LEVEL at the end of phase 2,
+   each predicted > 0 with the margin ACCURACY_MARGIN: the primary rlp − base; secondary rlp −
+   rlp-shuffled, rlp − ntp-tokens, rlp − ntp-flops; descriptive rows for the paper's RLP, the other
+   levels and the other arms against the base. The elicitation share (of the
    problems an arm solves greedily, the share the base already solved in its k samples: the mean of
    the base's unbiased pass@k over them, lamina.rlp.elicitation_share) is reported per arm and level.
 6. `lamina compare` over the phase-2 arms (DIR/reasoning-in-pretraining/compare/): thinking accuracy against
@@ -44,19 +46,20 @@ from pathlib import Path
 
 import numpy as np
 
-from lamina.compare.stats import summarize, t_quantile
+from lamina.compare.stats import summarize
 from lamina.errors import ConfigError
 from lamina.rlp.evaluate import elicitation_share, paired_interval, pass_at_k
 from lamina.study.claim import Claim, StudyContext, study_configs, yaml_value
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, write_report
+from lamina.study.report import power_gate as power_gate_of
 from lamina.study.runs import Run, RunSpec
-from lamina.study.verdict import Prediction
+from lamina.verdict import Prediction, detectable
 
 NAME = "reasoning-in-pretraining"
 SENTENCE = (
     "RLP on text whose worked reasoning was stripped teaches a pretrained model to think: its greedy "
-    "thinking accuracy on held-out arithmetic ends above RLP with shuffled rewards, above next-token "
-    "training at the same tokens and above next-token training at the same FLOPs."
+    "thinking accuracy on held-out arithmetic ends above where it started, above RLP with shuffled rewards, "
+    "above next-token training at the same tokens and above next-token training at the same FLOPs."
 )
 CONFIGS = {
     "pretrain": "rlp-study-pretrain.yaml",
@@ -78,8 +81,15 @@ LABELS = {
 BASE = "base"  # the phase-1 model as phase 2 evaluates it (its step-0 evaluation)
 GATE_LEVEL = 2
 GATE_RANGE = (0.15, 0.85)
-MARGIN_SHARE = 0.1  # equivalence margin: a tenth of the room to elicit (pass@k - greedy of the base)
-POWER = 0.8  # the power gate: the smallest difference seen 80% of the time at two-sided 5%
+# The primary contrast, named before any run: does RLP end above where it started?
+PRIMARY = "rlp − base"
+# The smallest accuracy difference of interest, fixed before any run: five points of greedy thinking
+# accuracy (about 13 of the 256 level-2 problems), a tenth of the gate's middle accuracy (0.5); a
+# smaller change in what the model solves is not what "teaches it to think" means. No run's noise.
+ACCURACY_MARGIN = 0.05
+ACCURACY_MARGIN_NOTE = ("margin 0.05: five points of thinking accuracy (about 13 of 256 problems), a tenth of the "
+                        "gate's middle accuracy 0.5")
+POWER = 0.8  # the power gate: an effect of twice the margin is supported 80% of the time
 
 
 @dataclass(frozen=True)
@@ -102,14 +112,14 @@ PRESETS = {
     "test": Preset(  # a handful of steps at toy sizes: the code path, not a finding
         every=("--data.max_bytes", "60000", "--data.val_tokens", "1024", "--model.n_layer", "1", "--model.n_head", "2",
                "--model.n_embd", "16", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
-               "--checkpoint.every_n_train_steps", "2", "--model.thought_eval.examples_per_level", "6",
-               "--model.thought_eval.max_thought_tokens", "6", "--model.thought_eval.every_n_steps", "2",
-               "--model.thought_eval.batch_size", "64"),
+               "--checkpoint.every_n_train_steps", "2", "--thought_eval.examples_per_level", "6",
+               "--thought_eval.max_thought_tokens", "6", "--thought_eval.every_n_steps", "2",
+               "--thought_eval.batch_size", "64"),
         pretrain=("--data.batch_size", "4", "--model.warmup_steps", "0"),
-        phase2=("--model.thought_eval.pass_problems", "3", "--model.warmup_steps", "0"),
+        phase2=("--thought_eval.pass_problems", "3", "--model.warmup_steps", "0"),
         rlp=("--model.rlp.group_size", "2", "--model.rlp.max_thought_tokens", "6",
-             "--model.thought_eval.pass_at", "[1, 2]"),
-        rlp_only=("--model.thought_eval.pass_samples", "2"),
+             "--thought_eval.pass_at", "[1, 2]"),
+        rlp_only=("--thought_eval.pass_samples", "2"),
         pretrain_steps=2, phase2_steps=2, gate_range=(0.0, 1.0),
     ),
 }
@@ -174,7 +184,7 @@ def ntp_flops_words(paths, words: tuple[str, ...], steps: int, phase2_steps: int
     configs = [paths["phase2"]]
     scale = steps / phase2_steps
     extra = []
-    for key in ("model.thought_eval.every_n_steps", "trainer.val_check_interval"):
+    for key in ("thought_eval.every_n_steps", "trainer.val_check_interval"):
         every = setting(configs, words, key)
         if every:
             extra += [f"--{key}", str(max(1, round(every * scale)))]
@@ -198,7 +208,7 @@ def eval_record(folder: Path, step: int | None = None) -> dict[int, dict]:
     """A run's per-problem thought evaluation at `step` (None: its last), {level: record}."""
     steps = eval_steps(folder)
     if not steps:
-        raise ConfigError(f"study {NAME}: {folder} holds no thought_eval/step<N>.json (is model.thought_eval set?)")
+        raise ConfigError(f"study {NAME}: {folder} holds no thought_eval/step<N>.json (is thought_eval.enabled true?)")
     step = steps[-1] if step is None else step
     path = folder / "thought_eval" / f"step{step}.json"
     try:
@@ -283,31 +293,27 @@ def room_gate(rooms: dict[int, dict], level: int = GATE_LEVEL) -> Gate:
                 "(so a better thought policy has something to add), every seed?", passed, "; ".join(per))
 
 
-def detectable_difference(p: float, n: int, seeds: int) -> float:
-    """The smallest difference of two accuracies near p on the same n items that a paired t-interval
-    over `seeds` seeds (z where seeds < 2) sees with probability POWER at two-sided 5%, counting only
-    item sampling (the spread between seeds adds to it): (q_0.975 + q_POWER) sqrt(2 p (1-p) / n) / sqrt(k)."""
-    from scipy import stats as scipy_stats
-
-    se = math.sqrt(max(2 * p * (1 - p), 1.0 / n) / n)
-    if seeds >= 2:
-        return (t_quantile(seeds - 1) + float(scipy_stats.t.ppf(POWER, seeds - 1))) * se / math.sqrt(seeds)
-    return (float(scipy_stats.norm.ppf(0.975)) + float(scipy_stats.norm.ppf(POWER))) * se
+def detectable_difference(sd: float, seeds: int) -> float:
+    """The smallest true difference beyond a bound that the 95% t-interval over `seeds` seeds clears
+    with probability POWER, from the seed-to-seed standard deviation `sd` of the per-seed differences
+    (earlier seeds or a pilot): (t(0.975, k - 1) + t(POWER, k - 1)) sd / sqrt(k). The items are the
+    same in every seed, so item sampling is not what the interval over seeds is made of."""
+    return detectable(sd, seeds, POWER)
 
 
-def power_gate(bases: dict[int, dict], rooms: dict[int, dict], seeds: int, level: int = GATE_LEVEL) -> Gate:
-    """The difference the evaluation can see (level `level`'s problems, `seeds` seeds) against the room."""
-    per, passed = [], bool(bases)
-    for seed in sorted(bases):
-        value, n = bases[seed]["think"], bases[seed]["n"]
-        space = rooms.get(seed, {}).get("pass", math.nan) - rooms.get(seed, {}).get("greedy", math.nan)
-        d = detectable_difference(value, n, seeds) if n else math.nan
-        ok = math.isfinite(space) and math.isfinite(d) and d < space
-        passed &= ok
-        per.append(f"seed {seed}: detectable {fmt3(d)} ({n} problems, p {fmt3(value)}) vs room {fmt3(space)}")
-    return Gate("power", f"can {seeds} seed(s) of {bases and next(iter(bases.values()))['n']} level-{level} problems "
-                f"see a difference smaller than the room to elicit ({POWER:.0%} power, two-sided 5%, item "
-                "sampling alone)?", passed, "; ".join(per))
+def power_gate(differences: PerSeed, seeds: int, level: int = GATE_LEVEL, margin: float = ACCURACY_MARGIN) -> Gate:
+    """Can `seeds` seeds tell a difference of twice the margin from none, from the seed-to-seed spread
+    of the primary's per-seed differences (rlp − base at `level`)?"""
+    return power_gate_of("power", f"can {seeds} seed(s) tell an rlp − base difference of twice the margin from "
+                         f"none at level {level} (seed-to-seed spread of the per-seed differences, {POWER:.0%} power, "
+                         "two-sided 5%)?", differences, margin, seeds)
+
+
+def power_so_far(numbers: dict[int, dict], planned: int, level: int = GATE_LEVEL) -> str:
+    """The power gate's numbers from the seeds finished so far (earlier seeds as the pilot)."""
+    rlp_acc, base_acc = per_seed(numbers, "rlp", level), per_seed(numbers, BASE, level)
+    diffs = {s: rlp_acc[s] - base_acc[s] for s in rlp_acc if s in base_acc}
+    return power_gate(diffs, planned, level).detail
 
 
 def signal_gate(signals: dict[int, dict]) -> Gate:
@@ -443,23 +449,27 @@ def assemble(result: ClaimResult, numbers: dict[int, dict], n_seeds: int, level:
                         for lv, c in numbers[s]["gate"].items()} for s in seeds}
     rooms = {s: numbers[s]["base"].get(str(level), {}).get("room", {}) for s in seeds}
     bases = {s: numbers[s]["base"][str(level)] for s in seeds if str(level) in numbers[s]["base"]}
+    acc = {arm: per_seed(numbers, arm, level) for arm in arms}
+    primary = {s: acc["rlp"][s] - acc[BASE][s] for s in seeds if s in acc["rlp"] and s in acc[BASE]}
     result.gates = [base_thinks_gate(gate_records, level, bounds), room_gate(rooms, level),
-                    power_gate(bases, rooms, n_seeds, level),
+                    power_gate(primary, n_seeds, level),
                     signal_gate({s: numbers[s].get("signal", {}) for s in seeds})]
 
-    # contrasts
-    room_mean = mean_of({s: r["pass"] - r["greedy"] for s, r in rooms.items() if r})
-    margin = MARGIN_SHARE * room_mean if math.isfinite(room_mean) and room_mean > 0 else 0.0
-    prediction = Prediction(1, margin, f"margin: {MARGIN_SHARE:.0%} of the base's room to elicit (pass@k − greedy "
-                                       f"at level {level})")
+    # contrasts: the primary, the secondary ones (Holm within the claim), descriptive rows
+    result.primary = PRIMARY
+    prediction = Prediction(1, ACCURACY_MARGIN, ACCURACY_MARGIN_NOTE)
     needs = ("base-thinks", "room-to-elicit", "power", "rlp-signal")
-    acc = {arm: per_seed(numbers, arm, level) for arm in arms}
+    bounds_of = {"floor": 0.0, "ceiling": 1.0}  # every arm at 0 or at 1 in every seed: nothing to compare
     judged = [("rlp − shuffled", "rlp-shuffled", "RLP minus the same RLP with rewards shuffled across groups"),
               ("rlp − ntp at the same tokens", "ntp-tokens", "RLP minus next-token training on the same batches"),
               ("rlp − ntp at the same FLOPs", "ntp-flops", "RLP minus next-token training for as many FLOPs")]
-    contrasts = [Contrast.paired(name, f"greedy thinking accuracy at level {level}, end of phase 2: {what}",
-                                 acc["rlp"], acc.get(other, {}), prediction=prediction, needs=needs)
-                 for name, other, what in judged]
+    contrasts = [Contrast.paired(PRIMARY, f"greedy thinking accuracy at level {level}: RLP at the end of phase 2 "
+                                 "minus the base it started from (phase 2's step 0)", acc["rlp"], acc[BASE],
+                                 labels=("rlp", BASE), prediction=prediction, needs=needs, **bounds_of)]
+    contrasts += [Contrast.paired(name, f"greedy thinking accuracy at level {level}, end of phase 2: {what}",
+                                  acc["rlp"], acc.get(other, {}), labels=("rlp", other), prediction=prediction,
+                                  needs=needs, **bounds_of)
+                  for name, other, what in judged]
     contrasts += [
         Contrast.paired("rlp-paper − shuffled", f"thinking accuracy at level {level}: the paper's RLP (uniform "
                         "positions, K = 1) minus shuffled rewards", acc.get("rlp-paper", {}), acc.get("rlp-shuffled", {})),
@@ -467,7 +477,7 @@ def assemble(result: ClaimResult, numbers: dict[int, dict], n_seeds: int, level:
                         "the paper's choices", acc["rlp"], acc.get("rlp-paper", {})),
     ]
     contrasts += [Contrast.paired(f"{arm} − base", f"thinking accuracy at level {level}: end of phase 2 minus its start",
-                                  acc[arm], acc[BASE]) for arm in arms if arm != BASE]
+                                  acc[arm], acc[BASE]) for arm in arms if arm not in (BASE, "rlp")]
     for lv in levels:
         if lv != level:
             contrasts.append(Contrast.paired(f"rlp − shuffled, level {lv}", f"thinking accuracy at level {lv}",
@@ -493,9 +503,9 @@ def assemble(result: ClaimResult, numbers: dict[int, dict], n_seeds: int, level:
     # notes
     notes = [f"Within each seed, on the same {bases and next(iter(bases.values()))['n']} level-{level} problems "
              "(item sampling only, paired over problems; the verdicts use the interval over seeds):"]
+    notes.append("rlp − base: " + ("; ".join(within_seed(numbers, "rlp", BASE, level)) or "n/a"))
     for name, other, _ in judged:
         notes.append(f"{name}: " + ("; ".join(within_seed(numbers, "rlp", other, level)) or "n/a"))
-    notes.append("rlp − base: " + ("; ".join(within_seed(numbers, "rlp", BASE, level)) or "n/a"))
     notes += [
         "Prompts: phase 1's gate reads phase 1's own evaluation (text with thoughts: `Q: 47+38=? <think>`); phase 2 "
         "evaluates in the format of its stripped text (`Q: 47+38=?` then `<think>`, where the thought slots put "
@@ -587,7 +597,7 @@ def run(ctx: StudyContext) -> ClaimResult:
     if not (isinstance(pretrain_steps, int) and isinstance(phase2_steps, int)):
         raise ConfigError(f"study {NAME}: expected trainer.max_steps in {paths['pretrain']} and {paths['phase2']}")
     n = len(ctx.seeds)
-    result = ClaimResult(NAME, SENTENCE, {}, list(ctx.seeds))
+    result = ClaimResult(NAME, SENTENCE, {}, list(ctx.seeds), primary=PRIMARY)  # named before it runs
     numbers: dict[int, dict] = {}
     gate_records: dict[int, dict] = {}
 
@@ -622,13 +632,12 @@ def run(ctx: StudyContext) -> ClaimResult:
                 base = eval_record(arms["rlp"].folder, 0).get(GATE_LEVEL, {})
                 r = room(base) if base else {}
                 value, _, items = accuracy(base) if base else (math.nan, 0, 0)
-                d = detectable_difference(value, items, n) if items else math.nan
                 ctx.progress(f"seed {seed}: base at phase 2's start, level {GATE_LEVEL}: thinking {fmt3(value)} on "
                              f"{items} problems; pass@{r.get('k', '?')} {fmt3(r.get('pass'))} vs greedy "
-                             f"{fmt3(r.get('greedy'))} on {r.get('n', 0)}; detectable difference with {n} seed(s) "
-                             f"{fmt3(d)}")
+                             f"{fmt3(r.get('greedy'))} on {r.get('n', 0)}")
         numbers[seed] = seed_numbers(pretrain, arms, costs)
         save_numbers(ctx.folder, seed, numbers[seed])
+        ctx.progress(f"seed {seed}: power from the seeds so far: {power_so_far(numbers, n)}")
     assemble(result, numbers, n, GATE_LEVEL, preset.gate_range)
     if ctx.unit:  # lamina compare reads every seed's runs: the report's pass does it
         return result
@@ -673,7 +682,7 @@ def setup_text(ctx: StudyContext, paths: dict[str, Path], pretrain_steps: int, p
     }
     if numbers:
         some = numbers[sorted(numbers)[0]]
-        setup["items"] = ("greedy thinking evaluation on held-out world arithmetic (model.thought_eval.seed), "
+        setup["items"] = ("greedy thinking evaluation on held-out world arithmetic (thought_eval.seed), "
                           + "; ".join(f"level {lv}: {c['n']} problems" for lv, c in some["base"].items())
                           + "; every arm the same problems; pass@k in the rlp arm only (the base at its step 0)")
         setup["fits"] = seconds_text(numbers)
