@@ -17,6 +17,8 @@
 # Building lamina's editable install takes setuptools>=68 and wheel (pyproject's build-system, and
 # wheel's packaging), in .wheels/build: pip puts them in its isolated build environment only,
 # never into the box's.
+# The device call that carries them, and the check's budget: docs/benchmarks.md, "The GPU check in one
+# device call" (`carry: [".wheels"]`, about 3 MB with a 3 MB working tree, of the 64 MiB allowed).
 # Versions: those of this checkout's .venv where it has them (the versions the suite ran with),
 # else the newest. Pure-Python wheels but PyYAML's (for PYTHON_VERSION), a few MB in all.
 set -euo pipefail

@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
 # GPU behaviour check, for a lent GPU box (an H100/H200 with torch, lightning, triton, tensorboard,
-# tokenizers; no `datasets`, no jsonargparse, no network), in about 6 minutes:
+# tokenizers; no `datasets`, no jsonargparse, no network), in one command of under 8 minutes
+# (GPU_CHECK_BUDGET, default 455 s). Steps, in this order, each under its own limit (s, GPU):
 #
-#   0. setup           jsonargparse[signatures] from the wheels in .wheels/ (bench/fetch_wheels.sh,
-#                      `make wheels`, run beforehand where pip has the network), then lamina itself
-#                      (`pip install --no-deps -e .`: `datasets` is never needed for the built-in corpus);
-#   1. tests           tests/test_kernels.py and tests/test_measures.py on CUDA, the kernels compiled by
-#                      Triton (TRITON_INTERPRET=0) and run on CUDA tensors; a skipped kernel test fails it;
-#   2. kernels         bench/kernel_bandwidth.py: GB/s against the device's HBM peak, Gram TFLOP/s (do_bench);
-#   3. throughput_small   bench/throughput.py on configs/small.yaml (compile, bf16): tokens/s, MFU, peak
-#                      memory, compile time, against the plain loop;
-#   4. throughput_124m the same for the GPT-2 124M shape (configs/gpt2-124m.yaml) on the built-in corpus:
-#                      with the overlay configs/gpt2-124m-offline.yaml where it exists, else the overrides below;
-#   5. overhead_small  bench/overhead.py on configs/small.yaml: measuring on against off.
+#   1. setup           (40)  jsonargparse[signatures] from the wheels in .wheels/ (bench/fetch_wheels.sh,
+#                            `make wheels`, run beforehand where pip has the network), then lamina itself
+#                            (`pip install --no-deps -e .`: `datasets` is never needed for the built-in corpus);
+#   2. overhead_small  (150) bench/overhead.py on configs/small.yaml (compile, bf16-mixed, measuring on
+#                            CUDA: the kernels with gate and counts, probes on the device, the partition's
+#                            eigendecomposition, autocast): one on/off pair of 10 + 100 steps, the window
+#                            holding one every-100 measurement; the on arm also measures everything at
+#                            step 0 and at its last step. Early, so that nothing before it eats its time;
+#   3. tests           (70)  tests/test_kernels.py and tests/test_measures.py on CUDA, the kernels compiled
+#                            by Triton (TRITON_INTERPRET=0); a skipped kernel test fails it;
+#   4. kernels         (60)  bench/kernel_bandwidth.py: GB/s against the device's HBM peak, Gram TFLOP/s;
+#   5. throughput_small (45) bench/throughput.py on configs/small.yaml (compile, bf16): tokens/s, MFU,
+#                            peak memory, compile time, against the plain loop;
+#   6. throughput_124m (rest, at least 90) the same for the GPT-2 124M shape (configs/gpt2-124m.yaml with
+#                            the offline overlay configs/gpt2-124m-offline.yaml: the built-in corpus, BPE).
 #
-# Everything goes into ONE JSON summary, <out>/gpu_check-<device>-<date>.json, beside the benchmarks'
-# own JSON files and one log. Every step runs even if an earlier one failed, each under a time limit
-# (and all under GPU_CHECK_BUDGET seconds); the exit status is non-zero if any step failed.
+# Every step writes its JSON as it ends (OUT/gpu_check-<device>-<date>-<k>-<step>.json: status, seconds,
+# log tail, its benchmark's JSON, which the benchmarks write after each arm, so a step stopped at its
+# limit keeps what it finished), and the summary OUT/gpu_check-<device>-<date>.json and the log
+# OUT/gpu_check-<device>-<date>.log are rebuilt from them after each step: 8 files in all. Every
+# step runs even if an earlier one failed; the exit status is non-zero if any step did not pass.
 #
 #   bash bench/gpu_check.sh [--out DIR]      # on the GPU box; DIR default bench/results (or $GPU_CHECK_OUT)
-#   bash bench/gpu_check.sh --cpu --out DIR  # the same steps on the CPU at tiny shapes (tests/test_gpu_check.py)
+#   bash bench/gpu_check.sh --cpu --out DIR  # the same path on the CPU, shrunk (tests/test_gpu_check.py)
 #
-# --cpu hides any GPU, runs the kernel tests under TRITON_INTERPRET=1 on a small subset, the kernel bench
-# on a tiny tile (interpreted kernels, checked, untimed), and the benchmarks at a tiny model shape for a
-# few steps, so that the script is never broken when a GPU arrives. PY picks the interpreter (default
-# .venv/bin/python where it exists, else python3).
+# --cpu hides any GPU and runs the same steps on the same path: BPE data, model.compile, bf16-mixed
+# autocast, measuring on, small.yaml shrunk to 2 x 64 (rows of 64 tokens) and the 124M shape itself
+# (12 x 768, vocab 50304) on rows of 128 tokens, one row a step, for a few steps; kernel tests (a
+# subset) and the kernel bench run under TRITON_INTERPRET=1. Environment: PY (the interpreter;
+# default .venv/bin/python where it exists, else python3), GPU_CHECK_STEPS (steps to run, e.g.
+# "throughput_124m"; setup always runs), GPU_CHECK_LIMIT_<step> (its limit in seconds),
+# GPU_CHECK_BUDGET, GPU_CHECK_INDUCTOR_CACHE (TORCHINDUCTOR_CACHE_DIR; default a fresh folder on a
+# GPU, so compile times are cold, and torch's own per-user folder on the CPU), GPU_CHECK_WHEELS.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,7 +47,7 @@ while [ $# -gt 0 ]; do
     --cpu) MODE=cpu ;;
     --out) OUT_DIR=${2:?--out needs a folder}; shift ;;
     --out=*) OUT_DIR=${1#--out=} ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (expected --cpu, --out DIR)" >&2; exit 2 ;;
   esac
   shift
@@ -48,90 +59,133 @@ PY=${PY:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
 fi
+START=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export MPLBACKEND=Agg
 
+PLAN=(setup overhead_small tests kernels throughput_small throughput_124m)
+declare -A LIMIT
 if [ "$MODE" = cpu ]; then
   export CUDA_VISIBLE_DEVICES=""   # the CPU path even on a machine with a GPU
   export TRITON_INTERPRET=1
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
   export TOKENIZERS_PARALLELISM=false
-  BUDGET=${GPU_CHECK_BUDGET:-290}
-  # step limits (s): setup tests kernels throughput_small throughput_124m overhead_small
-  LIMITS=(60 90 60 80 80 100)
-  CACHE="$WORK/cache"              # a private token cache: tiny, rebuilt each run
+  # Measured on a shared 2-core CPU, inductor's cache cold: overhead 71 s, small 18, 124m 108 (its compile).
+  BUDGET=${GPU_CHECK_BUDGET:-480}
+  LIMIT=([setup]=60 [overhead_small]=150 [tests]=90 [kernels]=60 [throughput_small]=100 [throughput_124m]=0)
+  CACHE="$WORK/cache"              # a private token cache: small, rebuilt each run
+  INDUCTOR_CACHE=${GPU_CHECK_INDUCTOR_CACHE:-${TMPDIR:-/tmp}/torchinductor_$(id -un)}
 else
   export TRITON_INTERPRET=0
   # The token caches are built here with the tokenizers' threads; DataLoader workers never tokenise.
   export TOKENIZERS_PARALLELISM=true
-  # Expected on an H200 (a guess until the first run: no GPU has run lamina yet): setup 10 s, tests
-  # 40, kernels 25, throughput 80 + 100 (compilation most of it), overhead what is left (up to 150);
-  # the budget keeps the whole within 6.5 minutes.
-  BUDGET=${GPU_CHECK_BUDGET:-390}
-  LIMITS=(60 90 60 110 130 150)
+  # Expected on an H100/H200 (a guess until the first run: no GPU has run lamina yet): setup 15 s,
+  # overhead 90-120 (two compilations, two full measurements), tests 40, kernels 25, throughput
+  # small 30 (inductor's cache warm from the overhead step), 124m 80-100 (BPE of 50304, a cold
+  # compilation). 0 = whatever the budget has left (the last step).
+  BUDGET=${GPU_CHECK_BUDGET:-455}
+  LIMIT=([setup]=40 [overhead_small]=150 [tests]=70 [kernels]=60 [throughput_small]=45 [throughput_124m]=0)
   CACHE=${GPU_CHECK_CACHE:-.cache/lamina}
+  INDUCTOR_CACHE=${GPU_CHECK_INDUCTOR_CACHE:-$WORK/inductor}
 fi
-START=$(date +%s)
+export TORCHINDUCTOR_CACHE_DIR=$INDUCTOR_CACHE
+for name in "${PLAN[@]}"; do  # GPU_CHECK_LIMIT_<step> overrides a limit
+  var=GPU_CHECK_LIMIT_$name
+  [ -n "${!var:-}" ] && LIMIT[$name]=${!var}
+done
+ASKED=${GPU_CHECK_STEPS:-}
+ASKED=${ASKED//,/ }
+SELECTED=(setup)
+for name in "${PLAN[@]:1}"; do
+  if [ -z "$ASKED" ] || [[ " $ASKED " == *" $name "* ]]; then SELECTED+=("$name"); fi
+done
+for name in $ASKED; do
+  [[ " ${PLAN[*]} " == *" $name "* ]] || { echo "gpu_check: unknown step $name in GPU_CHECK_STEPS (steps: ${PLAN[*]})" >&2; exit 2; }
+done
 DEADLINE=$((START + BUDGET))
 DATE=$(date +%Y-%m-%d)
 LOGS="$WORK/logs"
-mkdir -p "$LOGS"
-: >"$LOGS/steps.tsv"
+RAW="$WORK/raw"
+mkdir -p "$LOGS" "$RAW"
+
+# ---- the device, before anything is installed (torch is the box's own) ----------------------------
+if [ "$MODE" = cpu ]; then
+  DEVICE=cpu CUDA_RUNTIME=
+else
+  mapfile -t found < <("$PY" -c 'import torch
+print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"); print(torch.version.cuda or "")' 2>/dev/null)
+  DEVICE=${found[0]:-unknown} CUDA_RUNTIME=${found[1]:-}
+fi
+SLUG=$(printf '%s' "$DEVICE" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9._-' '-' | sed 's/--*/-/g; s/^-//; s/-$//')
+PREFIX="gpu_check-$SLUG-$DATE"
+echo "gpu_check: mode $MODE, device $DEVICE, python $PY, budget ${BUDGET}s, steps ${SELECTED[*]}, out $OUT_DIR/$PREFIX*" >&2
+if [ "$MODE" = gpu ] && [ "$DEVICE" = cpu ]; then
+  echo "gpu_check: no CUDA device here; the checks will fail (bash bench/gpu_check.sh --cpu runs the CPU variant)" >&2
+fi
+SUMMARY=("$ROOT/bench/gpu_check_summary.py" --out "$OUT_DIR" --prefix "$PREFIX" --run-dir "$WORK" --run-id "$START-$$"
+         --mode "$MODE" --device "$DEVICE" --date "$DATE" --plan "${PLAN[*]}" --selected "${SELECTED[*]}"
+         --budget "$BUDGET" --start "$START" --cuda "$CUDA_RUNTIME")
+# The summary script is standard-library Python: any python3 runs it, even where PY's setup failed.
+SPY=$PY
+"$SPY" -c "" 2>/dev/null || SPY=python3
 
 # ---- the benchmarks' arguments -----------------------------------------------------------------
-CONFIGS_124M=(--config configs/gpt2-124m.yaml)
-if [ -f configs/gpt2-124m-offline.yaml ]; then
-  CONFIGS_124M+=(--config configs/gpt2-124m-offline.yaml)  # the documented offline overlay
-  OFFLINE_ARGS=()
-else
-  # gpt2-124m.yaml streams a hub dataset; the same model (12 x 768, 1024 context, vocab 50304) on the
-  # built-in corpus, with BPE trained on it.
-  OFFLINE_ARGS=(--data.source world --data.dataset_config null --data.tokenizer bpe --data.vocab_size 50304)
-fi
+CONFIGS_124M=(--config configs/gpt2-124m.yaml --config configs/gpt2-124m-offline.yaml)
 # A corpus cap that builds in seconds (4 MB: about 1.3M tokens, twice what the timed steps read;
 # windows are drawn at random, so repeats cost nothing); the model's shape does not depend on it.
-OFFLINE_ARGS+=(--data.max_bytes 4000000 --data.tokenizer_sample_bytes 4000000 --data.val_tokens 262144)
+DATA_124M=(--data.max_bytes 4000000 --data.tokenizer_sample_bytes 4000000 --data.val_tokens 262144)
 if [ "$MODE" = cpu ]; then
-  TINY=(--trainer.accelerator cpu --trainer.precision 32-true --model.compile false
-        --model.n_layer 2 --model.n_head 2 --model.n_embd 32 --model.block_size 32
-        --data.source world --data.tokenizer byte --data.batch_size 4 --data.max_bytes 100000
-        --data.val_tokens 1024 --data.num_workers 0 --data.cache_dir "$CACHE")
+  # The GPU path on the CPU: BPE data, compile, bf16-mixed autocast, measuring on; only sizes shrink.
+  CPU_PATH=(--trainer.accelerator cpu --trainer.precision bf16-mixed --model.compile true
+            --data.num_workers 0 --data.cache_dir "$CACHE")
+  SMALL_SHAPE=(--model.n_layer 2 --model.n_head 2 --model.n_embd 64 --model.block_size 64 --data.batch_size 2
+               --data.max_bytes 1000000 --data.val_tokens 4096)
   TESTS=(tests/test_kernels.py tests/test_measures.py -k
          "threshold_is_strict or active_rules_known_answer or coactivation_gate_known_answer or gate_and_unit_eps_known_answer")
   KERNEL_ARGS=(--tokens 64 --dims 64 --iters 1 --warmup 0)
-  SMALL_ARGS=(--config configs/small.yaml --steps 4 --warmup 1 --rounds 2 "${TINY[@]}")
-  OVERHEAD_ARGS=(--config configs/small.yaml --steps 2 --every 2 --warmup 1 --rounds 1 "${TINY[@]}"
-                 --instrument.probe_tokens 256 --instrument.probe_batch_size 4
-                 --instrument.modularity_every_n_steps 2 --instrument.modularity_tokens 128
-                 --instrument.ablation_every_n_steps 2 --instrument.ablation_examples 2
-                 --instrument.lastlayer_problems 2)
-  ARGS_124M=("${CONFIGS_124M[@]}" --steps 3 --warmup 1 --rounds 1 "${OFFLINE_ARGS[@]}" "${TINY[@]}"
-             --trainer.devices 1)
+  # small.yaml's cadences (partition every 500, ablation every 1000) with --every 2: the measurement in
+  # the window (step 2) is a probes-only one, as step 100's is on the GPU.
+  OVERHEAD_ARGS=(--config configs/small.yaml --steps 2 --every 2 --warmup 1 --rounds 1 "${CPU_PATH[@]}"
+                 "${SMALL_SHAPE[@]}" --instrument.probe_tokens 256 --instrument.probe_batch_size 4
+                 --instrument.modularity_tokens 128 --instrument.ablation_examples 2
+                 --instrument.lastlayer_problems 2 --instrument.probe_examples 32 --instrument.probe_items 512)
+  SMALL_ARGS=(--config configs/small.yaml --steps 4 --warmup 2 --rounds 2 "${CPU_PATH[@]}" "${SMALL_SHAPE[@]}")
+  # The 124M model itself (12 x 768, vocab 50304); one 128-token row a step and 2 MB of text.
+  ARGS_124M=("${CONFIGS_124M[@]}" --steps 2 --warmup 1 --rounds 1 "${CPU_PATH[@]}" --trainer.devices 1
+             --model.block_size 128 --data.batch_size 1 --data.max_bytes 2000000
+             --data.tokenizer_sample_bytes 2000000 --data.val_tokens 4096)
 else
   TESTS=(tests/test_kernels.py tests/test_measures.py)
   KERNEL_ARGS=()
   # small.yaml caps its corpus at 400 MB; 4 MB (about 1.6M BPE tokens) is enough to time steps on
   # and builds in seconds. The same data arguments for both small steps: the second reuses the cache.
   SMALL_DATA=(--data.max_bytes 4000000 --data.val_tokens 262144 --data.cache_dir "$CACHE")
-  SMALL_ARGS=(--config configs/small.yaml --steps 60 --warmup 15 --rounds 1 "${SMALL_DATA[@]}")
-  # 300 steps hold three of small.yaml's measurements (every 100); its partition (every 500) and
-  # ablation (every 1000) run at step 0 and at the end, outside the timed window. Each measurement's
-  # seconds, with what it did, are in the JSON: the cost of any cadence follows from them.
-  OVERHEAD_ARGS=(--config configs/small.yaml --steps 300 --warmup 10 --rounds 1 "${SMALL_DATA[@]}")
-  ARGS_124M=("${CONFIGS_124M[@]}" --steps 40 --warmup 15 --rounds 1 "${OFFLINE_ARGS[@]}"
+  # One on/off pair: steps 11-110 timed, holding the measurement at step 100 (probes, no partition);
+  # step 0 and step 110 measure everything (partition with its eigendecompositions, ablation), outside
+  # the window. Each measurement's seconds are in the JSON, and small.yaml's whole schedule follows.
+  OVERHEAD_ARGS=(--config configs/small.yaml --steps 100 --warmup 10 --rounds 1 "${SMALL_DATA[@]}")
+  # Two rounds (lamina first, then plain first: seconds each once compiled), so that an arm slowed by
+  # running first in its process shows as a round apart.
+  SMALL_ARGS=(--config configs/small.yaml --steps 60 --warmup 15 --rounds 2 "${SMALL_DATA[@]}")
+  ARGS_124M=("${CONFIGS_124M[@]}" --steps 40 --warmup 15 --rounds 2 "${DATA_124M[@]}"
              --data.cache_dir "$CACHE" --trainer.devices 1)
 fi
 
 # ---- running a step ------------------------------------------------------------------------------
 failed=0
-run_step() {  # NAME LIMIT COMMAND...: runs under the smaller of LIMIT and the budget left
-  local name=$1 limit=$2
-  shift 2
-  local left=$((DEADLINE - $(date +%s) - 10))  # 10 s kept for the summary
-  [ "$limit" -gt "$left" ] && limit=$left
+run_step() {  # NAME COMMAND...: runs under the smaller of its limit and the budget left
+  local name=$1
+  shift
+  [[ " ${SELECTED[*]} " == *" $name "* ]] || return 0
+  local limit=${LIMIT[$name]}
+  local left=$((DEADLINE - $(date +%s) - 5))  # 5 s kept for the summary
+  if [ "$limit" -eq 0 ] || [ "$limit" -gt "$left" ]; then limit=$left; fi
   [ "$limit" -lt 0 ] && limit=0
+  local warm=0
+  [ -n "$(find "$INDUCTOR_CACHE" -type f -print -quit 2>/dev/null)" ] && warm=1
+  "$SPY" "${SUMMARY[@]}" begin "$name" --limit "$limit" --command "$*" --cache-warm "$warm"
   local t0 rc
   t0=$(date +%s.%N)
   if [ "$limit" -lt 5 ]; then
@@ -141,14 +195,15 @@ run_step() {  # NAME LIMIT COMMAND...: runs under the smaller of LIMIT and the b
     echo "== gpu_check: $name (limit ${limit}s): $*" >&2
     timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
     rc=$?
-    tail -n 5 "$LOGS/$name.log" >&2
+    tail -n 4 "$LOGS/$name.log" >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$t0" "$(date +%s.%N)" "$limit" >>"$LOGS/steps.tsv"
+  "$SPY" "${SUMMARY[@]}" end "$name" --rc "$rc" --t0 "$t0" --t1 "$(date +%s.%N)" --limit "$limit" --command "$*" \
+    || failed=1
   [ "$rc" -ne 0 ] && failed=1
   return 0
 }
 
-# ---- 0. setup: what the box lacks, from carried wheels --------------------------------------------
+# ---- 1. setup: what the box lacks, from carried wheels --------------------------------------------
 # (find_spec, not import: lamina.cli would import torch and lightning just to be checked)
 IMPORTS="import importlib.util as u, jsonargparse, docstring_parser, typeshed_client
 assert u.find_spec('lamina.kernels') and u.find_spec('lamina.cli'), 'lamina is not installed'"
@@ -189,41 +244,26 @@ SITE="$ROOT/.gpu_check_site"
 WHEELS=${GPU_CHECK_WHEELS:-.wheels}
 export MODE PY IMPORTS SITE WHEELS
 export -f setup
-run_step setup "${LIMITS[0]}" bash -c setup
+run_step setup bash -c setup
 if [ -d "$SITE" ]; then export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"; fi
 
-if [ "$MODE" = cpu ]; then
-  DEVICE=cpu CUDA_RUNTIME=
-else
-  mapfile -t found < <("$PY" -c 'import torch
-print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"); print(torch.version.cuda or "")' 2>/dev/null)
-  DEVICE=${found[0]:-unknown} CUDA_RUNTIME=${found[1]:-}
-fi
-SLUG=$(printf '%s' "$DEVICE" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9._-' '-' | sed 's/--*/-/g; s/^-//; s/-$//')
-SUMMARY="$OUT_DIR/gpu_check-$SLUG-$DATE.json"
-echo "gpu_check: mode $MODE, device $DEVICE, python $PY, budget ${BUDGET}s, out $OUT_DIR" >&2
-if [ "$MODE" = gpu ] && [ "$DEVICE" = cpu ]; then
-  echo "gpu_check: no CUDA device here; the checks will fail (bash bench/gpu_check.sh --cpu runs the CPU variant)" >&2
-fi
-
-# ---- 1-5 -----------------------------------------------------------------------------------------
+# ---- 2-6: each benchmark writes its JSON into its own folder under $RAW ----------------------------
 XDIST=()
 if [ "$MODE" = gpu ] && "$PY" -c "import xdist" 2>/dev/null; then
   XDIST=(-n 8)  # Triton compiles each test's kernel variants: spread over the box's cores
 fi
-run_step tests "${LIMITS[1]}" "$PY" -m pytest -q -rs -p no:cacheprovider "${XDIST[@]}" "${TESTS[@]}" \
-  --junitxml="$LOGS/tests.xml"
-run_step kernels "${LIMITS[2]}" "$PY" bench/kernel_bandwidth.py --out "$OUT_DIR" "${KERNEL_ARGS[@]}"
-run_step throughput_small "${LIMITS[3]}" "$PY" bench/throughput.py --out "$OUT_DIR" "${SMALL_ARGS[@]}"
-run_step throughput_124m "${LIMITS[4]}" "$PY" bench/throughput.py --out "$OUT_DIR" "${ARGS_124M[@]}"
-# Last: its cost (the measurements at step 0 and at the end partition and ablate) is the least known.
-run_step overhead_small "${LIMITS[5]}" "$PY" bench/overhead.py --out "$OUT_DIR" "${OVERHEAD_ARGS[@]}"
+mkdir -p "$RAW/tests"
+run_step overhead_small "$PY" bench/overhead.py --out "$RAW/overhead_small" "${OVERHEAD_ARGS[@]}"
+run_step tests "$PY" -m pytest -q -rs -p no:cacheprovider "${XDIST[@]}" "${TESTS[@]}" \
+  --junitxml="$RAW/tests/junit.xml"
+run_step kernels "$PY" bench/kernel_bandwidth.py --out "$RAW/kernels" "${KERNEL_ARGS[@]}"
+run_step throughput_small "$PY" bench/throughput.py --out "$RAW/throughput_small" "${SMALL_ARGS[@]}"
+run_step throughput_124m "$PY" bench/throughput.py --out "$RAW/throughput_124m" "${ARGS_124M[@]}"
 
 # ---- the summary ---------------------------------------------------------------------------------
-"$PY" bench/gpu_check_summary.py --mode "$MODE" --device "$DEVICE" --date "$DATE" --logs "$LOGS" \
-  --summary "$SUMMARY" --log "$OUT_DIR/gpu_check-$SLUG-$DATE.log" --budget "$BUDGET" --start "$START" \
-  --cuda "$CUDA_RUNTIME"
+"$SPY" "${SUMMARY[@]}" final
 summary_rc=$?
 [ "$summary_rc" -ne 0 ] && failed=1
-echo "gpu_check: $( [ $failed -eq 0 ] && echo all steps passed || echo 'some steps FAILED' ); summary $SUMMARY" >&2
+echo "gpu_check: $( [ $failed -eq 0 ] && echo all steps passed || echo 'some steps FAILED' ) in $(( $(date +%s) - START ))s;" \
+  "summary $OUT_DIR/$PREFIX.json" >&2
 exit $failed

@@ -19,6 +19,8 @@ tokens/s, timed seconds (wall, and the process's CPU seconds), warm-up seconds (
 `--warmup`: compilation included) and peak memory, and the round's ratio lamina/plain (by wall
 time, and by CPU time: on a shared CPU the steadier of the two); the median ratios and the median
 tokens/s of each arm; on a GPU whose peak is known, MFU of each arm; an estimate of the compile time.
+The JSON is written after each arm as well (`complete` false until the last round), so a run
+stopped by a time limit keeps the arms it finished.
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ def build(config: str | list[str], overrides: list[str]) -> tuple[LanguageModel,
     args = [arg for path in configs for arg in ("--config", path)] + list(overrides)
     cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=args, **cli_kwargs())
     return cli.model, cli.datamodule, cli.config
+
+
+def what_ran(module, config) -> dict:
+    """The model's shape and the data path, as resolved from the configs and overrides."""
+    c, d = module.model.config, config.data
+    return {"model_shape": {k: getattr(c, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
+            "data": {"source": d.source, "tokenizer": d.tokenizer, "batch_size": d.batch_size}}
 
 
 def run_lamina(module: LanguageModel, datamodule: TextDataModule, trainer_cfg, steps: int, warmup: int) -> dict:
@@ -143,6 +152,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     # on in order, after the config files, to the same parser `lamina fit` uses.
     args, overrides = parser.parse_known_args(argv)
     args.config = args.config or ["configs/tiny.yaml"]
+    args.overrides = overrides
     return args, overrides
 
 
@@ -157,7 +167,15 @@ def main(argv=None) -> Path:
     datamodule.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() and config.trainer.accelerator != "cpu" else "cpu")
     initial = copy.deepcopy(module.state_dict())
-    rounds = []
+    rounds: list[dict] = []
+
+    def report(current: dict | None) -> Path:
+        """Write what is known so far: the finished rounds, and the arms of `current` (the round
+        under way) that have run; `complete` once every round has."""
+        return write_result(summarise(args, module, config, device, rounds, current), args.out, "throughput",
+                            args.config[-1], device,
+                            ("complete", "lamina_tokens_per_sec", "plain_tokens_per_sec", "ratio_lamina_over_plain"))
+
     for r in range(args.rounds):
         order = ("lamina", "plain") if r % 2 == 0 else ("plain", "lamina")
         result = {"order": list(order)}
@@ -165,6 +183,8 @@ def main(argv=None) -> Path:
             module.load_state_dict(initial)
             torch.manual_seed(0)
             result[arm] = run_arm(arm, module, datamodule, config, device, args.steps, args.warmup)
+            if arm == order[0]:
+                report(result)  # a run stopped later keeps this arm's figures
         result["ratio"] = result["lamina"]["tokens_per_sec"] / result["plain"]["tokens_per_sec"]
         # Same tokens in both arms: the ratio of their CPU seconds is the ratio of tokens per CPU second,
         # which other processes on a shared CPU disturb far less than wall time (one thread: OMP_NUM_THREADS=1).
@@ -173,49 +193,63 @@ def main(argv=None) -> Path:
         print(f"throughput: round {r} ({' then '.join(order)}): lamina {result['lamina']['tokens_per_sec']:.0f} "
               f"plain {result['plain']['tokens_per_sec']:.0f} tokens/s, ratio {result['ratio']:.4f} "
               f"(by CPU time {result['cpu_time_ratio']:.4f})", flush=True)
+        if r < args.rounds - 1:
+            report(None)
+    return report(None)
 
+
+def summarise(args, module, config, device, rounds: list[dict], current: dict | None) -> dict:
+    """The JSON of the rounds run so far (and of the finished arms of `current`, a round under way)."""
+    every = rounds + ([current] if current else [])
     ratios = [r["ratio"] for r in rounds]
-    median_tps = {arm: statistics.median(r[arm]["tokens_per_sec"] for r in rounds) for arm in ("lamina", "plain")}
+    median_tps = {arm: (statistics.median(r[arm]["tokens_per_sec"] for r in every if arm in r)
+                        if any(arm in r for r in every) else None) for arm in ("lamina", "plain")}
     peak = peak_flops(device, config.trainer.precision)
     flops_per_token = module.model.flops_per_token()
     tokens_per_step = config.data.batch_size * config.model.init_args.block_size
     timed = args.steps - args.warmup
-    first = rounds[0][rounds[0]["order"][0]]  # the first arm run: it paid for compilation
+    first = every[0][every[0]["order"][0]]  # the first arm run: it paid for compilation
     steady_step = tokens_per_step / first["tokens_per_sec"]
     result = {
         "benchmark": "throughput",
+        "complete": current is None and len(rounds) == args.rounds,
         "config": args.config[-1],
         "configs": args.config,
-        "overrides": overrides,
+        "overrides": args.overrides,
         "steps": args.steps,
         "timed_from_step": args.warmup,
         "timed_steps": timed,
+        "rounds_asked": args.rounds,
         "tokens_per_step": tokens_per_step,
         "params": module.model.num_params(),
         "flops_per_token": flops_per_token,
         "precision": str(config.trainer.precision),
         "compile": bool(config.model.init_args.compile),
+        **what_ran(module, config),
         "lamina_tokens_per_sec": median_tps["lamina"],
         "plain_tokens_per_sec": median_tps["plain"],
-        "ratio_lamina_over_plain": statistics.median(ratios),
+        "ratio_lamina_over_plain": statistics.median(ratios) if ratios else None,
         "ratio_per_round": ratios,
-        "ratio_min_max": [min(ratios), max(ratios)],
-        "cpu_time_ratio_lamina_over_plain": statistics.median(r["cpu_time_ratio"] for r in rounds),
+        "ratio_min_max": [min(ratios), max(ratios)] if ratios else None,
+        "cpu_time_ratio_lamina_over_plain": (statistics.median(r["cpu_time_ratio"] for r in rounds)
+                                             if rounds else None),
         "cpu_time_ratio_per_round": [r["cpu_time_ratio"] for r in rounds],
         "threads": torch.get_num_threads(),
         "peak_flops": peak,
-        "mfu": {arm: (tps * flops_per_token / peak if peak else None) for arm, tps in median_tps.items()},
+        "mfu": {arm: (tps * flops_per_token / peak if peak and tps else None) for arm, tps in median_tps.items()},
         "mfu_note": None if peak else f"peak FLOP/s unknown for {device} at {config.trainer.precision}: no MFU",
         # The first arm's warm-up steps less what they would take at its steady speed: compilation
         # (with model.compile) and allocator warm-up.
         "compile_seconds_estimate": first["warmup_seconds"] - args.warmup * steady_step,
+        "compile_seconds_from": every[0]["order"][0],
         "rounds": rounds,
+        "partial_round": current,
     }
     if device.type == "cuda":
         result["peak_memory_allocated_bytes"] = {
-            arm: max(r[arm]["peak_memory_allocated_bytes"] for r in rounds) for arm in ("lamina", "plain")}
-    return write_result(result, args.out, "throughput", args.config[-1], device,
-                        ("lamina_tokens_per_sec", "plain_tokens_per_sec", "ratio_lamina_over_plain"))
+            arm: max((r[arm]["peak_memory_allocated_bytes"] for r in every if arm in r), default=None)
+            for arm in ("lamina", "plain")}
+    return result
 
 
 if __name__ == "__main__":

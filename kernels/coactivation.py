@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparsity_stats import INT32_MAX, _num_sms, active_mask, check_gate, eps_arg, int32_row_chunks
+from .sparsity_stats import INT32_MAX, _num_sms, active_mask, check_block, check_gate, eps_arg, int32_row_chunks
 
 try:  # Triton is optional (absent on macOS): the reference still works without it.
     import triton
@@ -42,6 +42,21 @@ __all__ = [
 # fp32 represents every integer up to 2**24 exactly: a count buffer that has seen fewer tokens
 # than this holds exact counts. Streaming callers fold the buffer into float64 before it fills.
 EXACT_COUNT_LIMIT = 2**24
+
+# Block sizes the kernel can be built with for the GPU (tests/test_kernels_compile.py compiles them
+# for sm_90; Triton's CPU interpreter checks none of this: block_k = 8 counts right there and fails to
+# compile for the GPU).
+# - tl.dot's M, N and K are block, block and block_k: each at least 16 (Triton refuses K < 16).
+# - the [block, block] fp32 accumulator: where d (gram's row stride) is not a multiple of 16 the
+#   atomic adds take it whole through shared memory, block * block * 4 bytes: 64 KB at 128, 256 KB at
+#   256, over the 227 KB a block may have on sm_90. At 256 it also fills the 64K-register file and
+#   spills some 4 KB a thread whatever d is.
+# - the operand slabs [block_k, block] are staged in shared memory (num_stages=3), as loaded: fp32
+#   inputs take 20 bytes per element of block * block_k, so 8192 of them take 160 KB, and 16384
+#   (128 x 128, 64 x 256, ...) take 320 KB.
+MIN_DOT = 16
+MAX_BLOCK = 128
+MAX_TILE = 8192
 
 
 def _check(gram: torch.Tensor | None, acts: torch.Tensor) -> tuple[int, int]:
@@ -155,8 +170,17 @@ def coactivation_update_(gram: torch.Tensor, acts: torch.Tensor, eps, *,
     ``eps`` is a float or a per-unit tensor [d]; with a ``gate`` (shaped like acts) B = gate > eps
     and acts are not read. ``gram`` is float32 [d, d] on ``acts``' device. Its counts are exact
     while every entry is below ``EXACT_COUNT_LIMIT``. ``block`` (output tile) and ``block_k`` (tokens per step) are
-    powers of two >= 16 (``tl.dot``'s minimum); ``num_splits`` splits the tokens across programs.
+    powers of two >= 16 (``tl.dot``'s minimum), ``block <= MAX_BLOCK`` and ``block * block_k <= MAX_TILE``
+    (else a ValueError); ``num_splits`` splits the tokens across programs.
     """
+    check_block("block", block, MIN_DOT)
+    check_block("block_k", block_k, MIN_DOT)
+    if block > MAX_BLOCK:
+        raise ValueError(f"block must be <= {MAX_BLOCK} (its [block, block] fp32 accumulator outgrows a block's "
+                         f"registers and shared memory), got {block}")
+    if block * block_k > MAX_TILE:
+        raise ValueError(f"block * block_k must be <= {MAX_TILE} (the operand slabs are staged in shared "
+                         f"memory), got {block} * {block_k} = {block * block_k}")
     if not HAS_TRITON:
         raise RuntimeError("the co-activation kernel needs triton; use coactivation_update_reference_")
     n, d = _check(gram, acts)

@@ -373,6 +373,20 @@ def _num_sms(device: torch.device) -> int:
 
 INT32_MAX = 2**31 - 1
 
+# The largest [block_t, block_d] tile of the one-pass kernel. The tile lives in the registers of its
+# 128 threads (num_warps=4): 16384 values are 128 a thread, which with every flag on (gate, per-unit
+# eps, token counts) takes all 255 registers on sm_90 and spills a little where d is not a multiple
+# of 16; larger tiles spill far more (128 x 1024: 16 KB a thread, and half a minute in ptxas).
+# tests/test_kernels_compile.py compiles this largest tile for sm_90.
+MAX_SUMS_TILE = 16384
+
+
+def check_block(name: str, value, minimum: int = 1) -> None:
+    """Refuse, in one line naming the argument, a block size the kernels cannot be built with:
+    ``tl.arange`` takes powers of two only; ``minimum`` is the kernel's own floor."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= {minimum}, got {value!r}")
+
 
 def int32_row_chunks(acts: torch.Tensor) -> list[torch.Tensor]:
     """Row slices of ``acts`` in which every element offset fits in int32.
@@ -453,9 +467,15 @@ def sparsity_sums(acts: torch.Tensor, eps, *, gate: torch.Tensor | None = None,
     """A batch's ``SparsitySums`` from the Triton kernels (fp32/bf16/fp16, any strides).
 
     ``eps``, ``gate`` and ``token_active`` as in ``sparsity_sums_reference`` (the gate may have
-    its own dtype and strides). ``block_t``, ``block_d`` and ``num_splits`` are tuning knobs
-    (powers of two for the blocks); tests shrink them to reach edge cases on small tensors.
+    its own dtype and strides). ``block_t``, ``block_d`` and ``num_splits`` are tuning knobs: the
+    blocks are powers of two with ``block_t * block_d <= MAX_SUMS_TILE`` (else a ValueError); tests
+    shrink them to reach edge cases on small tensors.
     """
+    check_block("block_t", block_t)
+    check_block("block_d", block_d)
+    if block_t * block_d > MAX_SUMS_TILE:
+        raise ValueError(f"block_t * block_d must be <= {MAX_SUMS_TILE} (the tile is held in registers), "
+                         f"got {block_t} * {block_d} = {block_t * block_d}")
     if not HAS_TRITON:
         raise RuntimeError("the sparsity kernel needs triton; use sparsity_sums_reference")
     n, d = _check_acts(acts, gate, token_active)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -604,11 +605,20 @@ def test_end_of_run_compares_at_the_last_common_step_and_names_it(tmp_path, caps
     ]
     assert "the last step at which every run logging it has a value" in section
 
-    err = capsys.readouterr().err  # the command says so too, one line per metric, no traceback
+    err = capsys.readouterr().err  # the command says so too, in one line for both, no traceback
     notes = [line for line in err.splitlines() if "left out of the table" in line]
-    assert "Traceback" not in err and len(notes) == 2
-    assert notes[0].startswith("lamina compare: note: val/loss left out of the table at the last step every run "
-                               "reached: its runs share no step after step 0; did not reach step 45: a/version_0")
+    assert "Traceback" not in err and len(notes) == 1
+    assert notes[0] == ("lamina compare: note: 2 series left out of the table at the last step every run reached, "
+                        "their runs sharing no step after step 0: val/loss, eval/once; their last steps by group: "
+                        f"a (1 run): 0–10; b (2 runs): 20–45 (each in {out / 'report.md'})")
+
+    # one series refused: its line names the runs that stopped short, as report.md does
+    one = tmp_path / "one"
+    main(["compare", str(root / "a"), str(root / "b"), "--out", str(one), "--metrics", "val/loss"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "left out of the table" in line]
+    assert notes == ["lamina compare: note: val/loss left out of the table at the last step every run reached: its "
+                     "runs share no step after step 0; did not reach step 45: a/version_0 (last at step 0); "
+                     f"b/version_0 (last at step 40) (each in {one / 'report.md'})"]
 
 
 def test_end_step_by_hand():
@@ -672,9 +682,9 @@ def five(tmp_path_factory) -> Path:
     return root
 
 
-def headline_rows(md: str) -> dict[str, list[str]]:
+def headline_rows(md: str, ref: str = "a") -> dict[str, list[str]]:
     section = md_section(md, "## Headline")
-    rows = [line for line in section.splitlines() if line.startswith("| ") and " − a |" in line]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and f" − {ref} |" in line]
     return {cells[0].split(" − ")[0]: cells for cells in
             ([c.strip() for c in row.strip().strip("|").split("|")] for row in rows)}
 
@@ -686,12 +696,17 @@ def test_headline_reads_each_contrast_by_the_rule(five, tmp_path):
     assert md.startswith("# lamina compare\n\n## Headline: val/bpb, each group − a\n")
     rows = headline_rows(md)
     assert list(rows) == ["better", "same", "twin", "short"]
-    # columns: contrast, tokens: difference, n, verdict, FLOPs: difference, n, verdict
-    assert rows["better"][3] == rows["better"][6] == "supported"
-    assert rows["better"][1].startswith("-0.1 [") and rows["better"][2] == "3 (paired by seed)"
-    assert rows["same"][3] in ("negligible", "inconclusive") and rows["same"][6] in ("negligible", "inconclusive")
-    assert "supported" not in rows["twin"][3] + rows["twin"][6]  # zero variance: not tested, by the rule
-    assert rows["short"][3] == "against"
+    # columns: contrast, at tokens, difference, n, verdict, at FLOPs, difference, n, verdict
+    assert rows["better"][4] == rows["better"][8] == "supported"  # a real paired effect beyond the margin
+    assert rows["better"][2].startswith("-0.1 [") and rows["better"][3] == "3 (paired by seed)"
+    # no effect, a little seed noise: negligible or inconclusive, never supported
+    assert rows["same"][4] in ("negligible", "inconclusive") and rows["same"][8] in ("negligible", "inconclusive")
+    # bit-identical to the reference: zero variance across seeds, so not tested by the rule (never supported)
+    assert rows["twin"][4] == rows["twin"][8] == "not tested"
+    assert rows["short"][4] == "against"
+    # each contrast at its own matched budget: better and a both reached 40960 tokens, short 20480
+    assert [rows[g][1] for g in rows] == ["40960", "40960", "40960", "20480"]
+    assert [rows[g][5] for g in rows] == [compare_report.fmt(40960 * 8, 3)] * 3 + [compare_report.fmt(20480 * 12, 3)]
     assert "predicted: below a, i.e. lower (the default for a bpb/loss-like metric)" in md
     assert "margin ±0.02" in md
     sentences = [line for line in md_section(md, "## Headline").splitlines() if line.startswith("- **")]
@@ -703,12 +718,12 @@ def test_headline_reads_each_contrast_by_the_rule(five, tmp_path):
     heading = [line for line in md.splitlines() if line.startswith(END)][0]
     assert "budgets differ: runs end at tokens seen 20480 to 40960" in heading
 
-    # the headline's numbers are the matched-budget tables' paired differences
+    # where a contrast's budget is the tables' (short limits every run), its numbers are the tables' paired ones
     table = read_csv(out)
-    better = table["better", "val/bpb"]
-    assert float(better["at_tokens_paired_delta"]) == pytest.approx(-0.1)
-    assert rows["better"][1] == compare.delta_cell(
-        tuple(float(better[f"at_tokens_paired_{k}"]) for k in ("delta", "delta_ci95_low", "delta_ci95_high")))
+    short = table["short", "val/bpb"]
+    assert float(short["at_tokens_budget"]) == 20480 and float(short["at_tokens_paired_delta"]) == pytest.approx(0.1)
+    assert rows["short"][2] == compare.delta_cell(
+        tuple(float(short[f"at_tokens_paired_{k}"]) for k in ("delta", "delta_ci95_low", "delta_ci95_high")))
 
 
 def test_no_margin_no_verdict_and_the_direction_can_be_chosen(five, tmp_path):
@@ -716,13 +731,15 @@ def test_no_margin_no_verdict_and_the_direction_can_be_chosen(five, tmp_path):
     main(["compare", str(five / "a"), str(five / "better"), "--out", str(out)])
     md = (out / "report.md").read_text()
     row = headline_rows(md)["better"]
-    assert row[1].startswith("-0.1 [") and row[3] == row[6] == "no margin given: no verdict"
+    assert row[2].startswith("-0.1 [") and row[4] == row[8] == "no margin given: no verdict"
     assert "supported" not in md_section(md, "## Headline").split("\n| ")[-1]
 
     main(["compare", str(five / "a"), str(five / "better"), "--out", str(out), "--margin", "0.02",
           "--predict", "higher"])
-    row = headline_rows((out / "report.md").read_text())["better"]
-    assert row[3] == row[6] == "against"  # predicted higher, came out lower beyond the margin
+    md = (out / "report.md").read_text()
+    row = headline_rows(md)["better"]
+    assert row[4] == row[8] == "against"  # predicted higher, came out lower beyond the margin
+    assert "predicted: above a, i.e. higher, as given (`--predict`)" in md
 
 
 def test_statistics_are_bands_and_columns_not_metrics(five, tmp_path):
@@ -768,3 +785,105 @@ def test_help_says_what_the_headline_is_and_how_to_choose_it():
         assert flag in text
     assert "fixed before the runs, never derived from them; required for a verdict" in text
     assert "default: lower for a bpb/loss-like metric" in text
+    # how to choose them: the reference first, one primary measure, a margin from training, not from noise
+    assert "the first group is the reference" in text
+    assert "the one measure the question is about, chosen before the runs" in text
+    assert "a fraction of what training itself moves the metric by over the runs' steps" in text
+    assert "never from the runs' seed-to-seed spread" in text
+
+
+# ---- one stderr line for the end-of-run table's refusals; each contrast at its own budget ----------
+
+
+def test_series_patterns_fold_families():
+    patterns = compare_report.series_patterns
+    assert patterns(["val/bpb", "val/loss", "eval/arith_acc/level1", "eval/arith_acc/level2",
+                     "sparsity/gap/id_b/layer0", "sparsity/gap/ood/layer1", "sparsity/gap/level/1/layer0",
+                     "sparsity/gap/random"]) == ["val/bpb", "val/loss", "eval/arith_acc/level* (2)", "sparsity/gap/* (4)"]
+    assert patterns([f"sparsity/gap/{p}/layer{i}" for p in ("id_b", "ood") for i in range(2)]) == [
+        "sparsity/gap/*/layer* (4)"]
+    assert patterns(["sparsity/gap/id_b/layer0", "sparsity/gap/id_b/layer1"]) == ["sparsity/gap/id_b/layer* (2)"]
+    assert patterns(["sparsity/gap/level/1", "sparsity/gap/level/2"]) == ["sparsity/gap/level/* (2)"]
+
+
+def test_refusals_fold_into_one_stderr_line(tmp_path, capsys):
+    """Per-layer gaps measured on other schedules (a every 20 steps, b every 25): 12 series share no
+    step after step 0. The command says so in one line; report.md lists all 12 (their /se, /z none)."""
+    root = tmp_path / "runs"
+    probes = ("id_b", "ood", "random")
+
+    def gaps(every: int, last: int) -> dict[str, dict[int, float]]:
+        steps = [0, *range(every - 1, last + 1, every)]
+        out = {}
+        for probe in probes:
+            for layer in range(4):
+                tag = f"sparsity/gap/{probe}/layer{layer}"
+                out |= {tag: {s: 0.01 for s in steps}, f"{tag}/se": {s: 0.001 for s in steps},
+                        f"{tag}/z": {s: 10.0 for s in steps}}
+        return out
+
+    for version in range(2):
+        write_run(root / "a" / f"version_{version}", steps_run(59, {"val/bpb": {0: 4.0, 59: 3.5}} | gaps(20, 59)))
+        write_run(root / "b" / f"version_{version}",
+                  steps_run(74, {"val/bpb": {0: 4.0, 59: 3.5, 74: 3.4}} | gaps(25, 74)))
+    out = tmp_path / "cmp"
+    main(["compare", str(root / "a"), str(root / "b"), "--out", str(out)])
+
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "left out of the table" in line]
+    assert "Traceback" not in err and notes == [
+        "lamina compare: note: 12 series left out of the table at the last step every run reached, their runs "
+        "sharing no step after step 0: sparsity/gap/*/layer* (12); their last steps by group: a (2 runs): 59; "
+        f"b (2 runs): 74 (each in {out / 'report.md'})"]
+
+    section = md_section((out / "report.md").read_text(), END)
+    assert "Not compared at a common step (12 series):" in section
+    listed = [line for line in section.splitlines() if line.startswith("- ")]
+    assert [line.split("`")[1] for line in listed] == [f"sparsity/gap/{p}/layer{i}" for p in probes for i in range(4)]
+    assert all("did not reach step 74: a/version_0, a/version_1 (last at step 59)" in line for line in listed)
+    assert md_row_of((out / "report.md").read_text(), "val/bpb")[1] == "59 (b: to 74)"  # compared, not refused
+
+
+def test_each_contrast_is_read_at_its_own_matched_budget(tmp_path):
+    """RLP beside a token-matched control (fewer FLOPs per token) and a FLOP-matched one (more steps):
+    the tables' FLOPs budget is the token-matched control's end; the headline reads the FLOP-matched
+    control at the FLOPs it was matched at, RLP's end."""
+    from lamina.compare.headline import contrasts
+
+    root = tmp_path / "runs"
+    noise = {1: 0.0, 2: 0.01, 3: -0.01}
+    arms = {"rlp": (39, 12, 4.0), "ntp": (39, 8, 4.05), "ntp_flops": (59, 8, 4.05)}  # last step, FLOPs/token, bpb0
+    for group, (last, fpt, bpb0) in arms.items():
+        for seed in SHARED:
+            folder = root / group / f"version_{seed}"
+            offset = SHARED[seed] + (0.0 if group == "rlp" else noise[seed])
+            write_run(folder, synthetic_run(last, fpt, bpb0, 1 / 65536, offset, 10))
+            (folder / "config.yaml").write_text(lightning_config(seed, seed))
+    out = tmp_path / "cmp"
+    result = compare.main([*(str(root / g) for g in arms), "--out", str(out), "--margin", "0.02",
+                           "--predict", "higher"])
+    assert result.budgets["flops"]["val/bpb"] == 40960 * 8  # the tables: what every run reached (ntp's end)
+
+    found = {(c.group, c.axis): c for c in contrasts(result, "val/bpb", 1, 0.02)}
+    flops = found["ntp_flops", "flops"]
+    assert flops.budget == 40960 * 12 == 61440 * 8  # rlp's end, where ntp_flops was matched
+    # there ntp_flops has seen 61440 tokens, rlp 40960: 4.05 - 61440/65536 - (4.0 - 40960/65536) per seed
+    assert flops.paired and flops.n == 3 and flops.diff == pytest.approx(0.05 - 20480 / 65536, abs=1e-6)
+    assert flops.verdict.verdict == "against"  # predicted above rlp, below it beyond the margin
+    assert found["ntp", "flops"].budget == 40960 * 8 and found["ntp_flops", "tokens"].budget == 40960
+    assert found["ntp_flops", "tokens"].diff == pytest.approx(0.05, abs=1e-6)
+
+    rows = headline_rows((out / "report.md").read_text(), "rlp")
+    assert rows["ntp_flops"][5] == "491520" and rows["ntp"][5] == "327680"
+
+
+def test_compare_demo_names_its_primary_direction_and_margin():
+    """make compare-demo reads RLP (the reference, first) against its controls on val/bpb, each control
+    predicted above it, with a margin fixed in the Makefile."""
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    target = text.split("\ncompare-demo:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    (line,) = [line for line in target.splitlines() if "/lamina compare " in line]
+    words = re.sub(r"\$\((?:[^()]|\$\([^()]*\))*\)", " ", line.split("/lamina compare ", 1)[1]).split()
+    args = compare.parser().parse_args(["runs/x", *words])
+    assert (args.primary, args.predict) == ("val/bpb", "higher") and 0 < args.margin < 0.05
+    assert re.search(r"COMPARE_ARMS\s*\?=\s*(\S+)", text)[1] == "rlp-tiny"

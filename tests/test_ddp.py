@@ -195,3 +195,17 @@ def test_ctrl_c_under_ddp_stops_every_rank_at_one_step(tmp_path):
     assert step > 0 and step % 5 == 0  # the ranks agree at logging steps
     last = tmp_path / "runs" / "int" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == step
+
+
+def test_ddp_with_muon_matches_one_process(tmp_path):
+    # Muon orthogonalises each rank's all-reduced gradient: the same update on every rank, the same
+    # update as one process with the whole batch.
+    muon = ("--model.optimizer", "muon", "--instrument.enabled", "false")
+    ddp = scalars(run_fit(tmp_path, "ddp-muon", *muon, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                          "--data.batch_size", "4"))
+    single = scalars(run_fit(tmp_path, "single-muon", *muon, "--trainer.devices", "1", "--data.batch_size", "8"))
+    for tag in ("train/loss", "val/loss"):
+        assert sorted(ddp[tag]) == sorted(single[tag]), tag
+        for step, value in single[tag].items():
+            assert ddp[tag][step] == pytest.approx(value, rel=1e-4, abs=1e-5), (tag, step)
+    assert single["train/loss"][STEPS - 1] < single["train/loss"][0]

@@ -103,6 +103,28 @@ def test_cka_is_one_for_a_model_and_for_its_rotated_copy(one_thread):
     assert same["drift/embeddings/weights"] == 0.0
 
 
+def test_drift_under_a_bf16_autocast_runs_only_its_forwards_in_bf16(one_thread):
+    # The trainer's autocast reaches the forwards (precision.model_forward) and nothing else
+    # (precision.measuring): measured so, drift equals a reference arm whose models wrap their own
+    # forwards in the same autocast and are measured with none, bit for bit. (`_init` numbers come
+    # from a fresh twin, whose forward the arm does not wrap.)
+    def bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def bf16_forward(model: GPT) -> GPT:
+        out = copy.deepcopy(model)
+        out.forward = bf16()(out.forward)
+        return out
+
+    ref, model, idx = tiny_gpt(0), tiny_gpt(1), windows()
+    mixed = DriftMeter(ref, idx, batch_rows=4, autocast=bf16).measure(model, autocast=bf16)
+    arm = DriftMeter(bf16_forward(ref), idx, batch_rows=4).measure(bf16_forward(model))
+    plain = DriftMeter(ref, idx, batch_rows=4).measure(model)
+    shared = [k for k in arm if not k.endswith("_init")]
+    assert shared and all(mixed[k] == arm[k] for k in shared)
+    assert any(mixed[k] != plain[k] for k in shared if "cka" in k)  # the forwards did run in bf16
+
+
 def test_cka_of_independent_features_sits_at_its_small_sample_null():
     g = torch.Generator().manual_seed(0)
     n, p, q = 400, 16, 24

@@ -160,7 +160,8 @@ def test_coactivation_kernel_matches_reference(n, d, dtype, eps):
 def test_coactivation_kernel_wide_units():
     a = make_acts(6, 3072, torch.bfloat16)
     gram = torch.zeros(3072, 3072)
-    K.coactivation_update_(gram, a, 0.5, block=256, block_k=16)
+    # The largest output tile (fewest programs for the interpreter); 256 does not fit sm_90.
+    K.coactivation_update_(gram, a, 0.5, block=K.coactivation.MAX_BLOCK, block_k=16)
     assert torch.equal(gram, reference_counts(a, 0.5))
 
 
@@ -320,6 +321,34 @@ def test_bad_eps_gate_and_counts_are_refused():
             K.sparsity_sums(a, eps, **kwargs)
         with pytest.raises(ValueError):
             K.sparsity_sums_reference(a, eps, **kwargs)
+
+
+def bad_blocks():
+    """(wrapper, block kwargs, the argument the one-line refusal must start with): sizes the GPU cannot
+    build, which the interpreter would run (block_k = 8 counts right there: tl.dot needs K >= 16)."""
+    C, S = K.coactivation, K.sparsity_stats
+    widest_k = C.MAX_TILE // C.MAX_BLOCK
+    return [
+        ("coactivation_update_", dict(block_k=C.MIN_DOT // 2), "block_k"),
+        ("coactivation_update_", dict(block=C.MIN_DOT // 2), "block"),
+        ("coactivation_update_", dict(block=3 * C.MIN_DOT), "block"),  # not a power of two
+        ("coactivation_update_", dict(block=2 * C.MAX_BLOCK, block_k=C.MIN_DOT), "block"),
+        ("coactivation_update_", dict(block=C.MAX_BLOCK, block_k=2 * widest_k), "block * block_k"),
+        ("coactivation_update_", dict(block_k=32.0), "block_k"),
+        ("sparsity_sums", dict(block_t=0), "block_t"),
+        ("sparsity_sums", dict(block_d=24), "block_d"),
+        ("sparsity_sums", dict(block_t=S.MAX_SUMS_TILE, block_d=2), "block_t * block_d"),
+    ]
+
+
+@pytest.mark.parametrize("wrapper,blocks,named", bad_blocks())
+def test_bad_block_sizes_are_refused_in_one_line(wrapper, blocks, named):
+    a = make_acts(20, 18, torch.bfloat16)
+    args = (torch.zeros(18, 18), a, 0.5) if wrapper == "coactivation_update_" else (a, 0.5)
+    with pytest.raises(ValueError) as refused:
+        getattr(K, wrapper)(*args, **blocks)
+    message = str(refused.value)
+    assert message.startswith(f"{named} must be ") and "\n" not in message, message
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -15,6 +15,7 @@ import torch
 
 import lamina.measures as M
 from lamina import kernels as K
+from lamina.measures import activation, phi
 from tests.on_device import kernel_device, on_device
 
 IMPLS = ["reference"] + (["kernel"] if K.HAS_TRITON and (K.interpreted() or kernel_device()) else [])
@@ -163,7 +164,7 @@ def test_coactivation_diagonal_is_firing_rate(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_coactivation_accumulator_streams_and_folds_exactly(impl, monkeypatch):
     # A tiny exact-count limit forces the fp32 buffer to fold into float64 several times.
-    monkeypatch.setattr(M, "EXACT_COUNT_LIMIT", 16)
+    monkeypatch.setattr(activation, "EXACT_COUNT_LIMIT", 16)  # the accumulator's module reads it
     g = torch.Generator().manual_seed(2)
     batches = [torch.randn(n, 18, generator=g) for n in (10, 40, 7)]
     acc = M.CoactivationAccumulator(18, 0.5, impl=impl)
@@ -259,7 +260,7 @@ def test_window_density_is_the_per_row_mean_of_the_active_mask(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_coactivation_accumulator_with_gate_and_unit_eps(impl, monkeypatch):
     # The gate is cut into the same exact-count chunks as the acts.
-    monkeypatch.setattr(M, "EXACT_COUNT_LIMIT", 16)
+    monkeypatch.setattr(activation, "EXACT_COUNT_LIMIT", 16)  # the accumulator's module reads it
     g = torch.Generator().manual_seed(7)
     batches = [torch.randn(n, 18, generator=g) for n in (10, 40, 7)]
     gates = [torch.randn(b.shape, generator=g) for b in batches]
@@ -447,3 +448,75 @@ def test_effective_rank_of_equal_singular_values():
         assert M.effective_rank(x) == pytest.approx(r, rel=1e-9)
     assert M.effective_rank(torch.eye(12, dtype=torch.float32)) == pytest.approx(12, rel=1e-6)
     assert M.effective_rank(torch.zeros(6, 4)) == 0.0
+
+
+# ------------------------------------------------------------------------------------------
+# Newman's Q on graphs whose Q is known by construction
+# ------------------------------------------------------------------------------------------
+
+
+def cliques(sizes, weight=1.0):
+    """Disjoint cliques of the given sizes, every edge ``weight``: labels 0.. by clique."""
+    labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    w = weight * (labels[:, None] == labels[None, :]).to(torch.float64)
+    return w, labels
+
+
+def test_modularity_q_of_disjoint_cliques_is_known():
+    # Every edge inside its clique: Q = 1 - sum_c (e_c / m)^2, e_c = n_c (n_c - 1) / 2 edges;
+    # c equal cliques give 1 - 1/c. Q ignores the scale of the weights and the self-loops.
+    w, labels = cliques([5, 5, 5, 5], weight=0.3)
+    assert M.modularity_q(w, labels) == pytest.approx(0.75, abs=1e-12)
+    sizes = [6, 4, 3]
+    w, labels = cliques(sizes)
+    edges = [n * (n - 1) / 2 for n in sizes]
+    want = 1 - sum((e / sum(edges)) ** 2 for e in edges)
+    assert M.modularity_q(w, labels) == pytest.approx(want, abs=1e-12)
+    # Any integer labels name the clusters; units labelled -1 leave the graph with their edges.
+    w, labels = cliques([5, 5, 5, 5])
+    wired = torch.ones(23, 23, dtype=torch.float64)  # three extra units joined to everything
+    wired[:20, :20] = w
+    named = torch.cat([torch.tensor([42, 7, 100, 3]).repeat_interleave(5), torch.full((3,), -1)])
+    assert M.modularity_q(wired, named) == pytest.approx(0.75, abs=1e-12)
+    # One cluster: Q = 0. Every unit alone on a k-regular graph: Q = -sum_i (k / 2m)^2 = -1/n.
+    assert M.modularity_q(w, torch.zeros(20, dtype=torch.long)) == pytest.approx(0.0, abs=1e-12)
+    assert M.modularity_q(w, torch.arange(20)) == pytest.approx(-1 / 20, abs=1e-12)
+
+
+def test_every_q_of_a_partition_is_the_one_newman_q():
+    # The held-out Q that picks k and the Q of the null's draws are modularity_q itself.
+    w, truth = cliques([6, 6, 6, 6])
+    labels, k, q_heldout = M.partition_by_heldout(w, w, 2, 6, seed=0)
+    assert k == 4 and M.partition_nmi(labels, truth) == pytest.approx(1.0)
+    assert q_heldout == M.modularity_q(w, labels) == pytest.approx(0.75, abs=1e-12)
+    g = torch.Generator().manual_seed(3)
+    s, s_b = torch.rand(30, 30, generator=g), torch.rand(30, 30, generator=g)
+    labels, _, q_heldout = M.partition_by_heldout(s, s_b, 2, 5, seed=1)
+    assert q_heldout == M.modularity_q(s_b, labels)
+
+
+# ------------------------------------------------------------------------------------------
+# Statistics in fp32 under an outer autocast
+# ------------------------------------------------------------------------------------------
+
+
+def test_counts_and_cett_products_ignore_an_outer_bf16_autocast():
+    # Under CPU bf16 autocast an fp32 matmul returns bf16: counts near 900 in steps of 4, and the
+    # CETT calibration's W a with 8 significant bits. Each must equal its value without autocast.
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(3000, 64, generator=g)
+    active = (acts > 0.5).float()
+    weight = torch.randn(32, 64, generator=g)
+    plain = (phi.pair_counts(active), M.activity_phi(active), M.cett_threshold(acts.relu(), weight, 0.2),
+             M.coactivation(acts, 0.5, impl="reference"))
+    acc = M.CoactivationAccumulator(64, 0.5, impl="reference")
+    acc.update(acts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = (phi.pair_counts(active), M.activity_phi(active), M.cett_threshold(acts.relu(), weight, 0.2),
+                 M.coactivation(acts, 0.5, impl="reference"))
+        acc_under = M.CoactivationAccumulator(64, 0.5, impl="reference")
+        acc_under.update(acts)
+        assert torch.is_autocast_enabled("cpu")  # restored after each
+    assert torch.equal(plain[0], under[0]) and torch.equal(plain[1], under[1])
+    assert plain[2] == under[2]
+    assert torch.equal(plain[3], under[3]) and torch.equal(acc.compute(), acc_under.compute())

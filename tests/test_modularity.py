@@ -1,8 +1,11 @@
-"""Modularity Q against its permutation null, on activity whose answer is known by construction.
+"""Modularity Q against its nulls, on activity and networks whose answer is known by construction.
 
-Independent units (no shared latent) must read as null (|q_z| small, low stability floor);
-planted modules (units of a group co-fire with the group's latent) must stand far above it,
-with the planted k found by held-out Q and the same partition on both samples.
+Independent units (no shared latent) must read as null against the permutation null (|q_z|
+small, low stability floor); planted modules (units of a group co-fire with the group's latent)
+must stand far above it, with the planted k found and the same partition on both samples. k is
+chosen on `id` alone and the held-out Q scored on `id_b`. Against the shuffled-weights null
+(Filan et al.): an untrained GPT on byte windows is one more draw of it (|z| small), while the
+permutation null calls it modular; a GPT with planted modules stands far above it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,18 @@ import scipy.stats
 import torch
 
 from lamina import measures as M
-from lamina.instrument.modularity import find_modules, modularity_scalars
+from lamina.errors import ConfigError
+from lamina.instrument import Instrumentation
+from lamina.instrument.modularity import (
+    find_modules,
+    modularity_scalars,
+    shuffled_copy,
+    shuffled_modules,
+    shuffled_weights_null,
+    with_shuffled_null,
+)
+from lamina.model import GPT, GPTConfig
+from lamina.probes import ProbeSet
 
 N_TOKENS, N_UNITS = 2000, 60
 
@@ -111,9 +125,9 @@ def test_null_draws_are_reproducible_and_leave_the_global_rng_alone():
 
 
 def test_more_draws_extend_the_same_stream():
-    a, b = independent_activity(12)
-    q8, k8 = M.modularity_null(a, b, draws=8, seed=9)
-    q10, k10 = M.modularity_null(a, b, draws=10, seed=9)
+    a, _ = independent_activity(12)
+    q8, k8 = M.modularity_null(a, draws=8, seed=9)
+    q10, k10 = M.modularity_null(a, draws=10, seed=9)
     assert q10[:8] == q8 and k10[:8] == k8
 
 
@@ -196,3 +210,210 @@ def test_partition_by_heldout_matches_partition_at_the_chosen_k():
     assert q_heldout == pytest.approx(M.modularity_q(s_b, labels))
     # The phi similarity is the one of the co-activation measure.
     torch.testing.assert_close(s, M.phi_similarity(M.coactivation(a.float(), 0.5, impl="reference")))
+
+
+# ---- k chosen on id, Q held out on id_b -----------------------------------------------------------
+
+
+def test_k_is_chosen_on_id_and_the_heldout_q_on_id_b_is_not_the_one_it_was_chosen_on():
+    a, b, group = planted_activity(4, seed=5)
+    noise_b, _ = independent_activity(6)
+    planted = find_modules(a, b, seed=3)
+    against_noise = find_modules(a, noise_b, seed=3)
+    # The partition and its k are a function of id alone: id_b changes the held-out Q only.
+    assert planted.k == against_noise.k == 4
+    assert torch.equal(planted.labels, against_noise.labels) and planted.q == against_noise.q
+    s, s_b, s_noise = M.activity_phi(a), M.activity_phi(b), M.activity_phi(noise_b)
+    labels, k, q = M.partition_by_q(s, 2, 8, n_init=4, seed=3)
+    assert (k, q) == (planted.k, planted.q) and torch.equal(labels, planted.labels)
+    assert planted.q_heldout == M.modularity_q(s_b, labels)
+    # Modules that are in id_b too hold up there; against id_b made of noise they read as none.
+    assert planted.q_heldout == pytest.approx(planted.q, abs=0.05)
+    assert abs(against_noise.q_heldout) < 0.05
+    # The old rule chose k by Q on id_b itself: against noise it picks whatever k fits the noise
+    # best, and reports that maximum as "held out".
+    _, k_old, q_old = M.partition_by_heldout(s, s_noise, 2, 8, n_init=4, seed=3)
+    assert k_old != 4 and q_old > against_noise.q_heldout
+    assert M.partition_nmi(planted.labels, group) > 0.95
+
+
+def test_heldout_q_of_independent_units_is_unbiased():
+    # A partition of noise carries over to another sample of noise as nothing: the held-out Q
+    # is about 0 (slightly below: Q of a fixed partition on an unrelated graph), never the
+    # positive maximum over k that choosing k on id_b used to report.
+    new, old = [], []
+    for seed in range(6):
+        a, b = independent_activity(seed)
+        new.append(find_modules(a, b, seed=seed).q_heldout)
+        s, s_b = M.activity_phi(a), M.activity_phi(b)
+        old.append(M.partition_by_heldout(s, s_b, 2, 8, n_init=4, seed=seed)[2])
+    report = f"held out {[round(q, 3) for q in new]}, chosen on id_b {[round(q, 3) for q in old]}"
+    assert all(q < 0.01 for q in new), report
+    assert all(q_old >= q for q, q_old in zip(new, old)), report
+
+
+# ---- the shuffled-weights null (Filan et al., arXiv 2103.03386) --------------------------------------
+
+BLOCK, WINDOWS = 64, 16  # 1024 tokens a sample
+
+
+@pytest.fixture(scope="module")
+def byte_windows():
+    """`id` and `id_b`: disjoint byte windows of the world corpus (the text tiny trains on)."""
+    from lamina.data import world
+
+    text = torch.tensor(list(world.sample_text(0, 2 * BLOCK * WINDOWS + 64).encode()), dtype=torch.long)
+    n = BLOCK * WINDOWS
+    return text[:n].view(WINDOWS, BLOCK), text[n : 2 * n].view(WINDOWS, BLOCK)
+
+
+def tiny_gpt(seed: int, n_layer: int = 3, n_embd: int = 64) -> GPT:
+    """A freshly initialised GPT on bytes (the global RNG seeded here: a test's own model)."""
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=259, block_size=BLOCK, n_layer=n_layer, n_head=4, n_embd=n_embd)
+    return GPT(config).eval()
+
+
+def measured(model: GPT, windows, draws: int, seed: int = 0):
+    """Each layer's LayerModules with its permutation and shuffled-weights nulls, as the
+    instrument measures them (sign rule, every token of both samples)."""
+    id_windows, id_b_windows = windows
+    inst = Instrumentation(null_draws=8, shuffled_draws=draws, ablation=False, pictures=False, layers=False,
+                           lastlayer=False, hierarchy=False, context=False, modularity_tokens=None)
+    inst.probes = ProbeSet(probes={"id": id_windows, "id_b": id_b_windows})
+    inst.probe_seed = seed
+    return inst.measure(model, step=0).modules
+
+
+def test_shuffle_within_keeps_each_matrix_values_and_changes_their_arrangement():
+    w = torch.randn(48, 16, generator=torch.Generator().manual_seed(0))
+    before = w.clone()
+    state = torch.get_rng_state()
+    shuffled = M.shuffle_within(w, torch.Generator().manual_seed(1))
+    assert torch.equal(w, before)  # a new tensor; the weight is not touched
+    assert shuffled.shape == w.shape and shuffled.dtype == w.dtype
+    assert torch.equal(shuffled.flatten().sort().values, w.flatten().sort().values)  # the same multiset
+    assert (shuffled != w).float().mean() > 0.9  # a new arrangement
+    assert not torch.equal(shuffled.sort(dim=1).values, w.sort(dim=1).values)  # rows mixed, not just permuted
+    assert torch.equal(M.shuffle_within(w, torch.Generator().manual_seed(1)), shuffled)  # seeded
+    assert torch.equal(torch.get_rng_state(), state)
+
+    model = tiny_gpt(0, n_layer=2)
+    copied, pairs = shuffled_copy(model)
+    assert len(pairs) == 2 * 4  # per block: attention c_attn, c_proj; MLP c_fc, c_proj
+    assert [id(w) for w, _ in pairs] == [id(m.weight) for m in shuffled_modules(model)]
+    assert all(c is not w and not c.requires_grad for w, c in pairs)
+    kept = ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight", "lm_head.weight")
+    params = dict(copied.named_parameters(remove_duplicate=False))
+    originals = dict(model.named_parameters(remove_duplicate=False))
+    assert all(params[name] is originals[name] for name in kept)  # embeddings and norms are shared, not copied
+
+
+def test_shuffled_weights_null_leaves_the_model_and_the_global_rng_alone(byte_windows):
+    model = tiny_gpt(1, n_layer=2)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    first = shuffled_weights_null(model, *byte_windows, draws=3, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert len(first.q) == 2 and all(len(q) == 3 for q in first.q) and first.seconds > 0
+    again = shuffled_weights_null(model, *byte_windows, draws=4, seed=5)
+    assert [q[:3] for q in again.q] == first.q  # draw j is the same whatever the number of draws
+    assert shuffled_weights_null(model, *byte_windows, draws=3, seed=6).q != first.q
+
+
+def test_untrained_network_is_no_finding_against_shuffled_weights_but_is_against_permutation(byte_windows):
+    # A freshly initialised GPT's block matrices are i.i.d. entries: the network is itself a draw
+    # of its shuffled-weights null, so its z is a t-like statistic around 0. Across 5 seeds x 3
+    # layers |z| > 3 may come up at the null's own rate (about 1% of layers with 16 draws) and no
+    # more; the permutation null meanwhile reads every layer as modular (units that read the same
+    # tokens co-fire), which is why it cannot decide.
+    zs, zs_heldout, perm_zs = [], [], []
+    for seed in range(5):
+        for mods in measured(tiny_gpt(seed), byte_windows, draws=16, seed=seed):
+            zs.append(mods.q_shuffled_z)
+            zs_heldout.append(mods.q_heldout_shuffled_z)
+            perm_zs.append(mods.q_z)
+    report = (f"q_shuffled_z {[round(z, 2) for z in zs]}, q_heldout_shuffled_z {[round(z, 2) for z in zs_heldout]}, "
+              f"permutation q_z {[round(z) for z in perm_zs]}")
+    for values in (zs, zs_heldout):
+        assert sum(abs(z) >= 3 for z in values) <= 1, report
+        assert all(abs(z) < 5 for z in values), report
+        assert abs(sum(values) / len(values)) < 1, report
+        for seed in range(5):  # no network-level finding: the mean over a network's layers
+            assert abs(sum(values[3 * seed : 3 * seed + 3]) / 3) < 3, report
+    assert min(perm_zs) > 10, report
+
+
+def planted_gpt(seed: int, groups: int = 4, n_layer: int = 2, n_embd: int = 64) -> tuple[GPT, list[torch.Tensor]]:
+    """A GPT at its initialisation plus planted modules: in each block the MLP units fall into
+    `groups` groups, and every unit of group g reads, on top of its random init weights, the
+    group's own direction r_g, supported on a block of n_embd / groups input dimensions that no
+    other group reads (disjoint directions). A group's units fire together when r_g . LN(x) > 0,
+    and groups read independent coordinates of the random token embeddings. Returns (model,
+    group of each unit per layer)."""
+    model = tiny_gpt(seed, n_layer=n_layer, n_embd=n_embd)
+    g = torch.Generator().manual_seed(seed)
+    width = n_embd // groups
+    planted = []
+    with torch.no_grad():
+        for block in model.transformer.h:
+            weight = block.mlp.c_fc.weight  # [d_ff, n_embd]
+            group = torch.randperm(weight.shape[0], generator=g) % groups
+            reads = torch.zeros(groups, n_embd)
+            for grp in range(groups):
+                reads[grp, grp * width : (grp + 1) * width] = torch.randn(width, generator=g) / math.sqrt(width)
+            weight += reads[group]
+            planted.append(group)
+    return model, planted
+
+
+def test_planted_modules_stand_far_above_the_shuffled_weights_null(byte_windows):
+    report = []
+    for seed in range(2):
+        model, groups = planted_gpt(seed)
+        for layer, (mods, group) in enumerate(zip(measured(model, byte_windows, draws=8, seed=seed), groups)):
+            report.append(f"seed {seed} layer {layer}: k={mods.k} q={mods.q:.3f} shuffled "
+                          f"{mods.q_shuffled_mean:.3f}+-{mods.q_shuffled_std:.3f} z={mods.q_shuffled_z:.1f} "
+                          f"held-out z={mods.q_heldout_shuffled_z:.1f}")
+            assert mods.k == 4, report[-1]
+            assert M.partition_nmi(mods.labels, group) > 0.8, report[-1]
+            assert mods.q_shuffled_z > 3 and mods.q_heldout_shuffled_z > 3, report[-1]
+    print("\n".join(report))
+
+
+def test_shuffled_tags_and_the_draws_key():
+    a, b = independent_activity(2, n=500, d=20)
+    mods = with_shuffled_null(find_modules(a, b, seed=0), [0.1, 0.2, 0.3], [0.0, 0.1, 0.2])
+    scalars = modularity_scalars([mods])
+    assert scalars["modularity/layer0/q_shuffled_mean"] == pytest.approx(0.2)
+    assert scalars["modularity/layer0/q_shuffled_std"] == pytest.approx(0.1)
+    assert scalars["modularity/layer0/q_shuffled_z"] == pytest.approx((mods.q - 0.2) / 0.1)
+    assert scalars["modularity/layer0/q_heldout_shuffled_z"] == pytest.approx((mods.q_heldout - 0.1) / 0.1)
+    assert "modularity/layer0/q_null_mean" in scalars  # the permutation null stays, descriptive
+    with pytest.raises(ConfigError, match="instrument.shuffled_draws"):
+        Instrumentation(shuffled_draws=1)
+    assert Instrumentation(shuffled_draws=0).shuffled_draws == 0
+
+
+def test_the_instrument_logs_the_shuffled_null_and_its_time(byte_windows):
+    model = tiny_gpt(3, n_layer=2)
+    model.train()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    inst = Instrumentation(shuffled_draws=2, ablation=False, pictures=False, lastlayer=False, hierarchy=False,
+                           context=False, modularity_tokens=512)
+    inst.probes = ProbeSet(probes={"id": byte_windows[0], "id_b": byte_windows[1]})
+    state = torch.get_rng_state()
+    m = inst.measure(model, step=0)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    for i in range(2):
+        for name in ("q_shuffled_mean", "q_shuffled_std", "q_shuffled_z", "q_heldout_shuffled_z"):
+            assert math.isfinite(m.scalars[f"modularity/layer{i}/{name}"]), name
+    assert m.scalars["perf/modularity_shuffled_seconds"] > 0
+    off = Instrumentation(shuffled_draws=0, ablation=False, pictures=False, lastlayer=False, hierarchy=False,
+                          context=False, modularity_tokens=512)
+    off.probes = inst.probes
+    tags = off.measure(model, step=0).scalars
+    assert "modularity/layer0/q" in tags and not [t for t in tags if "shuffled" in t]

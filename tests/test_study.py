@@ -1,6 +1,8 @@
 """lamina.study: a contrast paired by seed and judged (the rule itself: tests/test_verdict.py), the
 runner's reuse and resume of fits (counted through a stand-in fit), the report's files on a small
-made-up result, and one smoke run of the finetune-fragility claim at toy sizes."""
+made-up result, one smoke run of the finetune-fragility claim at toy sizes, and the gpu preset of
+every claim: its device and precision, its refusal without CUDA, and `--preset gpu --rehearse`
+(its code at toy sizes on the CPU) for all eight claims."""
 
 from __future__ import annotations
 
@@ -11,9 +13,15 @@ import math
 import pytest
 import torch
 
+from pathlib import Path
+
 from lamina.errors import ConfigError
 from lamina.study import CLAIMS, main
 from lamina.study import finetune as ft
+from lamina.study import pretraining as pt
+from lamina.study import rlp
+from lamina.study.claim import GPU, REHEARSAL, StudyContext, is_words, rehearsal, repo_configs
+from lamina.study.command import check_device, parser, unit_words
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_report
 from lamina.study.runs import Runner, RunSpec
 from lamina.verdict import NOT_TESTED, SUPPORTED, Prediction
@@ -207,3 +215,107 @@ def test_finetune_fragility_smoke_run_writes_a_report_with_verdicts(tmp_path, on
         main(args)
     assert counted == []
     assert "Stopped before the comparison" in (out / "finetune-fragility" / "report.md").read_text()
+
+
+# ---- the gpu preset, and its rehearsal on the CPU ----------------------------------------------
+
+
+def settings(words) -> dict[str, str]:
+    """What `--key value` words set, as the CLI reads them (the last value of a key wins)."""
+    words = list(words)
+    return {words[i][2:]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")
+            and not words[i + 1].startswith("--")}
+
+
+def arm_words(module, preset) -> dict[str, tuple[str, ...]]:
+    """The CLI words each arm of a claim module's runs gets after its config files, at `preset`."""
+    if module is pt:
+        ctx = StudyContext("density-familiarity", Path("unused"), [1], "gpu", None, repo_configs())
+        return {arm: spec.overrides for arm, spec in pt.specs_for(ctx, preset, 1).items()}
+    if module is ft:
+        return {"base": preset.every + preset.base, "small": preset.every + preset.small,
+                "finetuned-base": preset.every + preset.base + preset.tune,
+                "finetuned-small": preset.every + preset.small + preset.tune}
+    return {arm: rlp.arm_words(preset, arm, 1, None if arm == "pretrain" else Path("phase1.ckpt"))
+            for arm in ("pretrain", *rlp.ARMS[:-1])}
+
+
+MODULES = (pt, ft, rlp)
+# what a rehearsal sets beyond the test preset's words: the CPU, and what it keeps of the gpu preset
+# (its precision, and a choice of data that is not a size: the fine-tuning's arithmetic levels)
+BEYOND_TEST = {"trainer.accelerator": "cpu", "trainer.devices": "1", "trainer.precision": "bf16-mixed",
+               "data.levels": "[1,2]"}
+
+
+def test_every_claim_has_a_gpu_preset_on_one_cuda_device_in_bf16():
+    assert all("gpu" in claim.presets for claim in CLAIMS.values())
+    assert settings(GPU) == {"trainer.accelerator": "gpu", "trainer.devices": "1", "trainer.precision": "bf16-mixed"}
+    for module in MODULES:
+        for arm, words in arm_words(module, module.PRESETS["gpu"]).items():
+            assert {k: settings(words)[k] for k in settings(GPU)} == settings(GPU), (module.__name__, arm)
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_a_rehearsal_is_the_gpu_preset_at_the_test_presets_sizes_on_the_cpu(module):
+    gpu, test = module.PRESETS["gpu"], module.PRESETS["test"]
+    rehearsed = rehearsal(gpu, module.TOY)
+    assert rehearsed.every[:len(gpu.every)] == gpu.every  # the gpu preset's own words, then the toy's
+    assert rehearsed.every[-len(REHEARSAL):] == REHEARSAL
+    for field in dataclasses.fields(gpu):
+        if not is_words(getattr(gpu, field.name)):  # steps, items, cadences: the toy's, as the test preset has them
+            assert getattr(rehearsed, field.name) == getattr(test, field.name), field.name
+    rehearsal_words, test_words = arm_words(module, rehearsed), arm_words(module, test)
+    for arm, words in rehearsal_words.items():
+        got, want = settings(words), settings(test_words[arm])
+        # every size the test preset sets, the rehearsal sets alike; beyond them, the CPU and what it keeps
+        assert {k: got[k] for k in want} == want, arm
+        beyond = {k: v for k, v in got.items() if k not in want}
+        assert beyond.items() <= BEYOND_TEST.items() and beyond["trainer.precision"] == "bf16-mixed", arm
+        assert beyond["trainer.accelerator"] == "cpu", arm
+
+
+def test_the_gpu_preset_without_cuda_is_one_line_naming_preset_and_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        main(["hierarchy", "--preset", "gpu", "--out", str(tmp_path)])
+    line = str(err.value)
+    assert line.startswith("--preset gpu: expected a machine with CUDA, got none here") and "\n" not in line
+    assert "--device auto" in line and "--preset cpu --device cpu" in line and "--rehearse" in line
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+    with pytest.raises(ConfigError, match="^--device cuda: expected a machine with CUDA"):
+        check_device("cpu", "cuda")
+    with pytest.raises(ConfigError, match="^--device cuda:0: expected a machine with CUDA"):
+        check_device("gpu", "cuda:0", rehearse=True)  # a rehearsal runs on the CPU, its evaluations too
+    check_device("gpu", "auto", rehearse=True)
+    check_device("cpu", "auto")
+    args = parser().parse_args(["--preset", "gpu", "--rehearse", "--out", "s"])
+    assert unit_words(args, ["hierarchy"], 1)[-1] == "--rehearse"  # --jobs' processes rehearse too
+
+
+@pytest.mark.filterwarnings("ignore:Precision bf16-mixed is not supported by the model summary")
+def test_gpu_preset_rehearsal_of_every_claim(tmp_path, one_thread, monkeypatch, capsys):
+    """`lamina study --preset gpu --seeds 1 --rehearse`: every claim through the gpu preset's code
+    (its words, its bf16-mixed precision) at toy sizes on the CPU, a handful of steps each: 31 s
+    alone on one thread of the shared 2-core development machine, 42-62 s in pytest beside other
+    engineers' jobs (load average 7), a cold token cache each time."""
+    monkeypatch.chdir(tmp_path)  # (caches and anything relative land here)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
+    out = tmp_path / "study"
+    results = main(["--seeds", "1", "--out", str(out), "--preset", "gpu", "--rehearse"])  # --device auto: the CPU
+    printed = capsys.readouterr().out
+    assert set(results) == set(CLAIMS)
+    assert "study reasoning-in-pretraining: seed 1/1, arm rlp: training 2 steps" in printed
+    assert "study hierarchy: seed 1/1, arm world-v2-small: training 4 steps" in printed
+    records = sorted((out / "runs").glob("*/seed1/version_0/study-run.json"))
+    assert len(records) == 13  # world-v2 2, reasoning-in-pretraining 6, finetune-fragility 5
+    for path in records:
+        argv = json.loads(path.read_text())["argv"]
+        got = settings(argv)
+        assert (got["trainer.accelerator"], got["trainer.precision"]) == ("cpu", "bf16-mixed"), path
+        assert " ".join(GPU) in " ".join(argv), path  # the gpu preset's words, then the toy sizes
+    index = (out / "index.md").read_text()
+    for name, result in results.items():
+        assert f"[{name}]({name}/report.md)" in index and result.primary
+        assert "gpu (rehearsed: toy sizes on the CPU)" in (out / name / "report.md").read_text()
+        judged = [v for v in result.verdicts().values() if v is not None]
+        assert judged and all(v.verdict == NOT_TESTED for v in judged), name  # one seed: nothing is tested

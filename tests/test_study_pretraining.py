@@ -113,8 +113,8 @@ def test_the_five_claims_at_the_test_preset(tmp_path, capsys):
         assert [c["role"] for c in data["contrasts"]].count("primary") == 1
         assert f"[{claim}]({claim}/report.md)" in index
     assert index.index("density-familiarity") < index.index("context-vs-prior")  # the research note's order
-    assert "| [modularity](modularity/report.md) | learned: Q above its null, end − step 0 |" in index
-    assert "| Q above its null | descriptive | (descriptive: no verdict) |" in index and "## Not tested" in index
+    assert "| [modularity](modularity/report.md) | learned: Q above its shuffled-weights null, end − step 0 |" in index
+    assert "| Q above its permutation null | descriptive | (descriptive: no verdict) |" in index and "## Not tested" in index
 
 
 def test_jobs_fit_each_seed_of_a_group_in_a_process_of_its_own(tmp_path, monkeypatch, capsys):

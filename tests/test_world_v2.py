@@ -119,6 +119,24 @@ def test_level_weights():
     assert abs(counts[(3, "mixed")] / n - 0.125) < 0.01
 
 
+def test_family_weights_set_each_familys_share_and_unweighted_is_unchanged():
+    n, families = 20_000, ("prose", "arith", "strings", "people", "context")
+    weights = {"arith": 4, "strings": 2, "prose": 0}  # people and context unnamed: 1 each
+    counts = collections.Counter(ex.family for ex in take(n, 2, families=families, family_weights=weights))
+    total = 4 + 2 + 0 + 1 + 1
+    for family in families:
+        expected = {**{"people": 1, "context": 1}, **weights}[family] / total
+        assert abs(counts[family] / n - expected) < 4 * np.sqrt(expected * (1 - expected) / n) + 1e-9, family
+    assert counts["prose"] == 0
+    # Unnamed or absent, the stream is the one without the key; as (family, weight) pairs, the same as a dict.
+    assert take(300, 4, families=families, family_weights=None) == take(300, 4, families=families)
+    assert take(300, 4, families=families, family_weights=(("arith", 4),)) == take(
+        300, 4, families=families, family_weights={"arith": 4})
+    # Weights all 1 draw exactly what no weights draw (one randbelow(5) either way).
+    assert take(300, 4, families=families, family_weights={"arith": 1}) == take(300, 4, families=families)
+    assert take(300, 4, families=families, family_weights={"arith": 2}) != take(300, 4, families=families)
+
+
 # --- held-out levels and tasks ------------------------------------------------------------------
 
 ARITH_Q = re.compile(r"^Q: ([0-9+*-]+)=\? ")
@@ -444,6 +462,12 @@ def test_labelled_windows_pair_tokens_and_labels():
         (dict(exposure_bins=(0, 1)), r"^data\.exposure_bins: applies to the people family"),
         (dict(families=("people",), tasks=("fact",)),
          r"^data\.tasks: unknown task 'fact' \(expected one of: bio, recall\)$"),
+        (dict(families=("prose",), family_weights={"arith": 2}),
+         r"^data\.family_weights: unknown family \(not in data\.families\) 'arith' \(expected one of: prose\)$"),
+        (dict(families=("prose",), family_weights={"prose": 1.5}), r"^data\.family_weights\.prose: expected an integer >= 0"),
+        (dict(families=("prose", "arith"), family_weights={"prose": 0, "arith": 0}),
+         r"^data\.family_weights: every family weighs 0"),
+        (dict(family_weights=[1, 2]), r"^data\.family_weights: expected a mapping of family to integer weight"),
     ],
 )
 def test_bad_new_keys_are_one_line_config_errors(kwargs, message):
@@ -465,6 +489,10 @@ def test_new_keys_through_the_data_module(tmp_path):
                         level_weights="equal", exposure_bins=[0, 1, 10, 100]).corpus
     assert v2.identity()["levels"] == [1, 2, 3] and v2.identity()["level_weights"] == "equal"
     assert v2.identity() != TextDataModule(cache_dir=str(tmp_path), families=list(world.ALL_FAMILIES)).corpus.identity()
+    weighted = TextDataModule(cache_dir=str(tmp_path), family_weights={"strings": 3, "arith": 2}).corpus
+    assert weighted.identity()["family_weights"] == [("arith", 2), ("strings", 3)]  # one key whatever the order
+    with pytest.raises(ConfigError, match=r"^data\.family_weights: only applies to data\.source 'world'"):
+        TextDataModule(source="org/name", family_weights={"arith": 2}, cache_dir=str(tmp_path))
 
 
 # --- probes ----------------------------------------------------------------------------------

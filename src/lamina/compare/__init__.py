@@ -10,12 +10,13 @@ default one group per run name (the versions of `runs/<name>` are seeds of one a
 
 Written to `DIR`:
 - `report.md`, opening with the headline: for each group against the reference group (the first),
-  the primary metric (`--primary`, default val/bpb) at matched tokens and at matched FLOPs, its
+  the primary metric (`--primary`, default val/bpb) at matched tokens and at matched FLOPs (per
+  contrast, the largest budget its runs and the reference's all reached), its
   difference paired by seed with the 95% t-interval and n seeds, and the verdict of lamina's one
   rule (`lamina.verdict.decide`, the rule `lamina study` uses) from the margin `--margin` (fixed in
   advance; without it: the interval, no verdict) and the predicted sign `--predict` (default lower
   for a bpb/loss-like metric); a sentence per contrast; the TensorBoard command that shows the
-  groups side by side. Then per group and key metric and key metric, the value at the last step every run reached and at a
+  groups side by side. Then per group and key metric, the value at the last step every run reached and at a
   matched budget (the largest tokens seen, and the largest FLOPs, that every run logging the metric
   reached), as mean ± std [95% t-interval] over the group's runs, and the difference of each
   group from the first one: paired by seed where the runs of the two groups match by seed (see
@@ -42,7 +43,8 @@ At the last step every run reached: per metric, the last step at which every run
 value, named in the row (with the groups whose runs went further, and to what step). Side by side,
 one run's last value from step 0 and another's from step 31 would read as a difference between the
 runs; so a metric whose runs share no step after step 0 (the untrained model) is refused: the
-report says so in a line naming the runs that stopped short, and so does the command, on stderr.
+report says so in a line naming the runs that stopped short, and so does the command, on stderr,
+in one line however many series it refuses (how many, their families, each group's last steps).
 Runs of different lengths on purpose compare at matched tokens and FLOPs.
 
 Nothing is invented: a run that lacks a metric, or whose curve does not reach a budget, is left
@@ -59,7 +61,9 @@ import sys
 from pathlib import Path
 
 from lamina.compare.headline import DEFAULT_PRIMARY, default_prediction, headline_section
-from lamina.compare.report import delta_cell, refusals, write_csv, write_markdown, write_plots
+from lamina.compare.report import (
+    delta_cell, refusal_summary, refusals, write_csv, write_markdown, write_plots,
+)
 from lamina.compare.runs import (
     AXES, FLOPS, KEY_METRICS, TOKENS, Group, Run, assemble, load_run, read_seed, resolve, select_metrics,
     statistics_of,
@@ -72,7 +76,8 @@ from lamina.errors import ConfigError
 __all__ = [
     "AXES", "FLOPS", "KEY_METRICS", "TOKENS", "Cell", "Comparison", "Difference", "EndStep", "Group", "Run",
     "Stats", "assemble", "compare_groups", "delta_cell", "end_step", "load_run", "main", "parser", "read_seed",
-    "refusals", "resolve", "select_metrics", "summarize", "welch", "write_csv", "write_markdown", "write_plots",
+    "refusal_summary", "refusals", "resolve", "select_metrics", "summarize", "welch", "write_csv", "write_markdown",
+    "write_plots",
 ]
 
 
@@ -85,21 +90,26 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="lamina compare",
         description="Compare runs (groups of seeds) on tokens seen and training FLOPs: report.md, report.csv, PNGs. "
-        "report.md opens with the headline: for each group against the reference group (the first), the primary "
-        "metric (--primary, default val/bpb) at matched tokens and at matched FLOPs: the difference paired by seed, "
-        "its 95% interval, n seeds, and the verdict (supported / negligible / against / inconclusive / not tested) "
-        "of the rule lamina study uses, from the margin --margin (the smallest difference of interest, fixed in "
-        "advance, never from the data; without it: no verdict) and the predicted direction --predict. "
+        "report.md opens with the headline, the answer to one question: for each group against the reference group "
+        "(the first RUN or --group named: name the arm the question is about, or its baseline, first), the primary "
+        "metric (--primary, default val/bpb) at matched tokens and at matched FLOPs (per contrast, the largest "
+        "budget its runs and the reference's all reached): the difference paired by seed, its 95% interval, n "
+        "seeds, and the verdict (supported / negligible / against / inconclusive / not tested) of the rule lamina "
+        "study uses, from the margin --margin (the smallest difference of interest, fixed in advance, never from "
+        "the data; without it: no verdict) and the predicted direction --predict. "
         "Then three tables: at the last step every run reached (per metric, the last step at which every run logging "
         "it has a value, named in the row; a metric whose runs share no step after step 0 is refused, with a "
         "line naming the runs that stopped short), at matched tokens seen and at matched FLOPs (runs of "
         "different lengths on purpose: the largest budget every run reached).",
         epilog="Examples: lamina compare runs/base runs/rlp --out cmp;  "
-        "lamina compare --group base='runs/base/version_*' --group rlp=runs/rlp/version_0,runs/rlp/version_1 --out cmp",
+        "lamina compare --group base='runs/base/version_*' --group rlp=runs/rlp/version_0,runs/rlp/version_1 "
+        "--out cmp;  "
+        "lamina compare runs/rlp runs/ntp --primary val/bpb --predict higher --margin 0.005 --out cmp "
+        "(RLP as the reference: the next-token control predicted above it, by more than 0.005 bpb)",
     )
     p.add_argument("runs", nargs="*", metavar="RUN",
                    help="a run folder runs/<name>/version_<n>, a folder above runs "
-                   "(runs/<name>: all its versions), or a glob")
+                   "(runs/<name>: all its versions), or a glob; the first group is the reference")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.csv and the plots")
     p.add_argument("--group", action="append", default=[], metavar="LABEL=RUN[,RUN...]",
                    help="put these runs in one group (repeatable); other runs are grouped by run name")
@@ -107,14 +117,18 @@ def parser() -> argparse.ArgumentParser:
                    help="scalar tags to report, glob patterns (comma-separated, repeatable); default: "
                    + ", ".join(KEY_METRICS))
     p.add_argument("--primary", default=DEFAULT_PRIMARY, metavar="METRIC",
-                   help="the headline's metric, a scalar tag (default: %(default)s; e.g. eval/arith_acc/level1)")
+                   help="the headline's metric, a scalar tag: the one measure the question is about, chosen before "
+                   "the runs (default: %(default)s; e.g. eval/arith_acc/level1); every other metric is in the tables")
     p.add_argument("--margin", type=float, metavar="M",
                    help="the smallest difference of the primary metric that matters, in its units (> 0), fixed "
                    "before the runs, never derived from them; required for a verdict (without it the headline "
-                   "gives the interval and no verdict)")
+                   "gives the interval and no verdict). Choose it as a fraction of what training itself moves the "
+                   "metric by over the runs' steps, or as the smallest difference you would act on; never from the "
+                   "runs' seed-to-seed spread")
     p.add_argument("--predict", choices=("lower", "higher"),
-                   help="the predicted direction of each group against the reference (default: lower for a "
-                   "bpb/loss-like metric, higher otherwise)")
+                   help="the predicted direction of each group against the reference, one for every contrast "
+                   "(default: lower for a bpb/loss-like metric, higher otherwise); with the treatment as the "
+                   "reference, each control is predicted worse than it")
     return p
 
 
@@ -126,10 +140,12 @@ def note_missing_axes(runs: list[Run]) -> None:
                   "left off that axis (its end-of-run values are still reported)", file=sys.stderr)
 
 
-def note_refusals(result: Comparison) -> None:
-    for metric, reason in refusals(result).items():
-        print(f"lamina compare: note: {metric} left out of the table at the last step every run reached: {reason}",
-              file=sys.stderr)
+def note_refusals(result: Comparison, report: Path) -> None:
+    """One line on stderr however many series the end-of-run table refuses (a per-layer family is
+    dozens); report.md lists each with the runs that stopped short."""
+    summary = refusal_summary(result)
+    if summary is not None:
+        print(f"lamina compare: note: {summary} (each in {report})", file=sys.stderr)
 
 
 def make_out_dir(out: Path) -> None:
@@ -161,13 +177,13 @@ def main(argv: list[str]) -> Comparison:
     if args.predict is None:
         sign, note = default_prediction(primary)
     else:
-        sign, note = (-1 if args.predict == "lower" else 1), f"{args.predict} (`--predict {args.predict}`)"
+        sign, note = (-1 if args.predict == "lower" else 1), f"{args.predict}, as given"
     make_out_dir(out)
     plots = write_plots(result, out, primary, args.margin)
     headline = headline_section(result, primary, sign, note, args.margin)
     write_markdown(result, plots, out / "report.md", headline)
     write_csv(result, out / "report.csv")
-    note_refusals(result)
+    note_refusals(result, out / "report.md")
     print(f"lamina compare: {len(runs)} runs in {len(groups)} groups -> {out / 'report.md'}, "
           f"{out / 'report.csv'}, {sum(len(files) for _, files in plots)} plots")
     return result

@@ -2,7 +2,13 @@
 primary metric at matched tokens and at matched FLOPs, its paired difference with its 95%
 interval, the seeds, and the verdict of lamina's one rule (`lamina.verdict.decide`, the rule
 `lamina study` uses), from a margin fixed in advance (`--margin`) and a predicted sign
-(`--predict`). Without a margin: the interval, and no verdict. Then one sentence per contrast."""
+(`--predict`). Without a margin: the interval, and no verdict. Then one sentence per contrast.
+
+Each contrast is read at its own matched budget: the largest tokens seen (FLOPs) that its runs and
+the reference's all reached. The tables' budget is the one every run of the comparison reached, so
+a control that costs less per token (a token-matched next-token run beside RLP) would drag every
+contrast down to its FLOPs, and a FLOP-matched control would be read far short of the budget it
+was matched at."""
 
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.compare.runs import AXES, event_dirs
-from lamina.compare.stats import Cell, Comparison
+from lamina.compare.runs import AXES, Group, event_dirs, value_at
+from lamina.compare.stats import Cell, Comparison, budget, table_row
 from lamina.verdict import Verdict, decide
 
 DEFAULT_PRIMARY = "val/bpb"
@@ -67,14 +73,25 @@ def contrast(cell: Cell, group: str, axis: str, budget: float | None, sign: int,
     return Contrast(group, axis, budget, diff, lo, hi, n, False, verdict)
 
 
+def matched_cell(result: Comparison, group: Group, metric: str, axis: str) -> tuple[float | None, Cell]:
+    """(budget, cell) of `group` against the reference on one axis, at the largest budget that the
+    runs of the two groups logging `metric` all reached (not the one every group reached)."""
+    ref = result.groups[0]
+    runs = ref.runs + [run for run in group.runs if run not in ref.runs]
+    curves = {id(run): run.curve(metric, axis) for run in runs}
+    at = budget([c for c in curves.values() if c is not None])
+    values = {id(run): value_at(curves[id(run)], at) for run in runs}
+    return at, table_row([ref, group], {group.label: result.pairs.get(group.label, [])}, values)[group.label]
+
+
 def contrasts(result: Comparison, primary: str, sign: int, margin: float | None) -> list[Contrast]:
     if primary not in result.metrics:
         return []
     out = []
     for group in result.groups[1:]:
         for axis in AXES:
-            cell = result.cells[axis][primary][group.label]
-            out.append(contrast(cell, group.label, axis, result.budgets[axis][primary], sign, margin))
+            at, cell = matched_cell(result, group, primary, axis)
+            out.append(contrast(cell, group.label, axis, at, sign, margin))
     return out
 
 
@@ -155,13 +172,13 @@ def headline_section(result: Comparison, primary: str, sign: int, sign_note: str
     predicted = ("below" if sign < 0 else "above") + f" {ref}"
     rule = (f"margin ±{_fmt(margin)} (`--margin`, fixed in advance)" if margin is not None
             else f"{NO_MARGIN} (set `--margin M`, the smallest difference of interest, fixed before the runs)")
-    lines += [f"Difference (group − {ref}) of `{primary}` at the matched budget (tokens seen "
-              f"{_fmt(result.budgets['tokens'][primary])}, training FLOPs {_fmt(result.budgets['flops'][primary])}), "
-              f"mean and 95% t-interval over seeds; predicted: {predicted}, i.e. "
-              f"{sign_note} (`--predict`); {rule}. Verdict by the rule `lamina study` uses "
+    lines += [f"Difference (group − {ref}) of `{primary}` at a matched budget: per contrast, the largest tokens "
+              f"seen and the largest training FLOPs that its runs and {ref}'s all reached (the *at* columns; the "
+              "tables below use the budget every run reached), mean and 95% t-interval over seeds; predicted: "
+              f"{predicted}, i.e. {sign_note} (`--predict`); {rule}. Verdict by the rule `lamina study` uses "
               "(`lamina.verdict.decide`): supported / negligible / against / inconclusive / not tested.", ""]
-    head = ["contrast", "tokens: difference [95%]", "n seeds", "verdict", "FLOPs: difference [95%]", "n seeds",
-            "verdict"]
+    head = ["contrast", "at tokens", "difference [95%]", "n seeds", "verdict", "at FLOPs", "difference [95%]",
+            "n seeds", "verdict"]
     from lamina.compare.report import md_row
 
     lines += [md_row(head), md_row(["---"] * len(head))]
@@ -171,7 +188,7 @@ def headline_section(result: Comparison, primary: str, sign: int, sign_note: str
     for group, items in by_group.items():
         row = [f"{group} − {ref}"]
         for c in items:
-            row += [difference_text(c), n_text(c), verdict_text(c)]
+            row += [_fmt(c.budget), difference_text(c), n_text(c), verdict_text(c)]
         lines.append(md_row(row))
     lines += [""] + [sentence(result, primary, ref, group, items) for group, items in by_group.items()]
     lines += ["", f"Live, side by side (each group under its own name): `{tensorboard_command(result)}`"]

@@ -169,6 +169,59 @@ def refusals(result: Comparison) -> dict[str, str]:
     return {metric: refusal(end) for metric, end in result.ends.items() if end.refused and metric not in hidden}
 
 
+def starred(tag: str) -> str:
+    """The tag with the number of each numbered part starred: `sparsity/gap/id_b/layer3` ->
+    `sparsity/gap/id_b/layer*`, `sparsity/gap/level/2` -> `sparsity/gap/level/*`."""
+    return "/".join(re.sub(r"(?<=[A-Za-z_])\d+$|^\d+$", "*", part) for part in tag.split("/"))
+
+
+def merged(patterns: list[str], head: tuple[str, ...]) -> str:
+    """One glob for patterns that share their first parts `head`: part by part where they have
+    as many parts (a part they differ in starred), else `head/*`."""
+    if len(patterns) == 1:
+        return patterns[0]
+    split = [p.split("/") for p in patterns]
+    if len({len(parts) for parts in split}) > 1:
+        return "/".join(head) + "/*"
+    return "/".join(column[0] if len(set(column)) == 1 else "*" for column in zip(*split))
+
+
+def series_patterns(tags: list[str]) -> list[str]:
+    """Tags folded into families, in order: per first two parts of a tag (`sparsity/gap`,
+    `eval/arith_acc`, `val/bpb`) one glob, with how many tags it stands for where more than one."""
+    families: dict[tuple[str, ...], list[str]] = {}
+    for tag in tags:
+        families.setdefault(tuple(tag.split("/")[:2]), []).append(tag)
+    out = []
+    for head, members in families.items():
+        pattern = merged(list(dict.fromkeys(starred(tag) for tag in members)), head)
+        out.append(pattern if len(members) == 1 else f"{pattern} ({len(members)})")
+    return out
+
+
+def refusal_summary(result: Comparison) -> str | None:
+    """The end-of-run table's refusals in one line (None: there are none): the one series's reason,
+    or how many series, their families, and each group's last steps of them (runs: each run's last
+    step of each series; the step range over the series and runs). report.md lists every series."""
+    refused = list(refusals(result))
+    if not refused:
+        return None
+    if len(refused) == 1:
+        (metric,) = refused
+        return f"{metric} left out of the table at the last step every run reached: {refusal(result.ends[metric])}"
+    group_of = {id(run): group.label for group in result.groups for run in group.runs}
+    steps: dict[str, set[int]] = {}
+    runs: dict[str, set[int]] = {}
+    for metric in refused:
+        for run, last in result.ends[metric].last:
+            steps.setdefault(group_of[id(run)], set()).add(last)
+            runs.setdefault(group_of[id(run)], set()).add(id(run))
+    by_group = "; ".join(f"{g.label} ({len(runs[g.label])} run{'s' if len(runs[g.label]) > 1 else ''}): "
+                         f"{step_range(sorted(steps[g.label]))}" for g in result.groups if g.label in steps)
+    return (f"{len(refused)} series left out of the table at the last step every run reached, their runs sharing "
+            f"no step after step 0: {', '.join(series_patterns(refused))}; their last steps by group: {by_group}")
+
+
 def view_table(result: Comparison, view: str) -> list[str]:
     """One table: a row per metric, a column per group and per difference from the first group. The
     end-of-run table's rows name their step; a row it refuses is a line below it instead."""
@@ -194,7 +247,7 @@ def view_table(result: Comparison, view: str) -> list[str]:
         row += [difference_cell(per_group[g.label], len(result.pairs.get(g.label, []))) for g in groups[1:]]
         lines.append(md_row(row + ([z_cell(result, view, metric)] if with_z else [])))
     if refused:
-        lines += ["", "Not compared at a common step:", ""]
+        lines += ["", f"Not compared at a common step ({len(refused)} series):", ""]
         lines += [f"- `{metric}`: {reason}" for metric, reason in refused.items()]
     return lines
 

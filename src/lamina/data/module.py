@@ -62,6 +62,7 @@ class TextDataModule(L.LightningDataModule):
         tasks: list[str] | None = None,
         level_weights: str = "by_kind",
         exposure_bins: list[int] | None = None,
+        family_weights: dict[str, int] | None = None,
         thoughts: str = "keep",
         dataset_config: str | None = None,
         dataset_split: str = "train",
@@ -105,6 +106,9 @@ class TextDataModule(L.LightningDataModule):
                 rarer than level 3, four) or `equal` (each arithmetic level alike).
             exposure_bins: relative mentions of the world people family's roster bins (null:
                 0, 1, 10, 100), probed as `exposure/<bin>` beside `novel`; needs the people family.
+            family_weights: relative weight of each world family, integers (null: every family
+                alike; a family not named weighs 1), e.g. `{arith: 3, strings: 2}`. An example picks
+                its family by these weights, then a kind within it.
             thoughts: `keep` the `<think> ... </think>` spans in the text, or `strip` them (the
                 worked reasoning left out, the question and answer kept; lamina.data.thoughts).
             dataset_config: Hugging Face dataset config name (e.g. `sample-10BT`).
@@ -131,7 +135,8 @@ class TextDataModule(L.LightningDataModule):
             dataset_config=dataset_config,
             dataset_split=dataset_split,
             text_column=text_column,
-            world_options=dict(levels=levels, tasks=tasks, level_weights=level_weights, exposure_bins=exposure_bins),
+            world_options=dict(levels=levels, tasks=tasks, level_weights=level_weights, exposure_bins=exposure_bins,
+                               family_weights=family_weights),
         )
         self.corpus = with_thoughts(self.corpus, thoughts)
         self.val_corpus = resolve_val_source(val_source, self.corpus)

@@ -99,7 +99,7 @@ class Source:
     dataset_split: str = "train"  # hub
     text_column: str = "text"  # hub, .jsonl, .json, .parquet
     thoughts: str = "keep"  # keep | strip the <think> ... </think> spans (lamina.data.thoughts)
-    world: tuple = ()  # world: (key, value) of each data.levels, tasks, level_weights, exposure_bins set
+    world: tuple = ()  # world: (key, value) of each data.levels, tasks, level_weights, exposure_bins, family_weights set
     _identity: dict = field(default_factory=dict, compare=False, repr=False)
 
     def identity(self) -> dict:
@@ -163,7 +163,8 @@ def resolve_source(
     world_options: dict | None = None,
 ) -> Source:
     """Classify and check `data.source` without reading any text (local files must exist).
-    `world_options`: `lamina.data.world.generate`'s levels, tasks, level_weights, exposure_bins."""
+    `world_options`: `lamina.data.world.generate`'s levels, tasks, level_weights, exposure_bins,
+    family_weights."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(
             f"data.source: expected 'world', a Hugging Face dataset name or a local path, got {spec!r}"
@@ -175,7 +176,8 @@ def resolve_source(
         raise ConfigError(
             f"data.families: only applies to data.source 'world', not {spec!r} (set it to null)"
         )
-    world_defaults = {"levels": None, "tasks": None, "level_weights": "by_kind", "exposure_bins": None}
+    world_defaults = {"levels": None, "tasks": None, "level_weights": "by_kind", "exposure_bins": None,
+                      "family_weights": None}
     options = {k: v for k, v in (world_options or {}).items() if v != world_defaults[k]}
     if options and kind != "world":
         raise ConfigError(
@@ -189,6 +191,9 @@ def resolve_source(
 
         families = tuple(world.FAMILIES if families is None else families)
         options = {k: v if k == "level_weights" else world._as_tuple(v) for k, v in options.items()}
+        if "family_weights" in options:  # kept as sorted (family, weight) pairs: hashable, one cache key
+            options["family_weights"] = tuple(sorted(dict(world.check_family_weights(
+                world_options["family_weights"], families)).items()))
         world.generate(seed, families, **options)  # validates the names now, not at the first read
         return Source(spec, "world", seed=seed, families=families, world=tuple(options.items()))
     if kind == "hub":

@@ -41,7 +41,7 @@ import random
 import re
 import types
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -815,6 +815,27 @@ def check_level_weights(level_weights) -> str:
     return level_weights
 
 
+def check_family_weights(family_weights, families: Sequence[str]) -> dict[str, int] | None:
+    """`data.family_weights` as {family: integer weight} (None: every family alike). Integers, so
+    that a stream is the same on every machine; a family it does not name weighs 1."""
+    if family_weights is None:
+        return None
+    try:  # a mapping, or the (family, weight) pairs a Source keeps
+        weights = dict(family_weights)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"data.family_weights: expected a mapping of family to integer weight, got {family_weights!r}"
+        ) from None
+    for family, weight in weights.items():
+        if family not in families:
+            raise _unknown("family_weights", "family (not in data.families)", family, families)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise ConfigError(f"data.family_weights.{family}: expected an integer >= 0, got {weight!r}")
+    if not any(weights.get(f, 1) for f in families):
+        raise ConfigError("data.family_weights: every family weighs 0 (expected at least one above 0)")
+    return weights
+
+
 def _select_kinds(families, levels, tasks, exposure_bins=None) -> dict[str, list[_Kind]]:
     """Validate the filters and return the kinds each selected family draws from."""
     families = _as_tuple(families)
@@ -892,10 +913,12 @@ def generate(
     *,
     level_weights: str = "by_kind",
     exposure_bins: Sequence[int] | None = None,
+    family_weights: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
 ) -> Iterator[Example]:
     """Endless stream of examples, deterministic in all arguments.
 
-    Each example picks a family uniformly among the selected ones, then a kind within it:
+    Each example picks a family among the selected ones (uniformly, or in proportion to
+    `family_weights`, integers; a family not named weighs 1, one at 0 is not drawn), then a kind within it:
     `level_weights="by_kind"` (the default, the corpus's original bytes) draws every kind (task,
     and level for arith) uniformly, so arithmetic level 1 (one task) is rarer than level 3 (four);
     `"equal"` draws an arithmetic level uniformly, then a task of that level. `levels` restricts
@@ -906,6 +929,7 @@ def generate(
     """
     check_level_weights(level_weights)
     kinds_by_family = _select_kinds(families, levels, tasks, exposure_bins)
+    weights = check_family_weights(family_weights, _as_tuple(families))
     rng = random.Random(_rng_seed(seed))
     # "equal": kinds grouped by level, for the families whose kinds have levels (arith).
     by_level = {
@@ -914,10 +938,21 @@ def generate(
         if level_weights == "equal" and all(k.level is not None for k in kinds)
     }
 
+    family_names = list(kinds_by_family)
+    if weights is None:
+        pick_family = rng.choice  # unweighted: the corpus's original bytes
+    else:
+        # One integer draw over the cumulative weights: the same stream on every machine.
+        cumulative = list(itertools.accumulate(weights.get(f, 1) for f in family_names))
+        if cumulative[-1] == 0:
+            raise ConfigError(f"data.family_weights: every family left to draw ({', '.join(family_names)}) weighs 0")
+
+        def pick_family(names: list[str]) -> str:
+            return names[bisect.bisect_right(cumulative, rng.randrange(cumulative[-1]))]
+
     def stream() -> Iterator[Example]:
-        family_names = list(kinds_by_family)
         while True:
-            family = rng.choice(family_names)
+            family = pick_family(family_names)
             if family in by_level:
                 kinds = by_level[family][rng.choice(tuple(by_level[family]))]
             else:

@@ -1,9 +1,10 @@
 """Drift from a reference checkpoint: how far a model in a phase (finetuning, RLP, continued
 pretraining from `model.init_from`) has moved from where it started, layer by layer.
 
-Every measurement runs the model and the reference (both eval mode, no grad, the trainer's
-autocast) on the same fixed probe windows (the `id` windows the instrumentation also uses: held-out
-windows of the val split) and logs, per layer i, each beside the number it must be read against:
+Every measurement runs the model and the reference (both eval mode, no grad, their forwards under
+the trainer's autocast and every statistic in fp32 or wider: `lamina.instrument.precision`) on the
+same fixed probe windows (the `id` windows the instrumentation also uses: held-out windows of the
+val split) and logs, per layer i, each beside the number it must be read against:
 
 - `cka`: linear CKA (Kornblith et al. 2019, centred) of the residual stream after block i, model
   against reference, over the probe tokens. Read against `cka_floor` (|CKA on the even windows -
@@ -48,7 +49,6 @@ measuring never changes training.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import lightning as L
@@ -62,6 +62,7 @@ from lamina.errors import ConfigError
 from lamina.pretrained import SHAPE_KEYS, load_gpt
 from lamina.finetune.retention import fact_items
 from lamina.finetune.similarity import CKAAccumulator, fit_ridge_probe, weight_changes
+from lamina.instrument.precision import AutocastFactory, measuring, model_forward
 from lamina.model import GPT, GPTConfig
 from lamina.probes import held_out_windows, n_windows_for, probe_rng, world_seed
 
@@ -156,9 +157,10 @@ def _heldout_questions(keys: list[str], rng: np.random.Generator) -> set[int]:
 
 
 def recorded(model: GPT, idx: torch.Tensor) -> dict:
-    """The residual streams (`resid`) and MLP post-activations (`mlp`) of every block."""
+    """The residual streams (`resid`) and MLP post-activations (`mlp`) of every block, from a
+    forward in the measurement's forward precision (`precision.model_forward`)."""
     record: dict = {}
-    model(idx, record=record)
+    model_forward(model, idx, record=record)
     return record
 
 
@@ -192,7 +194,12 @@ def independent_twin(config: GPTConfig, seed: int) -> GPT:
 
 class DriftMeter:
     """Measures models against one reference on fixed probe windows (and the fact probe, if given).
-    Everything about the reference alone is computed once, here."""
+    Everything about the reference alone is computed once, here.
+
+    `autocast`: a factory of the context each forward runs in (the trainer's
+    `precision_plugin.forward_context`); None: the autocast in force when measuring. Only the
+    forwards run under it; CKA, weight changes and the probes run with autocast off
+    (`lamina.instrument.precision.measuring`)."""
 
     def __init__(
         self,
@@ -203,7 +210,7 @@ class DriftMeter:
         batch_rows: int | None = None,
         ridge: float = 0.1,
         init_seed: int = 0,
-        autocast=None,
+        autocast: AutocastFactory | None = None,
     ):
         self.reference = reference.eval()
         device = next(reference.parameters()).device
@@ -215,20 +222,20 @@ class DriftMeter:
         self.probes = []  # per layer: the fact probe fitted on the reference
         dtype = next(reference.parameters()).dtype
         twin = independent_twin(reference.config, init_seed).to(device=device, dtype=dtype)
-        with torch.no_grad(), (autocast or nullcontext)():
+        with torch.no_grad(), measuring(autocast):
             self.constants.update(self._similarity(twin, suffix="_init", floors=False))
             for group, change in weight_changes(twin, reference).items():
                 self.constants[f"drift/{group}/weights_init"] = change
             if self.facts is not None:
                 self._fit_fact_probes(twin)
 
-    def measure(self, model: GPT, autocast=None) -> dict[str, float]:
+    def measure(self, model: GPT, autocast: AutocastFactory | None = None) -> dict[str, float]:
         """Every drift tag of `model` (same shape as the reference) now."""
         check_same_shape(self.reference.config, model.config, "model")
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            with torch.no_grad(), (autocast or nullcontext)():
+            with torch.no_grad(), measuring(autocast):
                 out = dict(self.constants)
                 out.update(self._similarity(model))
                 for group, change in weight_changes(model, self.reference).items():

@@ -35,10 +35,10 @@ from typing import Callable, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from scipy import stats
 
 from lamina.data import world
 from lamina.errors import ConfigError
+from lamina.measures import wilson_interval
 
 FACT_FAMILIES = ("one_hop", "two_hop")
 QUESTION_DRAWS = 20_000  # world questions drawn to find the distinct ones (all appear within ~5000)
@@ -99,14 +99,6 @@ class Accuracy:
         lo, hi = self.interval
         numbers = {"accuracy": self.value, "lo": lo, "hi": hi, "chance": self.chance}
         return {**{k: (v if v == v else None) for k, v in numbers.items()}, "n": self.n, "correct": self.correct}
-
-
-def wilson_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (scipy); (nan, nan) for n = 0."""
-    if n == 0:
-        return float("nan"), float("nan")
-    ci = stats.binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 # ---- the questions --------------------------------------------------------------------------------

@@ -22,10 +22,7 @@ from typing import Iterable
 
 import torch
 
-
-def wide_dtype(device: torch.device) -> torch.dtype:
-    """float64 where the device has it (MPS does not)."""
-    return torch.float32 if device.type == "mps" else torch.float64
+from lamina.measures import wide_dtype
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ a random baseline).
 - `layers`: effective rank of the centred residual stream, on id and id_b (the floor)
 - `lastlayer`: Jin et al.'s last-layer measures on arithmetic problems by level, with level gaps
 - `pictures`: matplotlib figures for TensorBoard
+- `precision`: each forward in the run's precision (the trainer's autocast), every statistic in
+  fp32 or wider whatever that precision
 
 The model never imports this package; it reads the model through `GPT.forward(idx, record=...)`.
 """

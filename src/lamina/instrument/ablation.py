@@ -11,7 +11,8 @@ value it may never take (0, for GELU units that sit elsewhere). `zero` mode sets
 Each row of a forward carries its own unit set: the (unit set, row) pairs of all modules and all
 null sets are flattened and run `batch_size` rows per forward. The hook exists only while
 `task_losses` runs (removed in a `finally`), never in the training path; the caller sets eval
-mode (and autocast); the functions here run without grad.
+mode; the forwards run in the measurement's forward precision (`precision.model_forward`), the
+losses from fp32 logits into float64 sums; the functions here run without grad.
 
 Damage. D[m, t] = (mean next-token loss on task t's scored answer tokens with unit set m
 ablated) minus (the same without ablation), nats per answer token, NOT clipped: a negative value
@@ -66,6 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lamina.instrument.precision import model_forward
 from lamina.probes import TaskProbe
 
 LEARNED_BELOW = 0.9  # a task is learned when its loss < LEARNED_BELOW x its chance loss
@@ -114,7 +116,7 @@ def unit_means(model: torch.nn.Module, probe: TaskProbe, batch_size: int, device
         x = probe.inputs[start : start + batch_size].to(device)
         keep = keep_all[start : start + batch_size].to(device)
         record: dict = {}
-        model.forward(x, record=record)  # eagerly: see sparsity.forward_recorded
+        model_forward(model, x, record=record)
         batch = [a[keep].double().sum(dim=0) for a in record["mlp"]]
         sums = batch if sums is None else [s + b for s, b in zip(sums, batch)]
     n = max(int(keep_all.sum()), 1)
@@ -153,7 +155,7 @@ def task_losses(
             variant, row = flat // rows, flat % rows
             current["variant"] = variant
             y, t = targets[row], task_ids[row]
-            logits, _ = model.forward(inputs[row])  # eagerly: see sparsity.forward_recorded
+            logits, _ = model_forward(model, inputs[row])
             scored = y >= 0
             loss = F.cross_entropy(logits[scored].float(), y[scored], reduction="none")
             slot = (variant[:, None] * n_tasks + t)[scored]

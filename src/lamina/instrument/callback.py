@@ -2,12 +2,14 @@
 
 It composes the parts of this package: probes (`lamina.probes`), sparsity, modularity, layers,
 ablation, the last-layer measures and pictures. Every measure is logged beside the number it must
-be read against: each density gap with its standard error and z, Q with its permutation null and
-held-out Q, stability with its floor, ablation specificity with its random-set null, effective
-rank with its `id_b` floor, the last-layer measures with their level contrasts. At fit start it builds the probe set once; at step 0, every
+be read against: each density gap with its standard error and z, Q with its shuffled-weights null
+(its permutation null and held-out Q beside it), stability with its floor, ablation specificity
+with its random-set null, effective rank with its `id_b` floor, the last-layer measures with their
+level contrasts. At fit start it builds the probe set once; at step 0, every
 `every_n_steps` optimizer steps and at the end of training it runs the probes through the model
-in eval mode, without grad, under the trainer's autocast, streams the activations through
-`lamina.measures` on the device, and logs scalars, images and histograms from rank zero.
+in eval mode, without grad, each forward under the trainer's autocast and every statistic in fp32
+or wider (`lamina.instrument.precision`), streams the activations through `lamina.measures` on
+the device, and logs scalars, images and histograms from rank zero.
 
 Measurement never touches training state: it uses no global RNG (the probes and the clustering
 have their own generators), restores every submodule's train/eval flag exactly, and adds the
@@ -30,7 +32,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina import measures
-from lamina.config_types import NonNegativeNumber, OpenUnitInterval, PositiveInt, at_least, plain
+from lamina.config_types import NonNegativeInt, NonNegativeNumber, OpenUnitInterval, PositiveInt, at_least, plain
 from lamina.data import world
 from lamina.errors import ConfigError
 from lamina.instrument import pictures
@@ -39,7 +41,14 @@ from lamina.instrument.context import context_figure, context_scalars, context_v
 from lamina.instrument.hierarchy import hierarchy_figure, hierarchy_scalars, measure_hierarchy
 from lamina.instrument.lastlayer import answer_positions_probe, lastlayer_stats
 from lamina.instrument.layers import layer_scalars
-from lamina.instrument.modularity import LayerModules, find_modules, modularity_scalars
+from lamina.instrument.modularity import (
+    LayerModules,
+    find_modules,
+    modularity_scalars,
+    shuffled_weights_null,
+    with_shuffled_null,
+)
+from lamina.instrument.precision import AutocastFactory, measuring
 from lamina.instrument.sparsity import (
     ACTIVE_RULES,
     STATS,
@@ -55,6 +64,7 @@ from lamina.probes import ProbeSet, TaskProbe, build_probes, labelled_windows, w
 IMPLS = ("auto", "kernel", "reference")
 PROBE_BATCH_TOKENS = 8192  # tokens per probe forward when probe_batch_size is null
 MIN_NULL_DRAWS = 8
+DEFAULT_SHUFFLED_DRAWS = 8  # with 4, |q_shuffled_z| > 3 comes up in ~7% of null layers (docs/measures.md)
 
 
 @dataclass
@@ -83,6 +93,7 @@ class Instrumentation(L.Callback):
         modularity_every_n_steps: PositiveInt | None = None,
         modularity_tokens: PositiveInt | None = 4096,
         null_draws: at_least(MIN_NULL_DRAWS) = MIN_NULL_DRAWS,
+        shuffled_draws: NonNegativeInt = DEFAULT_SHUFFLED_DRAWS,
         layers: bool = True,
         ablation: bool = True,
         ablation_every_n_steps: PositiveInt | None = 500,
@@ -123,8 +134,8 @@ class Instrumentation(L.Callback):
             cett: the output error the cett threshold is calibrated to, in (0, 1).
             eps: the threshold of the eps rule. null: by model.activation, 0 for relu/relu2 and
                 the depth of the negative dip otherwise (gelu/geglu 0.17, silu/swiglu 0.28).
-            modularity: co-activation partition of each layer's units, Q against its permutation
-                null, held-out Q, stability against its floor.
+            modularity: co-activation partition of each layer's units, Q against its shuffled-weights
+                null (`shuffled_draws`) and its permutation null, held-out Q, stability against its floor.
             modularity_every_n_steps: partition every this many steps (and at step 0 and the
                 end); null: every_n_steps.
             modularity_tokens: the co-activation graphs (and their nulls) are built from the first
@@ -132,6 +143,12 @@ class Instrumentation(L.Callback):
                 null draws) grows with it; the partition's eigendecomposition does not.
             null_draws: draws of each null (modularity: per-unit permuted activity; ablation:
                 random unit sets of the modules' sizes), at least 8.
+            shuffled_draws: draws of modularity's shuffled-weights null (Filan et al., arXiv
+                2103.03386): the model with every weight matrix of its blocks shuffled within the
+                matrix, the same probe windows, Q found the same way (`modularity/layer<i>/q_shuffled_*`).
+                0 turns it off; otherwise at least 2 (a null needs a spread). Each draw costs a
+                partition per layer and a forward of the modularity tokens (about 0.55 s on
+                `tiny`'s shape on a CPU).
             layers: effective rank of the centred residual stream after each block, on id and id_b.
             ablation: mean- (or zero-) ablate each module in turn on the string-task probes
                 (world corpus, strings family trained) and log the per-task loss increase and a
@@ -140,8 +157,9 @@ class Instrumentation(L.Callback):
                 step 0 and the end (null: only at step 0 and the end); it needs modularity (and partitions whenever it runs).
             ablation_examples: string examples per task in the task probe.
             ablation_mode: mean (units set to their mean on the task probe) or zero.
-            n_modules: modules per layer; null: chosen in 2..max_modules by held-out Q.
-            max_modules: the most modules the held-out choice may pick.
+            n_modules: modules per layer; null: chosen in 2..max_modules by Q on the `id` graph (the
+                held-out Q is scored on `id_b`, which the choice never sees).
+            max_modules: the most modules the choice may pick.
             lastlayer: Jin et al.'s last-layer measures (arXiv 2603.03415) on the final hidden
                 state before the answer of held-out arithmetic problems, by level (world corpus).
             lastlayer_problems: arithmetic problems per level for them.
@@ -184,6 +202,11 @@ class Instrumentation(L.Callback):
         )
         self.modularity_tokens = plain(modularity_tokens)
         self.null_draws = plain(null_draws)
+        self.shuffled_draws = plain(shuffled_draws)
+        if self.shuffled_draws == 1:
+            raise ConfigError(
+                "instrument.shuffled_draws: expected 0 (off) or at least 2 draws (a null needs a spread), got 1"
+            )
         self.layers = layers
         self.ablation = ablation
         self.ablation_every_n_steps = plain(ablation_every_n_steps)
@@ -361,7 +384,7 @@ class Instrumentation(L.Callback):
             probe=probe,
             context=context,
             device=pl_module.device,
-            autocast=trainer.precision_plugin.forward_context(),
+            autocast=trainer.precision_plugin.forward_context,  # a factory: entered once per forward
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
@@ -373,7 +396,7 @@ class Instrumentation(L.Callback):
         self.last_seconds = time.perf_counter() - started  # measuring and logging
         self.timings.append(
             {"step": trainer.global_step, "hook": hook, "seconds": self.last_seconds, "partition": partition,
-             "ablate": ablate}
+             "ablate": ablate, "shuffled_seconds": measurement.scalars.get("perf/modularity_shuffled_seconds", 0.0)}
         )
         if trainer.is_global_zero:
             for logger in trainer.loggers:
@@ -389,13 +412,17 @@ class Instrumentation(L.Callback):
         probe: bool = False,
         context: bool = False,
         device: torch.device | None = None,
-        autocast=None,
+        autocast: AutocastFactory | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> Measurement:
         """Measure `model` (a GPT) on `self.probes`; returns the tags, logs nothing. `partition`:
         run modularity (if switched on) at this step; `ablate`: also the ablation; `probe`: the
         hierarchy probes; `context`: context against memory (each if switched on and built).
+        `autocast`: a factory of the context each forward runs in (the trainer's
+        `precision_plugin.forward_context`); None: the autocast in force at the call. Only the
+        forwards run in it: every statistic runs with autocast off, in fp32 or wider, whatever the
+        run's precision (`lamina.instrument.precision`).
         Updates the previous partitions (for stability). With world_size > 1 every rank must call
         it (the probe statistics are summed over ranks); only rank 0 gets the tags."""
         if self.probes is None:
@@ -409,7 +436,9 @@ class Instrumentation(L.Callback):
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            with torch.no_grad(), autocast or nullcontext():
+            # Not the trainer's autocast around all of it: under it the statistics' fp32 matmuls
+            # (co-activation counts, CETT calibration, probe scores) would run in bf16.
+            with torch.no_grad(), measuring(autocast):
                 rule = self._rule(model, batch, device)
                 stats = measure_probes(
                     model, probes, rule=rule, batch_size=batch, device=device, impl=impl,
@@ -424,7 +453,7 @@ class Instrumentation(L.Callback):
                 if stats.active:
                     # Hundreds of small graph ops: one CPU thread is faster than several that wait.
                     with measures.one_cpu_thread() if device.type == "cpu" else nullcontext():
-                        self._partition(stats.active, out)
+                        self._partition(stats.active, out, model, batch, device)
                 if ablate and self.ablation and out.modules and self.probes.tasks is not None:
                     self._ablate(model, device, out, batch)
                 if self.answer_probe is not None:
@@ -466,7 +495,10 @@ class Instrumentation(L.Callback):
             batch_size=batch, device=device,
         )
 
-    def _partition(self, active: dict[str, list[torch.Tensor]], out: Measurement) -> None:
+    def _partition(
+        self, active: dict[str, list[torch.Tensor]], out: Measurement, model: torch.nn.Module | None = None,
+        batch: int = 1, device: torch.device | None = None,
+    ) -> None:
         # Without id_b (a tiny validation split) the held-out choice falls back to id itself.
         heldout = active.get("id_b", active["id"])
         rows = slice(None, self.modularity_tokens)
@@ -478,6 +510,20 @@ class Instrumentation(L.Callback):
             self.previous_labels[i] = mods.labels
             self.q_history.setdefault(i, []).append((out.step, mods.q, mods.q_heldout, list(mods.q_null)))
             out.modules.append(mods)
+        if self.shuffled_draws and model is not None:
+            # Rank 0 only, as the partition: a copy of the model with its block weights shuffled,
+            # the same windows and rule; the model itself is not written, no global RNG is drawn.
+            probes = self.probes.probes
+            null = shuffled_weights_null(
+                model, probes["id"], probes.get("id_b"), draws=self.shuffled_draws,
+                seed=self._seed("modularity_shuffled", 0),
+                layer_seeds=[self._seed("modularity", i) for i in range(len(out.modules))],
+                tokens=self.modularity_tokens, n_modules=self.n_modules, max_modules=self.max_modules,
+                rule=lambda shuffled: self._rule(shuffled, batch, device), batch_size=batch, device=device,
+            )
+            for mods, q, q_heldout in zip(out.modules, null.q, null.q_heldout):
+                with_shuffled_null(mods, q, q_heldout)
+            out.scalars["perf/modularity_shuffled_seconds"] = null.seconds
         out.scalars.update(modularity_scalars(out.modules))
 
     def _seed(self, purpose: str, layer: int) -> int:

@@ -41,7 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from scipy import stats
+
+from lamina.instrument.precision import model_forward
+from lamina.measures import wilson_interval as wilson  # Wilson 95% interval of a share k / n
 
 INSTRUCTION = "Use the context. "
 ALL = "all"  # the bin that pools every prompt
@@ -172,7 +174,7 @@ def _score_rows(model, prompts, answers, device, steer, keep_residuals):
     idx, targets = idx.to(device), targets.to(device)
     record: dict | None = {} if keep_residuals else None
     with steering(model, steer, starts):
-        logits = model.forward(idx, record=record)[0]  # .forward: eager, past any torch.compile wrapper
+        logits = model_forward(model, idx, record=record)[0]
     vocab = getattr(getattr(model, "config", None), "vocab_size", logits.shape[-1])
     mask = targets >= 0
     picked = logits[mask][:, :vocab].float()  # only the answer positions, only real tokens
@@ -193,8 +195,8 @@ def score_answers(model: torch.nn.Module, probe: CounterfactualProbe, batch_size
                   keep_residuals: bool = False) -> AnswerScores:
     """Both candidates of every prompt, teacher-forced, `batch_size` prompts (2 x rows) a forward;
     `instructed` scores the instructed prompts; `keep_residuals` keeps the residual after each
-    block at the last prompt position (before any steering of that block). No grad; eval mode and
-    autocast are the caller's."""
+    block at the last prompt position (before any steering of that block). No grad; eval mode is
+    the caller's, the forward precision the measurement's (`precision.model_forward`)."""
     prompts = probe.instructed if instructed else probe.prompts
     limit = getattr(getattr(model, "config", None), "block_size", None)
     longest = max(len(p) + max(len(a), len(b)) - 1 for p, a, b in zip(prompts, probe.context_answers,
@@ -318,12 +320,6 @@ def context_vs_prior(model: torch.nn.Module, probe: CounterfactualProbe, batch_s
 
 
 # ---- scalars and the picture ----------------------------------------------------------------
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """Wilson 95% interval of a share k / n (scipy)."""
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def _mean_se(x: torch.Tensor) -> tuple[float, float]:

@@ -49,6 +49,9 @@ from matplotlib import colormaps
 from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
+from lamina.instrument.precision import in_full_precision, model_forward
+from lamina.measures import wide_dtype
+
 TIERS: dict[str, str] = {
     "token": "lexical",
     "digit": "lexical",
@@ -107,10 +110,6 @@ class LayerProbe:
 
 def tier_of(label: str) -> str:
     return TIERS.get(label, "other")
-
-
-def _wide(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -192,7 +191,7 @@ class RidgeClassifier:
     draws, on the same items, share the decomposition and the projection."""
 
     def __init__(self, x: torch.Tensor):
-        dtype = _wide(x.device)
+        dtype = wide_dtype(x.device)
         x = x.to(dtype)
         self.n = x.shape[0]
         self.mean = x.mean(dim=0)
@@ -243,6 +242,7 @@ class RidgeClassifier:
         return (z @ self._weights(zty, ridge) + prior.float()).argmax(dim=1)
 
 
+@in_full_precision  # the score products are fp32 matmuls: under autocast, bf16 ones
 def probe_layer(features: torch.Tensor, labels: torch.Tensor, controls: Sequence[torch.Tensor],
                 train: torch.Tensor, ridges: Sequence[float] = RIDGES) -> LayerProbe | None:
     """The probe and its control draws at one layer. `features` [N, d]; `labels` and each of
@@ -410,8 +410,9 @@ def labelled_positions(labels: Mapping[str, torch.Tensor], shape: tuple[int, int
 def collect_residuals(model: torch.nn.Module, tokens: torch.Tensor, labels: Mapping[str, torch.Tensor],
                       batch_size: int, device: torch.device | str, max_items: int | None = 8192,
                       seed: int = 0) -> LabelledResiduals:
-    """Run `tokens` [rows, T] through the model (no grad; eval mode and autocast are the
-    caller's) and keep each block's output residual at the positions of `labelled_positions`.
+    """Run `tokens` [rows, T] through the model (no grad; eval mode is the caller's; the forward
+    precision the measurement's) and keep each block's output residual, as fp32, at the positions of
+    `labelled_positions`.
     `labels` name -> [rows, T] per-token labels (-1 = none)."""
     mask = labelled_positions(labels, tuple(tokens.shape), max_items, seed)
     kept: list[list[torch.Tensor]] = []
@@ -421,7 +422,7 @@ def collect_residuals(model: torch.nn.Module, tokens: torch.Tensor, labels: Mapp
             if not bool(part.any()):
                 continue
             record: dict = {}
-            model.forward(tokens[start : start + batch_size].to(device), record=record)  # eager, past compile
+            model_forward(model, tokens[start : start + batch_size].to(device), record=record)
             for i, resid in enumerate(record["resid"]):
                 if len(kept) <= i:
                     kept.append([])

@@ -35,6 +35,7 @@ import torch
 from lamina import measures
 from lamina.data import world
 from lamina.data.tokenizer import EOT
+from lamina.instrument.precision import forward_precision, model_forward, wide
 
 STATS: tuple[str, ...] = ("top1_energy", "top5_energy", "top10_energy", "entropy_rank", "hoyer")
 TOP_FRACTIONS = {"top1_energy": 0.01, "top5_energy": 0.05, "top10_energy": 0.10}
@@ -156,8 +157,9 @@ def answer_hidden_states(model: torch.nn.Module, probe: LastLayerProbe, batch_si
     `device`, in the model's output dtype, in the probe's row order.
 
     Rows run in batches of `batch_size`, shortest first, each batch cut to its longest row
-    (right padding after a position cannot change it: attention is causal). Eval mode and
-    autocast are the caller's; this runs under no_grad and changes no flag or RNG state."""
+    (right padding after a position cannot change it: attention is causal). Eval mode is the
+    caller's; the forward and ln_f run in the measurement's forward precision; this runs under
+    no_grad and changes no flag or RNG state."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     n = len(probe)
@@ -176,11 +178,12 @@ def answer_hidden_states(model: torch.nn.Module, probe: LastLayerProbe, batch_si
             pos = probe.positions[rows]
             idx = probe.tokens[rows, : int(pos.max()) + 1].to(device)
             record: dict = {}
-            model.forward(idx, record=record)  # .forward: eager, past any torch.compile wrapper
+            model_forward(model, idx, record=record)
             last = record["resid"][-1]
             del record
             at = last[torch.arange(len(rows), device=last.device), pos.to(last.device)]
-            picked.append(model.transformer.ln_f(at))  # ln_f acts per position: same as on all
+            with forward_precision():  # ln_f is the model's own computation, as in its forward
+                picked.append(model.transformer.ln_f(at))  # ln_f acts per position: same as on all
     h = torch.cat(picked)
     out = torch.empty_like(h)
     out[order.to(h.device)] = h
@@ -241,7 +244,7 @@ def lastlayer_stats(model: torch.nn.Module, probe: LastLayerProbe, batch_size: i
                     device: torch.device | str) -> dict[str, float]:
     """The last-layer scalars of the module docstring for `model` on `probe` (see
     `answer_hidden_states` for what the caller sets up)."""
-    h = answer_hidden_states(model, probe, batch_size, device)
+    h = wide(answer_hidden_states(model, probe, batch_size, device))  # (the measures take it to float64)
     return stats_from_values(lastlayer_values(h), probe.levels)
 
 

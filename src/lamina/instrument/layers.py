@@ -16,11 +16,7 @@ from __future__ import annotations
 import torch
 
 from lamina import measures
-from lamina.measures import sum_over_ranks
-
-
-def _wide(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
+from lamina.measures import sum_over_ranks, wide_dtype
 
 
 class GramAccumulator:
@@ -33,7 +29,7 @@ class GramAccumulator:
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1])
-        x = x.to(_wide(x.device))
+        x = x.to(wide_dtype(x.device))
         if self.gram is None:
             self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
             self.total = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)

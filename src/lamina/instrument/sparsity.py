@@ -1,11 +1,12 @@
 """Sparsity: stream every probe through the model and its MLP activations through the accumulators.
 
-One forward per probe batch (eval mode, no grad, the caller's autocast) with `record=`, the
-model's one narrow interface. Each layer's MLP activation `[B, T, d_ff]` goes into a
-`lamina.measures.SparsityAccumulator` under the run's active rule (`ActiveRule`), which also keeps
-the density of every window; for the probes that modularity reads (`id`, `id_b`) the 0/1 activity
-is kept too, and for those that the layer measures read, the residual stream goes into a Gram
-accumulator. Everything stays on the device until `compute()`, which returns small reductions.
+One forward per probe batch (eval mode, no grad, the measurement's forward precision: see
+`lamina.instrument.precision`) with `record=`, the model's one narrow interface. Each layer's MLP
+activation `[B, T, d_ff]` goes into a `lamina.measures.SparsityAccumulator` under the run's active
+rule (`ActiveRule`), which also keeps the density of every window; for the probes that modularity
+reads (`id`, `id_b`) the 0/1 activity is kept too, and for those that the layer measures read, the
+residual stream goes into a Gram accumulator. Everything stays on the device until `compute()`,
+which returns small reductions.
 
 The active rules (`instrument.active`):
 
@@ -39,6 +40,7 @@ import torch
 from lamina import measures
 from lamina.instrument.ablation import mlp_output_projections
 from lamina.instrument.layers import GramAccumulator
+from lamina.instrument.precision import in_full_precision, model_forward, wide
 
 STATS = ("frac_active", "l1", "l2", "hoyer", "dead_frac", "top10_l1_share")
 ACTIVE_RULES = ("sign", "cett", "eps")
@@ -82,6 +84,7 @@ class ActiveRule:
         return mask.reshape(-1, a.shape[-1])
 
 
+@in_full_precision
 def active_rule(
     name: str,
     model: torch.nn.Module,
@@ -93,7 +96,9 @@ def active_rule(
     device: torch.device,
 ) -> ActiveRule:
     """The rule `name` for the model as it is now; for cett, calibrated on the first
-    CETT_CALIBRATION_TOKENS tokens of `calibration` (the `id` windows), the same on every rank."""
+    CETT_CALIBRATION_TOKENS tokens of `calibration` (the `id` windows), the same on every rank.
+    The forwards run in the measurement's forward precision, the calibration (W a, in bisection)
+    in fp32 on activations taken to fp32 (in bf16 its error curve moved tau by ~0.1% on a tiny model)."""
     if name == "sign":
         return ActiveRule("sign", [0.0])
     if name == "eps":
@@ -106,7 +111,7 @@ def active_rule(
     thresholds = []
     for layer, c_proj in enumerate(mlp_output_projections(model)):
         weight = c_proj.weight  # W_down, [n_embd, d_ff]
-        layer_acts = torch.cat([batch[layer] for batch in acts])
+        layer_acts = wide(torch.cat([batch[layer] for batch in acts]))  # per layer: one fp32 copy at a time
         tau = measures.cett_threshold(layer_acts, weight, cett)
         thresholds.append(tau / weight.detach().float().norm(dim=0))  # inf where a column is 0
     return ActiveRule("cett", thresholds)
@@ -127,15 +132,14 @@ class ProbeStats:
 
 
 def forward_recorded(model: torch.nn.Module, idx: torch.Tensor) -> dict:
-    """Run the GPT on idx and return its record (`mlp`, `mlp_pre`, `resid`: one tensor per layer).
-
-    `model.forward` rather than `model(...)`: a model compiled in place (`model.compile()`)
-    would otherwise recompile for eval mode and the record; the measurement runs eagerly."""
+    """Run the GPT on idx and return its record (`mlp`, `mlp_pre`, `resid`: one tensor per layer),
+    eagerly and in the measurement's forward precision (`precision.model_forward`)."""
     record: dict = {}
-    model.forward(idx, record=record)
+    model_forward(model, idx, record=record)
     return record
 
 
+@in_full_precision
 def measure_probes(
     model: torch.nn.Module,
     probes: dict[str, torch.Tensor],
@@ -151,7 +155,8 @@ def measure_probes(
 ) -> ProbeStats:
     """Sparsity statistics of every layer on every probe under `rule`; the 0/1 activity of the
     `keep_active` probes and the residual Grams of the `residual` probes. The caller sets eval
-    mode, no_grad and autocast.
+    mode and no_grad; the forwards run in the measurement's forward precision, the accumulators
+    in full precision (they read bf16 activations through an fp32 compare and fp32 or float64 sums).
 
     With world_size > 1 (torch.distributed initialised, every rank calling with the same probes
     and weights) each rank measures its share of the windows and the accumulators are summed over

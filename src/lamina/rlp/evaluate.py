@@ -191,6 +191,7 @@ class ThoughtEvaluator:
             with_, without = np.array(think[level], dtype=float), np.array(nothink[level], dtype=float)
             metrics[f"eval/arith_acc/level{level}"] = float(with_.mean())
             metrics[f"eval/arith_acc_nothink/level{level}"] = float(without.mean())
+            metrics[f"eval/arith_n/level{level}"] = float(len(with_))  # problems scored (the gates need >= 256)
             metrics.update(_with_interval(f"eval/think_acc_gain/level{level}", with_ - without))
             self.records[level] = {"questions": [q for q, _ in problems], "answers": [a for _, a in problems],
                                    "think": think[level], "nothink": nothink[level]}

@@ -1,11 +1,20 @@
 """A claim of the research note as a study: its name, its one-sentence claim, the presets it runs
-at, and the function that runs it (through a `Runner`) and returns its `ClaimResult`."""
+at, and the function that runs it (through a `Runner`) and returns its `ClaimResult`.
+
+Presets: `cpu` (the configs as they are), `gpu` (one CUDA device, bf16-mixed, bigger shapes and
+more steps: each claim module sizes it so that one seed of every claim fits one 10-minute call on
+an H100, the reasoning beside each), `test` (the cpu preset at its module's toy sizes). A rehearsal
+(`lamina study --rehearse`, `StudyContext.rehearse`) runs any preset's code at the same toy sizes on
+the CPU: the preset's words, then the toy's (a later `--key value` wins), then `REHEARSAL` (the
+accelerator back to the CPU; the precision stays the preset's), so `--preset gpu --rehearse` takes
+the gpu preset's code path, bf16-mixed included, on a machine without CUDA.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import yaml
 
@@ -14,6 +23,12 @@ from lamina.study.report import ClaimResult
 from lamina.study.runs import Runner
 
 PRESETS = ("cpu", "gpu", "test")  # test: a handful of steps at toy sizes, for the smoke test
+# Every fit of the gpu preset: one CUDA device (`gpu`, not `auto`: a machine without one fails at
+# once, never trains on its CPU for hours), bf16 autocast with fp32 weights and optimizer state.
+GPU = ("--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed")
+# A rehearsal's last words: the CPU, whatever the preset said (its precision stays: bf16-mixed runs
+# as CPU autocast, so the gpu preset's mixed-precision path is rehearsed too).
+REHEARSAL = ("--trainer.accelerator", "cpu", "--trainer.devices", "1")
 
 
 def repo_configs() -> Path:
@@ -34,10 +49,16 @@ class StudyContext:
     device: str = "auto"  # for evaluations outside a fit: auto (cuda when present), cpu, cuda, ...
     log: Callable[[str], None] = print
     unit: bool = False  # a --fits-for-seed process: fits and per-seed evaluations, nothing over all seeds
+    rehearse: bool = False  # the preset's code at its module's toy sizes on the CPU (lamina study --rehearse)
 
     @property
     def folder(self) -> Path:
         return self.out / self.claim
+
+    @property
+    def preset_text(self) -> str:
+        """The preset as a report names it."""
+        return f"{self.preset} (rehearsed: toy sizes on the CPU)" if self.rehearse else self.preset
 
     def progress(self, message: str) -> None:
         self.log(f"study {self.claim}: {message}")
@@ -65,7 +86,42 @@ def study_configs(claim: str, folder: Path, names: dict[str, str]) -> dict[str, 
     return paths
 
 
-__all__ = ["Claim", "PRESETS", "StudyContext", "repo_configs", "study_configs"]
+P = TypeVar("P")
+
+
+def is_words(value) -> bool:
+    """A preset field of CLI words (a tuple of strings; an empty one too)."""
+    return isinstance(value, tuple) and all(isinstance(word, str) for word in value)
+
+
+def shrunk(preset: P, toy: P) -> P:
+    """`preset` at `toy`'s sizes: each field of CLI words is the preset's words, then the toy's (a
+    later `--key value` wins, so the toy's sizes stand and whatever the toy leaves alone stays the
+    preset's: its device, precision and data choices); every other field (steps, items, cadences)
+    is the toy's."""
+    changes = {}
+    for f in fields(preset):
+        mine, toys = getattr(preset, f.name), getattr(toy, f.name)
+        changes[f.name] = mine + toys if is_words(mine) and is_words(toys) else toys
+    return replace(preset, **changes)
+
+
+def rehearsal(preset: P, toy: P) -> P:
+    """`preset` shrunk to `toy`'s sizes, on the CPU (REHEARSAL after everything in `every`)."""
+    small = shrunk(preset, toy)
+    return replace(small, every=small.every + REHEARSAL)
+
+
+def preset_for(ctx: StudyContext, presets: dict[str, P], toy: P) -> P:
+    """The sizes a claim runs at: `presets[ctx.preset]`, or its rehearsal when `ctx.rehearse`."""
+    if ctx.preset not in presets:
+        raise ConfigError(f"--preset: expected one of {', '.join(presets)} for {ctx.claim}, got {ctx.preset!r}")
+    preset = presets[ctx.preset]
+    return rehearsal(preset, toy) if ctx.rehearse else preset
+
+
+__all__ = ["Claim", "GPU", "PRESETS", "REHEARSAL", "StudyContext", "preset_for", "rehearsal", "repo_configs",
+           "shrunk", "study_configs"]
 
 
 def yaml_value(paths, *keys: str):

@@ -18,7 +18,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[3], metavar="N",
                    help="one number N: seeds 1..N; several numbers: exactly those seeds (default: 3)")
     p.add_argument("--out", default="study", help="folder for runs/, <claim>/ and index.md (default: study)")
-    p.add_argument("--preset", default="cpu", help=f"sizes: {', '.join(PRESETS)} (default: cpu)")
+    p.add_argument("--preset", default="cpu", help=f"sizes: {', '.join(PRESETS)} (default: cpu; gpu: one CUDA "
+                   "device, bf16-mixed, one seed of every claim within one 10-minute call of an H100 (about 6.5 "
+                   "minutes, estimated); test: toy sizes)")
+    p.add_argument("--rehearse", action="store_true",
+                   help="run the preset's code at toy sizes on the CPU, a handful of steps: the code path, not a "
+                        "finding (--preset gpu --rehearse checks the gpu preset on a machine without CUDA)")
     p.add_argument("--configs", default=None, help="folder of the study configs (default: the repository's configs/)")
     p.add_argument("--device", default="auto", help="evaluations outside a fit: auto (cuda when present), cpu, cuda")
     p.add_argument("--isolate", action="store_true", help="run each fit in its own process, not in this one")
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         if args.preset not in CLAIMS[name].presets:
             raise ConfigError(f"--preset: claim {name} runs at {', '.join(CLAIMS[name].presets)}, got {args.preset!r}")
+    check_device(args.preset, args.device, args.rehearse)
     seeds = seeds_from(args.seeds)
     if args.jobs < 1:
         raise ConfigError(f"--jobs: expected a count >= 1, got {args.jobs}")
@@ -97,6 +103,22 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def check_device(preset: str, device: str, rehearse: bool = False) -> None:
+    """The gpu preset's fits, and `--device cuda`, need CUDA: without it, one line that says what to
+    run here instead (a rehearsal needs none: it runs on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if preset == "gpu" and not rehearse:
+        raise ConfigError(f"--preset gpu: expected a machine with CUDA, got none here (torch.cuda.is_available() is "
+                          f"False, --device {device}); run --preset cpu --device cpu on this machine, or add "
+                          "--rehearse for the gpu preset's code at toy sizes on the CPU")
+    if device.startswith("cuda"):
+        raise ConfigError(f"--device {device}: expected a machine with CUDA, got none here (torch.cuda.is_available() "
+                          f"is False); run --device cpu (or auto) with --preset {preset} on this machine")
+
+
 def run_claim(args: argparse.Namespace, name: str, seeds: list[int], unit: bool = False):
     """A claim's study over `seeds` (its fits run or are reused); its ClaimResult, no report.
     unit: one seed's share of a study (--fits-for-seed), nothing that reads every seed."""
@@ -105,7 +127,8 @@ def run_claim(args: argparse.Namespace, name: str, seeds: list[int], unit: bool 
     out = Path(args.out)
     configs = Path(args.configs) if args.configs else repo_configs()
     runner = Runner(out / "runs", name, isolate=args.isolate)
-    return CLAIMS[name].run(StudyContext(name, out, seeds, args.preset, runner, configs, args.device, unit=unit))
+    return CLAIMS[name].run(StudyContext(name, out, seeds, args.preset, runner, configs, args.device, unit=unit,
+                                         rehearse=args.rehearse))
 
 
 def unit_words(args: argparse.Namespace, claims: list[str], seed: int) -> list[str]:
@@ -113,7 +136,7 @@ def unit_words(args: argparse.Namespace, claims: list[str], seed: int) -> list[s
              "--preset", args.preset, "--device", args.device]
     if args.configs:
         words += ["--configs", str(args.configs)]
-    return words + (["--isolate"] if args.isolate else [])
+    return words + (["--isolate"] if args.isolate else []) + (["--rehearse"] if args.rehearse else [])
 
 
 def unit_order(groups: dict[str, list[str]], seeds: list[int]) -> list[tuple[str, list[str], int]]:
@@ -154,4 +177,5 @@ def run_units(args: argparse.Namespace, groups: dict[str, list[str]], seeds: lis
                           f"{code} (its lines above say why); the reports written so far are in {index}")
 
 
-__all__ = ["MINUTES_PER_SEED", "main", "parser", "run_claim", "run_units", "seeds_from", "unit_order", "unit_words"]
+__all__ = ["MINUTES_PER_SEED", "check_device", "main", "parser", "run_claim", "run_units", "seeds_from", "unit_order",
+           "unit_words"]

@@ -75,6 +75,6 @@ def from_rlp(inner: ClaimResult) -> ClaimResult:
     return result
 
 
-CLAIM = Claim(NAME, SENTENCE, run, group=rlp.NAME)  # on the RLP study's runs
+CLAIM = Claim(NAME, SENTENCE, run, presets=rlp.CLAIM.presets, group=rlp.NAME)  # on the RLP study's runs, at its presets
 
 __all__ = ["CLAIM", "NAME", "SENTENCE", "from_rlp", "run"]

@@ -58,7 +58,8 @@ from lamina.finetune.retention import (
 )
 from lamina.pretrained import load_gpt
 from lamina.probes import world_seed
-from lamina.study.claim import Claim, StudyContext, study_configs, yaml_value
+from lamina.study.claim import GPU as ON_GPU
+from lamina.study.claim import Claim, StudyContext, preset_for, shrunk, study_configs, yaml_value
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, write_report
 from lamina.study.report import power_gate as power_gate_of
 from lamina.study.runs import Run, RunSpec
@@ -109,27 +110,51 @@ class Preset:
     stop_on_gate: bool = True  # stop before fine-tuning when the base does not know its facts (test: go on)
 
 
-PRESETS = {
-    "cpu": Preset(),
-    "gpu": Preset(
-        every=("--trainer.accelerator", "auto", "--trainer.precision", "bf16-mixed", "--data.batch_size", "64",
-               "--model.block_size", "128", "--data.max_bytes", "8000000"),
-        base=("--model.n_layer", "6", "--model.n_head", "8", "--model.n_embd", "256"),
-        small=("--model.n_layer", "2", "--model.n_head", "4", "--model.n_embd", "128"),
-        tune=("--data.levels", "[1,2]", "--data.max_bytes", "400000"),
-        pretrain_steps=6000, tune_steps=1500, arith_items=200, probe_tokens=16384, batch_size=256,
-    ),
-    "test": Preset(
-        every=("--data.max_bytes", "60000", "--data.val_tokens", "512", "--data.batch_size", "4",
-               "--model.block_size", "48", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
-               "--checkpoint.every_n_train_steps", "2", "--model.warmup_steps", "0", "--retention.items", "3",
-               "--drift.probe_tokens", "192"),
-        base=("--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "16"),
-        small=("--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "8"),
-        pretrain_steps=4, tune_steps=2, fact_items=4, arith_items=4, probe_tokens=192, batch_size=16,
-        stop_on_gate=False,
-    ),
-}
+CPU = Preset()
+# gpu: one seed's five fits, the gate and the evaluation in about 2.2 minutes of an H100 (all eight
+# claims' one seed: about 6.5 minutes, within one 10-minute device call). Reasoning (estimates: no
+# GPU has run these yet):
+# - base at 6 x 256 (8 heads), 4.8M parameters, 31M training FLOPs a token; a step is 64 x 128 byte
+#   tokens: 2.6e11 FLOPs, 0.7 ms at 40% of 989 TF bf16, so the step is bound by kernel launches and
+#   Lightning's loop, about 6 ms: 3000 steps about 18 s (24.6M tokens, 3 passes over 8 MB of prose),
+#   checkpoints every 250 (the config's) a few seconds more.
+# - small at 2 x 128 (3.0M FLOPs a token): about 3 ms a step, 3000 steps about 9 s.
+# - finetuned-base and continued-base: 800 steps each, about 5 s each, with Drift and Retention at
+#   step 0 and the end (continued-base: also at 400, its config's cadence), a second or two each.
+# - finetuned-small: as many steps as the base fine-tuning's FLOPs, 800 x 31.2M / 3.0M = about 8300,
+#   about 25 s, with Drift and Retention every 800 steps and at its end (12 times, about 1.5 s each:
+#   about 18 s).
+# - the gate (178 one-hop questions) and the evaluation (303 fact questions and 200 held-out problems
+#   a level through the proxy's three models, greedy in batches of 256; drift on 16384 tokens): about
+#   10 s; the fine-tuning text's problems (2 MB generated again on one core): under a second.
+# - process start and CUDA, Lightning's setup of five fits, the report's figures: about 30 s.
+TUNE_STEPS = 800
+GPU = Preset(
+    every=(*ON_GPU, "--data.batch_size", "64", "--model.block_size", "128", "--data.max_bytes", "8000000"),
+    base=("--model.n_layer", "6", "--model.n_head", "8", "--model.n_embd", "256"),
+    small=("--model.n_layer", "2", "--model.n_head", "4", "--model.n_embd", "128"),
+    # two-digit sums join the one-digit ones, so that held-out problems exist (level 1's 100 all occur
+    # in the text); 2 MB: 800 steps of 64 x 128 tokens pass over it about 3 times (the cpu preset's
+    # 400 x 16 x 128 over 200 KB: about 4); Drift and Retention at step 0 and the end of the base's
+    # fine-tuning (the study measures both itself after training)
+    tune=("--data.levels", "[1,2]", "--data.max_bytes", "2000000", "--drift.every_n_steps", str(TUNE_STEPS),
+          "--retention.every_n_steps", str(TUNE_STEPS)),
+    pretrain_steps=3000, tune_steps=TUNE_STEPS, arith_items=200, probe_tokens=16384, batch_size=256,
+)
+# A handful of steps at toy sizes (the test preset, and a rehearsal of any preset): its words come
+# after the preset's, so each key a preset sets for size is set here again.
+TOY = Preset(
+    every=("--data.max_bytes", "60000", "--data.val_tokens", "512", "--data.batch_size", "4",
+           "--model.block_size", "48", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
+           "--checkpoint.every_n_train_steps", "2", "--model.warmup_steps", "0", "--retention.items", "3",
+           "--drift.probe_tokens", "192"),
+    base=("--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "16"),
+    small=("--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "8"),
+    tune=("--data.max_bytes", "60000", "--drift.every_n_steps", "2", "--retention.every_n_steps", "2"),
+    pretrain_steps=4, tune_steps=2, fact_items=4, arith_items=4, probe_tokens=192, batch_size=16,
+    stop_on_gate=False,
+)
+PRESETS = {"cpu": CPU, "gpu": GPU, "test": shrunk(CPU, TOY)}
 
 ARMS = ("base", "finetuned-base", "proxy-base", "continued-base", "small", "finetuned-small")
 
@@ -424,10 +449,8 @@ def matched_steps(steps: int, base: Path, small: Path) -> int:
 
 
 def run(ctx: StudyContext) -> ClaimResult:
-    if ctx.preset not in PRESETS:
-        raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)} for {NAME}, got {ctx.preset!r}")
+    preset = preset_for(ctx, PRESETS, TOY)
     started = time.perf_counter()
-    preset = PRESETS[ctx.preset]
     paths = config_paths(ctx.configs)
     pretrain = preset.pretrain_steps or yaml_value([paths["base"]], "trainer", "max_steps")
     tune = preset.tune_steps or yaml_value([paths["base"], paths["tune"]], "trainer", "max_steps")
@@ -472,7 +495,7 @@ def setup_text(ctx, paths, preset: Preset, pretrain: int, tune: int, numbers: di
                seconds: dict | None = None, small_tune: int | None = None) -> dict[str, str]:
     some = next(iter(numbers.values()), None)
     setup = {
-        "preset": f"`{ctx.preset}`" + (f" (CLI words after the configs: every run {' '.join(preset.every)}; base "
+        "preset": f"`{ctx.preset_text}`" + (f" (CLI words after the configs: every run {' '.join(preset.every)}; base "
                                        f"{' '.join(preset.base)}; small {' '.join(preset.small)}; fine-tuning {' '.join(preset.tune)})"
                                        if preset.every or preset.base or preset.small or preset.tune else ""),
         "configs": (f"base `{paths['base']}`; small `+ {paths['small'].name}`; fine-tuning `+ {paths['tune'].name}` "
@@ -668,4 +691,5 @@ def _stack(series: list[PerSeed]) -> dict[int, list[float]]:
 
 CLAIM = Claim(NAME, SENTENCE, run)
 
-__all__ = ["CLAIM", "PRESETS", "Preset", "arith_items", "assemble", "detectable_difference", "run", "training_questions"]
+__all__ = ["CLAIM", "PRESETS", "Preset", "TOY", "arith_items", "assemble", "detectable_difference", "run",
+           "training_questions"]

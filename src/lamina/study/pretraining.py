@@ -31,15 +31,16 @@ from scipy.optimize import linear_sum_assignment
 
 from lamina.compare.runs import read_scalars
 from lamina.data import world
-from lamina.errors import ConfigError
 from lamina.finetune.retention import GreedyCompleter, score, token_budget
 from lamina.instrument.hierarchy import TIER_ORDER, tier_of
 from lamina.pretrained import load_gpt
 from lamina.probes import world_seed
-from lamina.study.claim import Claim, StudyContext, study_configs
+from lamina.study.claim import GPU as ON_GPU
+from lamina.study.claim import Claim, StudyContext, preset_for, shrunk, study_configs
 from lamina.study.finetune import arith_items, device_of, fingerprint, checkpoint_key, training_questions
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed
 from lamina.study.runs import Run, RunSpec
+from lamina.gates import reads_context_gate, strings_gate, thinking_gate
 from lamina.verdict import Prediction
 
 CONFIG = "world-v2-tiny.yaml"
@@ -61,47 +62,69 @@ class Preset:
     batch_size: int = 64
 
 
-PRESETS = {
-    "cpu": Preset(every=("--trainer.enable_progress_bar", "false")),
-    "gpu": Preset(
-        every=("--trainer.accelerator", "auto", "--trainer.precision", "bf16-mixed", "--model.n_layer", "6",
-               "--model.n_head", "8", "--model.n_embd", "256", "--data.max_bytes", "16000000",
-               "--trainer.enable_progress_bar", "false"),
-        small=("--model.n_layer", "4", "--model.n_head", "4", "--model.n_embd", "128"),
-        steps=4000, measure_every=500, problems=256, batch_size=256,
-    ),
-    "test": Preset(
-        every=("--data.max_bytes", "120000", "--data.val_tokens", "512", "--data.batch_size", "4",
-               "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
-               "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
-               "--checkpoint.every_n_train_steps", "2", "--model.warmup_steps", "0",
-               "--instrument.probe_tokens", "1024", "--instrument.modularity_tokens", "256",
-               "--instrument.probe_items", "1024", "--instrument.probe_examples", "48",
-               "--instrument.context_prompts", "16", "--instrument.lastlayer_problems", "4",
-               "--instrument.null_draws", "8", "--trainer.enable_progress_bar", "false"),
-        small=("--model.n_layer", "3"),
-        steps=4, measure_every=4, problems=4, batch_size=16,
-    ),
-}
+# cpu: configs/world-v2-tiny.yaml's 800 steps (the capability gates pass there: lamina.gates), measured
+# at 0, 400 and 800.
+CPU = Preset(every=("--trainer.enable_progress_bar", "false"), steps=800, measure_every=400)
+# gpu: one seed of the two runs, the instrumentation and the per-problem decoding in about 2.5 minutes
+# of an H100 (all eight claims' one seed: about 6.5 minutes, within one 10-minute device call).
+# Reasoning (estimates: no GPU has run these yet):
+# - world-v2 at 6 x 256 (8 heads), 4.8M parameters, 31M training FLOPs a token; a step is 32 x 128
+#   byte tokens (the config's batch): 1.3e11 FLOPs, 0.3 ms at 40% of 989 TF bf16, so the step is
+#   bound by kernel launches and Lightning's loop, about 6 ms (a 4 x 128 step: a few ms): 3000 steps
+#   about 18 s; 12.3M tokens, one pass over data.max_bytes 12M (generated on every core: seconds).
+# - world-v2-small at 4 x 128 (the cpu preset's model): about 4.5 ms a step, 3000 steps about 14 s.
+# - instrumentation at 0, 1000, 2000 and 3000, with the partition and ablations each time (the
+#   probes' sizes are the config's): a measurement is thousands of small ops and the CPU-side
+#   partition, not FLOPs: about 8 s at 6 layers and 5 s at 4 (the same op count at toy width took
+#   8 s and 6 s of a loaded 2-core CPU), 4 x (8 + 5) s = about 52 s.
+# - validation every 100 steps (30 x 32768 tokens) and checkpoints every 1000: a few seconds.
+# - sparsify-difficulty: 256 held-out problems a level, greedy with a thought in batches of 256:
+#   5 x ~80 decode steps of a few ms, and the exclusion set (1.05 x 12 MB generated on one core at
+#   about 3 MB/s): about 10 s.
+# - process start and CUDA, Lightning's setup of two fits, five reports' figures: about 45 s.
+GPU = Preset(
+    every=(*ON_GPU, "--model.n_layer", "6", "--model.n_head", "8", "--model.n_embd", "256",
+           "--data.max_bytes", "12000000", "--checkpoint.every_n_train_steps", "1000",
+           "--trainer.enable_progress_bar", "false"),
+    small=("--model.n_layer", "4", "--model.n_head", "4", "--model.n_embd", "128"),
+    steps=3000, measure_every=1000, problems=256, batch_size=256,
+)
+# A handful of steps at toy sizes (the test preset, and a rehearsal of any preset): its words come
+# after the preset's, so each key a preset sets for size is set here again (small: all three).
+TOY = Preset(
+    every=("--data.max_bytes", "120000", "--data.val_tokens", "512", "--data.batch_size", "4",
+           "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
+           "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
+           "--checkpoint.every_n_train_steps", "2", "--model.warmup_steps", "0",
+           "--instrument.probe_tokens", "1024", "--instrument.modularity_tokens", "256",
+           "--instrument.probe_items", "1024", "--instrument.probe_examples", "48",
+           "--instrument.context_prompts", "16", "--instrument.lastlayer_problems", "4",
+           "--instrument.null_draws", "8", "--thought_eval.examples_per_level", "8",
+           "--thought_eval.batch_size", "16", "--trainer.enable_progress_bar", "false"),
+    small=("--model.n_layer", "3", "--model.n_head", "2", "--model.n_embd", "32"),
+    steps=4, measure_every=4, problems=4, batch_size=16,
+)
+PRESETS = {"cpu": CPU, "gpu": GPU, "test": shrunk(CPU, TOY)}
 
 
 # ---- the shared runs ---------------------------------------------------------------------------------
 
 
 def preset_of(ctx: StudyContext) -> Preset:
-    if ctx.preset not in PRESETS:
-        raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)} for {ctx.claim}, got {ctx.preset!r}")
-    return PRESETS[ctx.preset]
+    return preset_for(ctx, PRESETS, TOY)
 
 
 def specs_for(ctx: StudyContext, preset: Preset, seed: int) -> dict[str, RunSpec]:
     config = study_configs(ctx.claim, ctx.configs, {"world": CONFIG})["world"]
     cadence = ("--instrument.every_n_steps", str(preset.measure_every),
-               "--instrument.modularity_every_n_steps", str(preset.measure_every))
+               "--instrument.modularity_every_n_steps", str(preset.measure_every),
+               "--thought_eval.every_n_steps", str(preset.steps))  # the thinking gate: at step 0 and the end
     words = preset.every + cadence
     return {
         ARM: RunSpec(ARM, (str(config),), seed, preset.steps, words),
-        SMALL_ARM: RunSpec(SMALL_ARM, (str(config),), seed, preset.steps, words + preset.small),
+        # The small model serves the hierarchy's depth contrast only: no thinking gate to read there.
+        SMALL_ARM: RunSpec(SMALL_ARM, (str(config),), seed, preset.steps,
+                           words + preset.small + ("--thought_eval.enabled", "false")),
     }
 
 
@@ -161,7 +184,7 @@ def setup(ctx: StudyContext, preset: Preset, runs: dict[int, dict[str, Run]], se
           **extra: str) -> dict[str, str]:
     arms = sorted({arm for by_arm in runs.values() for arm in by_arm})
     text = {
-        "preset": ctx.preset,
+        "preset": ctx.preset_text,
         "seeds": ", ".join(map(str, ctx.seeds)),
         "runs": ", ".join(f"`{ctx.out / 'runs' / arm}/seed<s>`" for arm in arms),
         "config": f"configs/{CONFIG}, then " + (" ".join(preset.every) or "nothing else")
@@ -185,6 +208,19 @@ def runs_gate(runs: dict[int, dict[str, Run]], arm: str = ARM) -> Gate:
         rows.append(f"seed {seed}: {start:.3f} -> {end:.3f}")
     return Gate("learns-the-text", f"does {arm} learn its text (val bpb at the end <= 3/4 of step 0's, every seed)?",
                 passed, "; ".join(rows))
+
+
+def last_values(run: Run) -> dict[str, float]:
+    """The last value of every tag the run logged (what lamina.gates reads at the end of a fit)."""
+    return {tag: float(values[-1]) for tag, (_, values) in scalars(run).items() if len(values)}
+
+
+def capability_gate(runs: dict[int, dict[str, Run]], check, name: str, question: str, arm: str = ARM) -> Gate:
+    """One of lamina.gates' capability gates (`check`: e.g. lamina.gates.reads_context_gate), every
+    seed: the same thresholds a fit prints at its end."""
+    results = {seed: check(last_values(by_arm[arm])) for seed, by_arm in sorted(runs.items())}
+    return Gate(name, question, all(r.passed for r in results.values()),
+                "; ".join(f"seed {s}: {r.word}, {r.detail}" for s, r in results.items()))
 
 
 def null_probe_gate(runs: dict[int, dict[str, Run]], tag: str, what: str, arm: str = ARM) -> Gate:
@@ -392,6 +428,9 @@ def sparsify_difficulty(ctx: StudyContext) -> ClaimResult:
              all(m > 0 for m in mixed.values()),
              "; ".join(f"seed {s}: {solved[s]} right of {sum(len(lv['correct']) for lv in problems[s].values())}, "
                        f"{mixed[s]} level(s) with {MIN_OUTCOMES} of each" for s in sorted(problems))),
+        capability_gate(runs, thinking_gate, "thinks",
+                        "does the model solve arithmetic by thinking: greedy accuracy with a thought at level 2 >= 0.5 "
+                        "on >= 256 held-out problems (thought_eval), every seed?"),
     ]
     result.primary = DIFFICULTY_PRIMARY
     pred = Prediction(1, DENSITY_MARGIN, DENSITY_MARGIN_NOTE)
@@ -421,7 +460,7 @@ def sparsify_difficulty(ctx: StudyContext) -> ClaimResult:
         Contrast.paired("right − wrong (within a level)", "per-problem density of problems solved minus problems "
                         "missed, within each level that has both, averaged over levels",
                         {s: correct_minus_wrong(p) for s, p in problems.items()}, prediction=pred,
-                        needs=needs + ("right-and-wrong",)),
+                        needs=needs + ("right-and-wrong", "thinks")),
     ]
     levels = [str(k) for k in world.ARITH_LEVELS]
     result.figures = [
@@ -544,7 +583,7 @@ MODULARITY_SENTENCE = (
 # The primary: what training adds to Q above its null (step 0 as the reference). "Q above its null"
 # and "held-out Q above its null" are descriptive: the permutation null erases what any network
 # inherits from structured input, so an untrained one clears it too (they cannot fail).
-MODULARITY_PRIMARY = "learned: Q above its null, end − step 0"
+MODULARITY_PRIMARY = "learned: Q above its shuffled-weights null, end − step 0"
 # Newman Q of about 0.3 and above is the usual mark of clear community structure (Newman & Girvan
 # 2004): a tenth of that is the smallest change of interest. Specificity is a loss increase (nats
 # per token): 0.05 nats is about a 5% change in the task's per-token probability. Matching is a
@@ -636,39 +675,46 @@ def modularity(ctx: StudyContext) -> ClaimResult:
                                                 at(r, f"modularity/layer{i}/q_null_hi"))
     spec_excess = lambda r: mean_over_layers(r, lambda r, i: at(r, f"modularity/layer{i}/specificity") - (  # noqa: E731
         at(r, f"modularity/layer{i}/specificity_null_mean") + 2 * at(r, f"modularity/layer{i}/specificity_null_std")))
-    learned = {seed: at(b[ARM], "modularity/unlearned_tasks") for seed, b in runs.items()}
-    n_tasks = {seed: len([t for t in scalars(b[ARM]) if t.startswith("modularity/task_loss/")]) for seed, b in runs.items()}
     result.gates = [
         runs_gate(runs),
-        Gate("tasks-learned", "are at least two ablation tasks learned (below chance loss) at the end, every seed?",
-             all(math.isfinite(learned[s]) and n_tasks[s] - learned[s] >= 2 for s in runs),
-             "; ".join(f"seed {s}: {n_tasks[s] - learned[s]:.0f} of {n_tasks[s]} learned" for s in sorted(runs))),
+        capability_gate(runs, strings_gate, "tasks-learned",
+                        "has the model learned at least 3 string tasks (loss below 0.5 x the task's chance loss), "
+                        "so that an ablation's damage can differ between tasks, every seed?"),
     ]
     matches = cross_seed_matches(runs) if len(runs) > 1 else {}
     pair_keys = {k: i for i, k in enumerate(matches, 1)}
+    # Filan et al. 2021 (arXiv 2103.03386): the same network with each weight matrix's entries shuffled
+    # (lamina.instrument.modularity): what Q an arrangement of these weights gets by chance. At step 0
+    # the weights are exchangeable with their shuffles, so the step-0 excess is ~0 by construction,
+    # and the end's excess over it is what training arranged.
+    shuffled_excess = lambda step: (lambda r: mean_over_layers(r, lambda r, i: at(  # noqa: E731
+        r, f"modularity/layer{i}/q", step) - at(r, f"modularity/layer{i}/q_shuffled_mean", step)))
+    shuffled_z = lambda r: mean_over_layers(r, lambda r, i: at(r, f"modularity/layer{i}/q_shuffled_z"))  # noqa: E731
     result.arms[ARM] = {
-        "Q − null top (2 sd), mean over layers": per_seed(runs, q_excess),
-        "held-out Q − null top": per_seed(runs, heldout_excess),
+        "Q − shuffled-weights null mean, mean over layers": per_seed(runs, shuffled_excess(None)),
+        "Q at step 0 − shuffled-weights null mean": per_seed(runs, shuffled_excess(0)),
+        "z against the shuffled-weights null, mean over layers": per_seed(runs, shuffled_z),
+        "Q − permutation null top (2 sd), mean over layers": per_seed(runs, q_excess),
+        "held-out Q − permutation null top": per_seed(runs, heldout_excess),
         "specificity − null top (2 sd)": per_seed(runs, spec_excess),
-        "Q at step 0 − null top": per_seed(runs, lambda r: mean_over_layers(
-            r, lambda r, i: at(r, f"modularity/layer{i}/q", 0) - at(r, f"modularity/layer{i}/q_null_hi", 0))),
     }
     needs = ("learns-the-text",)
     result.primary = MODULARITY_PRIMARY
     n_pairs = len(runs) * (len(runs) - 1) // 2
     result.contrasts = [
-        Contrast.paired(MODULARITY_PRIMARY, "what training adds: an untrained network's co-activations already "
-                        "have structure the permutation null lacks (the input's), so the step-0 excess is the "
-                        "reference the end's is read against",
-                        result.arms[ARM]["Q − null top (2 sd), mean over layers"],
-                        result.arms[ARM]["Q at step 0 − null top"], prediction=Prediction(1, Q_MARGIN, Q_MARGIN_NOTE),
-                        needs=needs),
-        Contrast.paired("Q above its null", "Q minus the top of its permutation null's band (mean + 2 sd), averaged "
-                        "over layers, at the end; descriptive: the per-unit permutation null erases what any "
+        Contrast.paired(MODULARITY_PRIMARY, "Q minus the mean Q of the same network with each weight matrix's "
+                        "entries shuffled (Filan et al. 2021), averaged over layers, at the end minus at step 0: "
+                        "what training arranged beyond what weights of these values give by chance",
+                        result.arms[ARM]["Q − shuffled-weights null mean, mean over layers"],
+                        result.arms[ARM]["Q at step 0 − shuffled-weights null mean"],
+                        prediction=Prediction(1, Q_MARGIN, Q_MARGIN_NOTE), needs=needs),
+        Contrast.paired("Q above its permutation null", "Q minus the top of its per-unit permutation null's band "
+                        "(mean + 2 sd), averaged over layers, at the end; descriptive: that null erases what any "
                         "network inherits from structured input, so an untrained network clears it too",
-                        result.arms[ARM]["Q − null top (2 sd), mean over layers"]),
-        Contrast.paired("held-out Q above its null", "the same partition's Q on id_b's co-activations; descriptive, "
-                        "for the same reason", result.arms[ARM]["held-out Q − null top"]),
+                        result.arms[ARM]["Q − permutation null top (2 sd), mean over layers"]),
+        Contrast.paired("held-out Q above its permutation null", "the partition chosen on id scored on id_b's "
+                        "co-activations; descriptive, for the same reason",
+                        result.arms[ARM]["held-out Q − permutation null top"]),
         Contrast.paired("ablation specificity above its null", "specificity minus the top of its random-partition "
                         "null's band, averaged over layers, at the end",
                         result.arms[ARM]["specificity − null top (2 sd)"],
@@ -683,13 +729,15 @@ def modularity(ctx: StudyContext) -> ClaimResult:
     ]
     x, series = curve_series(runs, {f"layer{i} Q": f"modularity/layer{i}/q" for i in range(layers_of(
         next(iter(runs.values()))[ARM]))})
-    _, reference = curve_series(runs, {f"layer{i} null top": f"modularity/layer{i}/q_null_hi" for i in range(layers_of(
-        next(iter(runs.values()))[ARM]))})
-    result.figures = [Figure("q_over_training", "Modularity Q by layer over training, with the top of its null band",
+    _, reference = curve_series(runs, {f"layer{i} shuffled weights": f"modularity/layer{i}/q_shuffled_mean"
+                                       for i in range(layers_of(next(iter(runs.values()))[ARM]))})
+    result.figures = [Figure("q_over_training", "Modularity Q by layer over training, beside the mean Q of its "
+                             "shuffled-weights copies",
                              "step", "Q", x, series, reference)]
     result.notes = [
-        "Q: Newman modularity of the co-activation partition (lamina.instrument.modularity) against its "
-        "permutation null; specificity: how unevenly a module's ablation damages the tasks, against random "
+        "Q: Newman modularity of the co-activation partition (lamina.instrument.modularity) against the same "
+        "network with its weight matrices' entries shuffled (Filan et al. 2021; instrument.shuffled_draws "
+        "copies), and, descriptive, its per-unit permutation null; specificity: how unevenly a module's ablation damages the tasks, against random "
         "partitions of the same sizes (lamina.instrument.ablation).",
         "Matching across seeds: each module's damage profile (loss increase per task when it is ablated) is "
         "centred; the modules of two seeds' same layer are matched by the Hungarian assignment on their "
@@ -722,15 +770,14 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
     result = ClaimResult(CONTEXT, CONTEXT_SENTENCE, {}, list(ctx.seeds))
     tag = lambda name: (lambda r: at(r, f"eval/context/{name}"))  # noqa: E731
     bins = [b for b in ("0", "1", "10", "100") if has_values(per_seed(runs, tag(f"follow/{b}")))]
-    reads = {s: (at(b[ARM], "eval/context/follow/0/lo"), at(b[ARM], "eval/context/other/0")) for s, b in runs.items()}
     knows = {s: at(b[ARM], "eval/context/greedy_prior/100") for s, b in runs.items()}
     norms = {s: (at(b[ARM], "eval/context/steer_norm"), at(b[ARM], "eval/context/steer_norm_null")) for s, b in runs.items()}
     result.gates = [
         runs_gate(runs),
-        Gate("reads-context", "does the model follow the context on facts it has not seen (bin 0: the follow "
-             "rate's Wilson lower bound above the rate of neither answer), every seed?",
-             all(lo > other for lo, other in reads.values()),
-             "; ".join(f"seed {s}: follow lo {lo:.3f} vs neither {o:.3f}" for s, (lo, o) in reads.items())),
+        capability_gate(runs, reads_context_gate, "reads-context",
+                        "does the model read its context: on counterfactual contexts about people it has never seen "
+                        "(exposure bin 0, no prior to override), does it prefer the context's answer beyond the "
+                        "forced choice's chance (follow/0 Wilson lower bound > 0.5 on >= 256 prompts), every seed?"),
         Gate("knows-priors", "without a contradicting context, does the model hold a prior at exposure 100 (greedy "
              "gives the memorised answer on some prompts), every seed?",
              all(math.isfinite(v) and v > 0 for v in knows.values()),
@@ -782,5 +829,5 @@ MODULARITY_CLAIM = Claim(MODULARITY, MODULARITY_SENTENCE, modularity, group=ARM)
 CONTEXT_CLAIM = Claim(CONTEXT, CONTEXT_SENTENCE, context_vs_prior, group=ARM)
 CLAIMS = (DENSITY_CLAIM, DIFFICULTY_CLAIM, HIERARCHY_CLAIM, MODULARITY_CLAIM, CONTEXT_CLAIM)
 
-__all__ = ["CLAIMS", "PRESETS", "Preset", "cross_seed_matches", "label_depths", "match_score", "profile_match",
+__all__ = ["CLAIMS", "PRESETS", "Preset", "TOY", "cross_seed_matches", "label_depths", "match_score", "profile_match",
            "prompt_density", "specs_for"]

@@ -49,7 +49,8 @@ import numpy as np
 from lamina.compare.stats import summarize
 from lamina.errors import ConfigError
 from lamina.rlp.evaluate import elicitation_share, paired_interval, pass_at_k
-from lamina.study.claim import Claim, StudyContext, study_configs, yaml_value
+from lamina.study.claim import GPU as ON_GPU
+from lamina.study.claim import Claim, StudyContext, preset_for, shrunk, study_configs, yaml_value
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed, write_report
 from lamina.study.report import power_gate as power_gate_of
 from lamina.study.runs import Run, RunSpec
@@ -107,22 +108,53 @@ class Preset:
     gate_range: tuple[float, float] = GATE_RANGE
 
 
-PRESETS = {
-    "cpu": Preset(),
-    "test": Preset(  # a handful of steps at toy sizes: the code path, not a finding
-        every=("--data.max_bytes", "60000", "--data.val_tokens", "1024", "--model.n_layer", "1", "--model.n_head", "2",
-               "--model.n_embd", "16", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
-               "--checkpoint.every_n_train_steps", "2", "--thought_eval.examples_per_level", "6",
-               "--thought_eval.max_thought_tokens", "6", "--thought_eval.every_n_steps", "2",
-               "--thought_eval.batch_size", "64"),
-        pretrain=("--data.batch_size", "4", "--model.warmup_steps", "0"),
-        phase2=("--thought_eval.pass_problems", "3", "--model.warmup_steps", "0"),
-        rlp=("--model.rlp.group_size", "2", "--model.rlp.max_thought_tokens", "6",
-             "--thought_eval.pass_at", "[1, 2]"),
-        rlp_only=("--thought_eval.pass_samples", "2"),
-        pretrain_steps=2, phase2_steps=2, gate_range=(0.0, 1.0),
-    ),
-}
+CPU = Preset()
+# gpu: one seed's six fits in about 2 minutes of an H100 (all eight claims' one seed: about 6.5
+# minutes, within one 10-minute device call). Reasoning (estimates: no GPU has run these yet):
+# - phase 1 as the cpu preset (4 x 128, 800 steps of 32 x 128 tokens): the base-thinks gate was
+#   piloted at exactly these settings, so they stay (in bf16-mixed here, the pilots' fp32 there: the
+#   gate is read per seed and stops the study in one line if missed). A step is 5.8M FLOPs a token
+#   x 4096 tokens, bound by launches: about 4.5 ms, 800 steps about 4 s; its two thought evaluations
+#   (612 problems, greedy, one batch of 1024 rows, ~80 decode steps of ~2 ms) under a second each.
+#   The rewards are differences of log-probabilities: bf16's rounding of the logits (hundredths of
+#   a nat) is small beside their spread (a reward std of about 8.6 at the cpu preset).
+# - phase 2: 60 steps (the cpu preset's 30, twice the updates at the same lr) of 16 windows (the
+#   cpu preset's 4: 64 positions x 16 thoughts = 1024 thoughts a step, four times the thoughts per
+#   update at the same lr, a gradient a quarter as noisy): sampling ~65 decode steps of ~2 ms over
+#   1024 rows, then the scoring forwards and one backward (~1e12 FLOPs, milliseconds): about 0.2 s
+#   a step, 60 steps about 12 s per RLP arm (three of them); ntp-tokens about 0.3 s.
+# - ntp-flops: as many next-token steps as rlp's FLOPs, about 43 a step as at the cpu preset (both
+#   grow with the batch): about 2600 steps of ~4.5 ms, about 12 s.
+# - evaluations every 20 steps (0, 20, 40, 60; ntp-flops at the same FLOPs), under a second each;
+#   the rlp arm's pass@64 at its step 0 (the base) and its end on 128 problems a level (the cpu
+#   preset's 32: four times the items the elicitation share's null is read from; level 1 has 100):
+#   356 x 64 rows, 23 batches of 1024 x ~80 decode steps of ~2 ms, about 4 s each.
+# - data (4 MB of arithmetic, with and without its thoughts, generated on every core), Lightning's
+#   setup of six fits, lamina compare over the arms and the two reports' figures: about 45 s.
+GPU = Preset(
+    every=ON_GPU,
+    phase2=("--data.batch_size", "16", "--thought_eval.every_n_steps", "20", "--trainer.val_check_interval", "20",
+            "--checkpoint.every_n_train_steps", "20", "--thought_eval.pass_problems", "128"),
+    phase2_steps=60,
+)
+# A handful of steps at toy sizes (the test preset, and a rehearsal of any preset): the code path, not
+# a finding. Its words come after the preset's, so each key a preset sets for size is set here again.
+TOY = Preset(
+    every=("--data.max_bytes", "60000", "--data.val_tokens", "1024", "--model.n_layer", "1", "--model.n_head", "2",
+           "--model.n_embd", "16", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
+           "--checkpoint.every_n_train_steps", "2", "--thought_eval.examples_per_level", "6",
+           "--thought_eval.max_thought_tokens", "6", "--thought_eval.every_n_steps", "2",
+           "--thought_eval.batch_size", "64"),
+    pretrain=("--data.batch_size", "4", "--model.warmup_steps", "0"),
+    phase2=("--thought_eval.pass_problems", "3", "--model.warmup_steps", "0", "--data.batch_size", "4",
+            "--thought_eval.every_n_steps", "2", "--trainer.val_check_interval", "2",
+            "--checkpoint.every_n_train_steps", "2"),
+    rlp=("--model.rlp.group_size", "2", "--model.rlp.max_thought_tokens", "6",
+         "--thought_eval.pass_at", "[1, 2]"),
+    rlp_only=("--thought_eval.pass_samples", "2"),
+    pretrain_steps=2, phase2_steps=2, gate_range=(0.0, 1.0),
+)
+PRESETS = {"cpu": CPU, "gpu": GPU, "test": shrunk(CPU, TOY)}
 
 
 # ---- configs ---------------------------------------------------------------------------------------
@@ -583,10 +615,8 @@ def run_compare(ctx: StudyContext) -> str | None:
 
 
 def run(ctx: StudyContext) -> ClaimResult:
-    if ctx.preset not in PRESETS:
-        raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)} for {NAME}, got {ctx.preset!r}")
+    preset = preset_for(ctx, PRESETS, TOY)
     started, load_start = time.perf_counter(), os.getloadavg()
-    preset = PRESETS[ctx.preset]
     paths = config_paths(ctx.configs)
     pretrain_steps = preset.pretrain_steps or yaml_value([paths["pretrain"]], "trainer", "max_steps")
     phase2_steps = preset.phase2_steps or yaml_value([paths["phase2"]], "trainer", "max_steps")
@@ -668,7 +698,7 @@ def save_numbers(folder: Path, seed: int, numbers: dict) -> None:
 def setup_text(ctx: StudyContext, paths: dict[str, Path], pretrain_steps: int, phase2_steps: int,
                numbers: dict[int, dict], wall: float, load_start) -> dict[str, str]:
     setup = {
-        "preset": f"`{ctx.preset}`",
+        "preset": f"`{ctx.preset_text}`",
         "configs": (f"phase 1 `{paths['pretrain']}`; phase 2 `{paths['phase2']}` (ntp-tokens, ntp-flops) "
                     f"+ `{paths['rlp'].name}` (rlp), + `{paths['shuffled'].name}` (rlp-shuffled), + "
                     f"`{paths['paper'].name}` (rlp-paper); every phase-2 run from its seed's phase-1 last.ckpt "
@@ -696,7 +726,7 @@ def setup_text(ctx: StudyContext, paths: dict[str, Path], pretrain_steps: int, p
 CLAIM = Claim(NAME, SENTENCE, run, presets=tuple(PRESETS))
 
 __all__ = [
-    "ARMS", "CLAIM", "GATE_LEVEL", "GATE_RANGE", "PRESETS", "Preset", "arm_configs", "arm_words", "assemble",
+    "ARMS", "CLAIM", "GATE_LEVEL", "GATE_RANGE", "PRESETS", "Preset", "TOY", "arm_configs", "arm_words", "assemble",
     "base_thinks", "base_thinks_gate", "detectable_difference", "flop_matched_steps", "power_gate", "room",
     "room_gate", "run", "seed_numbers",
 ]

@@ -1,0 +1,116 @@
+"""Capability gates: can this model do the tasks the study's claims rest on?
+
+A claim about what a model does with reasoning, with a string task or with a context it reads can
+only be tested on a model that reasons, has learned string tasks and reads its context. Each gate
+reads numbers the run already measured (the thinking evaluation, the ablation's task losses, the
+context evaluation) at their last step, and says pass, fail (with the value against its threshold)
+or not measured (the evaluation was off, or the run does not train the family). The thresholds are
+fixed here, before any run:
+
+- `thinking`: greedy accuracy with a thought at arithmetic level 2 (`eval/arith_acc/level2`) at
+  least 0.5 on at least 256 held-out problems: enough right and wrong answers (about 128 each) for
+  the right - wrong and trained - held-out contrasts of the sparsify-difficulty claim.
+- `strings`: at least 3 string tasks whose loss is below 0.5 x their chance loss
+  (`modularity/task_loss/<task>` < 0.5 x `modularity/task_chance/<task>`): ablation specificity
+  and cross-seed module matching compare tasks, and need at least 3 learned ones.
+- `reads_context`: on counterfactual contexts about never-seen people (exposure bin 0, no prior to
+  override), the share that prefers the context's answer has a Wilson 95% lower bound above 0.5
+  (`eval/context/follow/0/lo`, the forced choice's chance is 0.5) on at least 256 prompts: the
+  context-vs-prior claim asks when a prior overrides a context, which needs a model that reads it.
+
+The gates are printed and logged (`gate/<name>`: 1 pass, 0 fail; nothing when not measured) at the
+end of every fit by `lamina.callbacks.CapabilityGates`, and read by `lamina study` per seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+THINKING_TAG, THINKING_N_TAG = "eval/arith_acc/level2", "eval/arith_n/level2"
+TASK_LOSS, TASK_CHANCE = "modularity/task_loss/", "modularity/task_chance/"
+FOLLOW_LO_TAG, FOLLOW_N_TAG = "eval/context/follow/0/lo", "eval/context/n/0"
+
+THINKING_MIN = 0.5  # greedy level-2 accuracy
+STRINGS_BELOW = 0.5  # a task counts when its loss < this x its chance loss
+STRINGS_MIN = 3  # tasks
+READS_CONTEXT_ABOVE = 0.5  # Wilson lower bound of follow/0 (the forced choice's chance)
+MIN_ITEMS = 256  # problems (thinking) and prompts (reads_context)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate at the end of a run: `passed` None when not measured; `value` the number read;
+    `detail` a few words with the value against its threshold, or why it was not measured."""
+
+    name: str
+    passed: bool | None
+    value: float
+    detail: str
+
+    @property
+    def word(self) -> str:
+        return "not measured" if self.passed is None else ("pass" if self.passed else "fail")
+
+
+def _finite(values: Mapping[str, float], tag: str) -> float | None:
+    value = values.get(tag)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def thinking_gate(values: Mapping[str, float]) -> GateResult:
+    accuracy, n = _finite(values, THINKING_TAG), _finite(values, THINKING_N_TAG)
+    if accuracy is None:
+        return GateResult("thinking", None, math.nan, "no level-2 thinking evaluation (thought_eval.enabled, levels with 2)")
+    need = f">= {THINKING_MIN} on >= {MIN_ITEMS} problems"
+    if n is None or n < MIN_ITEMS:
+        count = "an unknown number of" if n is None else f"{int(n)}"
+        return GateResult("thinking", False, accuracy, f"level-2 accuracy {accuracy:.3f} on {count} problems, {need}")
+    return GateResult("thinking", accuracy >= THINKING_MIN, accuracy,
+                      f"level-2 accuracy {accuracy:.3f} on {int(n)} problems, {need}")
+
+
+def strings_gate(values: Mapping[str, float]) -> GateResult:
+    tasks = sorted(tag[len(TASK_LOSS):] for tag in values if tag.startswith(TASK_LOSS))
+    ratios = {}
+    for task in tasks:
+        loss, chance = _finite(values, TASK_LOSS + task), _finite(values, TASK_CHANCE + task)
+        if loss is not None and chance is not None and chance > 0:
+            ratios[task] = loss / chance
+    if not ratios:
+        return GateResult("strings", None, math.nan, "no ablation task losses (instrument.ablation on a run with string tasks)")
+    learned = sorted(task for task, ratio in ratios.items() if ratio < STRINGS_BELOW)
+    named = f" ({', '.join(learned)})" if learned else ""
+    return GateResult("strings", len(learned) >= STRINGS_MIN, float(len(learned)),
+                      f"{len(learned)} of {len(ratios)} tasks below {STRINGS_BELOW} x chance loss{named}, "
+                      f"need >= {STRINGS_MIN}")
+
+
+def reads_context_gate(values: Mapping[str, float]) -> GateResult:
+    lower, n = _finite(values, FOLLOW_LO_TAG), _finite(values, FOLLOW_N_TAG)
+    if lower is None:
+        return GateResult("reads_context", None, math.nan,
+                          "no counterfactual contexts about exposure-0 people (instrument.context, the people family)")
+    need = f"> {READS_CONTEXT_ABOVE} on >= {MIN_ITEMS} prompts"
+    count = "?" if n is None else f"{int(n)}"
+    detail = f"follow/0 Wilson lower bound {lower:.3f} on {count} prompts, {need}"
+    return GateResult("reads_context", n is not None and n >= MIN_ITEMS and lower > READS_CONTEXT_ABOVE, lower, detail)
+
+
+def capability_gates(values: Mapping[str, float]) -> list[GateResult]:
+    """The gates from the last value of each tag a run logged."""
+    return [thinking_gate(values), strings_gate(values), reads_context_gate(values)]
+
+
+def gate_scalars(results: list[GateResult]) -> dict[str, float]:
+    """`gate/<name>`: 1.0 pass, 0.0 fail; gates not measured are left out."""
+    return {f"gate/{r.name}": float(r.passed) for r in results if r.passed is not None}
+
+
+def gate_lines(results: list[GateResult]) -> list[str]:
+    return [f"lamina: gate {r.name}: {r.word}: {r.detail}" for r in results]
+
+
+__all__ = ["GateResult", "capability_gates", "gate_lines", "gate_scalars", "reads_context_gate", "strings_gate",
+           "thinking_gate"]
