@@ -45,6 +45,17 @@ def test_each_threshold_is_where_the_gate_says():
     assert verdicts(measured(follow_lo=0.5))["reads_context"] is False  # above 0.5
 
 
+def test_reading_the_context_is_judged_against_the_untrained_networks_rate():
+    # An untrained network already prefers one answer string (seed 2 of the pilot: 0.587 at step 0):
+    # a lower bound of 0.55 clears 0.5 but not that.
+    start = {"eval/context/follow/0": 0.587}
+    assert verdicts(measured(follow_lo=0.55))["reads_context"] is True  # no step 0 to read against: 0.5
+    assert {r.name: r.passed for r in capability_gates(measured(follow_lo=0.55), start)}["reads_context"] is False
+    assert {r.name: r.passed for r in capability_gates(measured(follow_lo=0.62), start)}["reads_context"] is True
+    line = next(r for r in capability_gates(measured(follow_lo=0.55), start) if r.name == "reads_context").detail
+    assert "untrained network's 0.587 at step 0" in line
+
+
 def test_too_few_items_fail_whatever_the_score():
     assert verdicts(measured(accuracy=0.9, problems=64))["thinking"] is False
     assert verdicts(measured(follow_lo=0.8, prompts=128))["reads_context"] is False

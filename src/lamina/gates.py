@@ -15,8 +15,12 @@ fixed here, before any run:
   and cross-seed module matching compare tasks, and need at least 3 learned ones.
 - `reads_context`: on counterfactual contexts about never-seen people (exposure bin 0, no prior to
   override), the share that prefers the context's answer has a Wilson 95% lower bound above 0.5
-  (`eval/context/follow/0/lo`, the forced choice's chance is 0.5) on at least 256 prompts: the
-  context-vs-prior claim asks when a prior overrides a context, which needs a model that reads it.
+  (`eval/context/follow/0/lo`, the forced choice's chance) AND above the share the same network
+  gave at step 0 (`eval/context/follow/0` then), on at least 256 prompts: the context-vs-prior
+  claim asks when a prior overrides a context, which needs a model that reads it. The step-0 rate
+  is the null that has the confound but not the effect: an untrained network already prefers one
+  answer string to the other (their lengths and bytes differ), at 0.54-0.59 over four seeds, so
+  0.5 alone let a trained seed that followed at 0.593 against its untrained 0.587 pass.
 
 The gates are printed and logged (`gate/<name>`: 1 pass, 0 fail; nothing when not measured) at the
 end of every fit by `lamina.callbacks.CapabilityGates`, and read by `lamina study` per seed.
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 THINKING_TAG, THINKING_N_TAG = "eval/arith_acc/level2", "eval/arith_n/level2"
 TASK_LOSS, TASK_CHANCE = "modularity/task_loss/", "modularity/task_chance/"
-FOLLOW_LO_TAG, FOLLOW_N_TAG = "eval/context/follow/0/lo", "eval/context/n/0"
+FOLLOW_TAG, FOLLOW_LO_TAG, FOLLOW_N_TAG = "eval/context/follow/0", "eval/context/follow/0/lo", "eval/context/n/0"
 
 THINKING_MIN = 0.5  # greedy level-2 accuracy
 STRINGS_BELOW = 0.5  # a task counts when its loss < this x its chance loss
@@ -59,7 +63,8 @@ def _finite(values: Mapping[str, float], tag: str) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def thinking_gate(values: Mapping[str, float]) -> GateResult:
+def thinking_gate(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> GateResult:
+    # (start unused: exact answers to held-out problems are 0 in an untrained network, and 0.5 is far above it)
     accuracy, n = _finite(values, THINKING_TAG), _finite(values, THINKING_N_TAG)
     if accuracy is None:
         return GateResult("thinking", None, math.nan, "no level-2 thinking evaluation (thought_eval.enabled, levels with 2)")
@@ -71,7 +76,8 @@ def thinking_gate(values: Mapping[str, float]) -> GateResult:
                       f"level-2 accuracy {accuracy:.3f} on {int(n)} problems, {need}")
 
 
-def strings_gate(values: Mapping[str, float]) -> GateResult:
+def strings_gate(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> GateResult:
+    # (start unused: each task's chance loss is its own null)
     tasks = sorted(tag[len(TASK_LOSS):] for tag in values if tag.startswith(TASK_LOSS))
     ratios = {}
     for task in tasks:
@@ -87,20 +93,24 @@ def strings_gate(values: Mapping[str, float]) -> GateResult:
                       f"need >= {STRINGS_MIN}")
 
 
-def reads_context_gate(values: Mapping[str, float]) -> GateResult:
+def reads_context_gate(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> GateResult:
     lower, n = _finite(values, FOLLOW_LO_TAG), _finite(values, FOLLOW_N_TAG)
     if lower is None:
         return GateResult("reads_context", None, math.nan,
                           "no counterfactual contexts about exposure-0 people (instrument.context, the people family)")
-    need = f"> {READS_CONTEXT_ABOVE} on >= {MIN_ITEMS} prompts"
+    untrained = _finite(start or {}, FOLLOW_TAG)
+    bar = READS_CONTEXT_ABOVE if untrained is None else max(READS_CONTEXT_ABOVE, untrained)
+    against = ("no step-0 rate to read it against" if untrained is None
+               else f"the untrained network's {untrained:.3f} at step 0")
+    need = f"> {READS_CONTEXT_ABOVE} and > the step-0 rate on >= {MIN_ITEMS} prompts"
     count = "?" if n is None else f"{int(n)}"
-    detail = f"follow/0 Wilson lower bound {lower:.3f} on {count} prompts, {need}"
-    return GateResult("reads_context", n is not None and n >= MIN_ITEMS and lower > READS_CONTEXT_ABOVE, lower, detail)
+    detail = f"follow/0 Wilson lower bound {lower:.3f} on {count} prompts against {against}, {need}"
+    return GateResult("reads_context", n is not None and n >= MIN_ITEMS and lower > bar, lower, detail)
 
 
-def capability_gates(values: Mapping[str, float]) -> list[GateResult]:
-    """The gates from the last value of each tag a run logged."""
-    return [thinking_gate(values), strings_gate(values), reads_context_gate(values)]
+def capability_gates(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> list[GateResult]:
+    """The gates from the last value of each tag a run logged (`start`: the values at step 0)."""
+    return [thinking_gate(values), strings_gate(values), reads_context_gate(values, start)]
 
 
 def gate_scalars(results: list[GateResult]) -> dict[str, float]:

@@ -39,8 +39,8 @@ def layout(n_layer: int) -> dict:
 class TensorBoardLogger(loggers.TensorBoardLogger):
     """Lightning's TensorBoardLogger with no `hp_metric` placeholder (default_hp_metric false) and no
     `epoch` series (lamina streams one endless epoch): the scalars tab starts with lamina's tags.
-    `last_values` keeps the last value logged under each tag (the capability gates read them at the
-    end of fit: lamina.callbacks.CapabilityGates)."""
+    `last_values` keeps the last value logged under each tag and `start_values` those logged at step
+    0 (the capability gates read them at the end of fit: lamina.callbacks.CapabilityGates)."""
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
     ):
         super().__init__(save_dir, name, version, log_graph, default_hp_metric, prefix, sub_dir, **kwargs)
         self.last_values: dict[str, float] = {}
+        self.start_values: dict[str, float] = {}
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -63,6 +64,8 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
         for tag, value in metrics.items():
             if isinstance(value, (int, float)) or (hasattr(value, "numel") and value.numel() == 1):
                 self.last_values[tag] = float(value)
+                if step == 0:
+                    self.start_values[tag] = float(value)
 
 
 class TensorBoardLayout(L.Callback):

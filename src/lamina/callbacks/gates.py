@@ -10,8 +10,8 @@ from lamina.gates import capability_gates, gate_lines, gate_scalars
 
 
 class CapabilityGates(L.Callback):
-    """Reads the last value of every tag from the loggers that keep them (lamina's
-    TensorBoardLogger: `last_values`) once the fit has ended (after the last measurement and the
+    """Reads the last value of every tag, and its value at step 0, from the loggers that keep them
+    (lamina's TensorBoardLogger: `last_values`, `start_values`) once the fit has ended (after the last measurement and the
     last thinking evaluation), prints the measured gates and logs them at the last step."""
 
     def __init__(self):
@@ -21,9 +21,11 @@ class CapabilityGates(L.Callback):
         if not trainer.is_global_zero:
             return
         values: dict[str, float] = {}
+        start: dict[str, float] = {}
         for logger in trainer.loggers:
             values.update(getattr(logger, "last_values", {}))
-        self.results = capability_gates(values)
+            start.update(getattr(logger, "start_values", {}))
+        self.results = capability_gates(values, start)
         measured = [r for r in self.results if r.passed is not None]
         if not measured:
             return

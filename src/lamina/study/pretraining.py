@@ -215,10 +215,16 @@ def last_values(run: Run) -> dict[str, float]:
     return {tag: float(values[-1]) for tag, (_, values) in scalars(run).items() if len(values)}
 
 
+def start_values(run: Run) -> dict[str, float]:
+    """The value of every tag the run logged at step 0."""
+    return {tag: float(values[steps == 0][-1]) for tag, (steps, values) in scalars(run).items()
+            if bool(np.any(steps == 0))}
+
+
 def capability_gate(runs: dict[int, dict[str, Run]], check, name: str, question: str, arm: str = ARM) -> Gate:
     """One of lamina.gates' capability gates (`check`: e.g. lamina.gates.reads_context_gate), every
     seed: the same thresholds a fit prints at its end."""
-    results = {seed: check(last_values(by_arm[arm])) for seed, by_arm in sorted(runs.items())}
+    results = {seed: check(last_values(by_arm[arm]), start_values(by_arm[arm])) for seed, by_arm in sorted(runs.items())}
     return Gate(name, question, all(r.passed for r in results.values()),
                 "; ".join(f"seed {s}: {r.word}, {r.detail}" for s, r in results.items()))
 
@@ -777,7 +783,8 @@ def context_vs_prior(ctx: StudyContext) -> ClaimResult:
         capability_gate(runs, reads_context_gate, "reads-context",
                         "does the model read its context: on counterfactual contexts about people it has never seen "
                         "(exposure bin 0, no prior to override), does it prefer the context's answer beyond the "
-                        "forced choice's chance (follow/0 Wilson lower bound > 0.5 on >= 256 prompts), every seed?"),
+                        "forced choice's chance and beyond the untrained network's rate at step 0 (follow/0 Wilson "
+                        "lower bound > 0.5 and > the step-0 rate, on >= 256 prompts), every seed?"),
         Gate("knows-priors", "without a contradicting context, does the model hold a prior at exposure 100 (greedy "
              "gives the memorised answer on some prompts), every seed?",
              all(math.isfinite(v) and v > 0 for v in knows.values()),
