@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from lamina import compare
 from lamina.cli import main
 from lamina.compare import report as compare_report
 from lamina.compare.stats import t_quantile
+from lamina.errors import ConfigError
 
 T975_DF2 = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))  # Student t, 97.5% quantile, 2 dof (closed form)
 BASE_NOISE = [-0.125, 0.0, 0.25]  # per-seed offsets; every number below is exact in float32
@@ -739,7 +741,28 @@ def test_no_margin_no_verdict_and_the_direction_can_be_chosen(five, tmp_path):
     md = (out / "report.md").read_text()
     row = headline_rows(md)["better"]
     assert row[4] == row[8] == "against"  # predicted higher, came out lower beyond the margin
-    assert "predicted: above a, i.e. higher, as given (`--predict`)" in md
+    assert "predicted: above a, i.e. higher, as given (`--predict` or `compare.predict`)" in md
+
+
+def test_the_reference_runs_config_can_fix_the_question(five, tmp_path):
+    # The reference's runs say in their config.yaml what the comparison judges (`compare` section,
+    # lamina.verdict.Question); the flags win; runs that disagree are one line.
+    runs = tmp_path / "runs"
+    shutil.copytree(five, runs)
+    question = "compare:\n  primary: val/bpb\n  margin: 0.02\n  predict: higher\n"
+    for config in (runs / "a").glob("version_*/config.yaml"):
+        config.write_text(config.read_text() + question)
+    out = tmp_path / "cmp"
+    main(["compare", str(runs / "a"), str(runs / "better"), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    assert headline_rows(md)["better"][4] == "against"  # config: higher by 0.02; better is lower by 0.1
+    assert "higher, as the reference's config says" in md and "margin ±0.02" in md
+    main(["compare", str(runs / "a"), str(runs / "better"), "--out", str(out), "--predict", "lower"])
+    assert headline_rows((out / "report.md").read_text())["better"][4] == "supported"  # the flag wins
+    first = next((runs / "a").glob("version_*/config.yaml"))
+    first.write_text(first.read_text().replace("margin: 0.02", "margin: 0.05"))
+    with pytest.raises(ConfigError, match=r"^compare: the reference group's runs ask different questions"):
+        compare.main([str(runs / "a"), str(runs / "better"), "--out", str(out)])
 
 
 def test_statistics_are_bands_and_columns_not_metrics(five, tmp_path):

@@ -397,3 +397,18 @@ def test_the_claims_name_their_primary_and_fix_their_margins():
         0.01, 0.02, 0.1, 0.03, 0.05)
     assert rlp.PRIMARY == "rlp − base" and ft.PRIMARY == "retention one-hop: proxy − finetuned"
     assert Path(pt.__file__).name == "pretraining.py"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(margin=-1), r"^compare\.margin: expected a finite number > 0"),
+    (dict(margin=float("inf")), r"^compare\.margin: expected a finite number > 0"),
+    (dict(predict="up"), r"^compare\.predict: expected one of lower, higher, got 'up'$"),
+    (dict(primary=" "), r"^compare\.primary: expected a scalar tag"),
+])
+def test_a_bad_compare_question_is_one_line(kwargs, message):
+    from lamina.verdict import Question
+
+    with pytest.raises(ConfigError, match=message) as info:
+        Question(**kwargs)
+    assert "\n" not in str(info.value)
+    assert Question(primary="val/bpb", margin=0.005, predict="higher").margin == 0.005

@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.callbacks import TerminalDefaults, ThoughtEval, Throughput, training_callbacks
+from lamina.verdict import Question
 from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_checkpoints
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
@@ -106,6 +107,8 @@ class LaminaCLI(LightningCLI):
         parser.add_lightning_class_args(Drift, "drift")
         parser.add_lightning_class_args(Retention, "retention")
         parser.add_lightning_class_args(ThoughtEval, "thought_eval")
+        # What `lamina compare` judges this run's group by (lamina.verdict.Question): read, not run.
+        parser.add_class_arguments(Question, "compare")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,

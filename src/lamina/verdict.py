@@ -54,6 +54,36 @@ from scipy import stats as scipy_stats
 
 from lamina.errors import ConfigError
 
+PREDICTIONS = {"lower": -1, "higher": 1}
+
+
+@dataclass(frozen=True)
+class Question:
+    """What a comparison of this run against others judges, fixed in its config before it runs (the
+    `compare` section of `lamina fit`; `lamina compare` reads it from the reference group's runs,
+    and its own --primary, --margin and --predict win)."""
+
+    primary: str | None = None
+    """The one metric the comparison is about (a scalar tag, e.g. `val/bpb` or
+    `eval/arith_acc/level2`); null: lamina compare's default, val/bpb."""
+    margin: float | None = None
+    """The smallest difference of the primary metric that matters, in its units (> 0), with its
+    reason in a comment beside it; null: no verdict, the interval only."""
+    predict: str | None = None
+    """`lower` or `higher`: each other group's primary metric against this run's group; null: the
+    metric's default direction."""
+
+    def __post_init__(self) -> None:
+        if self.primary is not None and (not isinstance(self.primary, str) or not self.primary.strip()):
+            raise ConfigError(f"compare.primary: expected a scalar tag such as val/bpb, got {self.primary!r}")
+        margin = self.margin
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                   or not (0 < margin < math.inf)):
+            raise ConfigError(f"compare.margin: expected a finite number > 0 (the smallest difference of interest), "
+                              f"got {margin!r}")
+        if self.predict is not None and self.predict not in PREDICTIONS:
+            raise ConfigError(f"compare.predict: expected one of {', '.join(PREDICTIONS)}, got {self.predict!r}")
+
 NOT_TESTED, SUPPORTED, NEGLIGIBLE, AGAINST, INCONCLUSIVE = (
     "not tested", "supported", "negligible", "against", "inconclusive")
 VERDICTS = (NOT_TESTED, SUPPORTED, NEGLIGIBLE, AGAINST, INCONCLUSIVE)

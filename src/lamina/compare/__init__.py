@@ -61,6 +61,7 @@ import sys
 from pathlib import Path
 
 from lamina.compare.headline import DEFAULT_PRIMARY, default_prediction, headline_section
+from lamina.verdict import PREDICTIONS, Question
 from lamina.compare.report import (
     delta_cell, refusal_summary, refusals, write_csv, write_markdown, write_plots,
 )
@@ -116,9 +117,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", action="append", metavar="PATTERN[,PATTERN...]",
                    help="scalar tags to report, glob patterns (comma-separated, repeatable); default: "
                    + ", ".join(KEY_METRICS))
-    p.add_argument("--primary", default=DEFAULT_PRIMARY, metavar="METRIC",
+    p.add_argument("--primary", metavar="METRIC",
                    help="the headline's metric, a scalar tag: the one measure the question is about, chosen before "
-                   "the runs (default: %(default)s; e.g. eval/arith_acc/level1); every other metric is in the tables")
+                   f"the runs (default: the reference runs' compare.primary, else {DEFAULT_PRIMARY}; e.g. "
+                   "eval/arith_acc/level1); every other metric is in the tables. A run's config can fix the "
+                   "question before it trains: compare.primary, compare.margin, compare.predict, read from the "
+                   "reference group's runs; these flags win")
     p.add_argument("--margin", type=float, metavar="M",
                    help="the smallest difference of the primary metric that matters, in its units (> 0), fixed "
                    "before the runs, never derived from them; required for a verdict (without it the headline "
@@ -130,6 +134,22 @@ def parser() -> argparse.ArgumentParser:
                    "(default: lower for a bpb/loss-like metric, higher otherwise); with the treatment as the "
                    "reference, each control is predicted worse than it")
     return p
+
+
+def reference_question(group) -> dict:
+    """The `compare` section its runs' configs agree on (lamina.verdict.Question: primary, margin,
+    predict); {} where none sets one. Runs that disagree are one line naming them."""
+    asked = {run.label: run.question for run in group.runs if run.question}
+    if not asked:
+        return {}
+    distinct = {tuple(sorted(q.items())) for q in asked.values()}
+    if len(distinct) > 1 or len(asked) < len(group.runs):
+        detail = "; ".join(f"{label}: {q or 'none'}" for label, q in
+                           ((run.label, run.question) for run in group.runs))
+        raise ConfigError(f"compare: the reference group's runs ask different questions in their configs' compare "
+                          f"section ({detail}); make them agree, or give --primary, --margin and --predict")
+    Question(**next(iter(asked.values())))  # checked as `lamina fit` checks it: one line for a bad key
+    return next(iter(asked.values()))
 
 
 def note_missing_axes(runs: list[Run]) -> None:
@@ -166,21 +186,26 @@ def main(argv: list[str]) -> Comparison:
     patterns = [p.strip() for item in args.metrics for p in item.split(",") if p.strip()] if args.metrics else None
     if args.margin is not None and not (args.margin > 0 and args.margin != float("inf")):
         raise ConfigError(f"--margin {args.margin}: expected a finite number > 0 (the smallest difference of interest)")
+    asked = reference_question(groups[0])
+    primary = args.primary or asked.get("primary", DEFAULT_PRIMARY)
+    margin = args.margin if args.margin is not None else asked.get("margin")
+    predict = args.predict or asked.get("predict")
     metrics = select_metrics(runs, patterns)
-    primary = args.primary
     if primary not in metrics and any(primary in run.scalars for run in runs):
         metrics.append(primary)
     elif primary not in metrics and primary != DEFAULT_PRIMARY:
-        raise ConfigError(f"--primary {primary}: no run logs this scalar tag")
+        key = "--primary" if args.primary else "compare.primary (in the reference runs' config.yaml)"
+        raise ConfigError(f"{key} {primary}: no run logs this scalar tag")
     statistics = {} if patterns else statistics_of(metrics)  # with the defaults: se/z are bands and columns
     result = compare_groups(groups, metrics, statistics)
-    if args.predict is None:
+    if predict is None:
         sign, note = default_prediction(primary)
     else:
-        sign, note = (-1 if args.predict == "lower" else 1), f"{args.predict}, as given"
+        given = "as given" if args.predict else "as the reference's config says"
+        sign, note = PREDICTIONS[predict], f"{predict}, {given}"
     make_out_dir(out)
-    plots = write_plots(result, out, primary, args.margin)
-    headline = headline_section(result, primary, sign, note, args.margin)
+    plots = write_plots(result, out, primary, margin)
+    headline = headline_section(result, primary, sign, note, margin)
     write_markdown(result, plots, out / "report.md", headline)
     write_csv(result, out / "report.csv")
     note_refusals(result, out / "report.md")

@@ -170,12 +170,13 @@ def headline_section(result: Comparison, primary: str, sign: int, sign_note: str
         return lines + [f"No run logs `{primary}` (choose the primary metric with `--primary`).", "",
                         f"Live: `{tensorboard_command(result)}`"]
     predicted = ("below" if sign < 0 else "above") + f" {ref}"
-    rule = (f"margin ±{_fmt(margin)} (`--margin`, fixed in advance)" if margin is not None
+    rule = (f"margin ±{_fmt(margin)} (`--margin` or the reference's `compare.margin`, fixed in advance)"
+            if margin is not None
             else f"{NO_MARGIN} (set `--margin M`, the smallest difference of interest, fixed before the runs)")
     lines += [f"Difference (group − {ref}) of `{primary}` at a matched budget: per contrast, the largest tokens "
               f"seen and the largest training FLOPs that its runs and {ref}'s all reached (the *at* columns; the "
               "tables below use the budget every run reached), mean and 95% t-interval over seeds; predicted: "
-              f"{predicted}, i.e. {sign_note} (`--predict`); {rule}. Verdict by the rule `lamina study` uses "
+              f"{predicted}, i.e. {sign_note} (`--predict` or `compare.predict`); {rule}. Verdict by the rule `lamina study` uses "
               "(`lamina.verdict.decide`): supported / negligible / against / inconclusive / not tested.", ""]
     head = ["contrast", "at tokens", "difference [95%]", "n seeds", "verdict", "at FLOPs", "difference [95%]",
             "n seeds", "verdict"]

@@ -98,6 +98,7 @@ class Run:
     scalars: dict[str, Curve]  # tag -> (steps, values), steps increasing
     axes: dict[str, Curve | None] = field(default_factory=dict)  # axis key -> (steps, counter values)
     seed: tuple[int, int] | None = None  # (seed_everything, data.seed) from its config.yaml, if it has both
+    question: dict = field(default_factory=dict)  # its config.yaml's `compare` section, keys set (lamina.verdict.Question)
 
     @property
     def last_step(self) -> int:
@@ -156,7 +157,7 @@ def load_run(path: Path) -> Run:
         name, label = path.parent.name, f"{path.parent.name}/{path.name}"
     else:
         name = label = path.name or str(path)
-    run = Run(path, name, label, read_scalars(path), seed=read_seed(path))
+    run = Run(path, name, label, read_scalars(path), seed=read_seed(path), question=read_question(path))
     run.axes = {key: counter_axis(run, axis.counter) for key, axis in AXES.items()}
     for key, axis in AXES.items():  # the counters as tags: with their zero at step 0 too
         if run.axes[key] is not None:
@@ -165,17 +166,29 @@ def load_run(path: Path) -> Run:
     return run
 
 
-def read_seed(path: Path) -> tuple[int, int] | None:
-    """(seed_everything, data.seed) from the config.yaml LightningCLI saved in the run folder; None
-    where there is no such file, it does not parse, or either seed is missing or not an integer
-    (`seed_everything: true` before Lightning wrote the drawn seed back, null, ...)."""
+def read_config(path: Path) -> dict:
+    """The config.yaml LightningCLI saved in the run folder; {} where there is none or it does not parse."""
     import yaml
 
     try:
         config = yaml.safe_load((path / "config.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def read_question(path: Path) -> dict:
+    """The keys its config's `compare` section sets (primary, margin, predict; nulls left out)."""
+    section = read_config(path).get("compare")
+    return {k: v for k, v in section.items() if v is not None} if isinstance(section, dict) else {}
+
+
+def read_seed(path: Path) -> tuple[int, int] | None:
+    """(seed_everything, data.seed) from the config.yaml LightningCLI saved in the run folder; None
+    where there is no such file, it does not parse, or either seed is missing or not an integer
+    (`seed_everything: true` before Lightning wrote the drawn seed back, null, ...)."""
+    config = read_config(path)
+    if not isinstance(config.get("data"), dict):
         return None
     seeds = (config.get("seed_everything"), config["data"].get("seed"))
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
