@@ -62,9 +62,9 @@ class Preset:
     batch_size: int = 64
 
 
-# cpu: configs/world-v2-tiny.yaml's 800 steps (the capability gates pass there: lamina.gates), measured
-# at 0, 400 and 800.
-CPU = Preset(every=("--trainer.enable_progress_bar", "false"), steps=800, measure_every=400)
+# cpu: configs/world-v2-tiny.yaml's 1000 steps (where the capability gates pass: lamina.gates),
+# measured at 0, 500 and 1000.
+CPU = Preset(every=("--trainer.enable_progress_bar", "false"), steps=1000, measure_every=500)
 # gpu: one seed of the two runs, the instrumentation and the per-problem decoding in about 2.5 minutes
 # of an H100 (all eight claims' one seed: about 6.5 minutes, within one 10-minute device call).
 # Reasoning (estimates: no GPU has run these yet):
