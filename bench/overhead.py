@@ -8,7 +8,7 @@ Both arms start from the same weights and read the same batches; each round runs
 alternating order so that drift in the machine's speed hits both (round 0: on, then off). The
 timed window is steps [warmup, warmup + steps): it starts after the step-0 measurement and
 compilation, and by default spans one full period of the schedule (the least common multiple of
-every_n_steps, modularity_every_n_steps and ablation_every_n_steps), so it holds the measurements
+every_n_steps, light_every_n_steps, modularity_every_n_steps and ablation_every_n_steps), so it holds the measurements
 a long run pays per period. The instrument settings are the config's `instrument:` section
 (`--every` overrides its every_n_steps). The on arm also measures at step 0 and at its last step
 (everything: partition, ablation, hierarchy probes, context), outside the window; the one at the
@@ -17,6 +17,10 @@ last step runs after compilation, so its seconds are the clean cost of a full me
 Estimates (`estimates` in the JSON), each from the measurements' own seconds (timed after a
 device sync) rather than from the noise of two wall times:
 
+- `light_overhead_pct`: one light-tier measurement (instrument.light_every_n_steps: the
+  familiarity gaps alone) every L steps, as a share of the training time of L steps:
+  100 * light seconds / (L * step seconds); `light_share_pct_median`, beside it, is the light
+  measurements' seconds in the window over the off arm's;
 - `overhead_pct_every_n`: one measurement of the probes (no partition) every N steps, as a share
   of the training time of N steps: 100 * P / (N * step seconds);
 - `schedule_overhead_pct_upper_bound`: the config's whole schedule over one period, the
@@ -129,7 +133,7 @@ def run_arm(module, datamodule, trainer_cfg, instrument: Instrumentation | None,
     timings = instrument.timings if instrument else []
     # Measurements inside the timed window: those of on_train_batch_end after steps warmup+1 .. warmup+steps
     # (not the run's final one, hook "end", which runs after the timer stopped).
-    window = [t for t in timings if t["hook"] == "batch" and warmup < t["step"] <= warmup + steps]
+    window = [t for t in timings if t["hook"] in ("batch", "light") and warmup < t["step"] <= warmup + steps]
     before = [t for t in timings if t["step"] <= warmup and t["hook"] != "end"]
     result = {
         "seconds": timer.elapsed,
@@ -137,6 +141,7 @@ def run_arm(module, datamodule, trainer_cfg, instrument: Instrumentation | None,
         "measurement_seconds_before_window": sum(t["seconds"] for t in before),
         "measurements_in_window": window,
         "instrument_seconds_in_window": sum(t["seconds"] for t in window),
+        "light_seconds_in_window": sum(t["seconds"] for t in window if t["hook"] == "light"),
         "all_measurements": timings,
         # The process's high-water mark so far (Linux reports KiB); on CUDA the device's peak for this arm.
         "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -164,7 +169,8 @@ def schedule_counts(settings: dict, period: int) -> dict:
     partition = multiples(modularity) | multiples(ablation)
     probes_only = (multiples(every) | multiples(settings.get("probe_every_n_steps"))
                    | multiples(settings.get("context_every_n_steps"))) - partition
-    return {"probes_only": len(probes_only), "partition": len(partition - multiples(ablation)),
+    light = multiples(settings.get("light_every_n_steps")) - partition - probes_only
+    return {"light": len(light), "probes_only": len(probes_only), "partition": len(partition - multiples(ablation)),
             "partition_and_ablation": len(multiples(ablation))}
 
 
@@ -178,18 +184,21 @@ def estimates(rounds: list[dict], partial: dict, settings: dict, period: int, st
     every = settings["every_n_steps"]
     measured = [m for arm in on for m in arm["all_measurements"]] + list(running or [])
     periodic = [m["seconds"] for arm in on for m in arm["measurements_in_window"]
-                if not m["partition"] and not m["ablate"]]
+                if m["hook"] == "batch" and not m["partition"] and not m["ablate"]]
+    light = [m["seconds"] for arm in on for m in arm["measurements_in_window"] if m["hook"] == "light"]
     end = [m["seconds"] for m in measured if m["hook"] == "end"]
     start = [m["seconds"] for m in measured if m["hook"] == "start"]
     step_off = median_or_none(a["seconds"] / steps for a in off if a["seconds"])
     step_on = median_or_none((a["seconds"] - a["instrument_seconds_in_window"]) / steps for a in on if a["seconds"])
     step = step_off if step_off is not None else step_on
     periodic_s = median_or_none(periodic)
+    light_s = median_or_none(light)
     full_s = median_or_none(end) if end else median_or_none(start)
     counts = schedule_counts(settings, period)
     schedule = None
     if step and full_s is not None and (periodic_s is not None or counts["probes_only"] == 0):
-        cost = counts["probes_only"] * (periodic_s or 0.0) + (counts["partition"] + counts["partition_and_ablation"]) * full_s
+        cost = (counts["light"] * (light_s or 0.0) + counts["probes_only"] * (periodic_s or 0.0)
+                + (counts["partition"] + counts["partition_and_ablation"]) * full_s)
         schedule = 100 * cost / (period * step)
     first = arms[0] if arms else None
     compile_s = None
@@ -208,6 +217,12 @@ def estimates(rounds: list[dict], partial: dict, settings: dict, period: int, st
         "periodic_measurement_seconds": periodic_s,
         "periodic_measurements": len(periodic),
         "overhead_pct_every_n": 100 * periodic_s / (every * step) if periodic_s is not None and step else None,
+        "light_every_n_steps": settings.get("light_every_n_steps"),
+        "light_measurement_seconds": light_s,
+        "light_measurements": len(light),
+        # The light tier's share of training where it runs (every light_every_n_steps steps).
+        "light_overhead_pct": (100 * light_s / (settings["light_every_n_steps"] * step)
+                               if light_s is not None and step and settings.get("light_every_n_steps") else None),
         "full_measurement_seconds": full_s,
         "full_measurement_from": "end (after compilation)" if end else ("start (with compilation)" if start else None),
         "start_measurement_seconds": median_or_none(start),
@@ -249,7 +264,8 @@ def main() -> None:
         settings["every_n_steps"] = args.every
     probe = Instrumentation(**settings)  # resolves the defaults (modularity_every_n_steps null -> every)
     settings["modularity_every_n_steps"] = probe.modularity_every_n_steps
-    cadences = (probe.every_n_steps, probe.modularity_every_n_steps, probe.ablation_every_n_steps)
+    cadences = (probe.every_n_steps, probe.modularity_every_n_steps, probe.ablation_every_n_steps,
+                probe.light_every_n_steps)
     period = math.lcm(*(c for c in cadences if c is not None))  # null: only at step 0 and the end
     steps = args.steps or period
     if not any(s % probe.every_n_steps == 0 for s in range(args.warmup + 1, args.warmup + steps)):
@@ -287,13 +303,15 @@ def main() -> None:
             if ratios else None,
             "overhead_pct_median": 100 * (statistics.median(ratios) - 1) if ratios else None,
             "measured_share_pct_median": 100 * statistics.median(shares) if shares else None,
+            "light_share_pct_median": 100 * statistics.median(r["light_share"] for r in rounds) if rounds else None,
             "off_step_seconds_median": statistics.median(r["off"]["seconds"] for r in rounds) / steps if rounds else None,
             "rounds": rounds,
             "partial_round": partial or None,
             "measurements_so_far": list(running.timings) if running is not None else None,
         }
         write_result(out, args.out, "overhead", args.config[-1], device,
-                     ("complete", "stage", "ratio_on_over_off", "overhead_pct_median", "measured_share_pct_median"))
+                     ("complete", "stage", "ratio_on_over_off", "overhead_pct_median", "measured_share_pct_median",
+                      "light_share_pct_median"))
 
     for r in range(args.rounds):
         partial = {}
@@ -313,6 +331,7 @@ def main() -> None:
         result["ratio"] = result["on"]["seconds"] / result["off"]["seconds"]
         # Amortised: the measurements' own wall time over the off arm's time for the same steps.
         result["measured_share"] = result["on"]["instrument_seconds_in_window"] / result["off"]["seconds"]
+        result["light_share"] = result["on"]["light_seconds_in_window"] / result["off"]["seconds"]
         rounds.append(result)
         partial = {}
         print(json.dumps({"round": r, "ratio": result["ratio"], "measured_share": result["measured_share"],

@@ -59,9 +59,13 @@ def test_ddp_instrumentation_reduces_over_ranks(ddp_and_single):
     ddp, single = (scalars(run) for run in ddp_and_single)
     measured = [tag for tag in single if tag.startswith(("sparsity/", "modularity/", "layers/"))]
     assert any(t.startswith("sparsity/id/") for t in measured) and any(t.startswith("modularity/") for t in measured)
+    assert "sparsity/train/mean" in measured  # the training batches' density: summed over the ranks' halves
     for tag in measured:
         assert sorted(ddp[tag]) == sorted(single[tag]), tag
-        assert set(single[tag]) <= {0, 5, STEPS} and len(single[tag]) >= 2, tag
+        if tag.startswith("sparsity/train/"):
+            assert sorted(single[tag]) == list(range(1, STEPS + 1)), tag  # every logged step
+        else:
+            assert set(single[tag]) <= {0, 5, STEPS} and len(single[tag]) >= 2, tag
         for step, value in single[tag].items():
             # each rank measured half the probe windows; the sums were all-reduced
             assert ddp[tag][step] == pytest.approx(value, rel=1e-4, abs=1e-6), (tag, step)

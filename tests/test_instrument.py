@@ -189,7 +189,8 @@ INSTRUMENT_PREFIXES = ("sparsity/", "modularity/", "layers/", "lastlayer/", "per
 def test_fit_logs_tags_and_pictures_and_leaves_the_loss_curve_bit_identical(tmp_path):
     probe_file = tmp_path / "letters.txt"
     probe_file.write_text("Dear friend, the weather here is fine and the sea is calm.\n" * 30)
-    on = events(fit(tmp_path, "on", "--data.probe_files", f"[{probe_file}]"))
+    on = events(fit(tmp_path, "on", "--data.probe_files", f"[{probe_file}]", "--instrument.light_every_n_steps", "2",
+                    "--instrument.light_windows", "4"))
     off = events(fit(tmp_path, "off", "--data.probe_files", f"[{probe_file}]", "--instrument.enabled", "false"))
     tags = scalars(on)
     expected = [
@@ -206,7 +207,16 @@ def test_fit_logs_tags_and_pictures_and_leaves_the_loss_curve_bit_identical(tmp_
     ]
     for tag in expected:
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
-    assert sorted(tags["sparsity/id/mean"]) == [0, 5, 10, 12]  # step 0, every 5, and the end
+    # The full battery at step 0, every 5 and the end; the light tier every 2 steps in between.
+    assert sorted(tags["sparsity/id/mean"]) == [0, 2, 4, 5, 6, 8, 10, 12]
+    assert sorted(tags["sparsity/id/layer0/hoyer"]) == [0, 5, 10, 12]  # per-token statistics: full only
+    assert sorted(tags["sparsity/ood/arith/mean"]) == [0, 5, 10, 12]  # the light tier's four probes only
+    assert sorted(tags["perf/instrument_light_seconds"]) == [2, 4, 6, 8]
+    # On 4 of the 8 windows, the light gap's interval is wider than the full battery's next to it.
+    assert tags["sparsity/gap/id_b/se"][4] > tags["sparsity/gap/id_b/se"][5]
+    # The training batches' density, from the training forward, at every logged step but step 0.
+    assert sorted(tags["sparsity/train/mean"]) == list(range(1, 13))
+    assert all(0 < v < 1 for v in tags["sparsity/train/layer1"].values())
     assert sorted(tags["modularity/unlearned_tasks"]) == [0, 10, 12]  # ablation: 0, every 10, end
     # 12 steps learn no string task: specificity is undefined, and not logged as if it were a number.
     assert tags["modularity/unlearned_tasks"][12] == 11 and "modularity/layer0/specificity" not in tags
@@ -250,10 +260,64 @@ def test_measurement_schedule_counts_optimizer_steps_and_ablates_at_the_end(abla
     for step in range(1, 13):
         trainer = type("T", (), {"global_step": step, "max_steps": 12})()
         inst.on_train_batch_end(trainer, None, None, None, 0)
-        inst.last_step = step
+        inst.cadence.last_step = step
     assert [s for s, _, _ in calls] == [3, 4, 6, 8, 9, 12] if ablation_every == 4 else [3, 6, 9, 12]
     assert [s for s, _, ablate in calls if ablate] == ablated
     assert all(partition for s, partition, ablate in calls if s % 6 == 0 or ablate)
     # Without their own cadence, the hierarchy probes and the context test run at the end only.
     assert [s for s, probe, _ in probed if probe] == [12]
     assert [s for s, _, context in probed if context] == [12]
+
+
+@pytest.mark.parametrize("activation, rule", [("relu2", "sign"), ("swiglu", "sign"), ("gelu", "eps")])
+def test_train_density_counts_the_training_forward_and_changes_nothing(activation, rule):
+    """The hooks' count equals the active share of the same forward's recorded pre-activations
+    (known by construction), skip eval-mode forwards, and leave the loss and gradients bit-identical."""
+    from lamina.instrument.sparsity import ActiveRule
+    from lamina.instrument.train_density import TrainDensity
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, activation=activation))
+    x, y = torch.randint(0, 64, (2, 3, 16)), torch.randint(0, 64, (2, 3, 16))
+    active_rule = ActiveRule(rule, [0.0] if rule == "sign" else [0.05])
+    plain = copy.deepcopy(model)
+    hooks = TrainDensity()
+    hooks.attach(model, active_rule)
+    for i in range(2):  # two micro-batches of one step
+        _, loss = model(x[i], y[i])
+        _, plain_loss = plain(x[i], y[i])
+        assert torch.equal(loss, plain_loss)
+        loss.backward(), plain_loss.backward()
+    model.eval()
+    model(x[0])  # an evaluation inside the step: not counted
+    hooks.detach()
+    assert not hooks.attached and not any(m._forward_hooks for m in model.modules())
+    for p, q in zip(model.parameters(), plain.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    got = hooks.scalars()
+    with torch.no_grad():
+        record: dict = {}
+        plain.eval()
+        plain(x.flatten(0, 1), record=record)
+    for layer in range(2):
+        expected = active_rule.active(record, layer).double().mean().item()
+        assert got[f"sparsity/train/layer{layer}"] == pytest.approx(expected, abs=1e-12)
+    assert got["sparsity/train/mean"] == pytest.approx(sum(got[f"sparsity/train/layer{i}"] for i in range(2)) / 2)
+    assert TrainDensity().scalars() == {}
+
+
+def test_density_accumulator_equals_the_sparsity_accumulators_density():
+    torch.manual_seed(1)
+    acts, gate = torch.randn(3, 5, 7, 24), torch.randn(3, 5, 7, 24)
+    thresholds = torch.rand(24)
+    for eps, g in ((0.0, gate), (0.3, None), (thresholds, None)):
+        full, light = measures.SparsityAccumulator(24, eps), measures.DensityAccumulator(24, eps)
+        for batch, batch_gate in zip(acts, gate):
+            full.update(batch, gate=None if g is None else batch_gate)
+            light.update(batch, gate=None if g is None else batch_gate)
+        a, b = full.compute(), light.compute()
+        assert b["frac_active"] == pytest.approx(a["frac_active"], abs=1e-15) and b["tokens"] == a["tokens"] == 105
+        assert torch.equal(b["firing_rate"], a["firing_rate"])
+        assert torch.equal(light.window_frac_active(), full.window_frac_active())
+    with pytest.raises(ValueError, match="windows"):
+        measures.DensityAccumulator(24, 0.0).update(torch.randn(5, 24))

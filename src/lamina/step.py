@@ -55,10 +55,15 @@ def clip_by_step_norm(module, optimizer, norm: torch.Tensor | None, gradient_cli
 # ---- logging: when, and without a host sync -----------------------------------------------------
 
 
+def ends_optimizer_step(trainer, batch_idx: int) -> bool:
+    """In on_train_batch_end: this micro-batch is the last of its optimizer step."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
 def ends_logged_step(trainer, batch_idx: int) -> bool:
     """In on_train_batch_end: this micro-batch ends an optimizer step whose metrics Lightning writes
     (every log_every_n_steps optimizer steps, as its logger connector counts them)."""
-    if (batch_idx + 1) % trainer.accumulate_grad_batches:
+    if not ends_optimizer_step(trainer, batch_idx):
         return False
     n = trainer.log_every_n_steps
     return bool(n) and (trainer.global_step % n == 0 or trainer.should_stop)

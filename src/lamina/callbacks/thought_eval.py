@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lamina.cadence import Cadence
 from lamina.errors import ConfigError
 from lamina.rlp.config import ThoughtEvalConfig, thought_eval_settings
 from lamina.rlp.evaluate import ThoughtEvaluator
@@ -69,13 +70,13 @@ class ThoughtEval(L.Callback):
         config = ThoughtEvalConfig(**settings)  # checked whether on or off: a wrong key is one line either way
         self.config: ThoughtEvalConfig | None = config if enabled else None
         self._evaluator: ThoughtEvaluator | None = None
-        self._last_step = -1
+        self.cadence = Cadence(config.every_n_steps)  # step 0, every every_n_steps, the end; 0: never
 
     @classmethod
     def of(cls, config: ThoughtEvalConfig) -> ThoughtEval:
         """The callback that runs the evaluations `config` describes (from Python)."""
         callback = cls()
-        callback.config = config
+        callback.config, callback.cadence = config, Cadence(config.every_n_steps)
         return callback
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -84,20 +85,22 @@ class ThoughtEval(L.Callback):
             raise ConfigError("thought_eval: thinking evaluations do not run under FSDP yet; use DDP")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.config is not None:
+        if self.config is not None and self.config.every_n_steps and self.cadence.starts(trainer):
             self._evaluate(trainer, pl_module, at_start=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.config is not None:
+        if self.config is not None and self.config.every_n_steps and self.cadence.due(trainer):
             self._evaluate(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return self.cadence.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.cadence.load_state_dict(state_dict)
 
     def _evaluate(self, trainer: L.Trainer, pl_module, at_start: bool = False) -> None:
         config, step = self.config, trainer.global_step
-        if not config.every_n_steps or step == self._last_step or (at_start and step != 0):
-            return
-        if not at_start and step % config.every_n_steps and step < (trainer.max_steps or 0):
-            return
-        self._last_step = step
+        self.cadence.ran(trainer)
         if self._evaluator is None:
             self._evaluator = self._build(trainer, pl_module, config)
         log_dir = trainer.log_dir if trainer.loggers else None  # a collective under DDP: every rank asks

@@ -58,6 +58,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.data import world
+from lamina.cadence import Cadence
 from lamina.errors import ConfigError
 from lamina.pretrained import SHAPE_KEYS, load_gpt
 from lamina.finetune.retention import fact_items
@@ -370,7 +371,7 @@ class Drift(L.Callback):
         self.fact_contexts, self.probe_target = fact_contexts, probe_target
         self.ridge, self.init_seed = ridge, init_seed
         self.meter: DriftMeter | None = None
-        self.last_step: int | None = None
+        self.cadence = Cadence(every_n_steps)  # step 0, every every_n_steps, the end
         self.last_seconds: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -386,26 +387,22 @@ class Drift(L.Callback):
             )
         if trainer.is_global_zero:
             self._build(trainer, pl_module, path)
-        if trainer.global_step == 0 and self.last_step != 0:
+        if self.cadence.starts(trainer):
             self._measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.meter is None or step == self.last_step:
-            return
-        final = trainer.max_steps is not None and 0 < trainer.max_steps <= step
-        if step % self.every_n_steps == 0 or final:
+        if self.meter is not None and self.cadence.due(trainer):
             self._measure(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.meter is not None and trainer.global_step != self.last_step:
+        if self.meter is not None and self.cadence.ends(trainer):
             self._measure(trainer, pl_module)
 
     def state_dict(self) -> dict:
-        return {"last_step": self.last_step}
+        return self.cadence.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.last_step = state_dict.get("last_step")
+        self.cadence.load_state_dict(state_dict)
 
     def _build(self, trainer: L.Trainer, pl_module: L.LightningModule, path: str) -> None:
         started = time.perf_counter()
@@ -437,7 +434,7 @@ class Drift(L.Callback):
         )
 
     def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.last_step = trainer.global_step
+        self.cadence.ran(trainer)
         if self.meter is None:  # (ranks other than zero hold none)
             return
         started = time.perf_counter()

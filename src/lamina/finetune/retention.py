@@ -37,6 +37,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.data import world
+from lamina.cadence import Cadence
 from lamina.errors import ConfigError
 from lamina.measures import wilson_interval
 
@@ -321,7 +322,7 @@ class Retention(L.Callback):
         self.enabled, self.every_n_steps, self.items, self.seed = enabled, every_n_steps, items, seed
         self.task_files, self.batch_size = list(task_files), batch_size
         self.suite: RetentionSuite | None = None
-        self.last_step: int | None = None
+        self.cadence = Cadence(every_n_steps)  # step 0, every every_n_steps, the end
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
@@ -336,29 +337,25 @@ class Retention(L.Callback):
         if self.seed is not None and datamodule.hparams.get("source") == "world" and seed == data_seed:
             raise ConfigError(f"retention.seed: expected a seed other than data.seed, got {seed} for both")
         self.suite = RetentionSuite(datamodule.tokenizer, seed, self.items, self.task_files)
-        if trainer.global_step == 0 and self.last_step != 0:
+        if self.cadence.starts(trainer):
             self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.suite is None or step == self.last_step:
-            return
-        final = trainer.max_steps is not None and 0 < trainer.max_steps <= step
-        if step % self.every_n_steps == 0 or final:
+        if self.suite is not None and self.cadence.due(trainer):
             self._evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.suite is not None and trainer.global_step != self.last_step:
+        if self.suite is not None and self.cadence.ends(trainer):
             self._evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict:
-        return {"last_step": self.last_step}
+        return self.cadence.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.last_step = state_dict.get("last_step")
+        self.cadence.load_state_dict(state_dict)
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.last_step = trainer.global_step
+        self.cadence.ran(trainer)
         if not trainer.is_global_zero:
             return
         model = getattr(pl_module, "model", pl_module)

@@ -20,7 +20,7 @@ curve, bit for bit, as one with it off.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,6 +32,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina import measures
+from lamina.cadence import Cadence, is_last_step, multiple_of
 from lamina.config_types import NonNegativeInt, NonNegativeNumber, OpenUnitInterval, PositiveInt, at_least, plain
 from lamina.data import world
 from lamina.errors import ConfigError
@@ -52,19 +53,24 @@ from lamina.instrument.precision import AutocastFactory, measuring
 from lamina.instrument.sparsity import (
     ACTIVE_RULES,
     STATS,
+    ActiveRule,
     active_rule,
     default_eps,
     density_intervals,
+    density_scalars,
     gap_scalars,
     measure_probes,
     sparsity_scalars,
 )
+from lamina.instrument.train_density import TrainDensity
 from lamina.probes import ProbeSet, TaskProbe, build_probes, labelled_windows, world_seed
+from lamina.step import ends_optimizer_step
 
 IMPLS = ("auto", "kernel", "reference")
 PROBE_BATCH_TOKENS = 8192  # tokens per probe forward when probe_batch_size is null
 MIN_NULL_DRAWS = 8
 DEFAULT_SHUFFLED_DRAWS = 8  # with 4, |q_shuffled_z| > 3 comes up in ~7% of null layers (docs/measures.md)
+LIGHT_PROBES = ("id", "id_b", "shuffled", "random")  # the light tier: the familiarity gaps alone
 
 
 @dataclass
@@ -82,7 +88,10 @@ class Instrumentation(L.Callback):
     def __init__(
         self,
         enabled: bool = True,
-        every_n_steps: PositiveInt = 100,
+        every_n_steps: PositiveInt = 500,
+        light_every_n_steps: PositiveInt | None = 50,
+        light_windows: at_least(2) = 32,
+        train_density: bool = True,
         probe_tokens: PositiveInt = 16384,
         probe_batch_size: PositiveInt | None = None,
         probe_seed: int = 0,
@@ -118,7 +127,23 @@ class Instrumentation(L.Callback):
 
         Args:
             enabled: the one switch: false turns every measurement, probe and tag off.
-            every_n_steps: measure every this many optimizer steps (and at step 0 and at the end).
+            every_n_steps: the full battery (every probe and statistic, pictures, and the parts
+                whose own cadence is null) every this many optimizer steps, and at step 0 and at
+                the end.
+            light_every_n_steps: the light tier every this many steps, where the full battery does
+                not run: the density of `id`, `id_b`, `shuffled` and `random` (per layer and mean)
+                and their gaps with `/se` and `/z`, on the first `light_windows` windows of each,
+                under the same active rule, with no per-token statistics, partition or pictures.
+                It logs the same tags as the full battery, so a curve has a point every this many
+                steps; its intervals are wider (its `/se` says by how much). null: off.
+            light_windows: windows of each light probe (the first ones of the full probe; `shuffled`
+                stays paired with `id` window for window). The gaps' standard errors grow as
+                1/sqrt(windows): 32 of tiny's 80 give about 1.6x the full battery's.
+            train_density: `sparsity/train/layer<i>` and `.../mean`, the density of the training
+                batches, counted from the training forward itself at every step the trainer logs
+                (hooks on the MLP input projections for that step: no extra pass, the loss bit for
+                bit the same; `lamina.instrument.train_density`). Off under `model.compile`, where a
+                hook would recompile the model.
             probe_tokens: tokens in each probe set (rounded down to whole windows of block_size);
                 every probe has as many windows as `id`. The intervals of the gaps narrow with
                 the square root of the windows.
@@ -190,6 +215,9 @@ class Instrumentation(L.Callback):
         # restricted numbers are jsonargparse's own int/float subclasses: kept as builtins.
         self.enabled = enabled
         self.every_n_steps = plain(every_n_steps)
+        self.light_every_n_steps = plain(light_every_n_steps)
+        self.light_windows = plain(light_windows)
+        self.train_density = train_density
         self.probe_tokens = plain(probe_tokens)
         self.probe_batch_size = plain(probe_batch_size)
         self.probe_seed = probe_seed
@@ -231,7 +259,10 @@ class Instrumentation(L.Callback):
 
         self.probes: ProbeSet | None = None
         self.answer_probe = None  # the last-layer measures' arithmetic problems
-        self.last_step: int | None = None  # the step measured last (kept in checkpoints)
+        self.cadence = Cadence(self.every_n_steps)  # the full battery's (its last step kept in checkpoints)
+        self.light_cadence = Cadence(self.light_every_n_steps, at_start=False, at_end=False)
+        self.rule: ActiveRule | None = None  # the active rule of the last measurement (train density reads it)
+        self.train_hooks = TrainDensity()
         self.previous_labels: dict[int, torch.Tensor] = {}  # per layer, for stability
         self.q_history: dict[int, list[tuple]] = {}  # per layer (step, q, q_heldout, q_null), for the picture
         self.last_seconds: float | None = None  # wall time of the last measurement
@@ -251,39 +282,61 @@ class Instrumentation(L.Callback):
             )
         if self.probes is None:
             self._build(trainer, pl_module)
-        if self.probes is not None and trainer.global_step == 0 and self.last_step != 0:
+        if self.probes is not None and self.cadence.starts(trainer):
             self._measure(trainer, pl_module, partition=True, ablate=True, hook="start", probe=True, context=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.enabled and self.train_density and self.rule is not None and not self.train_hooks.attached:
+            if self._logs_next_step(trainer) and not getattr(pl_module.hparams, "compile", False):
+                self.train_hooks.attach(getattr(pl_module, "model", pl_module), self.rule)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self.enabled or self.probes is None:
             return
+        if self.train_hooks.attached and ends_optimizer_step(trainer, batch_idx):
+            self._log_train_density(trainer)
         step = trainer.global_step
-        if step == self.last_step:  # micro-batches of one accumulated step share its global_step
+        if step == self.cadence.last_step:  # micro-batches of one accumulated step share its global_step
             return
-        final = trainer.max_steps is not None and 0 < trainer.max_steps <= step  # the end: everything
-        ablate = final or (self.ablation_every_n_steps is not None and step % self.ablation_every_n_steps == 0)
-        partition = ablate or step % self.modularity_every_n_steps == 0
-        probe = final or (self.probe_every_n_steps is not None and step % self.probe_every_n_steps == 0)
-        context = final or (self.context_every_n_steps is not None and step % self.context_every_n_steps == 0)
-        if step % self.every_n_steps == 0 or partition or probe or context:
+        final = is_last_step(trainer)  # the end: everything
+        ablate = final or multiple_of(step, self.ablation_every_n_steps)
+        partition = ablate or multiple_of(step, self.modularity_every_n_steps)
+        probe = final or multiple_of(step, self.probe_every_n_steps)
+        context = final or multiple_of(step, self.context_every_n_steps)
+        if self.cadence.due(trainer) or partition or probe or context:
             self._measure(
                 trainer, pl_module, partition=partition, ablate=ablate, hook="end" if final else "batch",
                 probe=probe, context=context,
             )
+        elif self.light_cadence.due(trainer):
+            self._measure_light(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled and self.probes is not None and trainer.global_step != self.last_step:
+        self.train_hooks.detach()
+        if self.enabled and self.probes is not None and self.cadence.ends(trainer):
             self._measure(trainer, pl_module, partition=True, ablate=True, hook="end", probe=True, context=True)
 
     def state_dict(self) -> dict:
         return {
-            "last_step": self.last_step,
+            **self.cadence.state_dict(),
+            "light_last_step": self.light_cadence.last_step,
+            # The rule train density counts with until the next measurement: a resumed run counts the same.
+            "rule": None if self.rule is None else {
+                "name": self.rule.name,
+                "thresholds": [t.tolist() if isinstance(t, torch.Tensor) else t for t in self.rule.thresholds],
+            },
             "previous_labels": {layer: labels.tolist() for layer, labels in self.previous_labels.items()},
             "q_history": {layer: [list(entry) for entry in h] for layer, h in self.q_history.items()},
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.last_step = state_dict.get("last_step")
+        self.cadence.load_state_dict(state_dict)
+        self.light_cadence.last_step = state_dict.get("light_last_step")
+        rule = state_dict.get("rule")
+        if rule is not None:
+            self.rule = ActiveRule(rule["name"], [
+                torch.tensor(t, dtype=torch.float32) if isinstance(t, list) else t for t in rule["thresholds"]
+            ])
         self.previous_labels = {
             int(layer): torch.tensor(labels, dtype=torch.long)
             for layer, labels in state_dict.get("previous_labels", {}).items()
@@ -388,7 +441,7 @@ class Instrumentation(L.Callback):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
-        self.last_step = trainer.global_step
+        self.cadence.ran(trainer)
         if trainer.is_global_zero:
             self._log(trainer, measurement)
         if pl_module.device.type == "cuda":  # kernels still queued would be timed into the next training step
@@ -401,6 +454,51 @@ class Instrumentation(L.Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({"perf/instrument_seconds": self.last_seconds}, step=trainer.global_step)
+
+    def _measure_light(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The light tier: see `light_every_n_steps`. Same forwards' precision and eval mode as a
+        full measurement; logs density and gap tags, `perf/instrument_light_seconds`."""
+        started = time.perf_counter()
+        model = getattr(pl_module, "model", pl_module)
+        probes = {name: w[: self.light_windows] for name, w in self.probes.probes.items() if name in LIGHT_PROBES}
+        device = pl_module.device
+        batch = self._batch_rows()
+        with evaluating(model), torch.no_grad(), measuring(trainer.precision_plugin.forward_context):
+            self.rule = self._rule(model, batch, device)
+            stats = measure_probes(
+                model, probes, rule=self.rule, batch_size=batch, device=device, impl=self._impl(device),
+                rank=trainer.global_rank, world_size=trainer.world_size, density_only=True,
+            )
+        self.light_cadence.ran(trainer)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        self.timings.append({"step": trainer.global_step, "hook": "light", "seconds": seconds, "partition": False,
+                             "ablate": False, "shuffled_seconds": 0.0})
+        if trainer.is_global_zero:
+            scalars = {**density_scalars(stats.stats), **gap_scalars(stats.stats), "perf/instrument_light_seconds": seconds}
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+
+    @staticmethod
+    def _logs_next_step(trainer: L.Trainer) -> bool:
+        """Whether the optimizer step now running is one whose metrics the trainer writes."""
+        n, step = trainer.log_every_n_steps, trainer.global_step + 1
+        return bool(n) and (step % n == 0 or (trainer.max_steps is not None and step == trainer.max_steps))
+
+    def _log_train_density(self, trainer: L.Trainer) -> None:
+        self.train_hooks.detach()
+        reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None
+        scalars = self.train_hooks.scalars(reduce)
+        if scalars and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+
+    def _impl(self, device: torch.device) -> str:
+        return self.impl if self.impl != "auto" else ("auto" if device.type == "cuda" else "reference")
+
+    def _batch_rows(self) -> int:
+        return self.probe_batch_size or max(1, PROBE_BATCH_TOKENS // self.probes.probes["id"].shape[1])
 
     def measure(
         self,
@@ -428,18 +526,16 @@ class Instrumentation(L.Callback):
         if self.probes is None:
             raise RuntimeError("Instrumentation.measure: no probes (they are built at fit start)")
         device = device or next(model.parameters()).device
-        impl = self.impl if self.impl != "auto" else ("auto" if device.type == "cuda" else "reference")
+        impl = self._impl(device)
         out = Measurement(step)
         probes = self.probes.probes
-        batch = self.probe_batch_size or max(1, PROBE_BATCH_TOKENS // probes["id"].shape[1])
+        batch = self._batch_rows()
         samples = tuple(name for name in ("id", "id_b") if name in probes)  # modularity and layers read these
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        with evaluating(model):
             # Not the trainer's autocast around all of it: under it the statistics' fp32 matmuls
             # (co-activation counts, CETT calibration, probe scores) would run in bf16.
             with torch.no_grad(), measuring(autocast):
-                rule = self._rule(model, batch, device)
+                rule = self.rule = self._rule(model, batch, device)
                 stats = measure_probes(
                     model, probes, rule=rule, batch_size=batch, device=device, impl=impl,
                     keep_active=samples if self.modularity and partition else (),
@@ -462,9 +558,6 @@ class Instrumentation(L.Callback):
                     self._probe_hierarchy(model, batch, device, out)
                 if context and self.context_probe is not None:
                     self._context_vs_prior(model, batch, device, out)
-        finally:
-            for module, training in modes:
-                module.training = training
         if self.pictures:
             self._pictures(stats.stats, out)
         return out
@@ -593,3 +686,15 @@ class Instrumentation(L.Callback):
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_info(message)
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """Eval mode for a measurement, every submodule's train/eval flag restored exactly after it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training

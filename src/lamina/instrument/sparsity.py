@@ -152,9 +152,12 @@ def measure_probes(
     residual: tuple[str, ...] = (),
     rank: int = 0,
     world_size: int = 1,
+    density_only: bool = False,
 ) -> ProbeStats:
     """Sparsity statistics of every layer on every probe under `rule`; the 0/1 activity of the
-    `keep_active` probes and the residual Grams of the `residual` probes. The caller sets eval
+    `keep_active` probes and the residual Grams of the `residual` probes. `density_only`: only
+    the density (`frac_active`, `firing_rate`, the windows' densities), as the light tier reads
+    it, without the per-token statistics (their top-k is most of a CPU measurement's reductions). The caller sets eval
     mode and no_grad; the forwards run in the measurement's forward precision, the accumulators
     in full precision (they read bf16 activations through an fp32 compare and fp32 or float64 sums).
 
@@ -172,6 +175,8 @@ def measure_probes(
             record = forward_recorded(model, batch.to(device, non_blocking=True))
             if not sparsity:  # sized from the first batch: the model tells its own widths
                 sparsity = [
+                    measures.DensityAccumulator(a.shape[-1], rule.threshold(i), device, impl=impl)
+                    if density_only else
                     measures.SparsityAccumulator(a.shape[-1], rule.threshold(i), device, impl=impl)
                     for i, a in enumerate(record["mlp"])
                 ]
@@ -197,7 +202,7 @@ def measure_probes(
     return out
 
 
-def _with_windows(acc: measures.SparsityAccumulator) -> dict:
+def _with_windows(acc: measures.SparsityAccumulator | measures.DensityAccumulator) -> dict:
     stats = acc.compute()
     stats["window_frac_active"] = acc.window_frac_active().cpu().numpy()
     return stats
@@ -219,16 +224,24 @@ def sparsity_scalars(stats: dict[str, list[dict]]) -> dict[str, float]:
     layer (`sparsity/id/layer<i>/<stat>`) for the reference `id` only. Per layer and probe they are
     in the `sparsity/stats_by_layer` figure: a 124M model would otherwise log probes x layers x 5
     series no one reads (about 600 of them)."""
+    scalars = density_scalars(stats)
+    for probe, layers in stats.items():
+        if probe == "id":
+            for i, s in enumerate(layers):
+                for key in STATS[1:]:
+                    scalars[f"sparsity/{probe}/layer{i}/{key}"] = s[key]
+        for key in STATS[1:]:
+            scalars[f"sparsity/{probe}/{key}"] = sum(s[key] for s in layers) / len(layers)
+    return scalars
+
+
+def density_scalars(stats: dict[str, list[dict]]) -> dict[str, float]:
+    """The density tags alone: `sparsity/<probe>/layer<i>` and `sparsity/<probe>/mean`."""
     scalars: dict[str, float] = {}
     for probe, layers in stats.items():
         for i, s in enumerate(layers):
             scalars[f"sparsity/{probe}/layer{i}"] = s["frac_active"]
-            if probe == "id":
-                for key in STATS[1:]:
-                    scalars[f"sparsity/{probe}/layer{i}/{key}"] = s[key]
         scalars[f"sparsity/{probe}/mean"] = sum(s["frac_active"] for s in layers) / len(layers)
-        for key in STATS[1:]:
-            scalars[f"sparsity/{probe}/{key}"] = sum(s[key] for s in layers) / len(layers)
     return scalars
 
 

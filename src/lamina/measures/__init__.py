@@ -5,7 +5,8 @@ Plain functions on torch tensors; import them from here (``from lamina.measures 
 
 - ``activation``: activation measures of MLP units under an active rule (``|a| > eps``, or
   ``gate > eps``; eps a float or per-unit [d]): ``sparsity_stats``, ``coactivation``, and the
-  streaming ``SparsityAccumulator`` (with per-window density) and ``CoactivationAccumulator``.
+  streaming ``SparsityAccumulator`` (with per-window density), ``DensityAccumulator`` (the density alone,
+  for the light tier) and ``CoactivationAccumulator``.
   They run a Triton kernel (``lamina.kernels``) on CUDA, or anywhere under ``TRITON_INTERPRET=1``,
   and the plain PyTorch reference otherwise; ``impl="kernel"`` or ``"reference"`` forces one.
 - ``cett``: ``cett_threshold``, the CETT rule's per-layer threshold, calibrated on activations.
@@ -52,6 +53,7 @@ from lamina.kernels import (  # noqa: F401
 )
 from lamina.measures.activation import (  # noqa: F401  (_use_kernel: the tests' view of dispatch)
     CoactivationAccumulator,
+    DensityAccumulator,
     SparsityAccumulator,
     _use_kernel,
     coactivation,
@@ -68,6 +70,7 @@ from lamina.measures.vectors import energy_share, entropy_rank, hoyer, top_fract
 
 __all__ = [
     "CoactivationAccumulator",
+    "DensityAccumulator",
     "EXACT_COUNT_LIMIT",
     "SparsityAccumulator",
     "active_mask",

@@ -190,6 +190,65 @@ class SparsityAccumulator(_Accumulator):
         self._windows = [gather_windows(mine, per_rank)]
 
 
+class DensityAccumulator(_Accumulator):
+    """Only the density of ``SparsityAccumulator``: per-unit active counts and each window's
+    fraction of active entries, with no per-token reductions (no top-k, no Hoyer), so a light
+    measurement pays for its forwards and a compare. ``compute()`` returns ``frac_active``,
+    ``firing_rate`` and ``tokens``, equal to those of ``SparsityAccumulator`` on the same batches.
+    Batches must be [..., T, d] (windows of T tokens)."""
+
+    def reset(self) -> None:
+        self._active: torch.Tensor | None = None  # int64 [d]
+        self._windows: list[torch.Tensor] = []
+        self.tokens = 0
+
+    def update(self, acts: torch.Tensor, gate: torch.Tensor | None = None) -> None:
+        if acts.dim() < 3:
+            raise ValueError(f"DensityAccumulator needs windows [..., T, d], got {tuple(acts.shape)}")
+        flat, gate = _acts_and_gate(acts, gate, self.d)
+        if self.device is None:
+            self.device = flat.device
+        if self._active is None:
+            self._active = torch.zeros(self.d, dtype=torch.int64, device=self.device)
+        with full_precision(flat.device):
+            # fp32 0/1 sums are exact below 2**24 tokens a batch (far more than a probe batch holds)
+            active = active_mask(flat, self._eps_on(flat.device), gate).to(torch.float32)
+            self._active += active.sum(dim=0).to(torch.int64).to(self.device)
+            window = acts.shape[-2]
+            per_window = active.sum(dim=1).view(-1, window).to(wide_dtype(self.device)).sum(dim=1)
+        self._windows.append((per_window / (window * self.d)).to(self.device))
+        self.tokens += flat.shape[0]
+
+    def window_frac_active(self) -> torch.Tensor:
+        """Fraction of active entries of every window seen, in order: [n_windows], float64."""
+        if not self._windows:
+            device = self.device or torch.device("cpu")
+            return torch.zeros(0, dtype=wide_dtype(device), device=device)
+        return torch.cat(self._windows)
+
+    def compute(self) -> dict:
+        if self.tokens == 0:
+            raise ValueError("DensityAccumulator.compute() before any token was seen")
+        active = self._active.to(wide_dtype(self.device))
+        return {"frac_active": float(active.sum() / (float(self.tokens) * self.d)),
+                "firing_rate": (active / self.tokens).float(), "tokens": self.tokens}
+
+    def all_reduce(self) -> None:
+        """Sum the counts over the ranks and gather their windows in rank order (two collectives)."""
+        import torch.distributed as dist
+
+        if self._active is None:
+            raise ValueError("DensityAccumulator.all_reduce() before any batch was seen")
+        mine = self.window_frac_active()
+        windows = torch.zeros(dist.get_world_size())
+        windows[dist.get_rank()] = mine.numel()
+        like = self._active.to(wide_dtype(self.device))
+        summed = sum_over_ranks([self._active, torch.tensor(self.tokens), windows], like)
+        self._active = summed[0].to(torch.int64)
+        self.tokens, *per_rank = (int(c) for c in torch.cat([summed[1].reshape(1), summed[2]]).tolist())
+        self._windows = [gather_windows(mine, per_rank)]
+
+
 class CoactivationAccumulator(_Accumulator):
     """Streams activation batches into ``coactivation`` with one [d, d] count buffer.
 
