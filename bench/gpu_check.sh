@@ -148,9 +148,10 @@ if [ "$MODE" = cpu ]; then
   # small.yaml's cadences (partition every 500, ablation every 1000) with --every 2: the measurement in
   # the window (step 2) is a probes-only one, as step 100's is on the GPU.
   OVERHEAD_ARGS=(--config configs/small.yaml --steps 2 --every 2 --warmup 1 --rounds 1 "${CPU_PATH[@]}"
-                 "${SMALL_SHAPE[@]}" --instrument.probe_tokens 256 --instrument.probe_batch_size 4
-                 --instrument.modularity_tokens 128 --instrument.ablation_examples 2
-                 --instrument.lastlayer_problems 2 --instrument.probe_examples 32 --instrument.probe_items 512)
+                 "${SMALL_SHAPE[@]}" --instrument.probes.tokens 256 --instrument.probes.batch_size 4
+                 --instrument.modularity.tokens 128 --instrument.ablation.examples 2
+                 --instrument.lastlayer.problems 2 --instrument.hierarchy.examples 32
+                 --instrument.hierarchy.items 512)
   SMALL_ARGS=(--config configs/small.yaml --steps 4 --warmup 2 --rounds 2 "${CPU_PATH[@]}" "${SMALL_SHAPE[@]}")
   # The 124M model itself (12 x 768, vocab 50304); one 128-token row a step and 2 MB of text.
   ARGS_124M=("${CONFIGS_124M[@]}" --steps 2 --warmup 1 --rounds 1 "${CPU_PATH[@]}" --trainer.devices 1

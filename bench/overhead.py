@@ -8,8 +8,8 @@ Both arms start from the same weights and read the same batches; each round runs
 alternating order so that drift in the machine's speed hits both (round 0: on, then off). The
 timed window is steps [warmup, warmup + steps): it starts after the step-0 measurement and
 compilation, and by default spans one full period of the schedule (the least common multiple of
-every_n_steps, light_every_n_steps, modularity_every_n_steps and ablation_every_n_steps), so it holds the measurements
-a long run pays per period. The instrument settings are the config's `instrument:` section
+every_n_steps, sparsity.light_every_n_steps, modularity.every_n_steps and ablation.every_n_steps), so it holds
+the measurements a long run pays per period. The instrument settings are the config's `instrument:` section
 (`--every` overrides its every_n_steps). The on arm also measures at step 0 and at its last step
 (everything: partition, ablation, hierarchy probes, context), outside the window; the one at the
 last step runs after compilation, so its seconds are the clean cost of a full measurement.
@@ -17,7 +17,7 @@ last step runs after compilation, so its seconds are the clean cost of a full me
 Estimates (`estimates` in the JSON), each from the measurements' own seconds (timed after a
 device sync) rather than from the noise of two wall times:
 
-- `light_overhead_pct`: one light-tier measurement (instrument.light_every_n_steps: the
+- `light_overhead_pct`: one light-tier measurement (instrument.sparsity.light_every_n_steps: the
   familiarity gaps alone) every L steps, as a share of the training time of L steps:
   100 * light seconds / (L * step seconds); `light_share_pct_median`, beside it, is the light
   measurements' seconds in the window over the off arm's;
@@ -158,20 +158,26 @@ def median_or_none(values):
 
 
 def schedule_counts(settings: dict, period: int) -> dict:
-    """Measurements per period of the schedule (steps 1..period), by what they do."""
-    every, modularity, ablation = (settings["every_n_steps"], settings["modularity_every_n_steps"],
-                                   settings["ablation_every_n_steps"])
+    """Measurements per period of the schedule (steps 1..period), by what they do. `settings`: the
+    instrument section as a mapping (its sections nested, lamina.instrument.config)."""
+    every = settings["every_n_steps"]
+    modularity, ablation = cadence(settings, "modularity"), cadence(settings, "ablation")
     modularity = every if modularity is None else modularity
 
     def multiples(c):
         return set(range(c, period + 1, c)) if c else set()
 
     partition = multiples(modularity) | multiples(ablation)
-    probes_only = (multiples(every) | multiples(settings.get("probe_every_n_steps"))
-                   | multiples(settings.get("context_every_n_steps"))) - partition
-    light = multiples(settings.get("light_every_n_steps")) - partition - probes_only
+    probes_only = (multiples(every) | multiples(cadence(settings, "hierarchy"))
+                   | multiples(cadence(settings, "context"))) - partition
+    light = multiples(cadence(settings, "sparsity", "light_every_n_steps")) - partition - probes_only
     return {"light": len(light), "probes_only": len(probes_only), "partition": len(partition - multiples(ablation)),
             "partition_and_ablation": len(multiples(ablation))}
+
+
+def cadence(settings: dict, section: str, key: str = "every_n_steps"):
+    """instrument.<section>.<key> of the settings (None where the section or the key is missing)."""
+    return (settings.get(section) or {}).get(key)
 
 
 def estimates(rounds: list[dict], partial: dict, settings: dict, period: int, steps: int,
@@ -217,12 +223,13 @@ def estimates(rounds: list[dict], partial: dict, settings: dict, period: int, st
         "periodic_measurement_seconds": periodic_s,
         "periodic_measurements": len(periodic),
         "overhead_pct_every_n": 100 * periodic_s / (every * step) if periodic_s is not None and step else None,
-        "light_every_n_steps": settings.get("light_every_n_steps"),
+        "light_every_n_steps": cadence(settings, "sparsity", "light_every_n_steps"),
         "light_measurement_seconds": light_s,
         "light_measurements": len(light),
         # The light tier's share of training where it runs (every light_every_n_steps steps).
-        "light_overhead_pct": (100 * light_s / (settings["light_every_n_steps"] * step)
-                               if light_s is not None and step and settings.get("light_every_n_steps") else None),
+        "light_overhead_pct": (100 * light_s / (cadence(settings, "sparsity", "light_every_n_steps") * step)
+                               if light_s is not None and step and cadence(settings, "sparsity", "light_every_n_steps")
+                               else None),
         "full_measurement_seconds": full_s,
         "full_measurement_from": "end (after compilation)" if end else ("start (with compilation)" if start else None),
         "start_measurement_seconds": median_or_none(start),
@@ -259,13 +266,13 @@ def main() -> None:
     module, datamodule, config = build(args.config, args.overrides)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    settings = {**vars(config.instrument), "enabled": True}
+    settings = {**config.instrument.as_dict(), "enabled": True}  # its sections as nested mappings
     if args.every is not None:
         settings["every_n_steps"] = args.every
-    probe = Instrumentation(**settings)  # resolves the defaults (modularity_every_n_steps null -> every)
-    settings["modularity_every_n_steps"] = probe.modularity_every_n_steps
-    cadences = (probe.every_n_steps, probe.modularity_every_n_steps, probe.ablation_every_n_steps,
-                probe.light_every_n_steps)
+    probe = Instrumentation(**settings)  # resolves the defaults (modularity.every_n_steps null -> every_n_steps)
+    settings["modularity"] = {**settings["modularity"], "every_n_steps": probe.modularity.every_n_steps}
+    cadences = (probe.every_n_steps, probe.modularity.every_n_steps, probe.ablation.every_n_steps,
+                probe.sparsity.light_every_n_steps)
     period = math.lcm(*(c for c in cadences if c is not None))  # null: only at step 0 and the end
     steps = args.steps or period
     if not any(s % probe.every_n_steps == 0 for s in range(args.warmup + 1, args.warmup + steps)):

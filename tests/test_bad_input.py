@@ -239,18 +239,31 @@ CASES = [
      r"instrument\.every_n_steps: expected an integer >= 1, got 0"),
     ("instrument impl", ["--instrument.enabled", "true", "--instrument.impl", "fast"],
      r"instrument\.impl: expected one of auto, kernel, reference, got 'fast'"),
-    ("instrument active", ["--instrument.enabled", "true", "--instrument.active", "relu"],
-     r"instrument\.active: expected one of sign, cett, eps, got 'relu'"),
-    ("instrument cett", ["--instrument.enabled", "true", "--instrument.cett", "1.5"],
-     r"instrument\.cett: expected a number in \(0, 1\), got 1\.5"),
-    ("instrument null draws", ["--instrument.enabled", "true", "--instrument.null_draws", "4"],
-     r"instrument\.null_draws: expected an integer >= 8, got 4"),
-    ("instrument eps -1", ["--instrument.eps", "-1"],
-     r"instrument\.eps: expected a non-negative number or null, got -1\.0"),
-    ("instrument probe batch 0", ["--instrument.probe_batch_size", "0"],
-     r"instrument\.probe_batch_size: expected an integer >= 1 or null, got 0"),
-    ("instrument ablation mode", ["--instrument.enabled", "true", "--instrument.ablation_mode", "half"],
-     r"instrument\.ablation_mode: expected one of mean, zero, got 'half'"),
+    ("instrument active", ["--instrument.enabled", "true", "--instrument.sparsity.active", "relu"],
+     r"instrument\.sparsity\.active: expected one of sign, cett, eps, got 'relu'"),
+    ("instrument cett", ["--instrument.enabled", "true", "--instrument.sparsity.cett", "1.5"],
+     r"instrument\.sparsity\.cett: expected a number in \(0, 1\), got 1\.5"),
+    ("instrument null draws", ["--instrument.enabled", "true", "--instrument.modularity.null_draws", "4"],
+     r"instrument\.modularity\.null_draws: expected an integer >= 8, got 4"),
+    ("instrument eps -1", ["--instrument.sparsity.eps", "-1"],
+     r"instrument\.sparsity\.eps: expected a non-negative number or null, got -1\.0"),
+    ("instrument probe batch 0", ["--instrument.probes.batch_size", "0"],
+     r"instrument\.probes\.batch_size: expected an integer >= 1 or null, got 0"),
+    ("instrument ablation mode", ["--instrument.enabled", "true", "--instrument.ablation.mode", "half"],
+     r"instrument\.ablation\.mode: expected one of mean, zero, got 'half'"),
+    # the sections (lamina.instrument.config): a bad nested value or key, on the command line or in YAML
+    ("instrument nested every 0", ["--instrument.modularity.every_n_steps", "0"],
+     r"instrument\.modularity\.every_n_steps: expected an integer >= 1 or null, got 0$"),
+    ("instrument nested key", ["--instrument.modularity.cadence", "300"],
+     r"instrument\.modularity\.cadence: no such key"),
+    ("instrument nested key in YAML", ["--config", "instrument: {hierarchy: {item: 5}}"],
+     r"instrument\.hierarchy\.item: no such key$"),
+    ("instrument nested value in YAML", ["--config", "instrument: {context: {prompts: 2}}"],
+     r"instrument\.context\.prompts: expected an integer >= 4, got 2$"),
+    ("instrument shuffled draws 1", ["--instrument.modularity.shuffled_draws", "1"],  # the section's own check
+     r"instrument\.modularity\.shuffled_draws: expected 0 \(off\) or at least 2 draws .*got 1$"),
+    ("instrument section given a value", ["--instrument.probes", "5"],
+     r"instrument\.probes: expected a mapping of its keys \(--instrument\.probes\.<key> VALUE\), got '5'$"),
     ("rlp group_size 1", [*RLP_MODEL, "--model.rlp.group_size", "1"],
      r"model\.rlp\.group_size: expected an integer >= 2 .*got 1"),
     ("rlp temperature 0", [*RLP_MODEL, "--model.rlp.temperature", "0"],
@@ -275,6 +288,14 @@ CASES = [
     ("moved rlp", ["--model.rlp.group_size", "2"],
      r"model\.rlp\.group_size: no such key; model\.rlp moved to the model class lamina\.rlp\.RLPModel "
      r"\(.*--model lamina\.rlp\.RLPModel --model\.rlp\.\* on the command line\)$"),
+    # the flat instrument keys of before, each now in its section
+    ("moved instrument key", ["--instrument.modularity_every_n_steps", "300"],
+     r"instrument\.modularity_every_n_steps: no such key; it moved to instrument\.modularity\.every_n_steps$"),
+    ("moved probe key", ["--instrument.probe_tokens", "512"],
+     r"instrument\.probe_tokens: no such key; it moved to instrument\.probes\.tokens$"),
+    ("moved instrument switch", ["--instrument.ablation", "false"],
+     r"instrument\.ablation: expected a mapping of its keys .*, got .false.; the switch instrument\.ablation "
+     r"\(true/false\) moved to instrument\.ablation\.enabled$"),
 ]
 
 NO_GPU = [
@@ -435,9 +456,9 @@ def test_parsed_numbers_reach_the_model_as_builtins():
                        block_size=PositiveInt(16), lr=NonNegativeNumber(0.01), betas=(Fraction(0.9), Fraction(0.95)))
     assert type(lm.hparams.n_layer) is int and type(lm.config.n_embd) is int
     assert type(lm.hparams.lr) is float and [type(b) for b in lm.hparams.betas] == [float, float]
-    instrument = Instrumentation(every_n_steps=PositiveInt(3), cett=OpenUnitInterval(0.5))
-    assert type(instrument.every_n_steps) is int and type(instrument.modularity_every_n_steps) is int
-    assert type(instrument.cett) is float
+    instrument = Instrumentation(every_n_steps=PositiveInt(3), sparsity={"cett": OpenUnitInterval(0.5)})
+    assert type(instrument.every_n_steps) is int and type(instrument.modularity.every_n_steps) is int
+    assert type(instrument.sparsity.cett) is float
 
 
 # ---- the checks LaminaCLI's hooks run (check_trainer, check_resume_config) -----------------------------

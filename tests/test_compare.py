@@ -371,7 +371,7 @@ EFFECT = 1 / 64  # arm b - arm a, exactly, at every seed; all exact in float32
 def lightning_config(seed, data_seed) -> str:
     """A config.yaml as LightningCLI saves it, cut down; other `seed` keys must not be read as the seed."""
     return (f"seed_everything: {seed}\ntrainer:\n  max_steps: 40\nmodel:\n  rlp:\n    seed: 0\n"
-            f"data:\n  source: world\n  seed: {data_seed}\n  batch_size: 4\ninstrument:\n  probe_seed: 0\n")
+            f"data:\n  source: world\n  seed: {data_seed}\n  batch_size: 4\ninstrument:\n  probes:\n    seed: 0\n")
 
 
 def seeded_run(folder: Path, seed: int | None, bpb0: float, config: str | None = None,

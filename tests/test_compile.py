@@ -93,8 +93,8 @@ def test_compiled_bf16_fit_with_measuring_runs_to_the_end(tmp_path):
                 "--trainer.max_steps", str(steps), "--model.n_layer", "1",
                 # measuring on, at step 0 and at the end; the pictures and the modularity graphs are
                 # statistics of what the forwards recorded, nothing compiled, and most of the time
-                "--instrument.enabled", "true", "--instrument.probe_tokens", "512",
-                "--instrument.pictures", "false", "--instrument.modularity", "false",
+                "--instrument.enabled", "true", "--instrument.probes.tokens", "512",
+                "--instrument.pictures", "false", "--instrument.modularity.enabled", "false",
             ))
         compiled_graphs = counters["stats"]["unique_graphs"]
         breaks = dict(counters["graph_break"])

@@ -26,7 +26,8 @@ def run_fit(tmp_path: Path, name: str, *extra: str) -> Path:
         str(lamina), *fit_args(
             tmp_path, name, "--trainer.max_steps", str(STEPS), "--trainer.log_every_n_steps", "1",
             "--trainer.val_check_interval", "5",
-            "--instrument.every_n_steps", "5", "--instrument.probe_tokens", "512", "--instrument.ablation", "false",
+            "--instrument.every_n_steps", "5", "--instrument.probes.tokens", "512",
+            "--instrument.ablation.enabled", "false",
             *extra,
         ),
     ]
@@ -63,7 +64,7 @@ def test_ddp_instrumentation_reduces_over_ranks(ddp_and_single):
     for tag in measured:
         assert sorted(ddp[tag]) == sorted(single[tag]), tag
         if tag.startswith("sparsity/train/"):
-            assert sorted(single[tag]) == list(range(1, STEPS + 1)), tag  # every logged step
+            assert sorted(single[tag]) == sorted(single["train/loss"]), tag  # every logged step
         else:
             assert set(single[tag]) <= {0, 5, STEPS} and len(single[tag]) >= 2, tag
         for step, value in single[tag].items():

@@ -92,8 +92,8 @@ def probe_set() -> ProbeSet:
 
 
 def measured(model: GPT, rule: str) -> dict:
-    inst = Instrumentation(impl="reference", ablation=False, modularity=False, active=rule, pictures=False,
-                           lastlayer=False)
+    inst = Instrumentation(impl="reference", ablation={"enabled": False}, modularity={"enabled": False},
+                           sparsity={"active": rule}, pictures=False, lastlayer={"enabled": False})
     inst.probes = probe_set()
     return inst.measure(model, step=0).scalars
 
@@ -148,8 +148,8 @@ def test_cett_rule_calibrates_per_layer_and_its_density_sits_between_none_and_al
     for layer in range(2):
         assert 0.0 < tags[f"sparsity/id/layer{layer}"] < 1.0
     # A larger allowed error drops more units: fewer are active.
-    inst = Instrumentation(impl="reference", ablation=False, modularity=False, active="cett", cett=0.5,
-                           pictures=False, lastlayer=False)
+    inst = Instrumentation(impl="reference", ablation={"enabled": False}, modularity={"enabled": False},
+                           sparsity={"active": "cett", "cett": 0.5}, pictures=False, lastlayer={"enabled": False})
     inst.probes = probe_set()
     looser = inst.measure(model, step=0).scalars
     assert looser["sparsity/id/layer0"] < tags["sparsity/id/layer0"]

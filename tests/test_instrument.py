@@ -17,6 +17,7 @@ from lamina import measures
 from lamina.cli import main
 from lamina.instrument import Instrumentation
 from lamina.instrument.ablation import task_losses
+from lamina.instrument.config import AblationConfig, ModularityConfig
 from lamina.instrument.layers import GramAccumulator
 from lamina.instrument.modularity import find_modules
 from lamina.instrument.pictures import figure_to_array
@@ -94,7 +95,7 @@ def test_planted_relu_model_gives_known_sparsity(impl):
             "odd": torch.full((2, 16), 3),  # odd, 3 % 4 >= 2: nothing fires
         }
     )
-    inst = Instrumentation(impl=impl, ablation=False)
+    inst = Instrumentation(impl=impl, ablation=AblationConfig(enabled=False))
     inst.probes = probes
     model = planted_model()
     model.train()
@@ -156,8 +157,8 @@ TINY = [
     "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false", "--seed_everything", "7",
     "--trainer.max_steps", "12", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "6",
-    "--instrument.every_n_steps", "5", "--instrument.ablation_every_n_steps", "10",
-    "--instrument.probe_tokens", "256", "--instrument.ablation_examples", "4",
+    "--instrument.every_n_steps", "5", "--instrument.ablation.every_n_steps", "10",
+    "--instrument.probes.tokens", "256", "--instrument.ablation.examples", "4",
 ]
 
 
@@ -189,8 +190,8 @@ INSTRUMENT_PREFIXES = ("sparsity/", "modularity/", "layers/", "lastlayer/", "per
 def test_fit_logs_tags_and_pictures_and_leaves_the_loss_curve_bit_identical(tmp_path):
     probe_file = tmp_path / "letters.txt"
     probe_file.write_text("Dear friend, the weather here is fine and the sea is calm.\n" * 30)
-    on = events(fit(tmp_path, "on", "--data.probe_files", f"[{probe_file}]", "--instrument.light_every_n_steps", "2",
-                    "--instrument.light_windows", "4"))
+    on = events(fit(tmp_path, "on", "--data.probe_files", f"[{probe_file}]",
+                    "--instrument.sparsity.light_every_n_steps", "2", "--instrument.sparsity.light_windows", "4"))
     off = events(fit(tmp_path, "off", "--data.probe_files", f"[{probe_file}]", "--instrument.enabled", "false"))
     tags = scalars(on)
     expected = [
@@ -214,8 +215,8 @@ def test_fit_logs_tags_and_pictures_and_leaves_the_loss_curve_bit_identical(tmp_
     assert sorted(tags["perf/instrument_light_seconds"]) == [2, 4, 6, 8]
     # On 4 of the 8 windows, the light gap's interval is wider than the full battery's next to it.
     assert tags["sparsity/gap/id_b/se"][4] > tags["sparsity/gap/id_b/se"][5]
-    # The training batches' density, from the training forward, at every logged step but step 0.
-    assert sorted(tags["sparsity/train/mean"]) == list(range(1, 13))
+    # The training batches' density, from the training forward, at every step train/loss is logged.
+    assert sorted(tags["sparsity/train/mean"]) == sorted(tags["train/loss"]) == list(range(12))
     assert all(0 < v < 1 for v in tags["sparsity/train/layer1"].values())
     assert sorted(tags["modularity/unlearned_tasks"]) == [0, 10, 12]  # ablation: 0, every 10, end
     # 12 steps learn no string task: specificity is undefined, and not logged as if it were a number.
@@ -247,7 +248,8 @@ def test_bad_instrument_key_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("ablation_every, ablated", [(None, [12]), (4, [4, 8, 12])])
 def test_measurement_schedule_counts_optimizer_steps_and_ablates_at_the_end(ablation_every, ablated):
-    inst = Instrumentation(every_n_steps=3, modularity_every_n_steps=6, ablation_every_n_steps=ablation_every)
+    inst = Instrumentation(every_n_steps=3, modularity=ModularityConfig(every_n_steps=6),
+                           ablation=AblationConfig(every_n_steps=ablation_every))
     inst.probes = ProbeSet(probes={"id": torch.zeros(1, 4, dtype=torch.long)})
     calls = []
     probed = []

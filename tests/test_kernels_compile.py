@@ -182,7 +182,7 @@ def record_production(K, into: list) -> None:
     from lamina.instrument.sparsity import ACTIVE_RULES, active_rule, default_eps, measure_probes
     from lamina.model import GPT
 
-    defaults = inspect.signature(Instrumentation).parameters
+    defaults = inspect.signature(Instrumentation).parameters["sparsity"].default  # a SparsityConfig
     stream = measures.SparsityAccumulator.update
     inside: list = []  # sparsity_stats streams through update too: once is enough
 
@@ -210,10 +210,10 @@ def record_production(K, into: list) -> None:
                 windows = torch.randint(config.vocab_size, (2, config.block_size))
                 dtype = AUTOCAST[precision]
                 with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    eps = defaults["eps"].default
+                    eps = defaults.eps
                     eps = default_eps(config.activation) if eps is None else eps
                     for name in ACTIVE_RULES:
-                        rule = active_rule(name, model, eps=eps, cett=defaults["cett"].default,
+                        rule = active_rule(name, model, eps=eps, cett=defaults.cett,
                                            calibration=windows, batch_size=len(windows), device=cpu)
                         measure_probes(model, {"id": windows}, rule=rule, batch_size=len(windows), device=cpu,
                                        impl="kernel")

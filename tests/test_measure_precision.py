@@ -33,7 +33,7 @@ from lamina.probes import ProbeSet, TaskProbe
 
 VOCAB, T = 64, 32
 ACTIVE_RULE = callback_module.active_rule  # the callback's own, before any test wraps it
-# 4096 tokens per probe, all that modularity_tokens' default reads: pair counts reach 1000 to 2000,
+# 4096 tokens per probe, all that modularity.tokens' default reads: pair counts reach 1000 to 2000,
 # where a bf16 result keeps steps of 8 (at the issue's 16384 tokens, steps of 64: off by up to 32).
 WINDOWS = 128
 
@@ -66,7 +66,8 @@ def instrumentation(active: str) -> Instrumentation:
     # shuffled_draws 0: the shuffled-weights null copies the model's weights, and the bf16 reference
     # below is a wrapper around the model whose copies would lose its bf16 forward (the null's copies
     # run through the same model_forward as every other forward of a measurement).
-    inst = Instrumentation(active=active, pictures=False, impl="reference", ablation_examples=4, shuffled_draws=0)
+    inst = Instrumentation(sparsity={"active": active}, pictures=False, impl="reference", ablation={"examples": 4},
+                           modularity={"shuffled_draws": 0})
     task_inputs = torch.randint(VOCAB, (8, T), generator=gen)
     targets = torch.full((8, T), -1)
     targets[:, 20:24] = task_inputs[:, 21:25]

@@ -1,11 +1,12 @@
 """Checkpoints and configs of an older lamina read in today's layout (lamina.pretrained.migrate):
-`model.peak_flops` is `throughput.peak_flops`, `model.thought_eval` the `thought_eval` section, and
-`model.rlp` the model class lamina.rlp.RLPModel. And the import hygiene of the step's module:
-importing lamina.lm loads neither lamina.rlp nor the world generator."""
+`model.peak_flops` is `throughput.peak_flops`, `model.thought_eval` the `thought_eval` section,
+`model.rlp` the model class lamina.rlp.RLPModel, and the flat `instrument` keys its sections. And the
+import hygiene of the step's module: importing lamina.lm loads neither lamina.rlp nor the world generator."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,11 @@ import yaml
 from lamina.callbacks import ThoughtEval, Throughput
 from lamina.cli import LaminaCLI, cli_kwargs, main
 from lamina.data import TextDataModule
+from lamina.instrument import Instrumentation
+from lamina.instrument.config import SECTIONS
 from lamina.lm import LanguageModel
 from lamina.pretrained import checkpoint_config, migrate
+from lamina.user_errors import INSTRUMENT_MOVED, MOVED_KEYS
 from lamina.rlp import RLPConfig, RLPModel, ThoughtEvalConfig
 from tests.test_train import fit_args, scalars
 
@@ -143,6 +147,96 @@ def test_an_old_style_yaml_config_is_read_in_todays_layout(tmp_path, caplog):
     assert throughput.peak_flops == 1.0e15 and thought_eval.config.levels == [1]
     said = [r.getMessage() for r in caplog.records if "older lamina" in r.getMessage()]
     assert len(said) == 1 and "model.rlp -> the model class lamina.rlp.RLPModel" in said[0], said
+
+
+OLD_INSTRUMENT = """\
+model:
+  n_layer: 1
+  n_head: 2
+  n_embd: 16
+  block_size: 32
+instrument:
+  enabled: true
+  active: cett
+  every_n_steps: 300
+  light_every_n_steps: 25
+  probe_tokens: 1024
+  probe_batch_size: null
+  modularity: false
+  modularity_every_n_steps: 1200
+  null_draws: 12
+  ablation_every_n_steps: null
+  ablation_examples: 4
+  lastlayer_problems: 8
+  probe_every_n_steps: 600
+  probe_items: 512
+  context: true
+  context_prompts: 16
+  pictures: false
+"""
+
+
+def test_an_old_instrument_section_is_read_in_its_sections(tmp_path, caplog):
+    old = yaml.safe_load(OLD_INSTRUMENT)
+    new = migrate(old)
+    assert old["instrument"]["modularity"] is False  # the argument is kept
+    assert new["instrument"] == {
+        "enabled": True,
+        "sparsity": {"active": "cett", "light_every_n_steps": 25},
+        "every_n_steps": 300,
+        "probes": {"tokens": 1024, "batch_size": None},
+        "modularity": {"enabled": False, "every_n_steps": 1200, "null_draws": 12},
+        "ablation": {"every_n_steps": None, "examples": 4},
+        "lastlayer": {"problems": 8},
+        "hierarchy": {"every_n_steps": 600, "items": 512},
+        "context": {"enabled": True, "prompts": 16},
+        "pictures": False,
+    }
+    assert new["model"] == old["model"] and migrate(new) == new  # today's layout comes back as it is
+    # a section of today beside a flat key of before (an overlay written by hand): the section's key wins
+    mixed = {"instrument": {"modularity": {"tokens": 64, "every_n_steps": 7}, "modularity_every_n_steps": 9,
+                            "ablation": False}}
+    assert migrate(mixed) == {"instrument": {"modularity": {"tokens": 64, "every_n_steps": 7},
+                                             "ablation": {"enabled": False}}}
+    # every old key has a section and a key there that the callback takes
+    for old_key, (section, key) in INSTRUMENT_MOVED.items():
+        assert key in {f.name for f in dataclasses.fields(SECTIONS[section])}, old_key
+        assert MOVED_KEYS[f"instrument.{old_key}"] == f"instrument.{section}.{key}"
+    # through the CLI: the file as it is on disk, the same settings, a line naming what moved
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_INSTRUMENT)
+    with caplog.at_level("INFO"):
+        cli = LaminaCLI(LanguageModel, TextDataModule, run=False, args=["--config", str(path)], **cli_kwargs())
+    [inst] = [c for c in cli.trainer.callbacks if isinstance(c, Instrumentation)]
+    assert inst.sparsity.active == "cett" and inst.sparsity.light_every_n_steps == 25
+    assert inst.probes_config.tokens == 1024 and inst.modularity.enabled is False
+    assert inst.modularity.every_n_steps == 1200 and inst.modularity.null_draws == 12
+    assert inst.ablation.every_n_steps is None and inst.ablation.examples == 4 and inst.lastlayer.problems == 8
+    assert inst.hierarchy.every_n_steps == 600 and inst.hierarchy.items == 512 and inst.context.prompts == 16
+    assert inst.sparsity.cett == 0.2 and inst.hierarchy.examples == 256  # the keys it did not set: defaults
+    said = [r.getMessage() for r in caplog.records if "older lamina" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "instrument.modularity_every_n_steps -> instrument.modularity.every_n_steps" in said[0], said
+    assert "instrument.modularity -> instrument.modularity.enabled" in said[0], said
+
+
+def test_instrument_sections_from_python_and_their_checks():
+    from lamina.errors import ConfigError
+    from lamina.instrument.config import ModularityConfig
+
+    inst = Instrumentation(every_n_steps=7, modularity=ModularityConfig(tokens=64), ablation={"enabled": False})
+    assert inst.modularity.every_n_steps == 7  # null: every_n_steps
+    assert inst.modularity.tokens == 64 and inst.ablation.enabled is False and inst.ablation.examples == 16
+    with pytest.raises(ConfigError, match=r"^instrument\.ablation\.exampels: no such key \(expected some of "):
+        Instrumentation(ablation={"exampels": 4})
+    with pytest.raises(ConfigError, match=r"^instrument\.hierarchy\.items: expected an integer >= 1, got 0$"):
+        Instrumentation(hierarchy={"items": 0})
+    with pytest.raises(ConfigError, match=r"^instrument\.sparsity\.light_windows: expected an integer >= 2, got 1$"):
+        Instrumentation(sparsity={"light_windows": 1})
+    with pytest.raises(ConfigError, match=r"^instrument\.context\.enabled: expected true or false, got 'no'$"):
+        Instrumentation(context={"enabled": "no"})
+    with pytest.raises(ConfigError, match=r"^instrument\.layers: expected a LayersConfig or a mapping"):
+        Instrumentation(layers=False)
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))

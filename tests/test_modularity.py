@@ -20,6 +20,7 @@ import torch
 from lamina import measures as M
 from lamina.errors import ConfigError
 from lamina.instrument import Instrumentation
+from lamina.instrument.config import ModularityConfig, ProbesConfig
 from lamina.instrument.modularity import (
     find_modules,
     modularity_scalars,
@@ -30,6 +31,8 @@ from lamina.instrument.modularity import (
 )
 from lamina.model import GPT, GPTConfig
 from lamina.probes import ProbeSet
+
+OFF = {"enabled": False}  # an instrument section switched off
 
 N_TOKENS, N_UNITS = 2000, 60
 
@@ -278,10 +281,10 @@ def measured(model: GPT, windows, draws: int, seed: int = 0):
     """Each layer's LayerModules with its permutation and shuffled-weights nulls, as the
     instrument measures them (sign rule, every token of both samples)."""
     id_windows, id_b_windows = windows
-    inst = Instrumentation(null_draws=8, shuffled_draws=draws, ablation=False, pictures=False, layers=False,
-                           lastlayer=False, hierarchy=False, context=False, modularity_tokens=None)
+    inst = Instrumentation(modularity=ModularityConfig(null_draws=8, shuffled_draws=draws, tokens=None),
+                           probes=ProbesConfig(seed=seed), ablation=OFF, pictures=False, layers=OFF,
+                           lastlayer=OFF, hierarchy=OFF, context=OFF)
     inst.probes = ProbeSet(probes={"id": id_windows, "id_b": id_b_windows})
-    inst.probe_seed = seed
     return inst.measure(model, step=0).modules
 
 
@@ -392,17 +395,17 @@ def test_shuffled_tags_and_the_draws_key():
     assert scalars["modularity/layer0/q_shuffled_z"] == pytest.approx((mods.q - 0.2) / 0.1)
     assert scalars["modularity/layer0/q_heldout_shuffled_z"] == pytest.approx((mods.q_heldout - 0.1) / 0.1)
     assert "modularity/layer0/q_null_mean" in scalars  # the permutation null stays, descriptive
-    with pytest.raises(ConfigError, match="instrument.shuffled_draws"):
-        Instrumentation(shuffled_draws=1)
-    assert Instrumentation(shuffled_draws=0).shuffled_draws == 0
+    with pytest.raises(ConfigError, match=r"instrument\.modularity\.shuffled_draws: expected 0 \(off\) .* got 1"):
+        Instrumentation(modularity=ModularityConfig(shuffled_draws=1))
+    assert Instrumentation(modularity={"shuffled_draws": 0}).modularity.shuffled_draws == 0
 
 
 def test_the_instrument_logs_the_shuffled_null_and_its_time(byte_windows):
     model = tiny_gpt(3, n_layer=2)
     model.train()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    inst = Instrumentation(shuffled_draws=2, ablation=False, pictures=False, lastlayer=False, hierarchy=False,
-                           context=False, modularity_tokens=512)
+    inst = Instrumentation(modularity=ModularityConfig(shuffled_draws=2, tokens=512), ablation=OFF, pictures=False,
+                           lastlayer=OFF, hierarchy=OFF, context=OFF)
     inst.probes = ProbeSet(probes={"id": byte_windows[0], "id_b": byte_windows[1]})
     state = torch.get_rng_state()
     m = inst.measure(model, step=0)
@@ -412,8 +415,8 @@ def test_the_instrument_logs_the_shuffled_null_and_its_time(byte_windows):
         for name in ("q_shuffled_mean", "q_shuffled_std", "q_shuffled_z", "q_heldout_shuffled_z"):
             assert math.isfinite(m.scalars[f"modularity/layer{i}/{name}"]), name
     assert m.scalars["perf/modularity_shuffled_seconds"] > 0
-    off = Instrumentation(shuffled_draws=0, ablation=False, pictures=False, lastlayer=False, hierarchy=False,
-                          context=False, modularity_tokens=512)
+    off = Instrumentation(modularity=ModularityConfig(shuffled_draws=0, tokens=512), ablation=OFF, pictures=False,
+                          lastlayer=OFF, hierarchy=OFF, context=OFF)
     off.probes = inst.probes
     tags = off.measure(model, step=0).scalars
     assert "modularity/layer0/q" in tags and not [t for t in tags if "shuffled" in t]

@@ -259,7 +259,7 @@ def test_a_model_with_only_dead_units_measures_without_nan(tmp_path):
     with torch.no_grad():
         for block in lm.model.transformer.h:
             block.mlp.c_fc.weight.zero_()  # relu(0) = 0: every unit dead on every token
-    instrument = Instrumentation(probe_tokens=256, ablation_examples=2)
+    instrument = Instrumentation(probes={"tokens": 256}, ablation={"examples": 2})
     instrument.probes = build_probes(dm, tokens=256, seed=0, task_examples=2, tasks=True)
     measurement = instrument.measure(lm.model, step=0, partition=True, ablate=True)
     assert measurement.scalars["sparsity/id/layer0"] == 0.0
@@ -271,8 +271,8 @@ def test_a_model_with_only_dead_units_measures_without_nan(tmp_path):
 def test_resume_with_instrumentation_repeats_its_measurements(tmp_path):
     n = 6
     common = ["--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", str(n),
-              "--instrument.every_n_steps", "3", "--instrument.probe_tokens", "256",
-              "--instrument.ablation_examples", "2"]
+              "--instrument.every_n_steps", "3", "--instrument.probes.tokens", "256",
+              "--instrument.ablation.examples", "2"]
     main(fit_args(tmp_path, "once", *common, "--trainer.max_steps", str(2 * n),
                   "--checkpoint.every_n_train_steps", str(n), "--checkpoint.save_top_k", "-1"))
     once_dir = tmp_path / "runs" / "once" / "version_0"
@@ -301,7 +301,7 @@ from lamina.probes import ProbeSet
 
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=64, activation="relu"))
-instrument = Instrumentation(probe_batch_size=32, ablation=False, pictures=False)
+instrument = Instrumentation(probes={"batch_size": 32}, ablation={"enabled": False}, pictures=False)
 peaks = []
 for windows in (128, 2048):  # 8k then 131k tokens per probe
     instrument.probes = ProbeSet({"id": torch.randint(0, 256, (windows, 64)), "random": torch.randint(0, 256, (windows, 64))})

@@ -150,9 +150,10 @@ def test_units_run_the_longest_first():
     groups = {"finetune-fragility": ["finetune-fragility"], "world-v2": ["density-familiarity", "hierarchy"],
               "reasoning-in-pretraining": ["reasoning-in-pretraining", "elicitation"], "other": ["x"]}
     order = [(group, seed) for group, _, seed in unit_order(groups, [3, 1])]
-    assert order == [("reasoning-in-pretraining", 3), ("reasoning-in-pretraining", 1), ("world-v2", 3),
-                     ("world-v2", 1), ("finetune-fragility", 3), ("finetune-fragility", 1), ("other", 3),
-                     ("other", 1)]
-    assert unit_order(groups, [1])[1][1] == ["density-familiarity", "hierarchy"]  # a group's claims stay together
+    # world-v2's 1500-step fits (23 CPU-minutes a seed) before the RLP group's (20), then fine-tuning (8)
+    assert order == [("world-v2", 3), ("world-v2", 1), ("reasoning-in-pretraining", 3),
+                     ("reasoning-in-pretraining", 1), ("finetune-fragility", 3), ("finetune-fragility", 1),
+                     ("other", 3), ("other", 1)]
+    assert unit_order(groups, [1])[0][1] == ["density-familiarity", "hierarchy"]  # a group's claims stay together
     with pytest.raises(ConfigError, match="^--jobs: expected a count >= 1, got 0"):
         study_main(["--jobs", "0", "--out", "unused"])

@@ -344,9 +344,9 @@ def test_steps_line_up_validation_counts_optimizer_steps(tmp_path):
     val_check_interval counts optimizer steps (not micro-batches); step 0's validation is the sanity pass."""
     main(fit_args(tmp_path, "steps", "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1",
                   "--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "2",
-                  "--instrument.every_n_steps", "2", "--instrument.probe_tokens", "512",
-                  "--instrument.modularity", "false", "--instrument.ablation", "false",
-                  "--instrument.layers", "false", "--instrument.pictures", "false"))
+                  "--instrument.every_n_steps", "2", "--instrument.probes.tokens", "512",
+                  "--instrument.modularity.enabled", "false", "--instrument.ablation.enabled", "false",
+                  "--instrument.layers.enabled", "false", "--instrument.pictures", "false"))
     tags = scalars(tmp_path / "runs" / "steps" / "version_0")
     assert sorted(tags["val/bpb"]) == [0, 2, 4, 6]
     assert sorted(tags["val/bpb"]) == sorted(tags["sparsity/id/mean"])
@@ -356,7 +356,7 @@ def test_steps_line_up_validation_counts_optimizer_steps(tmp_path):
     assert list(tags["perf/first_step_seconds"]) == [0] and tags["perf/first_step_seconds"][0] > 0
     assert "hp_metric" not in tags and "epoch" not in tags  # no Lightning clutter in lamina's logger
     charts = custom_scalars_layout(tmp_path / "runs" / "steps" / "version_0")
-    assert {"loss: train and val", "Q layer 1 against its null (band: null mean +- 2 sd)"} <= set(charts)
+    assert {"loss: train and val", "Q layer 1 against its shuffled-weights null (band: null mean +- 2 sd)"} <= set(charts)
     assert charts["loss: train and val"] == ["^train/loss$", "^val/loss$"]
 
 

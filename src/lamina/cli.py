@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 import yaml
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError, Namespace, set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -32,7 +32,7 @@ from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_check
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
-from lamina.pretrained import LANGUAGE_MODEL, MOVED_KEYS, checkpoint_config, migrate
+from lamina.pretrained import LANGUAGE_MODEL, MOVED_KEYS, checkpoint_config, migrate, moved_instrument_keys
 from lamina.user_errors import (
     check_checkpoint_fits,
     check_config_files,
@@ -248,7 +248,13 @@ def migrated_config_words(words: list[str]) -> list[str] | None:
         out[at] = f"--config={text}" if at == i else text
         model = content.get("model") or {}
         keys = (model.get("init_args") or {}) if "class_path" in model else model
-        moved = ", ".join(f"{old} -> {MOVED_KEYS[old]}" for old in MOVED_KEYS if old.split(".")[1] in keys)
+        moved = [f"{old} -> {MOVED_KEYS[old]}" for old in MOVED_KEYS
+                 if old.startswith("model.") and old.split(".")[1] in keys]
+        instrument = content.get("instrument")
+        if isinstance(instrument, dict):  # its flat keys, each into its section
+            moved += [f"instrument.{old} -> {MOVED_KEYS['instrument.' + old]}"
+                      for old in moved_instrument_keys(instrument)]
+        moved = ", ".join(moved)
         rank_zero_info(f"lamina: {value} holds keys of an older lamina, read in today's layout: {moved} "
                        f"(lamina.pretrained.migrate; docs/configs.md)")
     return out if out != list(words) else None
@@ -363,6 +369,10 @@ def main(argv: list[str] | None = None) -> None:
             importlib.import_module(TOOLS[words[0]]).main(words[1:])
             return
         check_config_files(words)
+        if {"-h", "--help"} & set(words):
+            # The help of the config dataclasses' keys (lamina.instrument.config) is their attribute
+            # docstrings, which jsonargparse reads only when asked (a second or so per parse): for --help.
+            set_parsing_settings(docstring_parse_attribute_docstrings=True)
         if words[:1] == ["prepare"]:
             prepare(words[1:])
         else:

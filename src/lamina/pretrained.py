@@ -23,7 +23,7 @@ import torch
 
 from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig
-from lamina.user_errors import MOVED_KEYS
+from lamina.user_errors import INSTRUMENT_MOVED, MOVED_KEYS
 from lamina.user_errors import read_checkpoint as read_any_checkpoint
 
 SHAPE_KEYS = (
@@ -174,7 +174,11 @@ def migrate(old: Mapping) -> dict:
     - `model.thought_eval` (the ThoughtEval callback's) -> the `thought_eval` section, with
       `enabled: true` (a mapping there turned the evaluations on), null -> nothing;
     - `model.rlp` set -> the model class lamina.rlp.RLPModel, `rlp` among its init_args (the other
-      model keys kept); `model.rlp` null -> dropped.
+      model keys kept); `model.rlp` null -> dropped;
+    - the flat keys of `instrument` -> its sections (lamina.instrument.config; the table is
+      lamina.user_errors.INSTRUMENT_MOVED): `modularity_every_n_steps: 1200` -> `modularity:
+      {every_n_steps: 1200}`, `probe_tokens` -> `probes.tokens`, a switch `modularity: false` ->
+      `modularity: {enabled: false}`; each section where the first of its keys stood.
 
     A checkpoint (state_dict and hyper_parameters, as Lightning writes them): its hyper_parameters as
     today's model writes them, without peak_flops or thought_eval; where `rlp` is set it is an RLPModel
@@ -191,6 +195,8 @@ def migrate(old: Mapping) -> dict:
 
 
 def _migrate_config(config: dict) -> dict:
+    if isinstance(config.get("instrument"), Mapping) and moved_instrument_keys(config["instrument"]):
+        config["instrument"] = _migrate_instrument(config["instrument"])
     model = config.get("model")
     if not isinstance(model, Mapping):
         return config
@@ -216,6 +222,32 @@ def _migrate_config(config: dict) -> dict:
             init_args = {"rlp": init_args.pop("rlp"), **init_args}
     config["model"] = init_args if class_path is None else {"class_path": class_path, "init_args": init_args, **rest}
     return config
+
+
+def moved_instrument_keys(instrument: Mapping) -> list[str]:
+    """The flat keys of an older lamina in an `instrument` section (a switch such as `modularity` counts
+    when it is not a mapping, today's section)."""
+    return [key for key, value in instrument.items()
+            if key in INSTRUMENT_MOVED and not (INSTRUMENT_MOVED[key][1] == "enabled" and isinstance(value, Mapping))]
+
+
+def _migrate_instrument(instrument: Mapping) -> dict:
+    """An `instrument` section with flat keys in today's layout: each moved key into its section, the
+    section placed where its first key stood; keys already in a section win over flat ones."""
+    moved = set(moved_instrument_keys(instrument))
+    out: dict = {}
+    for key, value in instrument.items():
+        if key not in moved:
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = {**out[key], **value}  # the section, beside flat keys that went into it
+            else:
+                out[key] = value
+            continue
+        section, name = INSTRUMENT_MOVED[key]
+        current = out.get(section)
+        current = dict(current) if isinstance(current, Mapping) else {}
+        out[section] = current if name in current else {**current, name: value}
+    return out
 
 
 def model_init_args(model: Mapping) -> dict:
@@ -287,6 +319,7 @@ __all__ = [
     "migrate",
     "model_weights",
     "misfits",
+    "moved_instrument_keys",
     "read_checkpoint",
     "run_tokenizer",
     "same_tokenizer",

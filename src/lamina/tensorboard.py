@@ -11,26 +11,45 @@ from lightning.pytorch import loggers
 from lightning.pytorch.utilities import rank_zero_only
 
 FAMILIAR_VS_UNFAMILIAR = r"sparsity/(id|id_b|random|random_uniform|shuffled|ood/.+|novel|exposure/.+)/mean$"
+# The mean gaps, without their statistics (se, z, the band) and per-layer series.
+MEAN_GAPS = r"^sparsity/gap/(?!.*/(se|z|lo|hi|layer\d+)(/|$)).+$"
+GAP_TITLES = {  # the HEADLINE_GAPS of lamina.instrument.sparsity, each with how to read it
+    "id_b": "gap id - id_b: the same text, a second sample (95% band: should hold 0)",
+    "shuffled": "gap id - shuffled: the same tokens, order destroyed (95% band)",
+    "random": "gap id - random: random tokens (95% band)",
+}
 
 
 def layout(n_layer: int) -> dict:
-    """Charts (tags are regular expressions in Multiline charts; Margin charts take value, lower, upper)."""
+    """Charts (tags are regular expressions in Multiline charts; Margin charts take value, lower, upper).
+
+    TensorBoard colours lines by run, not by tag: the charts read first are each one quantity with
+    its band (Margin), or two lines whose levels cannot be confused (train loss under val loss)."""
+    gaps = {
+        title: ["Margin", [f"sparsity/gap/{probe}", f"sparsity/gap/{probe}/lo", f"sparsity/gap/{probe}/hi"]]
+        for probe, title in GAP_TITLES.items()
+    }
     q_bands = {
-        f"Q layer {i} against its null (band: null mean +- 2 sd)": [
-            "Margin", [f"modularity/layer{i}/q", f"modularity/layer{i}/q_null_lo", f"modularity/layer{i}/q_null_hi"]
+        f"Q layer {i} against its shuffled-weights null (band: null mean +- 2 sd)": [
+            "Margin", [f"modularity/layer{i}/q", f"modularity/layer{i}/q_shuffled_lo",
+                       f"modularity/layer{i}/q_shuffled_hi"]
         ]
         for i in range(n_layer)
     }
     return {
         "lamina: read first": {
             "loss: train and val": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
+            "bits per byte": ["Multiline", [r"^val/bpb$"]],
+            **gaps,
+        },
+        "lamina: density": {
             "density: familiar (id, id_b) vs unfamiliar probes, mean over layers": [
                 "Multiline", [FAMILIAR_VS_UNFAMILIAR]
             ],
-            "density gaps (id minus probe), mean over layers": [
-                "Multiline", [r"^sparsity/gap/(?!.*/(se|z|layer\d+)(/|$)).+$"]
+            "density of the training batches (from the training forward) and of id": [
+                "Multiline", [r"^sparsity/train/mean$", r"^sparsity/id/mean$"]
             ],
-            "bits per byte": ["Multiline", [r"^val/bpb$"]],
+            "density gaps (id minus probe), mean over layers: every probe": ["Multiline", [MEAN_GAPS]],
         },
         "lamina: modularity": q_bands,
     }

@@ -33,6 +33,45 @@ MOVED_KEYS = {
     "model.rlp": "the model class lamina.rlp.RLPModel (model.class_path lamina.rlp.RLPModel with model.init_args.rlp; "
                  "--model lamina.rlp.RLPModel --model.rlp.* on the command line)",
 }
+# The flat keys of the `instrument` section of an older lamina -> (their section, their key there); the
+# switches `modularity`, `ablation`, `layers`, `lastlayer`, `hierarchy`, `context` (true/false) are each
+# section's `enabled` now (lamina.instrument.config; lamina.pretrained.migrate reads the old layout).
+INSTRUMENT_MOVED = {
+    "probe_tokens": ("probes", "tokens"),
+    "probe_batch_size": ("probes", "batch_size"),
+    "probe_seed": ("probes", "seed"),
+    "active": ("sparsity", "active"),
+    "cett": ("sparsity", "cett"),
+    "eps": ("sparsity", "eps"),
+    "light_every_n_steps": ("sparsity", "light_every_n_steps"),
+    "light_windows": ("sparsity", "light_windows"),
+    "train_density": ("sparsity", "train_density"),
+    "modularity": ("modularity", "enabled"),
+    "modularity_every_n_steps": ("modularity", "every_n_steps"),
+    "modularity_tokens": ("modularity", "tokens"),
+    "null_draws": ("modularity", "null_draws"),
+    "shuffled_draws": ("modularity", "shuffled_draws"),
+    "n_modules": ("modularity", "n_modules"),
+    "max_modules": ("modularity", "max_modules"),
+    "ablation": ("ablation", "enabled"),
+    "ablation_every_n_steps": ("ablation", "every_n_steps"),
+    "ablation_examples": ("ablation", "examples"),
+    "ablation_mode": ("ablation", "mode"),
+    "layers": ("layers", "enabled"),
+    "lastlayer": ("lastlayer", "enabled"),
+    "lastlayer_problems": ("lastlayer", "problems"),
+    "hierarchy": ("hierarchy", "enabled"),
+    "probe_every_n_steps": ("hierarchy", "every_n_steps"),
+    "probe_items": ("hierarchy", "items"),
+    "probe_examples": ("hierarchy", "examples"),
+    "context": ("context", "enabled"),
+    "context_every_n_steps": ("context", "every_n_steps"),
+    "context_prompts": ("context", "prompts"),
+    "context_alpha": ("context", "alpha"),
+}
+MOVED_KEYS.update(
+    {f"instrument.{old}": f"instrument.{section}.{key}" for old, (section, key) in INSTRUMENT_MOVED.items()}
+)
 MODEL_SHAPE_KEYS = (
     "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "activation", "mlp_ratio", "bias", "rotary",
     "qk_norm", "tie_embeddings", "logit_softcap",
@@ -100,7 +139,7 @@ def argument_message(text: str) -> str:
             # a key of the model, whose section takes a class path: the class's own account, under `key.`
             inner_message = argument_message(inner)
             return moved_key_message(f"{key}.{inner_message}") or f"{key}.{inner_message}"
-        return f"{key}: {expected_got(problem)}"
+        return switch_now_section(key, problem) or f"{key}: {expected_got(problem)}"
     if m := re.fullmatch(r"Option '([^']+)' is not accepted", text.strip()):
         return f"{m.group(1)}: no such key"
     if m := re.match(r'Linked "([^"]+)" must be given via "([^"]+)"', text):
@@ -140,10 +179,26 @@ def moved_key_message(line: str) -> str | None:
     if not m:
         return None
     key = m.group(1).replace(".init_args.", ".")
-    moved = next((old for old in MOVED_KEYS if key == old or key.startswith(old + ".")), None)
+    # (a key under an old switch that is a section now, `instrument.modularity.<key>`, is no moved key)
+    moved = next((old for old in MOVED_KEYS if key == old or (
+        key.startswith(old + ".") and not MOVED_KEYS[old].startswith(old + "."))), None)
     if moved is None:
         return None
     return f"{key}: no such key; {'it' if key == moved else moved} moved to {MOVED_KEYS[moved]}"
+
+
+def switch_now_section(key: str, problem: str) -> str | None:
+    """A value given to a section of the instrument (`--instrument.probes 5`): jsonargparse tries to read
+    it as the section's config ("Unable to load config '5'"); for an old switch that is a section now
+    (`--instrument.modularity false`), say where the switch is. None for anything else."""
+    m = re.match(r"\s*Unable to load config '(.*?)'", problem, re.S)
+    if not m or not key.startswith("instrument."):
+        return None
+    line = f"{key}: expected a mapping of its keys (--{key}.<key> VALUE), got {m.group(1)!r}"
+    new = MOVED_KEYS.get(key)
+    if new and new.startswith(key + "."):
+        line += f"; the switch {key} (true/false) moved to {new}"
+    return line
 
 
 def is_argument_error(err: BaseException) -> bool:

@@ -30,10 +30,11 @@ What is logged, per layer i (`modularity/layer{i}/...`), and how to read it:
 - `q_shuffled_mean`, `q_shuffled_std`: the null that decides. The same network with the entries of
   every weight matrix of its blocks permuted within the matrix (Filan et al., "Clusterability in
   Neural Networks", arXiv 2103.03386: the same weight statistics, no learned arrangement), the
-  same windows, the same rule and procedure (`shuffled_weights_null`), `instrument.shuffled_draws`
+  same windows, the same rule and procedure (`shuffled_weights_null`), `instrument.modularity.shuffled_draws`
   draws. What Q is for a network of these weight statistics reading this input.
 - `q_shuffled_z` = (q - q_shuffled_mean) / q_shuffled_std: how far the learned arrangement puts Q
-  above (or below) that. z > 3 reads as learned modularity; z < -3 as a network less modular
+  above (or below) that (`q_shuffled_lo`, `q_shuffled_hi` = mean -/+ 2 std: the band
+  TensorBoard's custom-scalars chart draws around q). z > 3 reads as learned modularity; z < -3 as a network less modular
   than its own shuffles. With n draws, a network that is itself a draw of the null (a freshly
   initialised one) gives z ~ sqrt(1 + 1/n) t_(n-1): |z| > 3 in about 7% of layers with 4 draws,
   3% with 8, 1% with 16, so read one layer's z at 3 with that in mind.
@@ -46,8 +47,7 @@ What is logged, per layer i (`modularity/layer{i}/...`), and how to read it:
   `null_draws` (>= 8) draws, seeded, never the global RNG (`lamina.measures.modularity_null`):
   what Q is for units that share nothing. Every network clears it, an untrained one too (units
   that read the same tokens co-fire): q above it is not a finding.
-  `q_null_lo`, `q_null_hi` = q_null_mean -/+ 2 q_null_std: the band TensorBoard's custom-scalars
-  chart draws around q.
+  `q_null_lo`, `q_null_hi` = q_null_mean -/+ 2 q_null_std.
 - `q_z` = (q - q_null_mean) / q_null_std (0 when the null has no spread): how far Q is above
   what independent units with these firing rates score; descriptive, as its null. The picture
   `modularity/q_vs_null` shows q, q_heldout and the null's draws over steps.
@@ -334,6 +334,8 @@ def modularity_scalars(layers: list[LayerModules]) -> dict[str, float]:
             scalars[f"{tag}/q_shuffled_mean"] = mods.q_shuffled_mean
             scalars[f"{tag}/q_shuffled_std"] = mods.q_shuffled_std
             scalars[f"{tag}/q_shuffled_z"] = mods.q_shuffled_z
+            scalars[f"{tag}/q_shuffled_lo"] = mods.q_shuffled_mean - 2 * mods.q_shuffled_std
+            scalars[f"{tag}/q_shuffled_hi"] = mods.q_shuffled_mean + 2 * mods.q_shuffled_std
             scalars[f"{tag}/q_heldout_shuffled_mean"] = mods.q_heldout_shuffled_mean
             scalars[f"{tag}/q_heldout_shuffled_std"] = mods.q_heldout_shuffled_std
             scalars[f"{tag}/q_heldout_shuffled_z"] = mods.q_heldout_shuffled_z

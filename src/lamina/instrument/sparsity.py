@@ -8,14 +8,14 @@ reads (`id`, `id_b`) the 0/1 activity is kept too, and for those that the layer 
 residual stream goes into a Gram accumulator. Everything stays on the device until `compute()`,
 which returns small reductions.
 
-The active rules (`instrument.active`):
+The active rules (`instrument.sparsity.active`):
 
 - `sign`: a unit is active when its pre-activation is > 0 (for gated MLPs, the gate's). Scaling
   the input weights by any positive factor leaves it unchanged, so density cannot rise merely
   because weights grow.
 - `cett` (Sparsing Law, arXiv 2411.02335): per layer, unit j is active when its contribution to
   the MLP output |a_j| * ||W_down[:, j]|| exceeds the threshold tau at which dropping every
-  smaller contribution changes the output by `instrument.cett` in mean relative L2 on `id`;
+  smaller contribution changes the output by `instrument.sparsity.cett` in mean relative L2 on `id`;
   tau is calibrated on `id` at each measurement and applied to every probe.
 - `eps`: |a| > eps on the post-activation (the lab's first rule, kept for comparison: it moves
   with weight scale, and for gated MLPs the cut on silu(gate) * up means little).
@@ -279,8 +279,13 @@ def layer_mean_windows(layers: list[dict]) -> np.ndarray:
     return np.mean([s["window_frac_active"] for s in layers], axis=0)
 
 
+HEADLINE_GAPS = ("id_b", "shuffled", "random")  # read first: each as a chart with its 95% band
+
+
 def gap_scalars(stats: dict[str, list[dict]], reference: str = "id") -> dict[str, float]:
-    """`sparsity/gap/<probe>` (over layers) and `.../layer<i>`, each with `/se` and `/z`."""
+    """`sparsity/gap/<probe>` (over layers) and `.../layer<i>`, each with `/se` and `/z`; the
+    HEADLINE_GAPS' means also with `/lo` and `/hi`, their 95% interval (value -/+ 1.96 se), the band
+    TensorBoard's custom-scalars chart draws."""
     if reference not in stats:
         return {}
     scalars: dict[str, float] = {}
@@ -300,6 +305,8 @@ def gap_scalars(stats: dict[str, list[dict]], reference: str = "id") -> dict[str
             gap = density_gap(ref_windows, probe_windows, paired)
             tag = f"sparsity/gap/{probe}{suffix}"
             scalars[tag], scalars[f"{tag}/se"], scalars[f"{tag}/z"] = gap.value, gap.se, gap.z
+            if not suffix and probe in HEADLINE_GAPS:
+                scalars[f"{tag}/lo"], scalars[f"{tag}/hi"] = gap.value - 1.96 * gap.se, gap.value + 1.96 * gap.se
     return scalars
 
 

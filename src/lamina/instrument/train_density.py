@@ -4,7 +4,8 @@ For an optimizer step whose metrics the trainer writes (every `trainer.log_every
 the last), forward hooks on each block's `mlp.c_fc` count the active units of the pre-activation
 the training forward has just computed, under the same active rule as the probes (`sign`: the
 pre-activation, or a gated MLP's gate, > 0; `eps` and `cett` through the post-activation and the
-thresholds of the last measurement). No extra forward runs and nothing is written: the loss is the
+thresholds of the last measurement), logged at train/loss's step (the weights the forward ran
+with). No extra forward runs and nothing is written: the loss is the
 same, bit for bit, with the hooks on or off. Forwards in eval mode (another callback's evaluation
 within the step) are not counted. The hooks live for that one step; the counts stay on
 the device until the step ends (one reduction over ranks, one copy to the host).
