@@ -163,8 +163,10 @@ def test_overhead_section(rehearsal):
                        "start_measurement_seconds", "schedule_overhead_pct_upper_bound", "step_seconds",
                        "compile_seconds_estimate", "process_max_rss_bytes"), "overhead.estimates")
     assert e["step_seconds_source"] == "off arm" and e["full_measurement_from"].startswith("end")
-    # small.yaml's schedule: partition every 500, ablation every 1000, probes every 2 here
-    assert e["schedule_measurements_per_period"] == {"probes_only": 498, "partition": 1, "partition_and_ablation": 1}
+    # small.yaml's schedule: partition every 500, ablation every 1000, probes every 2 here (so the
+    # light tier, every 50, never runs: the full battery is at each of its steps)
+    assert e["schedule_measurements_per_period"] == {"light": 0, "probes_only": 498, "partition": 1,
+                                                      "partition_and_ablation": 1}
     assert_numbers(rehearsal[1]["headline"]["overhead_small"], ("overhead_pct_every_n", "full_measurement_seconds"),
                    "headline.overhead_small")
 
