@@ -69,6 +69,13 @@ def ends_logged_step(trainer, batch_idx: int) -> bool:
     return bool(n) and (trainer.global_step % n == 0 or trainer.should_stop)
 
 
+def runs_logged_step(trainer) -> bool:
+    """In on_train_batch_start: the optimizer step now running is one whose metrics Lightning
+    writes (`ends_logged_step` at its end: every log_every_n_steps steps, and the last one)."""
+    n, step = trainer.log_every_n_steps, trainer.global_step + 1
+    return bool(n) and (step % n == 0 or (trainer.max_steps is not None and step == trainer.max_steps))
+
+
 def host_scalar(value: torch.Tensor | float) -> torch.Tensor:
     """A float32 scalar on the host for self.log: no host-to-device copy, and Lightning's per-batch
     progress-bar conversion of it never waits for the device."""

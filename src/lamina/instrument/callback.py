@@ -77,7 +77,7 @@ from lamina.instrument.sparsity import (
 )
 from lamina.instrument.train_density import TrainDensity
 from lamina.probes import ProbeSet, TaskProbe, build_probes, labelled_windows, world_seed
-from lamina.step import ends_optimizer_step
+from lamina.step import ends_optimizer_step, runs_logged_step
 
 IMPLS = ("auto", "kernel", "reference")
 PROBE_BATCH_TOKENS = 8192  # tokens per probe forward when instrument.probes.batch_size is null
@@ -203,7 +203,7 @@ class Instrumentation(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.enabled and self.sparsity.train_density and self.rule is not None and not self.train_hooks.attached:
-            if self._logs_next_step(trainer) and not getattr(pl_module.hparams, "compile", False):
+            if runs_logged_step(trainer) and not getattr(pl_module.hparams, "compile", False):
                 self.train_hooks.attach(getattr(pl_module, "model", pl_module), self.rule)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -398,12 +398,6 @@ class Instrumentation(L.Callback):
             scalars = {**density_scalars(stats.stats), **gap_scalars(stats.stats), "perf/instrument_light_seconds": seconds}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
-
-    @staticmethod
-    def _logs_next_step(trainer: L.Trainer) -> bool:
-        """Whether the optimizer step now running is one whose metrics the trainer writes."""
-        n, step = trainer.log_every_n_steps, trainer.global_step + 1
-        return bool(n) and (step % n == 0 or (trainer.max_steps is not None and step == trainer.max_steps))
 
     def _log_train_density(self, trainer: L.Trainer) -> None:
         self.train_hooks.detach()

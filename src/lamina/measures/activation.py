@@ -116,7 +116,23 @@ class _Accumulator:
         return self.eps
 
 
-class SparsityAccumulator(_Accumulator):
+class _WindowedAccumulator(_Accumulator):
+    """An accumulator that also keeps each window's fraction of active entries (batches [..., T, d])."""
+
+    def _add_windows(self, token_active: torch.Tensor, window: int) -> None:
+        """Record the windows of a batch from its per-token active counts (tokens in window order)."""
+        per_window = token_active.view(-1, window).to(wide_dtype(self.device)).sum(dim=1)
+        self._windows.append((per_window / (window * self.d)).to(self.device))
+
+    def window_frac_active(self) -> torch.Tensor:
+        """Fraction of active entries of every window seen, in order: [n_windows], float64."""
+        if not self._windows:
+            device = self.device or torch.device("cpu")
+            return torch.zeros(0, dtype=wide_dtype(device), device=device)
+        return torch.cat(self._windows)
+
+
+class SparsityAccumulator(_WindowedAccumulator):
     """Streams activation batches into ``sparsity_stats`` with O(d) state, plus one density per
     window.
 
@@ -152,16 +168,7 @@ class SparsityAccumulator(_Accumulator):
         self._sums = self._sums + reduce(flat, self._eps_on(flat.device), gate=gate,
                                          token_active=counts)
         if counts is not None:
-            window = acts.shape[-2]
-            per_window = counts.view(-1, window).to(wide_dtype(self.device)).sum(dim=1)
-            self._windows.append((per_window / (window * self.d)).to(self.device))
-
-    def window_frac_active(self) -> torch.Tensor:
-        """Fraction of active entries of every window seen, in order: [n_windows], float64."""
-        if not self._windows:
-            device = self.device or torch.device("cpu")
-            return torch.zeros(0, dtype=wide_dtype(device), device=device)
-        return torch.cat(self._windows)
+            self._add_windows(counts, acts.shape[-2])
 
     def compute(self) -> dict:
         if self.tokens == 0:
@@ -190,7 +197,7 @@ class SparsityAccumulator(_Accumulator):
         self._windows = [gather_windows(mine, per_rank)]
 
 
-class DensityAccumulator(_Accumulator):
+class DensityAccumulator(_WindowedAccumulator):
     """Only the density of ``SparsityAccumulator``: per-unit active counts and each window's
     fraction of active entries, with no per-token reductions (no top-k, no Hoyer), so a light
     measurement pays for its forwards and a compare. ``compute()`` returns ``frac_active``,
@@ -214,17 +221,8 @@ class DensityAccumulator(_Accumulator):
             # fp32 0/1 sums are exact below 2**24 tokens a batch (far more than a probe batch holds)
             active = active_mask(flat, self._eps_on(flat.device), gate).to(torch.float32)
             self._active += active.sum(dim=0).to(torch.int64).to(self.device)
-            window = acts.shape[-2]
-            per_window = active.sum(dim=1).view(-1, window).to(wide_dtype(self.device)).sum(dim=1)
-        self._windows.append((per_window / (window * self.d)).to(self.device))
+            self._add_windows(active.sum(dim=1), acts.shape[-2])
         self.tokens += flat.shape[0]
-
-    def window_frac_active(self) -> torch.Tensor:
-        """Fraction of active entries of every window seen, in order: [n_windows], float64."""
-        if not self._windows:
-            device = self.device or torch.device("cpu")
-            return torch.zeros(0, dtype=wide_dtype(device), device=device)
-        return torch.cat(self._windows)
 
     def compute(self) -> dict:
         if self.tokens == 0:
