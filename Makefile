@@ -87,8 +87,9 @@ gpu-check:
 gpu-check-cpu: $(STAMP)
 	bash bench/gpu_check.sh --cpu --out $${GPU_CHECK_OUT:-$$(mktemp -d)}
 
-# finetune-fragility (lamina.study.finetune): direct fine-tuning vs proxy tuning on
-# fact retention, the new task and drift by layer, paired by seed; writes study/finetune-fragility/report.md
+# finetune-fragility (lamina.study.claims.finetune_fragility): direct fine-tuning vs proxy tuning on
+# fact retention (forced choice), the new task, a proxy strength sweep and the base's lower or upper
+# blocks restored into the fine-tuned model, paired by seed; writes study/finetune-fragility/report.md
 # and study/index.md. Finished runs under study/runs/ are reused, a killed run resumes. FINETUNE_SEEDS:
 # one number N means seeds 1..N, several numbers mean exactly those seeds.
 FINETUNE_SEEDS ?= 1 2 3
@@ -97,13 +98,13 @@ finetune-study: $(STAMP)
 	$(PY) -m lamina.study finetune-fragility --seeds $(FINETUNE_SEEDS) --out study --preset cpu
 	@echo "Report: study/finetune-fragility/report.md"
 
-# reasoning-in-pretraining (lamina.study.rlp): phase 1 pretrains the tiny GPT on world arithmetic
-# with its worked thoughts (a gate stops the study unless greedy thinking at level 2 lands in 15-85%);
+# reasoning-in-pretraining (lamina.study.claims.reasoning_in_pretraining): phase 1 pretrains the tiny GPT on
+# world arithmetic with its worked thoughts (a gate stops the study unless greedy thinking at level 2 lands in 15-85%);
 # phase 2, from that checkpoint on the same arithmetic with the thoughts stripped: RLP (thought slots,
 # line reward) against RLP with shuffled rewards, next-token at the same tokens, next-token at the same
 # FLOPs, and the paper's RLP. Writes study/reasoning-in-pretraining/report.md (a verdict per contrast, paired by
 # seed), study/reasoning-in-pretraining/compare/ (lamina compare: accuracy vs tokens and FLOPs, elicitation share)
-# and study/index.md. About 20 minutes of 2 idle CPU cores a seed; finished runs under study/runs/ are
+# and study/index.md. About 12 CPU-minutes a seed; finished runs under study/runs/ are
 # reused, a killed run resumes. RLP_SEEDS: one number N means seeds 1..N, several exactly those seeds.
 RLP_SEEDS ?= 1 2 3
 .PHONY: rlp-study

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import mean_val_loss, train_plain  # noqa: E402
 from report import write_result  # noqa: E402
-from throughput import build  # noqa: E402
+from throughput import SAME_OPTIMIZER, build  # noqa: E402
 
 from lamina.lm import bits_per_byte  # noqa: E402
 
@@ -56,7 +56,7 @@ def main() -> None:
         "--trainer.max_steps", str(args.steps), "--trainer.enable_progress_bar", "false",
         "--trainer.val_check_interval", str(args.steps), "--trainer.logger", "false",
     ]
-    module, datamodule, config = build(args.config, overrides)
+    module, datamodule, config = build(args.config, [*overrides, *SAME_OPTIMIZER])  # AdamW in both arms
     datamodule.prepare_data()
     datamodule.setup("fit")
     initial = copy.deepcopy(module.model.state_dict())

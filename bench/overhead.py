@@ -25,6 +25,8 @@ device sync) rather than from the noise of two wall times:
   of the training time of N steps: 100 * P / (N * step seconds);
 - `schedule_overhead_pct_upper_bound`: the config's whole schedule over one period, the
   measurements that partition (and ablate) costed as a full one: an upper bound;
+  `schedule_overhead_pct` beside it costs each kind by the window's own measurement of that kind
+  where the window holds one (`partition_measurement_seconds`: a partition without the ablation);
 - the step seconds come from the off arm, or, before it has run, from the on arm's window less
   the measurements in it (`step_seconds_source` says which).
 
@@ -45,7 +47,9 @@ import json
 import math
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -206,6 +210,17 @@ def estimates(rounds: list[dict], partial: dict, settings: dict, period: int, st
         cost = (counts["light"] * (light_s or 0.0) + counts["probes_only"] * (periodic_s or 0.0)
                 + (counts["partition"] + counts["partition_and_ablation"]) * full_s)
         schedule = 100 * cost / (period * step)
+    # The same schedule costed by the window's own measurements of each kind where it holds them (a
+    # partition without the ablation, at the window's step, is not the end's everything), else as above.
+    in_window = [m for arm in on for m in arm["measurements_in_window"] if m["hook"] == "batch"]
+    partition_s = median_or_none(m["seconds"] for m in in_window if m["partition"] and not m["ablate"])
+    ablation_s = median_or_none(m["seconds"] for m in in_window if m["ablate"])
+    schedule_measured = None
+    if schedule is not None:
+        cost = (counts["light"] * (light_s or 0.0) + counts["probes_only"] * (periodic_s or 0.0)
+                + counts["partition"] * (partition_s if partition_s is not None else full_s)
+                + counts["partition_and_ablation"] * (ablation_s if ablation_s is not None else full_s))
+        schedule_measured = 100 * cost / (period * step)
     first = arms[0] if arms else None
     compile_s = None
     if first is not None and first.get("seconds_before_window") is not None and step:
@@ -236,6 +251,8 @@ def estimates(rounds: list[dict], partial: dict, settings: dict, period: int, st
         "schedule_period_steps": period,
         "schedule_measurements_per_period": counts,
         "schedule_overhead_pct_upper_bound": schedule,
+        "partition_measurement_seconds": partition_s,
+        "schedule_overhead_pct": schedule_measured,
         "compile_seconds_estimate": compile_s,
         "peak_memory_allocated_bytes": {
             arm: max((a.get("peak_memory_allocated_bytes") or 0 for a in group), default=None) or None
@@ -256,6 +273,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--suffix", default="",
+                        help="appended to the JSON's name (overhead-tiny-cpu-<date><suffix>.json): a second run of a day "
+                             "beside the first")
+    parser.add_argument("--note", default=None, help="a note kept in the JSON (e.g. what else ran on the machine)")
     # Everything else is a config override (`--model.compile=false`, `--data.max_bytes 1e7`), passed on
     # in order, after the config files, to the parser `lamina fit` uses.
     args, args.overrides = parser.parse_known_args()
@@ -315,10 +336,19 @@ def main() -> None:
             "rounds": rounds,
             "partial_round": partial or None,
             "measurements_so_far": list(running.timings) if running is not None else None,
+            "command": "python " + " ".join(sys.argv),
+            "note": args.note,
         }
-        write_result(out, args.out, "overhead", args.config[-1], device,
-                     ("complete", "stage", "ratio_on_over_off", "overhead_pct_median", "measured_share_pct_median",
-                      "light_share_pct_median"))
+        # With a suffix, written aside first: the day's JSON without one is never overwritten.
+        folder = Path(args.out) / ".overhead-unsuffixed" if args.suffix else Path(args.out)
+        path = write_result(out, folder, "overhead", args.config[-1], device,
+                            ("complete", "stage", "ratio_on_over_off", "overhead_pct_median",
+                             "measured_share_pct_median", "light_share_pct_median"))
+        if args.suffix:
+            final = Path(args.out) / f"{path.stem}{args.suffix}{path.suffix}"
+            path.replace(final)
+            folder.rmdir()
+            print(f"moved to {final}")
 
     for r in range(args.rounds):
         partial = {}

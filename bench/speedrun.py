@@ -6,11 +6,12 @@ recipe ablation that picked the new recipe.
     python bench/speedrun.py ablation --steps 300 --threads 1 --out bench/results
 
 **speedrun**: on one text and one model shape (configs/tiny.yaml's), three arms:
-- `today`: configs/tiny.yaml's recipe (AdamW, GELU, learned positions, tied head), its 600 steps;
+- `nanogpt`: nanoGPT's 2022 recipe (NANOGPT_RECIPE: AdamW at lr 2e-3, GELU, learned positions, a tied
+  head; configs/tiny.yaml's until 2026-12-07), 600 steps;
 - `new`: the recipe chosen by the ablation (NEW_RECIPE below), on a shorter schedule (`--new-steps`);
-- `plain`: today's model and hyperparameters in the plain nanoGPT-style loop (bench/plain_loop.py),
-  from the same initial weights and reading the same training windows as `today`.
-The target is today's val bpb at its last step, measured in the same run (round 0 runs `today`
+- `plain`: nanoGPT's model and hyperparameters in the plain nanoGPT-style loop (bench/plain_loop.py),
+  from the same initial weights and reading the same training windows as `nanogpt`.
+The target is nanoGPT's val bpb at its last step, measured in the same run (round 0 runs `nanogpt`
 first). Every arm is validated by one evaluator (plain_loop.mean_val_loss over the data module's
 fixed val windows, as bits per byte) on the same text, `data.val_source`:
 - `--corpus world`: the built-in corpus (tiny's 4 MB); val is the world text that comes after
@@ -20,16 +21,16 @@ fixed val windows, as bits per byte) on the same text, `data.val_source`:
   file name, the first `--text-bytes`; nanoGPT's split: the first 90% is data.source, the last
   10% data.val_source.
 Rounds are interleaved in one process (round r runs the arms in a rotated order; round 0 starts
-with `today`). An arm's time is the wall (and CPU) time of its training steps up to the first
+with `nanogpt`). An arm's time is the wall (and CPU) time of its training steps up to the first
 validation at or below the target, validations excluded, setup (Trainer, optimizer) excluded;
 steps are counted at the validation points (every `--eval-every` steps), so they overshoot the true
-crossing by less than that. `new` and `plain` stop at the target; `today` runs its whole schedule.
+crossing by less than that. `new` and `plain` stop at the target; `nanogpt` runs its whole schedule.
 
-**ablation**: tiny's shape on the world corpus, one change at a time from today's recipe and all
+**ablation**: tiny's shape on the world corpus, one change at a time from nanoGPT's recipe and all
 of them together (ABLATION_ARMS), each trained `--steps` steps (its own schedule of that length)
 with one seed (`--seeds` more on the arms named by `--seed-arms`, to size seed noise): val bpb at
 the last step; then `--timing-rounds` interleaved rounds of `--timing-steps` steps of every arm for
-the wall and CPU time per step, taken as a ratio to `today` within each round.
+the wall and CPU time per step, taken as a ratio to `nanogpt` within each round.
 
 Writes `<out>/speedrun-<corpus>-cpu-<date>.json`, or `<out>/recipe-ablation-cpu-<date>.json` and
 `.md` (the table). Any other argument is a config override, as with `lamina fit`
@@ -66,7 +67,11 @@ from lamina.lm import bits_per_byte  # noqa: E402
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
-# One change at a time from today's recipe (configs/tiny.yaml's model), and all together. Keys are
+# nanoGPT's 2022 recipe, under every arm (configs/tiny.yaml's model keys before it took the new recipe):
+# each arm's changes are made to it, so the arms mean the same whatever tiny.yaml's recipe is.
+NANOGPT_RECIPE = {"optimizer": "adamw", "lr": 2.0e-3, "rotary": False, "activation": "gelu", "qk_norm": False,
+                  "tie_embeddings": True, "zero_init_projections": False, "logit_softcap": None}
+# One change at a time from nanoGPT's recipe, and all together. Keys are
 # LanguageModel's (model.<key>); values as a config file would give them.
 CHANGES = {
     "muon": {"optimizer": "muon"},
@@ -76,11 +81,11 @@ CHANGES = {
     "untied": {"tie_embeddings": False},
     "zero_init": {"zero_init_projections": True},
     "softcap30": {"logit_softcap": 30.0},
-    "lr4e-3": {"lr": 4.0e-3},  # AdamW's lr (tiny's is 2e-3); with muon, the lr of the AdamW groups
+    "lr4e-3": {"lr": 4.0e-3},  # AdamW's lr (NANOGPT_RECIPE's is 2e-3); with muon, the lr of the AdamW groups
 }
 ALL = {k: v for name, change in CHANGES.items() if name != "lr4e-3" for k, v in change.items()}
 ABLATION_ARMS = {
-    "today": {},
+    "nanogpt": {},
     **CHANGES,
     "all": ALL,
     "all+lr4e-3": {**ALL, **CHANGES["lr4e-3"]},
@@ -235,10 +240,10 @@ def recipe_overrides(recipe: dict) -> list[str]:
 
 
 def make_module(overrides: list[str], recipe: dict, seed: int | None = None):
-    """The model `lamina fit` would build from configs/tiny.yaml, these overrides and the recipe
-    (its initial weights fixed by seed_everything, tiny's 1337 unless `seed`)."""
+    """The model `lamina fit` would build from configs/tiny.yaml, these overrides and the recipe (its
+    changes to NANOGPT_RECIPE; its initial weights fixed by seed_everything, tiny's 1337 unless `seed`)."""
     extra = ["--seed_everything", str(seed)] if seed is not None else []
-    return build(CONFIG, [*overrides, *recipe_overrides(recipe), *extra])
+    return build(CONFIG, [*overrides, *recipe_overrides({**NANOGPT_RECIPE, **recipe}), *extra])
 
 
 def train_lamina(module, datamodule, config, steps: int, curve: Curve, log_dir: Path) -> None:
@@ -256,7 +261,7 @@ def train_lamina(module, datamodule, config, steps: int, curve: Curve, log_dir: 
 
 
 def train_plain_arm(module, datamodule, config, steps: int, curve: Curve) -> None:
-    """Today's model and hyperparameters in the plain nanoGPT-style loop, from the module's initial
+    """NanoGPT's model and hyperparameters in the plain nanoGPT-style loop, from the module's initial
     weights, reading the windows lamina's trainer reads (from batch 0)."""
     model, h = module.model, module.hparams
     datamodule.trainer = None
@@ -280,35 +285,35 @@ def speedrun(args, overrides: list[str]) -> Path:
     overrides, about = corpus_overrides(args.corpus, overrides, work, args.text_bytes)
     log_dir = Path(tempfile.mkdtemp(prefix="lamina-speedrun-"))
     arms = {
-        "today": {"recipe": {}, "steps": args.today_steps, "every": args.today_eval_every},
+        "nanogpt": {"recipe": {}, "steps": args.nanogpt_steps, "every": args.nanogpt_eval_every},
         "new": {"recipe": NEW_RECIPE, "steps": args.new_steps, "every": args.eval_every},
-        "plain": {"recipe": {}, "steps": args.today_steps, "every": args.eval_every},
+        "plain": {"recipe": {}, "steps": args.nanogpt_steps, "every": args.eval_every},
     }
     rounds, target = [], None
     for r in range(args.rounds):
-        order = ["today", "new", "plain"]
-        order = order[r % 3:] + order[: r % 3] if r else order  # round 0: today first (the target)
+        order = ["nanogpt", "new", "plain"]
+        order = order[r % 3:] + order[: r % 3] if r else order  # round 0: nanogpt first (the target)
         result = {"order": order}
         for arm in order:
             spec = arms[arm]
             gc.collect()
             module, datamodule, config = make_module(overrides, spec["recipe"])
             ready(datamodule)
-            curve = Curve(evaluator(datamodule), spec["every"], spec["steps"], target, stop_at_target=arm != "today")
+            curve = Curve(evaluator(datamodule), spec["every"], spec["steps"], target, stop_at_target=arm != "nanogpt")
             if arm == "plain":
                 train_plain_arm(module, datamodule, config, spec["steps"], curve)
             else:
                 train_lamina(module, datamodule, config, spec["steps"], curve, log_dir)
             result[arm] = curve.summary(target)
-            if arm == "today" and target is None:
+            if arm == "nanogpt" and target is None:
                 target = result[arm]["final_val_bpb"]
                 result[arm] = curve.summary(target)
             print(f"speedrun: round {r} {arm}: {json.dumps({k: v for k, v in result[arm].items() if k != 'curve'})}",
                   flush=True)
         for arm in ("new", "plain"):
-            a, b = result[arm], result["today"]
-            result[f"{arm}_over_today_wall"] = a["seconds_to_target"] / b["seconds_to_target"] if a["reached_target"] else None
-            result[f"{arm}_over_today_cpu"] = (
+            a, b = result[arm], result["nanogpt"]
+            result[f"{arm}_over_nanogpt_wall"] = a["seconds_to_target"] / b["seconds_to_target"] if a["reached_target"] else None
+            result[f"{arm}_over_nanogpt_cpu"] = (
                 a["cpu_seconds_to_target"] / b["cpu_seconds_to_target"] if a["reached_target"] else None
             )
         rounds.append(result)
@@ -343,24 +348,24 @@ def speedrun(args, overrides: list[str]) -> Path:
         "batch_size": config.data.batch_size,
         "tokens_per_step": config.data.batch_size * model_args(config).block_size,
         "val_tokens": config.data.val_tokens,
-        "target": "today's val bpb at its last step (step %d), measured in this run" % args.today_steps,
+        "target": "nanoGPT's val bpb at its last step (step %d), measured in this run" % args.nanogpt_steps,
         "target_val_bpb": target,
         "eval_every": args.eval_every,
         "rounds_run": args.rounds,
         "threads": torch.get_num_threads(),
         "arms": {arm: arm_summary(arm) for arm in arms},
-        "new_over_today_wall": median("new_over_today_wall"),
-        "new_over_today_wall_per_round": [r["new_over_today_wall"] for r in rounds],
-        "new_over_today_cpu": median("new_over_today_cpu"),
-        "new_over_today_cpu_per_round": [r["new_over_today_cpu"] for r in rounds],
-        "plain_over_today_wall": median("plain_over_today_wall"),
-        "plain_over_today_cpu": median("plain_over_today_cpu"),
-        "goal": "new_over_today_wall <= 0.5",
+        "new_over_nanogpt_wall": median("new_over_nanogpt_wall"),
+        "new_over_nanogpt_wall_per_round": [r["new_over_nanogpt_wall"] for r in rounds],
+        "new_over_nanogpt_cpu": median("new_over_nanogpt_cpu"),
+        "new_over_nanogpt_cpu_per_round": [r["new_over_nanogpt_cpu"] for r in rounds],
+        "plain_over_nanogpt_wall": median("plain_over_nanogpt_wall"),
+        "plain_over_nanogpt_cpu": median("plain_over_nanogpt_cpu"),
+        "goal": "new_over_nanogpt_wall <= 0.5",
         "rounds": rounds,
     }
-    result["goal_met"] = result["new_over_today_wall"] is not None and result["new_over_today_wall"] <= 0.5
+    result["goal_met"] = result["new_over_nanogpt_wall"] is not None and result["new_over_nanogpt_wall"] <= 0.5
     return write_result(result, args.out, "speedrun", args.corpus, torch.device("cpu"),
-                        ("target_val_bpb", "new_over_today_wall", "new_over_today_cpu", "plain_over_today_wall"))
+                        ("target_val_bpb", "new_over_nanogpt_wall", "new_over_nanogpt_cpu", "plain_over_nanogpt_wall"))
 
 
 # ---- ablation ----------------------------------------------------------------------------------------
@@ -417,11 +422,11 @@ def ablation(args, overrides: list[str]) -> Path:
         print(f"ablation: {name} seed {run['seed']}: val bpb {run['final_val_bpb']:.4f} at step {run['final_step']}, "
               f"{run['seconds_per_step']:.3f} s/step", flush=True)
 
-    # Time per step: interleaved rounds of every arm not timed before, with today in each (the ratios
+    # Time per step: interleaved rounds of every arm not timed before, with nanogpt in each (the ratios
     # are taken within a round, so rounds of an earlier invocation and of this one combine).
     timing = list(prior["timing_rounds"]) if prior else []
     timed = {name for row in timing for name in row["order"]}
-    to_time = ["today"] + [n for n in names if n != "today" and n not in timed]
+    to_time = ["nanogpt"] + [n for n in names if n != "nanogpt" and n not in timed]
     for r in range(args.timing_rounds if len(to_time) > 1 or not timed else 0):
         order = to_time[r % len(to_time):] + to_time[: r % len(to_time)]
         row = {"order": order}
@@ -432,11 +437,11 @@ def ablation(args, overrides: list[str]) -> Path:
             row[name] = dict(zip(("seconds_per_step", "cpu_seconds_per_step"),
                                  time_steps(module, datamodule, config, args.timing_steps, args.timing_skip, log_dir)))
         for name in order:
-            row[name]["wall_ratio_to_today"] = row[name]["seconds_per_step"] / row["today"]["seconds_per_step"]
-            row[name]["cpu_ratio_to_today"] = row[name]["cpu_seconds_per_step"] / row["today"]["cpu_seconds_per_step"]
+            row[name]["wall_ratio_to_nanogpt"] = row[name]["seconds_per_step"] / row["nanogpt"]["seconds_per_step"]
+            row[name]["cpu_ratio_to_nanogpt"] = row[name]["cpu_seconds_per_step"] / row["nanogpt"]["cpu_seconds_per_step"]
         timing.append(row)
         print(f"ablation: timing round {len(timing) - 1}: " + ", ".join(
-            f"{n} {row[n]['cpu_ratio_to_today']:.3f}" for n in order), flush=True)
+            f"{n} {row[n]['cpu_ratio_to_nanogpt']:.3f}" for n in order), flush=True)
     shutil.rmtree(log_dir, ignore_errors=True)
 
     first = {run["arm"]: run for run in runs if run["seed"] == 1337}
@@ -448,7 +453,7 @@ def ablation(args, overrides: list[str]) -> Path:
                              "range": max(values) - min(values),
                              "sd": statistics.stdev(values) if len(values) > 1 else None}
     noise = max((s["range"] for s in seed_spread.values() if len(s["seeds"]) > 1), default=None)
-    base = first["today"]["final_val_bpb"] if "today" in first else None
+    base = first["nanogpt"]["final_val_bpb"] if "nanogpt" in first else None
     table = []
     for name in names:
         run = first[name]
@@ -457,13 +462,13 @@ def ablation(args, overrides: list[str]) -> Path:
             "arm": name,
             "recipe": ABLATION_ARMS[name],
             "val_bpb": run["final_val_bpb"],
-            "minus_today": run["final_val_bpb"] - base if base is not None else None,
+            "minus_nanogpt": run["final_val_bpb"] - base if base is not None else None,
             "within_seed_noise": (abs(run["final_val_bpb"] - base) <= noise) if noise is not None and base is not None
             else None,
             "seconds_per_step": statistics.median(t["seconds_per_step"] for t in rows) if rows else run["seconds_per_step"],
             "cpu_seconds_per_step": statistics.median(t["cpu_seconds_per_step"] for t in rows) if rows else None,
-            "cpu_time_per_step_vs_today": statistics.median(t["cpu_ratio_to_today"] for t in rows) if rows else None,
-            "wall_time_per_step_vs_today": statistics.median(t["wall_ratio_to_today"] for t in rows) if rows else None,
+            "cpu_time_per_step_vs_nanogpt": statistics.median(t["cpu_ratio_to_nanogpt"] for t in rows) if rows else None,
+            "wall_time_per_step_vs_nanogpt": statistics.median(t["wall_ratio_to_nanogpt"] for t in rows) if rows else None,
             "timing_rounds": len(rows),
             "train_seconds": run["train_seconds"],
         })
@@ -481,8 +486,8 @@ def ablation(args, overrides: list[str]) -> Path:
                 "windows (data.seed 0) are the same in every run",
         "seed_noise": seed_spread,
         "seed_noise_range": noise,
-        "timing": f"interleaved rounds of {args.timing_steps} steps of every arm (with today in each), timed after "
-                  f"{args.timing_skip}; ratios to today within each round, medians",
+        "timing": f"interleaved rounds of {args.timing_steps} steps of every arm (with nanogpt in each), timed after "
+                  f"{args.timing_skip}; ratios to nanogpt within each round, medians",
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
         "table": table,
@@ -529,23 +534,23 @@ def ablation_markdown(result: dict) -> str:
         f"Machine: {result.get('cpu', result['device'])}, {result['threads']} thread, a 2-core CPU shared with "
         f"other work; torch {result['versions']['torch']}. Time per step: {result['timing']}.",
         "",
-        "| arm | change from today | val bpb | minus today | beyond seed noise | CPU time / step vs today "
-        "| wall time / step vs today |",
+        "| arm | change from nanogpt | val bpb | minus nanogpt | beyond seed noise | CPU time / step vs nanogpt "
+        "| wall time / step vs nanogpt |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["table"]:
         change = ", ".join(f"{k}={v}" for k, v in row["recipe"].items()) or "(configs/tiny.yaml's model)"
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        beyond = "-" if row["within_seed_noise"] is None or row["arm"] == "today" else (
+        beyond = "-" if row["within_seed_noise"] is None or row["arm"] == "nanogpt" else (
             "no" if row["within_seed_noise"] else "yes")
-        lines.append(f"| {row['arm']} | {change} | {row['val_bpb']:.4f} | {fmt(row['minus_today'], '+.4f')} | {beyond} "
-                     f"| {fmt(row['cpu_time_per_step_vs_today'], '.3f')} | {fmt(row['wall_time_per_step_vs_today'], '.3f')} |")
+        lines.append(f"| {row['arm']} | {change} | {row['val_bpb']:.4f} | {fmt(row['minus_nanogpt'], '+.4f')} | {beyond} "
+                     f"| {fmt(row['cpu_time_per_step_vs_nanogpt'], '.3f')} | {fmt(row['wall_time_per_step_vs_nanogpt'], '.3f')} |")
     lines.append("")
     for name, s in result["seed_noise"].items():
         lines.append(f"Seed noise, `{name}` over initial-weight seeds {s['seeds']}: val bpb "
                      f"{', '.join(f'{v:.4f}' for v in s['val_bpb'])} (range {s['range']:.4f}).")
     if noise is not None:
-        lines.append(f"An arm is beyond seed noise when it differs from today by more than {noise:.4f}, the "
+        lines.append(f"An arm is beyond seed noise when it differs from nanogpt by more than {noise:.4f}, the "
                      f"largest range above (measured on one arm only).")
     lines.append(f"Whole ablation: {result['total_wall_minutes']:.1f} wall minutes, "
                  f"{result['total_cpu_minutes']:.1f} CPU minutes.")
@@ -569,13 +574,13 @@ def parse_args(argv=None):
         if name == "speedrun":
             p.add_argument("--corpus", choices=("world", "text"), default="world")
             p.add_argument("--rounds", type=int, default=2)
-            p.add_argument("--today-steps", type=int, default=600, help="today's schedule (configs/tiny.yaml's)")
-            p.add_argument("--today-eval-every", type=int, default=100)
+            p.add_argument("--nanogpt-steps", type=int, default=600, help="nanoGPT's schedule (configs/tiny.yaml's)")
+            p.add_argument("--nanogpt-eval-every", type=int, default=100)
             p.add_argument("--new-steps", type=int, default=300, help="the new recipe's schedule")
         else:
             p.add_argument("--steps", type=int, default=300)
             p.add_argument("--arms", nargs="*", default=None, choices=list(ABLATION_ARMS))
-            p.add_argument("--seed-arms", nargs="*", default=["today"], choices=list(ABLATION_ARMS))
+            p.add_argument("--seed-arms", nargs="*", default=["nanogpt"], choices=list(ABLATION_ARMS))
             p.add_argument("--seeds", nargs="*", type=int, default=[1, 2], help="more seed_everything values")
             p.add_argument("--timing-rounds", type=int, default=3)
             p.add_argument("--timing-steps", type=int, default=25)

@@ -7,7 +7,8 @@
 
 Any config key can be overridden, in either form (`--key value` or `--key=value`), as with
 `lamina fit`. Both arms start from the same weights and read the same batches from the same data
-module, with the same model, batch, steps, precision, gradient clipping and schedule, measuring off
+module, with the same model, batch, steps, precision, gradient clipping and schedule, AdamW in both (the
+config's model.optimizer is set to adamw: the plain loop is nanoGPT's), measuring off
 and no validation in either. The lamina arm is a Lightning Trainer with the callbacks every lamina
 run trains with; the plain arm is `plain_loop.train_plain`, a loop as strong as nanoGPT's (fused
 AdamW where the device has it, no host sync per step). Each arm is timed from step `--warmup` on
@@ -69,6 +70,9 @@ class StepTimer(L.Callback):
     def on_train_end(self, trainer, module):
         synchronize(module.device)
         self.elapsed, self.cpu_seconds = time.perf_counter() - self.t0, time.process_time() - self.cpu0
+
+
+SAME_OPTIMIZER = ("--model.optimizer", "adamw")  # the optimizer both arms can run
 
 
 def build(config: str | list[str], overrides: list[str]) -> tuple[LanguageModel, TextDataModule, dict]:
@@ -162,7 +166,8 @@ def main(argv=None) -> Path:
         raise SystemExit(f"throughput: --warmup {args.warmup} must be below --steps {args.steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    module, datamodule, config = build(args.config, overrides)
+    # Both arms step AdamW (the plain loop is nanoGPT's, AdamW only), whatever model.optimizer says.
+    module, datamodule, config = build(args.config, [*overrides, *SAME_OPTIMIZER])
     datamodule.prepare_data()
     datamodule.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() and config.trainer.accelerator != "cpu" else "cpu")

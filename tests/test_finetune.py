@@ -1,7 +1,9 @@
-"""lamina.finetune: drift against a reference, knowledge retained, proxy tuning. Every measure on
-inputs whose answer is known by construction: a model against itself and against a rotated copy
-of itself (the same function in another residual basis), independent features against their
-permutation null, a stub that knows the answers, an expert that was taught one planted fact."""
+"""lamina.finetune: drift against a reference, knowledge retained, proxy tuning, restored blocks.
+Every measure on inputs whose answer is known by construction: a model against itself and against a
+rotated copy of itself (the same function in another residual basis), independent features against
+their permutation null, a stub that knows the answers, an expert that was taught one planted fact, a
+reader built to prefer one choice, a model whose planted fact outlives its answer's format, a
+model whose fact-holding block was overwritten."""
 
 from __future__ import annotations
 
@@ -17,15 +19,24 @@ from lamina.errors import ConfigError
 from lamina.finetune import drift as drift_mod
 from lamina.finetune.drift import DriftMeter, fact_probe
 from lamina.pretrained import load_gpt
-from lamina.finetune.proxy import ProxyTuned, main as proxy_main
+from lamina.finetune.proxy import ProxyTuned, main as proxy_main, sweep_logits
+from lamina.finetune.restore import halves, restored
 from lamina.finetune.retention import (
+    ChoiceItem,
     EvalItem,
     GreedyCompleter,
     RetentionSuite,
+    choice_accuracy,
+    choice_chance,
+    choice_credit,
+    choice_items,
+    continuation_log_probs,
     fact_items,
     form_chance,
+    model_logits,
     question_form,
     score,
+    swap_answer,
     task_items,
     wilson_interval,
 )
@@ -273,6 +284,107 @@ def test_task_file_pairs_and_their_bad_lines(tmp_path):
         task_items(tmp_path / "missing.jsonl")
 
 
+# ---- forced choice ---------------------------------------------------------------------------
+
+
+def test_choices_are_the_forms_answers_written_as_the_corpus_writes_them():
+    lives = [EvalItem(f"Q: Where does {name} live? A:", town, "line", f" {town}.\n")
+             for name, town in (("Mira", "Osk"), ("Tomas", "Osk"), ("Ilse", "Brill"))]
+    eats = EvalItem("Q: What does the fox eat? A:", "mice", "line", " mice.\n")
+    items = choice_items([*lives, eats])
+    assert items[0] == ChoiceItem("Q: Where does Mira live? A:", (" Osk.\n", " Brill.\n"), 0)
+    assert items[2].answer == 1 and items[3].choices == (" mice.\n",)  # one answer in its form: one choice
+    # chance: the better of a uniform guess (mean 1/k over the three town questions: 1/2) and the
+    # form's commonest answer (Osk: 2 of 3 right)
+    assert choice_chance(lives) == pytest.approx(2 / 3)
+    assert choice_chance(lives[2:], population=lives) == pytest.approx(1 / 2)
+    # two-hop: the answer is put in wherever the right continuation writes it, and nowhere else
+    gold = " Mira has a fox. The fox eats mice. </think> A: mice.\n"
+    assert swap_answer(gold, "mice", "moths") == " Mira has a fox. The fox eats moths. </think> A: moths.\n"
+    assert swap_answer(" The baker is Mira. Mira has a fox. </think> A: a fox.\n", "a fox", "an owl") == (
+        " The baker is Mira. Mira has an owl. </think> A: an owl.\n")
+    assert swap_answer(" Osko is Osk.", "Osk", "Dun") == " Osko is Dun."  # whole words only
+    world_two = fact_items("two_hop", seed=3)
+    for item, choice in zip(world_two, choice_items(world_two)):
+        assert choice.choices[choice.answer] == item.gold and len(set(choice.choices)) == len(choice.choices) >= 8
+
+
+def test_choice_credit_counts_ties_and_unscored_questions():
+    assert choice_credit([-1.0, -2.0, -3.0], 0) == 1.0 and choice_credit([-1.0, -2.0], 1) == 0.0
+    assert choice_credit([-1.0, -1.0, -1.0, -5.0], 2) == pytest.approx(1 / 3)  # an indifferent reader: 1/k
+    assert choice_credit([float("-inf")] * 3, 0) == 0.0  # nothing fits the context: wrong, as in `score`
+
+
+def test_continuation_log_probs_are_the_models_own_summed_log_probabilities(one_thread):
+    """Batched and right-padded, each pair's number is the sum of log p(token | prefix) over its
+    continuation, computed here one pair at a time without padding."""
+    model, tok = tiny_gpt(6, block_size=32), byte_tokenizer()
+    pairs = [("Q: a? A:", " Osk.\n"), ("Q: where? A:", " Brill.\n"), ("Q:", " x"), ("x" * 40, " too long")]
+    got = continuation_log_probs(model_logits({"m": model}), pairs, tok, EOT, 32, torch.device("cpu"), batch_size=2)
+    for (prompt, continuation), value in zip(pairs[:3], got["m"][:3]):
+        p, c = tok.encode(prompt).ids, tok.encode(continuation).ids
+        ids = torch.tensor([[EOT, *p, *c]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1])[0][0, :, :259].double(), dim=-1)
+        expected = sum(float(logp[len(p) + k, c[k]]) for k in range(len(c)))
+        assert value == pytest.approx(expected, abs=1e-4)
+    assert got["m"][3] == float("-inf")  # longer than the context: not scored
+
+
+def test_forced_choice_is_one_for_a_reader_that_knows_and_zero_for_one_that_knows_otherwise(one_thread):
+    """A reader built to put its mass on one continuation per prompt (the right one, or the first
+    wrong one): forced choice reads exactly what it knows, whatever the answer's format."""
+    tok = byte_tokenizer()
+    suite = RetentionSuite(tok, seed=11, items=12)
+    items = suite.choices["eval/facts/one_hop"]
+
+    def knower(pick) -> callable:
+        texts = {item.prompt: item.choices[pick(item)] for item in items}
+
+        def logits(idx):
+            out = torch.zeros(*idx.shape, 259)
+            for r, row in enumerate(idx.tolist()):
+                text = tok.decode(row, skip_special_tokens=False).removeprefix("<|endoftext|>")
+                for prompt, continuation in texts.items():
+                    whole = tok.encode(prompt + continuation).ids
+                    if text.startswith(prompt):
+                        for t in range(len(row) - 1):  # position t predicts token t + 1 of the row
+                            if t < len(whole):
+                                out[r, t, whole[t]] = 30.0
+            return {"reader": out}
+
+        return logits
+
+    device = torch.device("cpu")
+    right = choice_accuracy(knower(lambda item: item.answer), items, tok, EOT, 128, device)["reader"]
+    wrong = choice_accuracy(knower(lambda item: (item.answer + 1) % len(item.choices)), items, tok, EOT, 128,
+                            device)["reader"]
+    assert (right.value, right.n, wrong.value) == (1.0, 12, 0.0)
+    # an untrained model guesses: about chance (0.10), never near what it would take to know
+    guesses = suite.evaluate_choices(model_logits({"random": tiny_gpt(4, block_size=128)}), EOT, 128, device)
+    assert guesses["random"]["eval/facts/one_hop"].value <= 0.4
+    assert suite.choice_chance["eval/facts/one_hop"] == pytest.approx(form_chance(
+        suite.sets["eval/facts/one_hop"], fact_items("one_hop", seed=11)), abs=0.1)
+
+
+def test_forced_choice_reads_a_planted_fact_through_a_lost_format(one_thread):
+    """A model taught one fact, then taught to write digits after `A:` (its answer's format gone):
+    greedy exact match reads 0, forced choice still picks the fact."""
+    fact = EvalItem("Q: Where does Mira live? A:", "Osk", "line", " Osk.\n")
+    tok = byte_tokenizer()
+    knows = taught(tiny_gpt(2, n_layer=1), fact.prompt + fact.gold)
+    digits = taught(knows, "Q: Where does Mira live? A: 7.\n", steps=15)
+    item = ChoiceItem(fact.prompt, (" Osk.\n", " Brill.\n", " Dun.\n", " Vale.\n"), 0)
+
+    def greedy(model):
+        return GreedyCompleter(lambda idx, n, stop: model.generate(idx, n, temperature=0, stop_id=stop), tok, EOT, 64,
+                               torch.device("cpu"))
+
+    assert score(greedy(digits), [fact], 8).value == 0.0
+    read = choice_accuracy(model_logits({"knows": knows, "digits": digits}), [item], tok, EOT, 64, torch.device("cpu"))
+    assert read["knows"].value == 1.0 and read["digits"].value == 1.0
+
+
 # ---- proxy tuning ---------------------------------------------------------------------------
 
 
@@ -333,6 +445,20 @@ def test_proxy_answers_a_fact_only_the_expert_was_taught(one_thread):
     assert score(completer(lambda idx, n, stop: proxy.generate(idx, n, stop_id=stop)), [fact], budget).value == 1.0
 
 
+def test_proxy_sweep_logits_are_the_combination_at_each_alpha(one_thread):
+    base, expert, anti = tiny_gpt(0), tiny_gpt(1), tiny_gpt(2)
+    idx = windows(2, 12, seed=3)
+    models = {"base": base, "expert": expert, "anti": anti}
+    out = sweep_logits(models, ("base", "expert", "anti"), {"p0": 0.0, "p1": 1.0, "p2": 2.0})(idx)
+    b, e, a = (m(idx)[0][..., :259].float() for m in (base, expert, anti))
+    assert torch.equal(out["p0"], b) and torch.equal(out["base"], b)
+    assert torch.allclose(out["p1"], b + e - a) and torch.allclose(out["p2"], b + 2 * (e - a))
+    # expert = anti: the proxy is the base at every strength, so it keeps exactly what the base knows
+    same = sweep_logits({"base": base, "expert": expert, "anti": copy.deepcopy(expert)}, ("base", "expert", "anti"),
+                        {"p2": 2.0})(idx)
+    assert torch.equal(same["p2"], same["base"])
+
+
 def save_checkpoint(model: GPT, path, kind: str = "byte") -> str:
     c = model.config
     hparams = {k: getattr(c, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "activation",
@@ -373,6 +499,49 @@ def test_lamina_proxy_writes_its_report_and_refuses_other_tokenizers(tmp_path, o
     with pytest.raises(ConfigError, match="^--base: no such checkpoint file"):
         proxy_main(["--base", str(tmp_path / "none.ckpt"), "--expert", expert, "--anti", expert])
     assert load_gpt(bpe, "--anti").tokenizer_file.endswith("tokenizer.json")
+
+
+# ---- restoring blocks ------------------------------------------------------------------------
+
+
+def test_restoring_blocks_puts_back_those_blocks_and_nothing_else(one_thread):
+    assert halves(4) == ((0, 1), (2, 3)) and halves(5) == ((0, 1), (3, 4)) and halves(2) == ((0,), (1,))
+    with pytest.raises(ConfigError, match="^model.n_layer: expected at least 2 blocks"):
+        halves(1)
+    reference, tuned = tiny_gpt(0, n_layer=4), tiny_gpt(1, n_layer=4)
+    lower = restored(tuned, reference, halves(4)[0])
+    for name, p in lower.named_parameters():
+        source = reference if name.startswith(("transformer.h.0.", "transformer.h.1.")) else tuned
+        assert torch.equal(p, dict(source.named_parameters())[name]), name
+    assert not torch.equal(lower.transformer.wte.weight, reference.transformer.wte.weight)  # embeddings stay tuned
+    idx = windows(2, 16)
+    # nothing fine-tuned: every restoration is the model itself, logit for logit
+    for blocks in halves(4):
+        assert torch.equal(restored(reference, reference, blocks)(idx)[0], reference(idx)[0])
+    # every block and the embeddings put back: the reference
+    everything = restored(tuned, reference, range(4))
+    everything.load_state_dict({**everything.state_dict(), **{k: v for k, v in reference.state_dict().items()
+                                                              if not k.startswith("transformer.h.")}})
+    assert torch.equal(everything(idx)[0], reference(idx)[0])
+    with pytest.raises(ConfigError, match="^restore: expected a reference of the tuned model's shape"):
+        restored(tuned, tiny_gpt(2, n_layer=2), [0])
+
+
+def test_restoring_the_corrupted_block_brings_the_planted_fact_back(one_thread):
+    """A model that knows a fact, with its lower block overwritten (what a harmful fine-tuning of the
+    lower layers would do): putting the lower block back restores the fact; the upper one does not."""
+    fact = ChoiceItem("Q: Where does Mira live? A:", (" Osk.\n", " Brill.\n", " Dun.\n", " Vale.\n"), 0)
+    knows = taught(tiny_gpt(3, n_layer=2), fact.prompt + fact.choices[0], steps=60)
+    broken = copy.deepcopy(knows)
+    broken.transformer.h[0].load_state_dict(tiny_gpt(9, n_layer=2).transformer.h[0].state_dict())
+    lower, upper = halves(2)
+    arms = {"base": knows, "finetuned": broken, "lower": restored(broken, knows, lower),
+            "upper": restored(broken, knows, upper)}
+    tok = byte_tokenizer()
+    scores = continuation_log_probs(model_logits(arms), [(fact.prompt, c) for c in fact.choices], tok, EOT, 64,
+                                    torch.device("cpu"))
+    assert scores["lower"] == scores["base"]  # the very model
+    assert max(scores["base"]) == scores["base"][0] and scores["lower"][0] - scores["upper"][0] > 1.0
 
 
 # ---- the callback in a real (tiny) fit --------------------------------------------------------

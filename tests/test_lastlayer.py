@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,12 +13,14 @@ from lamina.data import world
 from lamina.data.tokenizer import EOT, byte_tokenizer, train_bpe
 from lamina.instrument.lastlayer import (
     STATS,
-    answer_hidden_states,
-    answer_positions_probe,
     lastlayer_stats,
     lastlayer_values,
     level_seed,
-    position_before_answer,
+    matched_gap,
+    prompt_hidden_states,
+    prompt_of,
+    prompt_positions_probe,
+    prompts_probe,
     welch_gap,
 )
 from lamina.kernels import top_count
@@ -139,47 +142,43 @@ def test_measures_shapes_invariances_and_bad_input():
 
 
 @pytest.mark.parametrize("kind", ["byte", "bpe"])
-def test_position_is_the_one_before_the_answer(kind, byte_tok, bpe_tok):
+def test_position_is_the_last_prompt_token(kind, byte_tok, bpe_tok):
+    """Jin et al. read h at the prompt's last token: the row is `<|endoftext|>` + the prompt encoded
+    alone (as a decoder is given it), nothing of the thought or the answer, nothing of the question cut."""
     tok = byte_tok if kind == "byte" else bpe_tok
     eot = tok.token_to_id(EOT)
-    probe = answer_positions_probe(tok, 11, levels=world.ARITH_LEVELS, problems_per_level=12, eot_id=eot)
-    assert len(probe) == 60 and probe.levels.tolist() == [k for k in world.ARITH_LEVELS for _ in range(12)]
-    ends = set()
+    probe = prompt_positions_probe(tok, 11, levels=world.ARITH_LEVELS, problems_per_level=12, eot_id=eot)
+    assert len(probe) == 60 and probe.skipped == 0
+    assert probe.levels.tolist() == [k for k in world.ARITH_LEVELS for _ in range(12)]
     for r, text in enumerate(probe.problems):
-        full = tok.encode(text, add_special_tokens=False)
+        prompt = prompt_of(text)
+        question = text.split(" <think>", 1)[0]
+        assert prompt == question + " <think>" and text.startswith(prompt) and "</think>" not in prompt
         p = int(probe.positions[r])
         row = probe.tokens[r].tolist()
-        assert row[0] == eot and row[: p + 1] == [eot] + full.ids[:p]
+        assert row[: p + 1] == [eot] + tok.encode(prompt, add_special_tokens=False).ids
         assert all(t == eot for t in row[p + 1 :])  # right padding only
-        prefix = tok.decode(full.ids[:p], skip_special_tokens=False)
-        nxt = tok.decode([full.ids[p]], skip_special_tokens=False)
-        answer = text[text.rindex("A: ") + 3 :].rstrip("\n")
-        start = len(text) - len(answer) - 1
-        assert text.startswith(prefix) and len(prefix) <= start < len(prefix) + len(nxt)
-        assert nxt.strip() and answer.startswith(nxt.strip())  # the next token opens the answer
-        assert not any(c.isdigit() for c in text[len(prefix) : start])  # nothing of it before
-        ends.add(prefix[-3:])
-    if kind == "byte":
-        assert ends == {"A: "}
-    else:
-        assert "\u0020A:" in ends  # BPE merges the space into the answer's first token (" 8")
+        assert tok.decode(row[1 : p + 1], skip_special_tokens=False) == prompt
+        assert int(probe.lengths[r]) == p + 1
+    strip = prompt_positions_probe(tok, 11, levels=[2], problems_per_level=4, eot_id=eot, thoughts="strip")
+    for r, text in enumerate(strip.problems):
+        assert tok.decode(strip.tokens[r, 1 : int(strip.positions[r]) + 1].tolist(),
+                          skip_special_tokens=False) == text.split(" <think>", 1)[0] + " A:"
 
 
-def test_position_before_answer_from_offsets():
-    text = "Q: 4+5=? <think> 4+5=9 </think> A: 9\n"
-    start = text.index("A: ") + 3
-    per_char = [(i, i + 1) for i in range(len(text))]
-    assert position_before_answer(text, per_char) == start - 1
-    merged = per_char[: start - 1] + [(start - 1, start + 1), (start + 1, start + 2)]  # " 9" one token
-    assert position_before_answer(text, merged) == start - 2
-    with pytest.raises(ValueError):
-        position_before_answer("no answer here", per_char)
+def test_prompt_lengths_grow_with_the_level(byte_tok):
+    """The confound the matched gaps are for: with byte tokens level 1's prompts are 11 tokens, level
+    5's 14-20, and within levels 3-5 the tasks differ in length (what the slope is read from)."""
+    probe = prompt_positions_probe(byte_tok, 3, problems_per_level=64)
+    lengths = {k: sorted(set(probe.lengths[probe.levels == k].tolist())) for k in world.ARITH_LEVELS}
+    assert lengths[1] == [11] and min(lengths[5]) >= 14 and max(lengths[5]) == 20
+    assert all(len(lengths[k]) > 1 for k in (3, 4, 5))
 
 
 def test_probe_reproducible_and_held_out(byte_tok):
-    a = answer_positions_probe(byte_tok, 5, levels=[1, 3], problems_per_level=16)
-    b = answer_positions_probe(byte_tok, 5, levels=[1, 3], problems_per_level=16)
-    c = answer_positions_probe(byte_tok, 6, levels=[1, 3], problems_per_level=16)
+    a = prompt_positions_probe(byte_tok, 5, levels=[1, 3], problems_per_level=16)
+    b = prompt_positions_probe(byte_tok, 5, levels=[1, 3], problems_per_level=16)
+    c = prompt_positions_probe(byte_tok, 6, levels=[1, 3], problems_per_level=16)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.positions, b.positions) and a.problems == b.problems
     assert a.problems != c.problems
     assert level_seed(5, 1) != level_seed(5, 3) and level_seed(5, 1) > 2**32
@@ -188,19 +187,30 @@ def test_probe_reproducible_and_held_out(byte_tok):
     assert a.problems[16:] != tuple(next(train).text for _ in range(16))
 
 
-def test_long_problems_are_cut_from_the_left(byte_tok):
-    full = answer_positions_probe(byte_tok, 2, levels=[5], problems_per_level=8)
-    cut = answer_positions_probe(byte_tok, 2, levels=[5], problems_per_level=8, block_size=24)
-    assert cut.tokens.shape[1] == 24 and (cut.positions == 23).all()
-    for r in range(8):
+def test_too_long_prompts_are_skipped_and_counted_never_cut(byte_tok):
+    full = prompt_positions_probe(byte_tok, 2, levels=[1, 5], problems_per_level=8)
+    block = 15
+    cut = prompt_positions_probe(byte_tok, 2, levels=[1, 5], problems_per_level=8, block_size=block)
+    too_long = int((full.lengths > block).sum())
+    assert 0 < too_long < 8 and cut.skipped == too_long and len(cut) == 16 - too_long
+    kept = [r for r in range(16) if int(full.lengths[r]) <= block]
+    assert cut.problems == tuple(full.problems[r] for r in kept)
+    for i, r in enumerate(kept):
         p = int(full.positions[r])
-        assert torch.equal(cut.tokens[r], full.tokens[r, p - 23 : p + 1])
+        assert int(cut.positions[i]) == p and torch.equal(cut.tokens[i, : p + 1], full.tokens[r, : p + 1])
+    stats = lastlayer_stats(tiny_gpt(block_size=block), cut, 8, "cpu")
+    assert stats["lastlayer/skipped"] == too_long
 
 
 def test_bad_probe_arguments(byte_tok):
-    for kwargs in (dict(problems_per_level=1), dict(levels=[]), dict(levels=[1, 1]), dict(block_size=0)):
+    for kwargs in (dict(problems_per_level=1), dict(levels=[]), dict(levels=[1, 1]), dict(block_size=0),
+                   dict(thoughts="drop")):
         with pytest.raises(ValueError):
-            answer_positions_probe(byte_tok, 0, **{"problems_per_level": 4, **kwargs})
+            prompt_positions_probe(byte_tok, 0, **{"problems_per_level": 4, **kwargs})
+    with pytest.raises(ValueError, match="not an arith example"):
+        prompt_of("reverse: abc -> cba\n")
+    with pytest.raises(ValueError, match="a level for each prompt"):
+        prompts_probe(byte_tok, ["Q: 1+2=? <think>"], [1, 2], 0)
 
 
 # ---- the model side --------------------------------------------------------------------------------
@@ -208,9 +218,9 @@ def test_bad_probe_arguments(byte_tok):
 
 def test_right_padding_does_not_change_h(byte_tok):
     model = tiny_gpt()
-    probe = answer_positions_probe(byte_tok, 3, levels=[1, 5], problems_per_level=6)
-    one_by_one = answer_hidden_states(model, probe, batch_size=1, device="cpu")  # no padding
-    batched = answer_hidden_states(model, probe, batch_size=len(probe), device="cpu")  # padded to the longest
+    probe = prompt_positions_probe(byte_tok, 3, levels=[1, 5], problems_per_level=6)
+    one_by_one = prompt_hidden_states(model, probe, batch_size=1, device="cpu")  # no padding
+    batched = prompt_hidden_states(model, probe, batch_size=len(probe), device="cpu")  # padded to the longest
     assert one_by_one.shape == (12, 32)
     assert torch.allclose(one_by_one, batched, atol=1e-5, rtol=1e-5)
     # Garbage after the position, and the record route by hand.
@@ -227,19 +237,26 @@ def test_right_padding_does_not_change_h(byte_tok):
 
 def test_stats_keys_and_contrast(byte_tok):
     model = tiny_gpt()
-    probe = answer_positions_probe(byte_tok, 4, levels=world.ARITH_LEVELS, problems_per_level=8)
+    probe = prompt_positions_probe(byte_tok, 4, levels=world.ARITH_LEVELS, problems_per_level=8)
     torch.manual_seed(123)
     rng_before = torch.get_rng_state()
     stats = lastlayer_stats(model, probe, batch_size=16, device="cpu")
     assert torch.equal(torch.get_rng_state(), rng_before) and not model.training
-    expected = set()
+    expected = {"lastlayer/skipped"} | {f"lastlayer/level{k}/length" for k in world.ARITH_LEVELS}
     for k in world.ARITH_LEVELS:
         for s in STATS:
             expected |= {f"lastlayer/level{k}/{s}", f"lastlayer/level{k}/{s}/se"}
             if k >= 2:
-                expected |= {f"lastlayer/gap/level{k}/{s}", f"lastlayer/gap/level{k}/{s}/se",
-                             f"lastlayer/gap/level{k}/{s}/z"}
-    assert set(stats) == expected
+                expected |= {f"lastlayer/{gap}/level{k}/{s}{end}" for gap in ("gap", "matched_gap")
+                             for end in ("", "/se", "/z")}
+    assert set(stats) == expected and stats["lastlayer/skipped"] == 0
+    values = lastlayer_values(prompt_hidden_states(model, probe, 16, "cpu"))
+    for k in world.ARITH_LEVELS:
+        assert stats[f"lastlayer/level{k}/length"] == float(probe.lengths[probe.levels == k].double().mean())
+        if k >= 2:
+            gap, se, z = matched_gap(values["hoyer"], probe.levels, probe.lengths, [1], [k])
+            assert stats[f"lastlayer/matched_gap/level{k}/hoyer"] == pytest.approx(gap, abs=1e-9)
+            assert stats[f"lastlayer/matched_gap/level{k}/hoyer/z"] == pytest.approx(z, rel=1e-6)
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
     for k in (2, 5):
         for s in STATS:
@@ -255,9 +272,9 @@ def test_stats_keys_and_contrast(byte_tok):
 
 
 def test_too_long_for_the_model(byte_tok):
-    probe = answer_positions_probe(byte_tok, 0, levels=[5], problems_per_level=2)
+    probe = prompt_positions_probe(byte_tok, 0, levels=[5], problems_per_level=2)
     with pytest.raises(ValueError, match="block_size"):
-        answer_hidden_states(tiny_gpt(block_size=16), probe, 2, "cpu")
+        prompt_hidden_states(tiny_gpt(block_size=16), probe, 2, "cpu")
 
 
 def test_same_level_twice_is_no_finding(byte_tok):
@@ -266,15 +283,100 @@ def test_same_level_twice_is_no_finding(byte_tok):
     zs = []
     for seed in range(3):
         model = tiny_gpt(seed)
-        a = answer_positions_probe(byte_tok, 100 + seed, levels=[1], problems_per_level=64)
-        b = answer_positions_probe(byte_tok, 200 + seed, levels=[1], problems_per_level=64)
-        va = lastlayer_values(answer_hidden_states(model, a, 64, "cpu"))
-        vb = lastlayer_values(answer_hidden_states(model, b, 64, "cpu"))
+        a = prompt_positions_probe(byte_tok, 100 + seed, levels=[1], problems_per_level=64)
+        b = prompt_positions_probe(byte_tok, 200 + seed, levels=[1], problems_per_level=64)
+        va = lastlayer_values(prompt_hidden_states(model, a, 64, "cpu"))
+        vb = lastlayer_values(prompt_hidden_states(model, b, 64, "cpu"))
         for s in STATS:
             gap, se, z = welch_gap(va[s], vb[s])
             assert se > 0
             zs.append(z)
     assert max(abs(z) for z in zs) < 3, zs
+
+
+def test_matched_gap_two_samples_of_the_same_levels_is_no_finding(byte_tok):
+    """The matched gap's null on real network output: levels 3 and 5 drawn twice, the second draw
+    labelled as two more levels (13 and 15); the same distribution at the same lengths under two
+    labels differs by less than 3 of its standard errors, in untrained GPTs of several seeds."""
+    zs = []
+    for seed in range(3):
+        model = tiny_gpt(seed)
+        a = prompt_positions_probe(byte_tok, 300 + seed, levels=[3, 5], problems_per_level=64)
+        b = prompt_positions_probe(byte_tok, 400 + seed, levels=[3, 5], problems_per_level=64)
+        va = lastlayer_values(prompt_hidden_states(model, a, 64, "cpu"))
+        vb = lastlayer_values(prompt_hidden_states(model, b, 64, "cpu"))
+        levels = torch.cat([a.levels, b.levels + 10])
+        lengths = torch.cat([a.lengths, b.lengths])
+        for s in STATS:
+            values = torch.cat([va[s], vb[s]])
+            for first, second in (([3], [13]), ([5], [15]), ([3, 5], [13, 15])):
+                gap, se, z = matched_gap(values, levels, lengths, first, second)
+                assert se > 0
+                zs.append(z)
+    assert max(abs(z) for z in zs) < 3, zs
+
+
+def built_levels(rng: np.random.Generator, shift: float, slope: float = -0.01, noise: float = 0.002):
+    """Per-problem values with the prompt lengths of the world's levels (11 at level 1, 13 at 2, then
+    three task lengths a level), value = 0.4 + slope * length + shift at levels 4-5 + noise whose
+    spread differs by level."""
+    lengths = {1: [11], 2: [13], 3: [12, 13, 15], 4: [13, 16, 17], 5: [14, 19, 20]}
+    values, levels, lens = [], [], []
+    for k, options in lengths.items():
+        n = rng.choice(options, size=64)
+        values += list(0.4 + slope * n + (shift if k >= 4 else 0.0) + rng.normal(0, noise * k, size=64))
+        levels += [k] * 64
+        lens += list(n)
+    return np.array(values), np.array(levels), np.array(lens)
+
+
+def test_matched_gap_takes_length_out_and_keeps_the_level():
+    rng = np.random.default_rng(0)
+    # Length alone: the raw gap of level 1 against 5 is large; at matched length it is 0 within its se.
+    values, levels, lengths = built_levels(rng, shift=0.0)
+    raw = values[levels == 1].mean() - values[levels == 5].mean()
+    assert raw > 0.05
+    for first, second in (([1], [5]), ([1, 2, 3], [4, 5])):
+        gap, se, z = matched_gap(values, levels, lengths, first, second)
+        assert abs(z) < 3 and 0 < se < 0.005  # (far below the raw gap)
+    # A level effect of -0.02 at levels 4-5 on top of the same lengths: found, at its size.
+    values, levels, lengths = built_levels(rng, shift=-0.02)
+    gap, se, z = matched_gap(values, levels, lengths, [1, 2, 3], [4, 5])
+    assert gap == pytest.approx(0.02, abs=3 * se) and z > 5
+    # The same lengths without noise: exact.
+    values, levels, lengths = built_levels(rng, shift=-0.02, noise=0.0)
+    assert matched_gap(values, levels, lengths, [1], [5])[0] == pytest.approx(0.02, abs=1e-9)
+
+
+def test_matched_gap_standard_error_holds_its_coverage():
+    """Under no level effect the robust z exceeds 1.96 about 5% of the time (levels of unequal spread)."""
+    rng = np.random.default_rng(1)
+    zs = np.array([matched_gap(*built_levels(rng, shift=0.0, noise=0.01), [1, 2, 3], [4, 5])[2] for _ in range(1000)])
+    assert 0.03 < np.mean(np.abs(zs) > 1.96) < 0.075 and 0.9 < zs.std() < 1.1  # (binomial sd 0.007)
+
+
+def test_a_network_blind_to_its_context_gives_no_gap(byte_tok):
+    """At a world-v2 run's step 0 the blocks' projections are zero: h at the last prompt token (always
+    `<think>`) is the same for every problem. Every gap, matched or not, is 0 exactly (not round-off
+    over round-off)."""
+    torch.manual_seed(0)
+    blind = GPT(GPTConfig(vocab_size=259, block_size=64, n_layer=2, n_head=2, n_embd=32, rotary=True,
+                          zero_init_projections=True)).eval()
+    stats = lastlayer_stats(blind, prompt_positions_probe(byte_tok, 1, problems_per_level=16), 16, "cpu")
+    gaps = {tag: v for tag, v in stats.items() if "gap/" in tag}
+    assert len(gaps) == 2 * 4 * len(STATS) * 3 and set(gaps.values()) == {0.0}
+
+
+def test_matched_gap_cannot_match_without_lengths_to_learn_from():
+    values = np.arange(12, dtype=float)
+    levels = np.repeat([1, 2, 3], 4)
+    same_within = np.repeat([10, 12, 14], 4)  # each level one length: length and level cannot be told apart
+    assert all(math.isnan(x) for x in matched_gap(values, levels, same_within, [1], [3]))
+    assert all(math.isnan(x) for x in matched_gap(values[:3], [1, 2, 2], [10, 11, 12], [1], [2]))  # n <= p
+    with pytest.raises(ValueError, match="levels"):
+        matched_gap(values, levels, same_within, [1], [4])
+    with pytest.raises(ValueError, match="differ in size"):
+        matched_gap(values, levels[:-1], same_within, [1], [3])
 
 
 def test_welch_gap_sees_a_real_shift_and_handles_ties():

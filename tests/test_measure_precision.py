@@ -24,7 +24,7 @@ import torch
 from lamina.instrument import Instrumentation
 from lamina.instrument import callback as callback_module
 from lamina.instrument.context import CounterfactualProbe
-from lamina.instrument.hierarchy import probe_hierarchy
+from lamina.instrument.hierarchy import embedding_output, probe_hierarchy
 from lamina.instrument.lastlayer import LastLayerProbe
 from lamina.instrument.modularity import find_modules
 from lamina.instrument.sparsity import active_rule, forward_recorded
@@ -140,20 +140,22 @@ def test_the_statistics_of_recorded_activations_ignore_an_outer_autocast(one_thr
     tokens = windows[0, :48]
     residuals = [r.reshape(-1, r.shape[-1]).float() for r in records[0]["resid"]]
     residuals = [r[: 48 * T] for r in residuals]
+    with torch.no_grad():
+        embedding = embedding_output(model, tokens).reshape(48 * T, -1).float()
     labels = {"noise": torch.randint(3, (48 * T,), generator=gen)}
 
     def statistics():
         mods = [find_modules(a, b, seed=layer) for layer, (a, b) in enumerate(active)]
-        probes = probe_hierarchy(residuals, labels, tokens.reshape(-1), split=0)
+        probes = probe_hierarchy(residuals, labels, tokens.reshape(-1), split=0, embedding=embedding)
         return mods, probes
 
     plain_mods, plain_probes = statistics()
     with bf16_autocast():
         outer_mods, outer_probes = statistics()
     assert_same_modules(outer_mods, plain_mods)
-    for name, layers in plain_probes.items():
-        for layer, (o, p) in enumerate(zip(outer_probes[name], layers, strict=True)):
-            assert (o.acc, o.control_accs, o.ridge) == (p.acc, p.control_accs, p.ridge), f"{name} layer {layer}"
+    for name, probe in plain_probes.items():
+        for layer, (o, p) in enumerate(zip(outer_probes[name].layers, probe.layers, strict=True)):
+            assert (o.acc, o.base_acc, o.ridge, o.gain_se) == (p.acc, p.base_acc, p.ridge, p.gain_se), f"{name} layer {layer}"
 
     # The CETT calibration runs forwards of its own: under an outer autocast they stay bf16 (the
     # reference's forward is bf16 by itself) while its W a runs in fp32.

@@ -31,13 +31,24 @@ from lamina.data.tokenizer import byte_tokenizer, train_bpe
 from lamina.errors import ConfigError
 from lamina.model import GPT, GPTConfig, KVCache
 from lamina.rlp import (
+    PROMPT_FORMATS,
+    FormatScorer,
     RLPConfig,
     ThoughtEvalConfig,
     ThoughtEvaluator,
     ThoughtRules,
+    arith_problems,
     arith_prompt,
+    arith_stratum,
+    best_format,
+    choose_k,
+    corpus_questions,
     decode,
     elicitation_share,
+    elicited_share,
+    format_prompt,
+    halves,
+    mean_pass,
     leave_one_out_advantages,
     outside_thoughts,
     paired_interval,
@@ -376,6 +387,13 @@ def test_prompts_are_in_the_corpus_format():
     kept = world_examples(200, families=("arith",))
     assert all(k.startswith(k.split(" <think>")[0] + " <think> ") for k in kept)  # the keep prompts' lines
     assert all(strip_thoughts(k)[0].startswith(k.split(" <think>")[0] + " A: ") for k in kept)  # the strip ones
+    # every format by name; each (data.thoughts, thinking) pair is one of them
+    assert {f: BYTES.decode(format_prompt(BYTES, question, f, THINK), skip_special_tokens=False)
+            for f in PROMPT_FORMATS} == {"think": "Q: 47+38=?<think>", "think-spaced": "Q: 47+38=? <think>",
+                                         "answer": "Q: 47+38=? A:", "empty-thought": "Q: 47+38=? <think> </think> A:"}
+    with pytest.raises(ConfigError, match=r"^prompt format: expected one of think, think-spaced, answer, "
+                       r"empty-thought, got 'thonk'$"):
+        format_prompt(BYTES, question, "thonk", THINK)
 
 
 def test_paired_interval_is_the_t_interval_of_the_differences():
@@ -510,3 +528,99 @@ def test_fit_start_resolves_the_cap_and_checks_the_slots():
     with pytest.raises(ConfigError, match=r"^model\.rlp\.positions: thought_slots needs data\.thoughts: strip"):
         rlp_model_with_data(thoughts="keep")._think_ids()
     assert isinstance(rlp_model_with_data(thoughts="strip")._think_ids()["slots"], ThoughtSlots)
+
+
+# ---- 7. held-out problems, formats, the choice of k and the difficulty-matched null ------------------
+
+
+def test_corpus_questions_are_every_question_of_the_text_as_the_cap_counts_it():
+    data = dict(source="world", seed=5, families=["arith", "prose"], levels=[1, 2], max_bytes=30_000)
+    kept = corpus_questions({**data, "thoughts": "keep"})
+    by_hand, taken = set(), 0
+    for example in world.generate(5, ("arith", "prose"), levels=[1, 2]):  # the same stream, bytes counted as kept
+        taken += len(example.text.encode())
+        if taken > 30_000:
+            break
+        if example.family == "arith":
+            by_hand.add(example.text.split(" <think>")[0])
+    assert by_hand <= kept and len(kept - by_hand) <= 1  # (the passage the cap cuts may add its question)
+    stripped = corpus_questions({**data, "thoughts": "strip"})
+    assert kept < stripped and len(stripped) > 1.3 * len(kept)  # the same cap holds more stripped problems
+    # problems held out of that text: none of them in it, and all of them otherwise what arith_problems draws
+    held = arith_problems(9, 2, 40, frozenset(stripped))
+    assert len(held) == 40 and not {q for q, _ in held} & stripped
+    assert set(held) <= set(arith_problems(9, 2, 4000))
+
+
+def test_format_scorer_counts_what_a_model_with_a_known_rate_solves():
+    rate, n = 0.25, 32
+    problems = arith_problems(1_000_003, 1, 60)
+    scorer = FormatScorer(BYTES, THINK, END_THINK, EOT, problems, thought_budget=4, batch_size=2048)
+    greedy = scorer.greedy(SolvesWithRate(rate), ("think", "think-spaced"))
+    assert greedy == {"think": [0] * 60, "think-spaced": [0] * 60}  # greedy picks `#`: never right
+    assert scorer.greedy(SolvesWithRate(0.75), ("think",))["think"] == [1] * 60  # greedy picks the sum
+    counts = scorer.sampled(SolvesWithRate(rate), "think", n, seed=3)
+    assert len(counts) == 60 and all(0 <= c <= n for c in counts)
+    assert abs(np.mean(counts) / n - rate) < 4 * math.sqrt(rate * (1 - rate) / (60 * n))
+    assert scorer.sampled(SolvesWithRate(rate), "think", n, seed=3) == counts  # seeded
+    # an untrained network is at chance (0) in every format: the floor the study's gate stops at
+    untrained = FormatScorer(BYTES, THINK, END_THINK, EOT, problems[:8], thought_budget=6, batch_size=64)
+    assert all(sum(v) == 0 for v in untrained.greedy(tiny_gpt(block_size=64)).values())
+
+
+def test_choice_and_score_halves_best_format_and_k_by_hand():
+    assert halves(7) == ([1, 3, 5], [0, 2, 4, 6])
+    # best format on given problems; a tie goes to the first in PROMPT_FORMATS
+    outcomes = {"answer": [1, 1, 0, 0], "think": [0, 1, 0, 1], "think-spaced": [1, 1, 1, 0]}
+    assert best_format(outcomes, [1, 3]) == "think" and best_format(outcomes, [0, 2]) == "think-spaced"
+    assert best_format(outcomes, [1]) == "think"  # three at 1.0: think comes first
+    # pass@k of 8 samples: mean over problems by hand; k closest to 0.5
+    counts = [0, 1, 2, 8]
+    assert mean_pass(counts, 8, 1) == pytest.approx((0 + 1 / 8 + 2 / 8 + 1) / 4)
+    assert mean_pass(counts, 8, 2) == pytest.approx((0 + pass_at_k(8, 1, 2) + pass_at_k(8, 2, 2) + 1) / 4)
+    values = {k: abs(mean_pass(counts, 8, k) - 0.5) for k in range(1, 9)}
+    assert choose_k(counts, 8) == min(values, key=values.get)
+    assert choose_k([8, 8, 8], 8) == 1 and choose_k([0, 0, 0], 8) == 1  # every k alike: the smallest
+    with pytest.raises(ValueError):
+        choose_k([], 8)
+
+
+def test_arith_stratum_reads_the_worked_columns():
+    assert arith_stratum("Q: 47+58=?") == "+ 1 regrouping, 3-digit answer"  # 7+8 carries; 4+5+1 writes 10
+    assert arith_stratum("Q: 12+34=?") == "+ 0 regroupings, 2-digit answer"
+    assert arith_stratum("Q: 52-38=?") == "- 1 regrouping, 2-digit answer"  # 2-8 borrows
+    assert arith_stratum("Q: 7*8=?") == "* 0 regroupings, 2-digit answer"
+    assert arith_stratum("Q: 9+3-5=?") == "+- 1 regrouping, 1-digit answer"  # 9+3=12 writes 12; 12-5 borrows
+    with pytest.raises(ValueError, match="arith_stratum"):
+        arith_stratum("Q: What does Mira's pet eat?")
+
+
+def test_elicited_share_and_its_difficulty_matched_null_by_hand():
+    # two strata: A (reach 0.8, 0.4) and B (reach 0.1, 0.3); gained: the 0.8 of A and the 0.1 of B
+    got = elicited_share([True, False, True, False], [0.8, 0.4, 0.1, 0.3], ["A", "A", "B", "B"])
+    assert got["share"] == pytest.approx((0.8 + 0.1) / 2)
+    assert got["matched"] == pytest.approx((0.6 + 0.2) / 2)  # each gained problem's stratum mean
+    assert got["unmatched"] == pytest.approx(0.4) and (got["gained"], got["missed"]) == (2, 4)
+    assert math.isnan(elicited_share([False, False], [0.5, 0.5], ["A", "B"])["share"])  # nothing gained
+    with pytest.raises(ValueError):
+        elicited_share([True], [0.5, 0.1], ["A", "A"])
+
+
+def test_the_matched_null_takes_out_easiness_and_keeps_reach():
+    """Built per-problem worlds: the base's chance of a right sample is the problem's stratum's
+    ease plus a part of its own. Where RL's gains follow the stratum alone (the confound: easier
+    problems are both gained more and reached more), the unmatched null is beaten and the matched
+    one is not; where they follow the base's own reach, both are."""
+    rng = np.random.default_rng(0)
+    strata = [f"s{i % 6}" for i in range(4000)]
+    ease = {f"s{j}": e for j, e in enumerate((-2.0, -1.0, -0.5, 0.0, 0.5, 1.0))}
+    own = rng.normal(0, 1.0, 4000)
+    p = 1 / (1 + np.exp(-(np.array([ease[s] for s in strata]) + own)))
+    counts = rng.binomial(16, p)
+    reach = [pass_at_k(16, int(c), 2) for c in counts]
+    by_stratum = {s: 1 / (1 + math.exp(-e)) for s, e in ease.items()}
+    confound = elicited_share(list(rng.random(4000) < 0.5 * np.array([by_stratum[s] for s in strata])), reach, strata)
+    assert confound["share"] - confound["unmatched"] > 0.05  # the old null: fooled by easiness
+    assert abs(confound["share"] - confound["matched"]) < 0.02  # the matched one: nothing beyond it
+    elicits = elicited_share(list(rng.random(4000) < 0.5 * p), reach, strata)
+    assert elicits["share"] - elicits["matched"] > 0.05

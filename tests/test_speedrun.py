@@ -32,21 +32,21 @@ def toy(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("corpus", ["world", "text"])
 def test_speedrun_at_toy_size(corpus, speedrun, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = speedrun.main(["speedrun", "--corpus", corpus, "--rounds", "2", "--today-steps", "6",
-                          "--today-eval-every", "3", "--new-steps", "4", "--eval-every", "2",
+    path = speedrun.main(["speedrun", "--corpus", corpus, "--rounds", "2", "--nanogpt-steps", "6",
+                          "--nanogpt-eval-every", "3", "--new-steps", "4", "--eval-every", "2",
                           "--text-bytes", "80000", *toy(tmp_path)])
     assert path.name.startswith(f"speedrun-{corpus}-cpu-")
     result = json.loads(path.read_text())
-    today, plain = result["arms"]["today"], result["arms"]["plain"]
-    assert result["target_val_bpb"] == today["final_val_bpb"] and today["steps_to_target"] == 6
+    nanogpt, plain = result["arms"]["nanogpt"], result["arms"]["plain"]
+    assert result["target_val_bpb"] == nanogpt["final_val_bpb"] and nanogpt["steps_to_target"] == 6
     # Same model, initial weights, windows and schedule: the plain loop ends where lamina's trainer does.
-    assert plain["final_val_bpb"] == pytest.approx(today["final_val_bpb"], abs=1e-4)
+    assert plain["final_val_bpb"] == pytest.approx(nanogpt["final_val_bpb"], abs=1e-4)
     assert Path(result["val_source"]).exists() and result["val_source"] != result["data_source"]
     for r in result["rounds"]:
-        assert sorted(r["order"]) == ["new", "plain", "today"]
-        assert [p["step"] for p in r["today"]["curve"]] == [3, 6]
+        assert sorted(r["order"]) == ["nanogpt", "new", "plain"]
+        assert [p["step"] for p in r["nanogpt"]["curve"]] == [3, 6]
         assert [p["step"] for p in r["new"]["curve"]][:1] == [2]
-    assert result["rounds"][0]["order"][0] == "today"
+    assert result["rounds"][0]["order"][0] == "nanogpt"
     if corpus == "text":  # nanoGPT's split: the last 10% validates
         train, val = Path(result["data_source"]).read_text(), Path(result["val_source"]).read_text()
         assert len(val) < len(train) / 5 and train.endswith("\n")
@@ -54,12 +54,12 @@ def test_speedrun_at_toy_size(corpus, speedrun, tmp_path, monkeypatch):
 
 def test_ablation_at_toy_size(speedrun, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = speedrun.main(["ablation", "--steps", "4", "--eval-every", "2", "--arms", "today", "muon", "all",
-                          "--seed-arms", "today", "--seeds", "1", "--timing-rounds", "2", "--timing-steps", "4",
+    path = speedrun.main(["ablation", "--steps", "4", "--eval-every", "2", "--arms", "nanogpt", "muon", "all",
+                          "--seed-arms", "nanogpt", "--seeds", "1", "--timing-rounds", "2", "--timing-steps", "4",
                           "--timing-skip", "1", *toy(tmp_path)])
     result = json.loads(path.read_text())
-    assert [row["arm"] for row in result["table"]] == ["today", "muon", "all"]
-    assert result["table"][0]["minus_today"] == 0 and result["table"][0]["cpu_time_per_step_vs_today"] == 1
-    assert result["seed_noise"]["today"]["seeds"] == [1337, 1]
+    assert [row["arm"] for row in result["table"]] == ["nanogpt", "muon", "all"]
+    assert result["table"][0]["minus_nanogpt"] == 0 and result["table"][0]["cpu_time_per_step_vs_nanogpt"] == 1
+    assert result["seed_noise"]["nanogpt"]["seeds"] == [1337, 1]
     table = path.with_suffix(".md").read_text()
     assert "| muon | optimizer=muon |" in table and "Seed noise" in table

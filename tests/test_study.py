@@ -17,9 +17,9 @@ from pathlib import Path
 
 from lamina.errors import ConfigError
 from lamina.study import CLAIMS, main
-from lamina.study import finetune as ft
-from lamina.study import pretraining as pt
-from lamina.study import rlp
+from lamina.study.claims import finetune_fragility as ft
+from lamina.study import world_runs
+from lamina.study.claims import reasoning_in_pretraining as rlp
 from lamina.study.claim import GPU, REHEARSAL, StudyContext, is_words, rehearsal, repo_configs
 from lamina.study.command import check_device, parser, unit_words
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_report
@@ -192,7 +192,7 @@ def test_finetune_fragility_smoke_run_writes_a_report_with_verdicts(tmp_path, on
     results = main(args)
     report = (out / "finetune-fragility" / "report.md").read_text()
     assert "## Verdicts" in report and "**retention one-hop: proxy − finetuned** (primary):" in report
-    assert "**drift lower − upper (1 − CKA)** (secondary):" in report
+    assert "**restore lower − restore upper** (secondary):" in report and "- **drift lower − upper (1 − CKA)**:" in report
     for name in ("drift_cka_by_layer.png", "drift_weights_by_layer.png", "accuracy_by_arm.png"):
         assert (out / "finetune-fragility" / name).is_file()
     assert "finetune-fragility" in (out / "index.md").read_text()
@@ -229,9 +229,9 @@ def settings(words) -> dict[str, str]:
 
 def arm_words(module, preset) -> dict[str, tuple[str, ...]]:
     """The CLI words each arm of a claim module's runs gets after its config files, at `preset`."""
-    if module is pt:
+    if module is world_runs:
         ctx = StudyContext("density-familiarity", Path("unused"), [1], "gpu", None, repo_configs())
-        return {arm: spec.overrides for arm, spec in pt.specs_for(ctx, preset, 1).items()}
+        return {arm: spec.overrides for arm, spec in world_runs.specs_for(ctx, preset, 1).items()}
     if module is ft:
         return {"base": preset.every + preset.base, "small": preset.every + preset.small,
                 "finetuned-base": preset.every + preset.base + preset.tune,
@@ -240,7 +240,7 @@ def arm_words(module, preset) -> dict[str, tuple[str, ...]]:
             for arm in ("pretrain", *rlp.ARMS[:-1])}
 
 
-MODULES = (pt, ft, rlp)
+MODULES = (world_runs, ft, rlp)
 # what a rehearsal sets beyond the test preset's words: the CPU, and what it keeps of the gpu preset
 # (its precision, and a choice of data that is not a size: the fine-tuning's arithmetic levels)
 BEYOND_TEST = {"trainer.accelerator": "cpu", "trainer.devices": "1", "trainer.precision": "bf16-mixed",

@@ -15,8 +15,9 @@ import pytest
 from scipy import stats
 
 from lamina.errors import ConfigError
-from lamina.study import finetune as ft
-from lamina.study import pretraining as pt
+from lamina.study.claims import finetune_fragility as ft
+from lamina.study import world_runs
+from lamina.study.claims import context_vs_prior, density_familiarity, hierarchy, modularity, sparsify_difficulty
 from lamina.study.claim import StudyContext
 from lamina.study.report import ClaimResult, Contrast, Gate, write_report
 from lamina.study.runs import Run, RunSpec
@@ -33,6 +34,9 @@ from lamina.verdict import (
     holm,
     holm_confidence,
 )
+
+# The claims read off the shared world-v2 runs, one module each.
+WORLD_CLAIMS = (density_familiarity, sparsify_difficulty, hierarchy, modularity, context_vs_prior)
 
 M = 0.05  # the margin of the built cases
 
@@ -256,14 +260,18 @@ def flat_world_scalars(rng: random.Random, layers: int) -> dict:
         out[f"sparsity/level/{k}/mean"] = curve(0.5, 0.26 + g(0.006))
     for k in (4, 5):
         out[f"sparsity/ood/level/{k}/mean"] = curve(0.5, 0.26 + g(0.006))
-    for stat in ("top5_energy", "entropy_rank", "hoyer"):
+    for stat in ("top5_energy", "entropy_rank", "hoyer"):  # (read by no claim now; the draws keep the others' noise)
         out[f"lastlayer/gap/level5/{stat}"] = curve(0.0, g(0.015))
-    for name in ("token", "digit", "entity", "attribute", "town", "operator", "carry", "task", "answer"):
-        sel = [0.2 + g(0.03) for _ in range(layers)]
-        out[f"layers/probe/{name}/peak_layer"] = curve(0, float(np.argmax(sel)))
-        for i, v in enumerate(sel):
-            out[f"layers/layer{i}/probe/{name}/selectivity"] = curve(0.0, v)
-            out[f"layers/layer{i}/probe/{name}/selectivity_se"] = curve(0.01, 0.01)
+    # hierarchy: every tier at the same depth up to noise, each read above its null (the lexical gain
+    # above 0, the others' above step 0's). As many draws as the per-label tags once took, so that the
+    # other claims' noise stays as it was.
+    noise = iter([g(0.03) for _ in range(9 * layers)])
+    for tier in ("lexical", "conceptual", "functional", "output", "higher"):
+        out[f"layers/tier/{tier}/depth"] = curve(0.5, 0.5 + next(noise))
+        out[f"layers/tier/{tier}/gain"] = curve(0.85 if tier == "lexical" else 0.0, 0.3 + next(noise))
+        out[f"layers/tier/{tier}/gain_se"] = curve(0.01 if tier == "lexical" else 0.0, 0.02)
+    out["layers/tier/contrast"] = curve(0.0, out["layers/tier/higher/depth"][1][1] - out["layers/tier/lexical/depth"][1][1])
+    out["layers/tier/contrast_se"] = curve(0.0, 0.01)
     tasks = ("a", "b", "c", "d")
     for i in range(2):
         out[f"modularity/layer{i}/q"] = curve(0.3 + g(0.02), 0.3 + g(0.02))
@@ -283,15 +291,33 @@ def flat_world_scalars(rng: random.Random, layers: int) -> dict:
         out[f"modularity/task_loss/{t}"] = curve(3.0, 1.0)
         out[f"modularity/task_chance/{t}"] = curve(3.0, 3.0)  # every task learned (1/3 of chance): the gate holds
     # A capable model (the capability gates hold): it thinks at level 2 and reads its context.
-    out.update({"eval/arith_acc/level2": curve(0.0, 0.6), "eval/arith_n/level2": curve(256.0, 256.0),
-                "eval/context/n/0": curve(300.0, 300.0)})
+    out.update({"eval/arith_acc/level2": curve(0.0, 0.6), "eval/arith_n/level2": curve(256.0, 256.0)})
+    # Context: every bin alike (the context wins as much at exposure 100 as at 0), it reads its context and
+    # holds its priors (the gates hold), and the steering vector moves nothing beyond a random direction.
     for b in ("0", "1", "10", "100"):
+        out[f"eval/context/n/{b}"] = curve(512.0, 512.0)
         out[f"eval/context/follow/{b}"] = curve(0.5, 0.6 + g(0.03))
-        out[f"eval/context/follow_steered/{b}"] = curve(0.5, 0.6 + g(0.03))
-        out[f"eval/context/follow_steered_random/{b}"] = curve(0.5, 0.6 + g(0.03))
-    out.update({"eval/context/follow/0/lo": curve(0.3, 0.55), "eval/context/other/0": curve(0.3, 0.1),
-                "eval/context/greedy_prior/100": curve(0.0, 0.3), "eval/context/steer_norm": curve(0.0, 0.3),
-                "eval/context/steer_norm_null": curve(0.0, 0.2), "eval/context/steer_gain/100": curve(0.0, g(0.03))})
+        prior = 0.5 if b == "0" else 0.8  # never-seen people: a coin without the context
+        out[f"eval/context/nocontext_follow/{b}"] = curve(0.5, 1 - prior + g(0.03))
+        out[f"eval/context/nocontext_prior/{b}"] = curve(0.5, prior + g(0.03))
+        out[f"eval/context/pull/{b}"] = curve(0.0, 0.4 + g(0.03))
+        out[f"eval/context/win/{b}"] = curve(0.0, 0.5 + g(0.03))
+        out[f"eval/context/shift/{b}"] = curve(0.0, 1.0 + g(0.1))
+    for name in ("s1/", "s4/", "s16/", ""):
+        out[f"eval/context/follow_steered/{name}100"] = curve(0.5, 0.6 + g(0.03))
+        out[f"eval/context/follow_steered_random/{name}100"] = curve(0.5, 0.6 + g(0.03))
+        out[f"eval/context/steer_vs_random/{name}100"] = curve(0.0, g(0.03))
+    out.update({"eval/context/follow/0/lo": curve(0.3, 0.55), "eval/context/pull/0/lo": curve(0.0, 0.3),
+                "eval/context/nocontext_prior/100/lo": curve(0.4, 0.75), "eval/context/follow_heldout/100":
+                curve(0.5, 0.6), "eval/context/steer_layer": curve(-1.0, 1.0), "eval/context/steer_strength":
+                curve(-1.0, 4.0), "eval/context/steer_norm": curve(0.0, 0.3), "eval/context/steer_norm_null":
+                curve(0.0, 0.2), "eval/context/steer_heldout_n": curve(0.0, 256.0),
+                "eval/context/steer_gain/100": curve(0.0, g(0.03))})
+    # Density on name-swapped windows (seen often − novel, two never-seen people): nothing but noise.
+    for b in ("100", "0"):
+        for kind in ("both", "name", "attribute"):
+            out[f"density/name_swap/{b}/{kind}"] = curve(0.0, g(0.004))
+            out[f"density/name_swap/{b}/{kind}/se"] = curve(0.0, 0.002)
     return out
 
 
@@ -301,17 +327,28 @@ def test_no_structure_in_nothing_supported_for_the_world_v2_claims(tmp_path, mon
     runs, tables, problems = {}, {}, {}
     for s in seeds:
         runs[s] = {}
-        for arm, layers in ((pt.ARM, 4), (pt.SMALL_ARM, 3)):
+        for arm, layers in ((world_runs.ARM, 4), (world_runs.SMALL_ARM, 3)):
             folder = tmp_path / "runs" / arm / f"seed{s}"
             runs[s][arm] = Run(RunSpec(arm, (), s, 600), folder, trained=False)
             tables[str(folder)] = flat_world_scalars(rng, layers)
+        # sparsify-difficulty's problems: flat in level, length and right/wrong, in the trained and the untrained
+        # network (its other measures from a generator of their own, so that the shared draws stay as they were)
+        own = random.Random(100 + s)
+        flat = lambda *pairs: {m: [v + own.gauss(0, 0.01) for _ in range(40)] for m, v in pairs}  # noqa: E731
         problems[s] = {str(k): {"correct": [i % 2 == 0 for i in range(40)],
                                 "density": [0.26 + rng.gauss(0, 0.01) for _ in range(40)],
+                                "length": [10 + k + i % 3 for i in range(40)],
+                                **flat(("top5_energy", 0.3), ("entropy_rank", 0.5)),
+                                "untrained": flat(("density", 0.26), ("top5_energy", 0.3), ("entropy_rank", 0.5)),
                                 "trained": k <= 3, "held_out": True} for k in range(1, 6)}
-    monkeypatch.setattr(pt, "train", lambda ctx, arms=(pt.ARM,): (runs, pt.PRESETS["test"], 0.0))
-    monkeypatch.setattr(pt, "scalars", lambda run: tables[str(run.folder)])
-    monkeypatch.setattr(pt, "cached_problems", lambda ctx, run, seed, preset, device: problems[seed])
-    for claim in pt.CLAIMS:
+    fakes = {"train": lambda ctx, arms=(world_runs.ARM,): (runs, world_runs.PRESETS["test"], 0.0),
+             "scalars": lambda run: tables[str(run.folder)],
+             "cached_problems": lambda ctx, run, seed, preset, device: problems[seed]}
+    for module in (world_runs, *WORLD_CLAIMS):
+        for name, fake in fakes.items():
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, fake)
+    for claim in (module.CLAIM for module in WORLD_CLAIMS):
         ctx = StudyContext(claim.name, tmp_path / "study", seeds, "test", None, device="cpu")
         result = claim.run(ctx)
         failed = [g.name for g in result.gates if not g.passed]
@@ -323,7 +360,7 @@ def test_no_structure_in_nothing_supported_for_the_world_v2_claims(tmp_path, mon
         assert not failed and primary.verdict in (NEGLIGIBLE, INCONCLUSIVE, AGAINST), (claim.name, failed, primary)
         write_report(result, tmp_path / "study")
     index = (tmp_path / "study" / "index.md").read_text()
-    assert "| **supported** |" not in index and index.count("| [") >= len(pt.CLAIMS)
+    assert "| **supported** |" not in index and index.count("| [") >= len(WORLD_CLAIMS)
     for name in ("Q above its permutation null", "held-out Q above its permutation null",
                  "learned: (familiar − random) end − step 0"):
         assert f"| {name} | descriptive | (descriptive: no verdict) |" in index
@@ -383,20 +420,23 @@ def test_the_claims_name_their_primary_and_fix_their_margins():
     """Every margin is a constant of the claim's code with its reason (none from a run's noise)."""
     import inspect
 
-    from lamina.study import elicitation, rlp
+    from lamina.study.claims import elicitation
+    from lamina.study.claims import reasoning_in_pretraining as rlp
 
     import re
 
-    for module in (pt, ft, rlp, elicitation):
+    for module in (*WORLD_CLAIMS, ft, rlp, elicitation):
         source = inspect.getsource(module)
         margins = re.findall(r"Prediction\(\s*-?1,\s*([^,)]+),\s*([^,)]+)\)", source)
         assert margins and all(re.fullmatch(r"[A-Z_]+_MARGIN", m) and re.fullmatch(r"[A-Z_]+_NOTE", note)
                                for m, note in margins), margins  # a named constant and its reason, every one
         assert "margin_from_null" not in source and "3 × the within-run" not in source
-    assert (pt.DENSITY_MARGIN, pt.LASTLAYER_MARGIN, pt.DEPTH_MARGIN, pt.Q_MARGIN, pt.FOLLOW_MARGIN) == (
-        0.01, 0.02, 0.1, 0.03, 0.05)
+    assert (density_familiarity.DENSITY_MARGIN, sparsify_difficulty.LASTLAYER_MARGIN, hierarchy.DEPTH_MARGIN,
+            modularity.Q_MARGIN, context_vs_prior.FOLLOW_MARGIN) == (0.01, 0.02, 0.1, 0.03, 0.05)
     assert rlp.PRIMARY == "rlp − base" and ft.PRIMARY == "retention one-hop: proxy − finetuned"
-    assert Path(pt.__file__).name == "pretraining.py"
+    for module in WORLD_CLAIMS:  # one claim per file, its primary named at its top
+        assert Path(module.__file__).parent.name == "claims" and module.CLAIM.name == module.NAME
+        assert isinstance(module.PRIMARY, str) and module.PRIMARY
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -58,8 +58,10 @@ h = lambda s: hashlib.sha256(s.encode()).hexdigest()
 out = {
     "v2": h(world.sample_text(5, 60_000, **V2)),
     "labels": h(repr([(e.text, e.spans) for e in world.labelled_examples(6, 300, **V2)])),
-    "counterfactuals": h(repr(list(world.counterfactuals(7, 300, exposure_bins=V2["exposure_bins"], level=3)))),
+    "counterfactuals": h(repr(list(world.counterfactuals(7, 300, exposure_bins=V2["exposure_bins"], level=3,
+                                                          data_seed=5)))),
     "novel": h("".join(e.text for e in itertools.islice(world.people_examples(8, world.NOVEL_PEOPLE), 300))),
+    "roster": h(repr((world.exposure_roster(V2["exposure_bins"], seed=5), world.novel_people(seed=5)))),
     "default": hashlib.md5(world.sample_text(0, 200_000).encode()).hexdigest(),
 }
 """
@@ -86,7 +88,7 @@ def test_same_seed_same_bytes_across_processes_with_every_new_key():
         ).stdout
         assert json.loads(there) == here["out"]
     assert here["out"]["default"] == MD5_SEED0_200K
-    assert len(set(here["out"].values())) == 5
+    assert len(set(here["out"].values())) == 6
 
 
 def test_default_bytes_are_unchanged_and_new_keys_at_their_defaults_change_nothing():
@@ -177,7 +179,7 @@ def test_held_out_levels_and_tasks_never_occur_in_training():
 @pytest.mark.parametrize("bins", [world.DEFAULT_EXPOSURE_BINS, (0, 3, 30)])
 def test_exposure_bins_hit_their_relative_counts(bins):
     n = 100_000
-    roster = world.exposure_roster(bins)
+    roster = world.exposure_roster(bins, seed=4)  # the roster as take()'s seed deals it
     assert len(roster) == len(bins) * world.PEOPLE_PER_BIN
     names = {p.name: b for b, p in roster}
     finder = word_re(names)
@@ -201,11 +203,48 @@ def test_exposure_bins_hit_their_relative_counts(bins):
                 assert all(abs(c / (b * unit) - 1) < 0.10 for c in counts), (b, counts)
 
 
+def test_the_roster_is_dealt_per_data_seed():
+    bins = world.DEFAULT_EXPOSURE_BINS
+    assert world.exposure_roster(bins, seed=7) == world.exposure_roster(bins, seed=7)
+    names = lambda s: [p.name for p in world.people_by_bin(bins, seed=s)[100]]  # noqa: E731
+    assert len({tuple(names(s)) for s in range(1, 9)}) == 8  # a seed's often-seen people are its own
+    # Over seeds every roster person is seen often somewhere: no name is tied to a bin.
+    often = collections.Counter(n for s in range(200) for n in names(s))
+    assert set(often) == {p.name for p in world.ROSTER}
+    for seed in range(1, 6):
+        novel = world.novel_people(bins, seed=seed)
+        assert len(novel) == world.N_NOVEL == len({p.name for p in novel})
+        assert not {p.name for p in novel} & {p.name for _, p in world.exposure_roster(bins, seed=seed)}
+    assert len({tuple(p.name for p in world.novel_people(bins, seed=s)) for s in range(1, 6)}) == 5
+    # With every bin in use there is no roster person left over: the novel people are NOVEL_PEOPLE.
+    full = tuple(range(1, world.MAX_EXPOSURE_BINS + 1))
+    assert {p.name for p in world.novel_people(full, seed=3)} == {p.name for p in world.NOVEL_PEOPLE}
+
+
+def test_a_stream_of_another_seed_reads_the_runs_roster():
+    # A probe's stream: its own seed draws the documents, roster_seed (the run's data.seed) the people.
+    bins = (0, 1, 10, 100)
+    names = word_re(p.name for p in world.ROSTER)
+    counts = collections.Counter(n for ex in take(3_000, 9, families=("people",), exposure_bins=bins, roster_seed=3)
+                                 for n in set(names.findall(ex.text)))
+    by_bin = world.people_by_bin(bins, seed=3)
+    assert set(counts) == {p.name for b in (1, 10, 100) for p in by_bin[b]}
+    assert min(counts[p.name] for p in by_bin[100]) > max(counts[p.name] for p in by_bin[1])
+    assert take(200, 9, families=("people",), roster_seed=9) == take(200, 9, families=("people",))  # None: the seed's
+    labelled = world.labelled_examples(9, 200, ("people",), roster_seed=3)
+    assert {ex.text for ex in labelled} == {ex.text for ex in take(200, 9, families=("people",), roster_seed=3)}
+
+
 def test_novel_and_unexposed_people_never_occur_in_training():
-    texts = training_texts(2_000_000, families=world.ALL_FAMILIES, exposure_bins=(0, 1, 10, 100))
+    bins = (0, 1, 10, 100)
+    texts = training_texts(2_000_000, families=world.ALL_FAMILIES, exposure_bins=bins)  # data seed 3
     by_family = collections.Counter()
-    novel = word_re(p.name for p in world.NOVEL_PEOPLE)
-    unexposed = word_re(p.name for p in world.people_by_bin()[0])
+    in_bins = {p.name for _, p in world.exposure_roster(bins, seed=3)}
+    # Never in this seed's text: its novel people, its bin 0, every roster person its bins leave out,
+    # and NOVEL_PEOPLE (never in any seed's).
+    novel = word_re(p.name for p in world.novel_people(bins, seed=3) + world.NOVEL_PEOPLE)
+    unexposed = word_re([p.name for p in world.people_by_bin(bins, seed=3)[0]]
+                        + [p.name for p in world.ROSTER if p.name not in in_bins])
     roster = word_re(p.name for p in world.ROSTER)
     for text in texts:
         assert not novel.search(text) and not unexposed.search(text), text
@@ -301,11 +340,14 @@ def test_context_answers_are_in_the_context_and_known_people_keep_their_facts():
 @pytest.mark.parametrize("level", [1, 3])
 def test_counterfactuals_contradict_the_memorised_fact_and_name_the_bin(level):
     bins = (0, 1, 10, 100)
-    bin_of = {p.name: b for b, p in world.exposure_roster(bins)}
+    bin_of = {p.name: b for b, p in world.exposure_roster(bins, seed=2)}  # the run's data seed deals the bins
     person = {p.name: p for p in world.ROSTER}
-    items = list(world.counterfactuals(5, 800, exposure_bins=bins, level=level))
-    assert items == list(world.counterfactuals(5, 800, exposure_bins=bins, level=level))
-    assert items != list(world.counterfactuals(6, 800, exposure_bins=bins, level=level))
+    items = list(world.counterfactuals(5, 800, exposure_bins=bins, level=level, data_seed=2))
+    assert items == list(world.counterfactuals(5, 800, exposure_bins=bins, level=level, data_seed=2))
+    assert items != list(world.counterfactuals(6, 800, exposure_bins=bins, level=level, data_seed=2))
+    # The bins in turn, each bin's people in turn: 800 = 25 x 4 bins x 8 people, so 25 prompts each.
+    assert collections.Counter(item.bin for item in items) == {b: 200 for b in bins}
+    assert set(collections.Counter(item.entity for item in items).values()) == {25}
     for item in items:
         prompt, context_answer, memorised_answer, b = item  # unpacks as the 4-tuple
         m = re.fullmatch(r"Context: (.+) Q: (.+\?) A:", prompt)
@@ -317,6 +359,13 @@ def test_counterfactuals_contradict_the_memorised_fact_and_name_the_bin(level):
         assert b == bin_of[name]
         assert bare(memorised_answer) == getattr(person[name], attribute)  # the world's fact
         assert facts[(name, attribute)] == bare(context_answer) != bare(memorised_answer)
+        # The consistent twin: the same document word for word but the asked fact's value, the true one.
+        twin = re.fullmatch(r"Context: (.+) Q: (.+\?) A:", item.consistent_prompt)
+        assert twin[2] == m[2] and read_context(twin[1]) == {**facts, (name, attribute): bare(memorised_answer)}
+        changed = [(a, b) for a, b in zip(m[1].split(". "), twin[1].split(". ")) if a != b]
+        assert len(changed) == 1 and changed[0][1] == changed[0][0].replace(context_answer, memorised_answer), changed
+        # The question alone, as the people family's recall questions ask it.
+        assert item.question_prompt == f"Q: {m[2]} A:"
         for (n, a), value in facts.items():  # everything else the context says is true
             if (n, a) != (name, attribute) and n in person:
                 assert getattr(person[n], a) == value
@@ -529,12 +578,16 @@ def test_v2_probes(tmp_path):
     whole = [p for p in problems if ARITH_Q.match(p) and p.endswith("\n")]
     assert whole and {arith_level_of(p) for p in whole} <= {4, 5}
     assert re.search(r"^sort\+reverse: ", text["ood/task/sort_reverse"], re.MULTILINE)
-    by_bin = world.people_by_bin()
+    by_bin = world.people_by_bin(seed=3)  # v2_datamodule's data seed
     for b, people in by_bin.items():
         found = set(word_re(p.name for p in world.ROSTER + world.NOVEL_PEOPLE).findall(text[f"exposure/{b}"]))
         assert found and found <= {p.name for p in people}
     found = set(word_re(p.name for p in world.ROSTER + world.NOVEL_PEOPLE).findall(text["novel"]))
-    assert found and found <= {p.name for p in world.NOVEL_PEOPLE}
+    assert found and found <= {p.name for p in world.novel_people(seed=3)}
+    # The family probe's people are the run's too (a probe seed draws the text, the data seed the roster).
+    exposed = {p.name for b, people in by_bin.items() if b > 0 for p in people}
+    found = set(word_re(p.name for p in world.ROSTER + world.NOVEL_PEOPLE).findall(text["family/people"]))
+    assert found and found <= exposed
     assert any("held out of training: arith level 4, arith level 5" in note for note in built.notes)
     # The family probes are the same text whatever the run trains on.
     other = build_probes(v2_datamodule(tmp_path / "b", families=["arith"]), tokens=TOKENS, seed=0, tasks=False)

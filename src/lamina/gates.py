@@ -8,19 +8,30 @@ or not measured (the evaluation was off, or the run does not train the family). 
 fixed here, before any run:
 
 - `thinking`: greedy accuracy with a thought at arithmetic level 2 (`eval/arith_acc/level2`) at
-  least 0.5 on at least 256 held-out problems: enough right and wrong answers (about 128 each) for
-  the right - wrong and trained - held-out contrasts of the sparsify-difficulty claim.
+  least 0.5 on at least 256 held-out problems: the model solves a trained level, so that the
+  sparsify-difficulty claim compares levels it can do with levels it cannot (its right - wrong
+  contrast has a gate of its own, on the counts of right and wrong answers within a level).
 - `strings`: at least 3 string tasks whose loss is below 0.5 x their chance loss
   (`modularity/task_loss/<task>` < 0.5 x `modularity/task_chance/<task>`): ablation specificity
   and cross-seed module matching compare tasks, and need at least 3 learned ones.
 - `reads_context`: on counterfactual contexts about never-seen people (exposure bin 0, no prior to
   override), the share that prefers the context's answer has a Wilson 95% lower bound above 0.5
   (`eval/context/follow/0/lo`, the forced choice's chance) AND above the share the same network
-  gave at step 0 (`eval/context/follow/0` then), on at least 256 prompts: the context-vs-prior
-  claim asks when a prior overrides a context, which needs a model that reads it. The step-0 rate
-  is the null that has the confound but not the effect: an untrained network already prefers one
-  answer string to the other (their lengths and bytes differ), at 0.54-0.59 over four seeds, so
-  0.5 alone let a trained seed that followed at 0.593 against its untrained 0.587 pass.
+  gave at step 0 (`eval/context/follow/0` then, where measured), AND the context itself moves the
+  choice: the share following with the context minus the share preferring the same answer after
+  the question alone (`eval/context/pull/0`, paired by prompt) has its 95% lower bound
+  (`eval/context/pull/0/lo`) above 0; on at least 512 prompts. The no-context baseline is the null
+  with the confound and not the effect: a network prefers one answer string to the other for
+  their lengths and bytes (an untrained one at 0.54-0.59 over four seeds, so 0.5 alone let a seed
+  that followed at 0.593 against its untrained 0.587 pass), and a model that scores by its prior
+  alone, ignoring the context, gives the same preference with the context as without (pull 0),
+  however far above 0.5 that preference is. The context-vs-prior claim asks when a prior
+  overrides a context, which needs a model that reads it.
+- `knows_priors`: without a contradicting context (the question alone), the share of prompts about
+  people seen 100 times (exposure bin 100) that prefer the memorised answer has a Wilson 95% lower
+  bound (`eval/context/nocontext_prior/100/lo`) above 0.5 and above the same share for people never
+  seen (`eval/context/nocontext_prior/0`: what the answer strings alone give), on at least 512
+  prompts: a prior must be held before a context can be said to lose to it.
 
 The gates are printed and logged (`gate/<name>`: 1 pass, 0 fail; nothing when not measured) at the
 end of every fit by `lamina.callbacks.CapabilityGates`, and read by `lamina study` per seed.
@@ -34,13 +45,16 @@ from dataclasses import dataclass
 
 THINKING_TAG, THINKING_N_TAG = "eval/arith_acc/level2", "eval/arith_n/level2"
 TASK_LOSS, TASK_CHANCE = "modularity/task_loss/", "modularity/task_chance/"
-FOLLOW_TAG, FOLLOW_LO_TAG, FOLLOW_N_TAG = "eval/context/follow/0", "eval/context/follow/0/lo", "eval/context/n/0"
+CONTEXT = "eval/context"
+UNSEEN_BIN, SEEN_BIN = "0", "100"  # exposure bins: never seen (reads_context), seen most (knows_priors)
 
 THINKING_MIN = 0.5  # greedy level-2 accuracy
 STRINGS_BELOW = 0.5  # a task counts when its loss < this x its chance loss
 STRINGS_MIN = 3  # tasks
 READS_CONTEXT_ABOVE = 0.5  # Wilson lower bound of follow/0 (the forced choice's chance)
-MIN_ITEMS = 256  # problems (thinking) and prompts (reads_context)
+KNOWS_PRIORS_ABOVE = 0.5  # Wilson lower bound of nocontext_prior/100 (the forced choice's chance)
+MIN_ITEMS = 256  # problems (thinking)
+MIN_PROMPTS = 512  # counterfactual prompts of the bin a context gate reads (reads_context, knows_priors)
 
 
 @dataclass(frozen=True)
@@ -93,24 +107,50 @@ def strings_gate(values: Mapping[str, float], start: Mapping[str, float] | None 
                       f"need >= {STRINGS_MIN}")
 
 
-def reads_context_gate(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> GateResult:
-    lower, n = _finite(values, FOLLOW_LO_TAG), _finite(values, FOLLOW_N_TAG)
+def reads_context_gate(values: Mapping[str, float], start: Mapping[str, float] | None = None, *,
+                       min_prompts: int = MIN_PROMPTS, bin: str = UNSEEN_BIN) -> GateResult:
+    """`min_prompts`, `bin`: the prompts needed and the bin read (the context instrument reads the
+    rule on one measurement, any count: lamina.instrument.context)."""
+    lower, n = _finite(values, f"{CONTEXT}/follow/{bin}/lo"), _finite(values, f"{CONTEXT}/n/{bin}")
     if lower is None:
-        return GateResult("reads_context", None, math.nan,
-                          "no counterfactual contexts about exposure-0 people (instrument.context, the people family)")
-    untrained = _finite(start or {}, FOLLOW_TAG)
+        return GateResult("reads_context", None, math.nan, f"no counterfactual contexts about exposure-{bin} people "
+                          "(instrument.context, the people family)")
+    pull_lo = _finite(values, f"{CONTEXT}/pull/{bin}/lo")
+    untrained = _finite(start or {}, f"{CONTEXT}/follow/{bin}")
     bar = READS_CONTEXT_ABOVE if untrained is None else max(READS_CONTEXT_ABOVE, untrained)
     against = ("no step-0 rate to read it against" if untrained is None
                else f"the untrained network's {untrained:.3f} at step 0")
-    need = f"> {READS_CONTEXT_ABOVE} and > the step-0 rate on >= {MIN_ITEMS} prompts"
+    baseline = ("no no-context baseline (the question alone was not scored)" if pull_lo is None
+                else f"with − without the context lower bound {pull_lo:+.3f}")
+    need = (f"> {READS_CONTEXT_ABOVE} and > the step-0 rate, and with − without the context > 0, "
+            f"on >= {min_prompts} prompts")
     count = "?" if n is None else f"{int(n)}"
-    detail = f"follow/0 Wilson lower bound {lower:.3f} on {count} prompts against {against}, {need}"
-    return GateResult("reads_context", n is not None and n >= MIN_ITEMS and lower > bar, lower, detail)
+    detail = f"follow/{bin} Wilson lower bound {lower:.3f} on {count} prompts against {against}; {baseline}; {need}"
+    passed = n is not None and n >= min_prompts and lower > bar and pull_lo is not None and pull_lo > 0
+    return GateResult("reads_context", passed, lower, detail)
+
+
+def knows_priors_gate(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> GateResult:
+    # (start unused: the never-seen people's share at the same step is the null)
+    lower = _finite(values, f"{CONTEXT}/nocontext_prior/{SEEN_BIN}/lo")
+    n = _finite(values, f"{CONTEXT}/n/{SEEN_BIN}")
+    if lower is None:
+        return GateResult("knows_priors", None, math.nan, f"no questions alone about exposure-{SEEN_BIN} people "
+                          "(instrument.context on the people family, with each prompt's question)")
+    unseen = _finite(values, f"{CONTEXT}/nocontext_prior/{UNSEEN_BIN}")
+    bar = KNOWS_PRIORS_ABOVE if unseen is None else max(KNOWS_PRIORS_ABOVE, unseen)
+    against = "no never-seen share to read it against" if unseen is None else f"never-seen people's {unseen:.3f}"
+    count = "?" if n is None else f"{int(n)}"
+    detail = (f"memorised answer preferred without a context, exposure {SEEN_BIN}: Wilson lower bound {lower:.3f} "
+              f"on {count} prompts against {against}; need > {KNOWS_PRIORS_ABOVE} and > that, on >= "
+              f"{MIN_PROMPTS} prompts")
+    return GateResult("knows_priors", n is not None and n >= MIN_PROMPTS and lower > bar, lower, detail)
 
 
 def capability_gates(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> list[GateResult]:
     """The gates from the last value of each tag a run logged (`start`: the values at step 0)."""
-    return [thinking_gate(values), strings_gate(values), reads_context_gate(values, start)]
+    return [thinking_gate(values), strings_gate(values), reads_context_gate(values, start),
+            knows_priors_gate(values, start)]
 
 
 def gate_scalars(results: list[GateResult]) -> dict[str, float]:
@@ -122,5 +162,5 @@ def gate_lines(results: list[GateResult]) -> list[str]:
     return [f"lamina: gate {r.name}: {r.word}: {r.detail}" for r in results]
 
 
-__all__ = ["GateResult", "capability_gates", "gate_lines", "gate_scalars", "reads_context_gate", "strings_gate",
-           "thinking_gate"]
+__all__ = ["GateResult", "capability_gates", "gate_lines", "gate_scalars", "knows_priors_gate", "reads_context_gate",
+           "strings_gate", "thinking_gate"]

@@ -35,8 +35,9 @@ Activation probes (token windows `[n_windows, block_size]`, about `tokens` token
   people: their gap is a null.
 
 Every activation probe has the same number of windows as `id` (a file shorter than that is noted),
-so a contrast between probes is not a contrast of sample sizes; the family mix of `id` (world
-corpus) is reported in the notes, so that a contrast with a `family/...` or `ood/...` probe can be
+so a contrast between probes is not a contrast of sample sizes, except where `family_tokens` gives
+the family and level probes fewer (the first windows of the same streams; noted, and their gaps'
+standard errors count the windows they hold); the family mix of `id` (world corpus) is reported in the notes, so that a contrast with a `family/...` or `ood/...` probe can be
 read as one of families.
 
 Task probe (for ablation): world `strings` examples, `examples_per_task` per task, packed whole
@@ -318,6 +319,73 @@ def labelled_windows(
     return LabelledWindows(inputs, out, dict(kinds))
 
 
+@dataclass(frozen=True)
+class NameSwappedWindows:
+    """Paired windows of people-family documents: window w of `seen` holds whole documents about
+    some people, window w of `swapped` the same documents with each person's name replaced by
+    their partner's, every other word the same (each window starts with `<|endoftext|>`, each
+    document ends with one, the rest is `<|endoftext|>` padding). `masks[side][kind]` [n, T] bool:
+    the tokens of the person's name (`name`) or of a fact's value (`attribute`: a village, job,
+    pet, food, thing, or a pet's food or colour), on side `seen` or `swapped`. `partners`: (seen
+    name, swapped name) pairs."""
+
+    seen: torch.Tensor
+    swapped: torch.Tensor
+    masks: dict[str, dict[str, torch.Tensor]]
+    partners: tuple[tuple[str, str], ...]
+
+
+def name_swapped_windows(
+    tokenizer, seed: int, people: Sequence[world.Person], partners: Sequence[world.Person], eot_id: int,
+    block_size: int, n_windows: int,
+) -> NameSwappedWindows:
+    """`n_windows` pairs of windows of `world.people_examples(seed, people)` (bios and recall
+    questions, the people family's templates), person i's name swapped for `partners[i]`'s on the
+    swapped side. A pair of windows holds the same documents on both sides (names differ in
+    length, so a window closes when the next document fits neither side), so their densities
+    pair window for window and differ only by the name and what follows from it."""
+    if len(partners) < len(people):
+        raise ValueError(f"name_swapped_windows: {len(people)} people need as many partners, got {len(partners)}")
+    swap = {p.name: q.name for p, q in zip(people, partners)}
+    finder = re.compile(r"\b(?:" + "|".join(map(re.escape, swap)) + r")\b")
+    examples = world.people_examples(seed, people)
+    sides = ("seen", "swapped")
+    windows: dict[str, list[list[int]]] = {side: [] for side in sides}
+    marks: dict[str, list[list[int]]] = {side: [] for side in sides}  # 0 none, 1 name, 2 attribute
+    current = {side: ([eot_id], [0]) for side in sides}
+
+    def close() -> None:
+        for side in sides:
+            ids, mark = current[side]
+            windows[side].append(ids + [eot_id] * (block_size - len(ids)))
+            marks[side].append(mark + [0] * (block_size - len(mark)))
+            current[side] = ([eot_id], [0])
+
+    while len(windows["seen"]) < n_windows:
+        chunk = [next(examples) for _ in range(64)]
+        twins = [world.Example(finder.sub(lambda m: swap[m[0]], e.text), e.family, e.task, e.level) for e in chunk]
+        labelled = {side: world.token_labels([world.annotate(e) for e in docs], tokenizer)
+                    for side, docs in (("seen", chunk), ("swapped", twins))}
+        for pair in zip(labelled["seen"], labelled["swapped"]):
+            if max(len(tl.ids) for tl in pair) + 2 > block_size:
+                continue  # a document longer than a window (none at the study's sizes)
+            if any(len(current[side][0]) + len(tl.ids) + 1 > block_size for side, tl in zip(sides, pair)):
+                close()
+                if len(windows["seen"]) == n_windows:
+                    break
+            for side, tl in zip(sides, pair):
+                mark = np.where(tl.labels["entity"] >= 0, 1,
+                                np.where((tl.labels["attribute"] >= 0) | (tl.labels["town"] >= 0), 2, 0))
+                current[side][0].extend(tl.ids.tolist() + [eot_id])
+                current[side][1].extend(mark.tolist() + [0])
+    as_tensor = {side: torch.tensor(marks[side], dtype=torch.int64) for side in sides}
+    return NameSwappedWindows(
+        torch.tensor(windows["seen"], dtype=torch.int64), torch.tensor(windows["swapped"], dtype=torch.int64),
+        {side: {"name": as_tensor[side] == 1, "attribute": as_tensor[side] == 2} for side in sides},
+        tuple(swap.items()),
+    )
+
+
 def file_windows(path: str | Path, tokenizer, block_size: int, n_windows: int) -> torch.Tensor | None:
     """Windows from the start of a text file (read in chunks until there are enough tokens);
     a file shorter than one window gives one shorter window; an empty file gives None."""
@@ -407,6 +475,7 @@ def build_probes(
     seed: int = 0,
     task_examples: int = 32,
     tasks: bool = True,
+    family_tokens: int | None = None,
 ) -> ProbeSet:
     """The probe set of a run, from a set-up TextDataModule (it needs `tokenizer`, `val_data`,
     `eot_id`, `probe_files` and `hparams.{seed, source, families, block_size}`, and reads
@@ -414,7 +483,9 @@ def build_probes(
 
     `tokens`: about how many tokens each activation probe holds; `seed`: the probe seed (with
     `data.seed` it fixes every probe); `task_examples`: string examples per task for ablation;
-    `tasks`: build the task probe at all. Probes the source cannot offer are named in `notes`.
+    `tasks`: build the task probe at all; `family_tokens`: about how many tokens each `family/<f>`,
+    `level/<k>` and `ood/level/<k>` probe holds (None: `tokens`; never more windows than `id`).
+    Probes the source cannot offer, or with fewer windows than `id`, are named in `notes`.
     """
     hp = datamodule.hparams
     tok, eot, block_size = datamodule.tokenizer, datamodule.eot_id, int(hp.block_size)
@@ -446,6 +517,13 @@ def build_probes(
     families = world.FAMILIES if hp.families is None else hp.families
     # The families the run really trains: a tasks filter can leave a family nothing to draw.
     trained = world.trained_families(families, levels, task_filter, bins) if is_world else ()
+    # The family and level probes: the first windows of the same streams when family_tokens is smaller.
+    n_family = n if family_tokens is None else min(n, n_windows_for(family_tokens, block_size))
+    if is_world and n_family < n:
+        out.notes.append(
+            f"family/<f>, level/<k>, ood/level/<k>: {n_family} windows each, not {n} (instrument.probes.family_tokens): "
+            f"their gaps' intervals are wider"
+        )
     if is_world:
         mix = family_mix(id_windows, tok, eot)
         mix_families = [f for f in world.ALL_FAMILIES if f in trained or mix[f] > 0]
@@ -459,7 +537,8 @@ def build_probes(
             out.notes.append("ood/<family> skipped: the run trains on every world family")
         for family in world.ALL_FAMILIES:
             out.probes[f"family/{family}"] = world_windows(
-                tok, world_seed(data_seed, seed, f"family/{family}"), [family], eot, block_size, n
+                tok, world_seed(data_seed, seed, f"family/{family}"), [family], eot, block_size, n_family,
+                roster_seed=data_seed,  # the people family: about the roster as this run's data seed deals it
             )
     else:
         out.notes.append(
@@ -490,7 +569,8 @@ def build_probes(
         for level in world.ARITH_LEVELS:
             name = f"ood/level/{level}" if level in held_out_levels else f"level/{level}"
             out.probes[name] = world_windows(
-                tok, world_seed(data_seed, seed, f"level/{level}"), ["arith"], eot, block_size, n, levels=[level]
+                tok, world_seed(data_seed, seed, f"level/{level}"), ["arith"], eot, block_size, n_family,
+                levels=[level],
             )
         held_out_tasks = [] if task_filter is None else [
             (f, t) for f in trained for t in world.TASKS_BY_FAMILY[f] if t not in task_filter
@@ -502,6 +582,7 @@ def build_probes(
             out.probes[f"ood/task/{task.replace('+', '_')}"] = world_windows(
                 tok, world_seed(data_seed, seed, f"ood/task/{task}"), [family], eot, block_size, n,
                 levels=at_levels, tasks=[task], exposure_bins=bins if family == "people" else None,
+                roster_seed=data_seed,
             )
         if held_out_levels or held_out_tasks:
             out.notes.append(
@@ -511,8 +592,10 @@ def build_probes(
                 )
             )
         if "people" in trained:
-            groups = {f"exposure/{b}": people for b, people in world.people_by_bin(bins).items()}
-            groups["novel"] = world.NOVEL_PEOPLE
+            # The roster as this run's data seed deals it (world.exposure_roster), as its training text has it.
+            by_bin = world.people_by_bin(bins, seed=data_seed)
+            groups = {f"exposure/{b}": people for b, people in by_bin.items()}
+            groups["novel"] = world.novel_people(bins, seed=data_seed)
             for name, people in groups.items():
                 examples = world.people_examples(world_seed(data_seed, seed, name), people)
                 out.probes[name] = example_windows(examples, tok, eot, block_size, n)
@@ -528,6 +611,7 @@ def build_probes(
 
 __all__ = [
     "LabelledWindows",
+    "NameSwappedWindows",
     "ProbeSet",
     "TaskProbe",
     "build_probes",
@@ -535,6 +619,7 @@ __all__ = [
     "family_mix",
     "held_out_windows",
     "labelled_windows",
+    "name_swapped_windows",
     "shuffle_within_windows",
     "string_task_probe",
     "uniform_windows",

@@ -106,6 +106,7 @@ class TextDataModule(L.LightningDataModule):
                 rarer than level 3, four) or `equal` (each arithmetic level alike).
             exposure_bins: relative mentions of the world people family's roster bins (null:
                 0, 1, 10, 100), probed as `exposure/<bin>` beside `novel`; needs the people family.
+                Which roster people fill each bin is drawn by `seed` (world.exposure_roster).
             family_weights: relative weight of each world family, integers (null: every family
                 alike; a family not named weighs 1), e.g. `{arith: 3, strings: 2}`. An example picks
                 its family by these weights, then a kind within it.
@@ -115,7 +116,9 @@ class TextDataModule(L.LightningDataModule):
             dataset_split: Hugging Face dataset split to stream.
             text_column: column holding the text in a Hugging Face dataset or .jsonl/.json/.parquet file.
             probe_files: local text files, each an extra out-of-distribution probe `ood/<stem>`.
-            seed: seed of the world corpus and of the training window order.
+            seed: seed of the world corpus (the people roster's exposure bins included: every
+                probe and evaluation about the roster reads the same draw) and of the training
+                window order.
             cache_dir: folder for trained tokenizers and token caches.
             num_workers: DataLoader worker processes.
             tokenizer_sample_bytes: bytes of training text a `bpe` tokenizer is trained on.

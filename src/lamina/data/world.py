@@ -13,15 +13,19 @@ World v2 (trained only when `families` names them; the default mix is the three 
 byte as it always was):
 
 - people: prose's person facts and questions about a second, fixed population (ROSTER, own
-  villages, jobs and things) under controlled exposure: the roster is cut into bins of
-  PEOPLE_PER_BIN people, and a person of bin b is the subject of b times as many documents as a
-  person of bin 1 (`exposure_bins`, default 0, 1, 10, 100: bin 0 is never mentioned).
-  NOVEL_PEOPLE use the same templates and never occur in any training text (probes only).
+  villages, jobs and things) under controlled exposure: the seed deals the roster out in an order
+  of its own (`exposure_roster`) and cuts it into bins of PEOPLE_PER_BIN people, and a person of
+  bin b is the subject of b times as many documents as a person of bin 1 (`exposure_bins`, default
+  0, 1, 10, 100: bin 0 is never mentioned). Which people are seen often is thus drawn per seed,
+  so that no person's name makes an exposure effect that holds over seeds. `novel_people(seed)`:
+  people no text of that seed mentions (NOVEL_PEOPLE, in no run's text, and the roster people the
+  seed's bins leave out), drawn per seed, in the same templates (probes only).
 - context: `Context: Tavik lives in Fenby. Q: Where does Tavik live? A: Fenby`: facts stated, then
   asked about, of a person invented for the document (`fresh`: only the context knows) or of a
   world person (`known`: the context agrees with the world), at levels 1-4 (sentences, with a
   second person as distractor). `counterfactuals()` writes contexts that contradict a roster
-  person's fact, for evaluation only.
+  person's fact (of the run's data seed's roster), each with its consistent twin and its question
+  alone, for evaluation only.
 - labels per token: `labelled_examples()` gives each example's spans (entity, attribute, town,
   operator, digit, carry, task, answer) and `token_labels()` maps them onto a tokenizer's tokens.
 
@@ -554,19 +558,46 @@ def check_exposure_bins(bins) -> tuple[int, ...]:
     return tuple(bins)
 
 
-def exposure_roster(bins: Sequence[int] | None = None) -> tuple[tuple[int, Person], ...]:
-    """(bin, person) for every roster person in use: PEOPLE_PER_BIN people per bin, in bin order.
-    A person of bin b is the subject of b parts in sum(bins) * PEOPLE_PER_BIN of the people family."""
+def _draw_rng(seed: int, purpose: str) -> random.Random:
+    """A stream of its own for one draw of a data seed (sha256: the same on every machine and process)."""
+    digest = hashlib.sha256(f"lamina.world.{purpose}/{_rng_seed(seed)}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def _rotated_roster(seed: int) -> tuple[Person, ...]:
+    """ROSTER in the order data seed `seed` deals it out: a seeded permutation, so which people are
+    exposed, and how often, is drawn per seed (a person's name cannot be what makes an exposure
+    effect that holds over seeds)."""
+    roster = list(ROSTER)
+    _draw_rng(seed, "roster").shuffle(roster)
+    return tuple(roster)
+
+
+def exposure_roster(bins: Sequence[int] | None = None, *, seed: int) -> tuple[tuple[int, Person], ...]:
+    """(bin, person) for every roster person data seed `seed` trains on: PEOPLE_PER_BIN people per
+    bin, in bin order, dealt from the seed's permutation of ROSTER (`seed`: the run's data.seed,
+    the one `generate` gets). A person of bin b is the subject of b parts in
+    sum(bins) * PEOPLE_PER_BIN of the people family."""
     bins = check_exposure_bins(bins)
-    return tuple((bins[i // PEOPLE_PER_BIN], ROSTER[i]) for i in range(len(bins) * PEOPLE_PER_BIN))
+    roster = _rotated_roster(seed)
+    return tuple((bins[i // PEOPLE_PER_BIN], roster[i]) for i in range(len(bins) * PEOPLE_PER_BIN))
 
 
-def people_by_bin(bins: Sequence[int] | None = None) -> dict[int, tuple[Person, ...]]:
-    """The roster people of each exposure bin."""
+def people_by_bin(bins: Sequence[int] | None = None, *, seed: int) -> dict[int, tuple[Person, ...]]:
+    """The roster people of each exposure bin for data seed `seed`."""
     out: dict[int, list[Person]] = {}
-    for b, person in exposure_roster(bins):
+    for b, person in exposure_roster(bins, seed=seed):
         out.setdefault(b, []).append(person)
     return {b: tuple(people) for b, people in out.items()}
+
+
+def novel_people(bins: Sequence[int] | None = None, *, seed: int) -> tuple[Person, ...]:
+    """N_NOVEL people that no training text of data seed `seed` mentions, drawn per seed from
+    NOVEL_PEOPLE (never in any run's text) and the roster people this seed's bins leave out, so
+    that the never-seen side of an exposure contrast is drawn per seed too. In the order drawn."""
+    in_bins = {p.name for _, p in exposure_roster(bins, seed=seed)}
+    unused = [p for p in NOVEL_PEOPLE + ROSTER if p.name not in in_bins]
+    return tuple(_draw_rng(seed, "novel").sample(unused, N_NOVEL))
 
 
 def people_bio(rng: random.Random, p: Person) -> str:
@@ -590,17 +621,25 @@ def _attribute_question(p: Person, attribute: str) -> tuple[str, str]:
     }[attribute]
 
 
+# Each attribute's two paraphrases in prose's wording; {v} is the value as the answer writes it.
+_FACT_TEMPLATES: dict[str, tuple[str, str]] = {
+    "town": ("{n} lives in {v}", "{n} is from {v}"),
+    "job": ("{n} is {v}", "{n} works as {v}"),
+    "pet": ("{n} has {v}", "{n} keeps {v}"),
+    "food": ("{n} likes {v}", "{n} loves to eat {v}"),
+    "thing": ("{n} owns {v}", "{n} carries {v}"),
+}
+
+
+def _answer_value(p: Person, attribute: str) -> str:
+    """An attribute's value as an answer or a fact writes it (`Fenby`, `a fox`, `plums`)."""
+    value = getattr(p, attribute)
+    return value if attribute in ("town", "food") else article(value)
+
+
 def _attribute_fact(p: Person, attribute: str, rng: random.Random) -> str:
     """One sentence stating an attribute, in one of prose's paraphrases (with its full stop)."""
-    value = getattr(p, attribute)
-    options = {
-        "town": ("{n} lives in " + value, "{n} is from " + value),
-        "job": ("{n} is " + article(value), "{n} works as " + article(value)),
-        "pet": ("{n} has " + article(value), "{n} keeps " + article(value)),
-        "food": ("{n} likes " + value, "{n} loves to eat " + value),
-        "thing": ("{n} owns " + article(value), "{n} carries " + article(value)),
-    }[attribute]
-    return rng.choice(options).format(n=p.name) + "."
+    return rng.choice(_FACT_TEMPLATES[attribute]).format(n=p.name, v=_answer_value(p, attribute)) + "."
 
 
 def people_recall(rng: random.Random, p: Person, level: int) -> str:
@@ -658,13 +697,20 @@ def _fresh_person(rng: random.Random, avoid: str = "") -> Person:
     return _invented_person(name, rng)
 
 
+class _ContextDocument(NamedTuple):
+    prompt: str  # `Context: ... Q: ... A:`
+    answer: str  # what the context says
+    consistent_prompt: str  # the same document with the subject's true facts (== prompt unless `stated`)
+
+
 def _context_document(
     rng: random.Random, subject: Person, other: Person | None, asked: str, level: int,
     stated: dict[str, str] | None = None,
-) -> tuple[str, str]:
-    """(`Context: ... Q: ... A:`, answer): `level` sentences, one stating the asked attribute of
-    `subject`; the others state other facts of `subject` or facts of `other` (at least one when
-    there is an other). `stated` overrides what the context says of `subject` (counterfactuals)."""
+) -> _ContextDocument:
+    """`level` sentences, one stating the asked attribute of `subject`; the others state other
+    facts of `subject` or facts of `other` (at least one when there is an other). `stated`
+    overrides what the context says of `subject` (counterfactuals); `consistent_prompt` is then the
+    same document, word for word, stating the subject's true value instead."""
     told = dataclasses.replace(subject, **(stated or {}))
     pairs = [(subject, a) for a in ATTRIBUTES if a != asked]
     if other is not None:
@@ -672,11 +718,17 @@ def _context_document(
     rest = rng.sample(pairs, level - 1)
     if other is not None and level >= 2 and all(p is not other for p, _ in rest):
         rest[0] = (other, rng.choice(ATTRIBUTES))
-    facts = [(told, asked)] + [(told if p is subject else p, a) for p, a in rest]
+    facts = [(subject, asked)] + rest
     rng.shuffle(facts)
-    context = " ".join(_attribute_fact(p, a, rng) for p, a in facts)
-    question, answer = _attribute_question(told, asked)
-    return f"Context: {context} Q: {question} A:", answer
+    templates = [rng.choice(_FACT_TEMPLATES[a]) for _, a in facts]  # one draw per sentence, in order
+
+    def document(who: Person) -> str:
+        sentences = (t.format(n=p.name, v=_answer_value(who if p is subject else p, a)) + "."
+                     for t, (p, a) in zip(templates, facts))
+        question = _attribute_question(who, asked)[0]
+        return f"Context: {' '.join(sentences)} Q: {question} A:"
+
+    return _ContextDocument(document(told), _attribute_question(told, asked)[1], document(subject))
 
 
 def context_example(rng: random.Random, task: str, level: int) -> str:
@@ -689,7 +741,7 @@ def context_example(rng: random.Random, task: str, level: int) -> str:
     else:
         subject = rng.choice(PEOPLE)
         other = rng.choice([p for p in PEOPLE if p is not subject]) if level >= 2 else None
-    prompt, answer = _context_document(rng, subject, other, rng.choice(ATTRIBUTES), level)
+    prompt, answer, _ = _context_document(rng, subject, other, rng.choice(ATTRIBUTES), level)
     return f"{prompt} {answer}\n"
 
 
@@ -705,7 +757,10 @@ def _context_kind(task: str, level: int) -> _Kind:
 class Counterfactual:
     """A context that contradicts a roster person's fact. `prompt` ends with `A:`; the answers are
     the words after `A: ` (`context_answer`: what the context says; `memorised_answer`: the
-    world's fact, which training states `bin` times as often as a bin-1 person's)."""
+    world's fact, which training states `bin` times as often as a bin-1 person's).
+    `consistent_prompt`: the same document stating the true value (the context agrees with
+    memory; only the value's words differ); `question_prompt`: the question alone, `Q: ... A:`,
+    as the people family's recall questions ask it (what the model says without a context)."""
 
     prompt: str
     context_answer: str
@@ -713,6 +768,8 @@ class Counterfactual:
     bin: int
     entity: str
     attribute: str
+    consistent_prompt: str = ""
+    question_prompt: str = ""
 
     def __iter__(self):  # (prompt, context_answer, memorised_answer, bin), as a tuple unpacks
         return iter((self.prompt, self.context_answer, self.memorised_answer, self.bin))
@@ -728,27 +785,33 @@ _ATTRIBUTE_VALUES = {
 
 
 def counterfactuals(
-    seed: int, n: int | None = None, exposure_bins: Sequence[int] | None = None, level: int = 1
+    seed: int, n: int | None = None, exposure_bins: Sequence[int] | None = None, level: int = 1, *,
+    data_seed: int,
 ) -> Iterator[Counterfactual]:
-    """Counterfactual contexts about roster people: bins drawn uniformly, then a person of the
-    bin and an attribute; the context states another value of it (`level` sentences, the others
-    true facts of the same person or a fresh person's). n items, or endless (None). The stream
-    is its own (a salted seed), and no training text holds a context about a roster person."""
+    """Counterfactual contexts about the roster people of data seed `data_seed` (the run's
+    data.seed: it deals the roster into exposure bins, `exposure_roster`): the bins in turn, and
+    within a bin its people in turn (so n = k x bins x PEOPLE_PER_BIN gives every bin and every
+    person k prompts), then an attribute drawn at random; the context states another value of it
+    (`level` sentences, the others true facts of the same person or a fresh person's). n items, or
+    endless (None). `seed` draws the stream (its own: a salted seed), and no training text holds a
+    context about a roster person."""
     if level not in CONTEXT_LEVELS:
         raise ConfigError(f"level: expected one of {', '.join(map(str, CONTEXT_LEVELS))}, got {level!r}")
-    by_bin = people_by_bin(exposure_bins)
+    by_bin = people_by_bin(exposure_bins, seed=data_seed)
+    bins = tuple(by_bin)
     salted = hashlib.sha256(f"lamina.world.counterfactuals/{_rng_seed(seed)}".encode()).digest()
     rng = random.Random(int.from_bytes(salted[:8], "little"))
     count = itertools.count() if n is None else range(n)
-    for _ in count:
-        b = rng.choice(tuple(by_bin))
-        person = rng.choice(by_bin[b])
+    for i in count:
+        b = bins[i % len(bins)]
+        person = by_bin[b][(i // len(bins)) % len(by_bin[b])]
         attribute = rng.choice(ATTRIBUTES)
         value = rng.choice([v for v in _ATTRIBUTE_VALUES[attribute] if v != getattr(person, attribute)])
         other = _fresh_person(rng) if level >= 2 and rng.random() < 0.5 else None
-        prompt, answer = _context_document(rng, person, other, attribute, level, {attribute: value})
-        memorised = _attribute_question(person, attribute)[1]
-        yield Counterfactual(prompt, answer, memorised, b, person.name, attribute)
+        document = _context_document(rng, person, other, attribute, level, {attribute: value})
+        question, memorised = _attribute_question(person, attribute)
+        yield Counterfactual(document.prompt, document.answer, memorised, b, person.name, attribute,
+                             document.consistent_prompt, f"Q: {question} A:")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -836,8 +899,9 @@ def check_family_weights(family_weights, families: Sequence[str]) -> dict[str, i
     return weights
 
 
-def _select_kinds(families, levels, tasks, exposure_bins=None) -> dict[str, list[_Kind]]:
-    """Validate the filters and return the kinds each selected family draws from."""
+def _select_kinds(families, levels, tasks, exposure_bins=None, seed: int = 0) -> dict[str, list[_Kind]]:
+    """Validate the filters and return the kinds each selected family draws from (the people
+    family's about data seed `seed`'s roster: `exposure_roster`)."""
     families = _as_tuple(families)
     if not families:
         raise ConfigError(f"data.families: empty (expected some of: {', '.join(ALL_FAMILIES)})")
@@ -861,7 +925,7 @@ def _select_kinds(families, levels, tasks, exposure_bins=None) -> dict[str, list
                 raise _unknown("tasks", "task", task, valid)
     people: list[_Kind] = []
     if "people" in families:
-        roster = exposure_roster(exposure_bins)
+        roster = exposure_roster(exposure_bins, seed=seed)
         people = _people_kinds(_weighted_pick([p for _, p in roster], [b for b, _ in roster]))
     elif exposure_bins is not None:
         check_exposure_bins(exposure_bins)
@@ -895,7 +959,7 @@ def trained_families(
 ) -> tuple[str, ...]:
     """The families `generate` really draws from with these filters (a tasks filter can leave a
     family nothing to draw), in ALL_FAMILIES order."""
-    return tuple(_select_kinds(families, levels, tasks, exposure_bins))
+    return tuple(_select_kinds(families, levels, tasks, exposure_bins))  # (which people: no matter here)
 
 
 def _rng_seed(seed: int) -> int:
@@ -914,6 +978,7 @@ def generate(
     level_weights: str = "by_kind",
     exposure_bins: Sequence[int] | None = None,
     family_weights: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
+    roster_seed: int | None = None,
 ) -> Iterator[Example]:
     """Endless stream of examples, deterministic in all arguments.
 
@@ -924,11 +989,14 @@ def generate(
     `"equal"` draws an arithmetic level uniformly, then a task of that level. `levels` restricts
     arith difficulty levels (None: all), `tasks` restricts tasks (None: all); families left with
     no task drop out. `exposure_bins` sets the relative mentions of the people family's roster
-    (None: DEFAULT_EXPOSURE_BINS; only with the people family). Bad names raise ConfigError here,
-    not at the first next().
+    (None: DEFAULT_EXPOSURE_BINS; only with the people family); `roster_seed` deals the roster into
+    those bins (`exposure_roster(exposure_bins, seed=roster_seed)`; None: `seed`, as training's
+    stream, whose seed is data.seed; a probe's stream of another seed passes the run's data.seed, so
+    that its people are the run's). Bad names raise ConfigError here, not at the first next().
     """
     check_level_weights(level_weights)
-    kinds_by_family = _select_kinds(families, levels, tasks, exposure_bins)
+    roster_seed = seed if roster_seed is None else roster_seed
+    kinds_by_family = _select_kinds(families, levels, tasks, exposure_bins, roster_seed)
     weights = check_family_weights(family_weights, _as_tuple(families))
     rng = random.Random(_rng_seed(seed))
     # "equal": kinds grouped by level, for the families whose kinds have levels (arith).
@@ -1078,10 +1146,13 @@ def labelled_examples(
     *,
     level_weights: str = "by_kind",
     exposure_bins: Sequence[int] | None = None,
+    roster_seed: int | None = None,
 ) -> list[LabelledExample]:
     """The first n examples of `generate(seed, ...)` (pick a seed other than training's, e.g.
-    `lamina.probes.world_seed`), each with its label spans."""
-    stream = generate(seed, families, levels, tasks, level_weights=level_weights, exposure_bins=exposure_bins)
+    `lamina.probes.world_seed`, and pass the run's data.seed as `roster_seed`, so that its people
+    are the run's), each with its label spans."""
+    stream = generate(seed, families, levels, tasks, level_weights=level_weights, exposure_bins=exposure_bins,
+                      roster_seed=roster_seed)
     return [annotate(example) for example in itertools.islice(stream, n)]
 
 
@@ -1169,6 +1240,7 @@ __all__ = [
     "generate",
     "label_classes",
     "labelled_examples",
+    "novel_people",
     "people_by_bin",
     "people_examples",
     "sample_text",

@@ -4,7 +4,8 @@ its untuned self (the anti-expert):
 
     logits = logits_base + alpha * (logits_expert - logits_anti)      (alpha = 1 in the paper)
 
-over the shared real vocabulary, then greedy (temperature 0) or sampled as usual. The three models
+over the shared real vocabulary (Liu et al. define the proxy's next-token distribution as the
+softmax of this sum), then greedy (temperature 0) or sampled as usual. The three models
 decode together, each with its own KV cache, one forward of each per new token; they must share
 the tokenizer (the same ids), and may differ in size. With expert = anti the difference is exactly
 zero and the proxy is the base, token for token and logit for logit.
@@ -14,6 +15,12 @@ of lamina.finetune.retention (world fact questions, one- and two-hop, and any `-
 base, expert, anti-expert and proxy, and writes DIR/proxy.json and DIR/proxy.md: each accuracy
 with its Wilson interval, n and chance level, and the proxy's paired comparison with the base and
 the expert on the same items (discordant pairs and the exact McNemar p-value).
+
+`sweep_logits` reads the proxy at several alphas at once for forced-choice scoring
+(lamina.finetune.retention.choice_accuracy): the three models run once a batch, and each alpha is
+a different sum of the same logits. Liu et al. use alpha = 1 in their main experiments and name
+alpha as the knob that trades the expert's guidance against the base: larger alpha moves the proxy
+further towards what the expert learned, away from the base.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from scipy import stats
 from lamina.data.tokenizer import EOT
 from lamina.errors import ArgumentParser, ConfigError
 from lamina.pretrained import LoadedCheckpoint, load_gpt, same_tokenizer
-from lamina.finetune.retention import Accuracy, GreedyCompleter, RetentionSuite, held_out_seed
+from lamina.finetune.retention import Accuracy, GreedyCompleter, Logits, RetentionSuite, held_out_seed, model_logits
 from lamina.model import GPT, KVCache, decode
 
 
@@ -84,6 +91,29 @@ class ProxyTuned:
             stops, generator, on_logits=kept.append if keep_logits else None,
         )
         return (*out, torch.stack(kept, dim=1)) if keep_logits else out
+
+
+def sweep_logits(models: dict[str, GPT], trio: tuple[str, str, str], proxies: dict[str, float]) -> Logits:
+    """`Logits` of every model in `models` under its name and, beside them, of each proxy (name ->
+    alpha) of the trio (base, expert, anti: names in `models`), `ProxyTuned.combine` of the same
+    three logits: the models run once a batch, whatever the number of alphas."""
+    base, expert, anti = trio
+    read = model_logits(models)
+    combiners = {name: ProxyTuned(models[base], models[expert], models[anti], alpha) for name, alpha in proxies.items()}
+
+    def logits(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = read(idx)
+        for name, proxy in combiners.items():
+            out[name] = proxy.combine(out[base], out[expert], out[anti])
+        return out
+
+    return logits
+
+
+def proxy_completer(proxy: ProxyTuned, tokenizer, eot: int, device, batch_size: int) -> GreedyCompleter:
+    """Greedy completions of the proxy (each model with its KV cache), as `GreedyCompleter.for_model`."""
+    return GreedyCompleter(lambda idx, n, stop: proxy.generate(idx, n, temperature=0, stop_id=stop), tokenizer, eot,
+                           proxy.block_size, device, batch_size)
 
 
 # ---- the command ----------------------------------------------------------------------------------
@@ -148,10 +178,7 @@ def evaluate(trio: dict[str, LoadedCheckpoint], suite: RetentionSuite, device, b
     models = {name: loaded.model.to(device).eval() for name, loaded in trio.items()}
     proxy = ProxyTuned(models["base"], models["expert"], models["anti"], alpha)
     completers = {name: GreedyCompleter.for_model(m, tokenizer, eot, batch_size) for name, m in models.items()}
-    completers["proxy"] = GreedyCompleter(
-        lambda idx, n, stop: proxy.generate(idx, n, temperature=0, stop_id=stop), tokenizer, eot, proxy.block_size,
-        device, batch_size,
-    )
+    completers["proxy"] = proxy_completer(proxy, tokenizer, eot, device, batch_size)
     return {name: suite.evaluate(complete) for name, complete in completers.items()}
 
 
@@ -225,4 +252,5 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-__all__ = ["ProxyTuned", "evaluate", "load_trio", "main", "markdown", "paired", "parser"]
+__all__ = ["ProxyTuned", "evaluate", "load_trio", "main", "markdown", "paired", "parser", "proxy_completer",
+           "sweep_logits"]

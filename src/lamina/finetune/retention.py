@@ -21,6 +21,18 @@ common answer but no fact (the question with its entity names blanked is the for
 live?` -> the commonest town). For a task file it is the share of its commonest answer.
 
 A prompt is fed after `<|endoftext|>`, as a document starts in training.
+
+Forced choice (`choice_items`, `choice_accuracy`): exact match needs the answer's format as well as
+the fact, so a model that lost the format (a fine-tuned one that writes arithmetic after `A:`)
+scores 0 whatever it still knows. Read by log-probability instead, each question is a choice among
+the answers its form takes in the world (`Where does _ live?`: the 12 towns people live in), each
+written as the corpus writes the right one (one-hop ` Osk.\n`; two-hop the whole thought and answer,
+with the answer put in wherever the right continuation writes it, so the choices share the thought's
+first fact and differ in the chained fact and the answer). The model's choice is the continuation
+with the highest summed log-probability after the prompt (the standard multiple-choice reading, e.g.
+the `acc` of EleutherAI's lm-evaluation-harness); tied best choices share the credit. Its chance is the
+higher of two guessers' that know no fact: one choosing uniformly (the mean of 1/choices) and one
+choosing the form's commonest answer (`form_chance`).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from typing import Callable, Sequence
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.data import world
@@ -76,7 +89,7 @@ class EvalItem:
 class Accuracy:
     """Exact-match accuracy with its 95% Wilson interval, n, a chance level and each item's outcome."""
 
-    correct: int
+    correct: int | float  # (forced choice: tied best choices share the credit, so a sum of shares)
     n: int
     chance: float = float("nan")
     outcomes: list[bool] = field(default_factory=list)
@@ -87,7 +100,7 @@ class Accuracy:
 
     @property
     def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.correct, self.n)
+        return wilson_interval(round(self.correct), self.n)
 
     def scalars(self, tag: str) -> dict[str, float]:
         lo, hi = self.interval
@@ -154,16 +167,22 @@ def form_chance(
     items: Sequence[EvalItem], population: Sequence[EvalItem] | None = None, form: Callable[[str], str] = question_form
 ) -> float:
     """Accuracy on `items` of answering every question with its form's commonest answer in
-    `population` (default: the items themselves), which knows the forms and no fact. Take the
-    population from all the questions, not a small sample of them: a form seen once in a sample
-    has its one answer as its commonest."""
+    `population` (default: the items themselves), which knows the forms and no fact; where several
+    answers tie for commonest it picks one of them at random (its expected accuracy: each of the t
+    tied answers is right 1/t of the time), so a form whose answers are all distinct scores 1/n.
+    Take the population from all the questions, not a small sample of them: a form seen once in a
+    sample has its one answer as its commonest."""
     if not items:
         return float("nan")
     by_form: dict[str, Counter] = defaultdict(Counter)
     for item in items if population is None else population:
         by_form[form(item.prompt)][item.answer] += 1
-    commonest = {f: counts.most_common(1)[0][0] for f, counts in by_form.items()}
-    return sum(commonest.get(form(item.prompt)) == item.answer for item in items) / len(items)
+    commonest: dict[str, set[str]] = {}
+    for f, counts in by_form.items():
+        top = max(counts.values())
+        commonest[f] = {answer for answer, count in counts.items() if count == top}
+    right = [commonest.get(form(item.prompt), set()) for item in items]
+    return sum((item.answer in top) / len(top) for item, top in zip(items, right) if top) / len(items)
 
 
 def task_items(path: str | Path, key: str = "task_files") -> list[EvalItem]:
@@ -260,18 +279,153 @@ def line_break_ids(tokenizer) -> list[int]:
     return [i for i in range(tokenizer.get_vocab_size()) if "\n" in tokenizer.decode([i], skip_special_tokens=False)]
 
 
+# ---- forced choice ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """One question read by forced choice: the prompt, the continuations it chooses among (each
+    written as the corpus writes the right one), and the index of the right one."""
+
+    prompt: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+def swap_answer(gold: str, answer: str, other: str) -> str:
+    """`gold` with `other` written wherever `gold` writes `answer` as a whole word or phrase."""
+    return re.sub(rf"(?<!\w){re.escape(answer)}(?!\w)", lambda _: other, gold)
+
+
+def form_answers(population: Sequence[EvalItem], form: Callable[[str], str] = question_form) -> dict[str, list[str]]:
+    """Each question form's distinct answers in `population`, in the order they first occur."""
+    answers: dict[str, dict[str, None]] = defaultdict(dict)
+    for item in population:
+        answers[form(item.prompt)].setdefault(item.answer)
+    return {f: list(found) for f, found in answers.items()}
+
+
+def choice_items(items: Sequence[EvalItem], population: Sequence[EvalItem] | None = None,
+                 form: Callable[[str], str] = question_form) -> list[ChoiceItem]:
+    """Each item as a choice among the answers its form takes in `population` (default: the items;
+    take the whole question set, as for `form_chance`): the item's gold continuation with each of
+    those answers in place of its own."""
+    answers = form_answers(items if population is None else population, form)
+    out = []
+    for item in items:
+        options = answers.get(form(item.prompt), [])
+        options = options if item.answer in options else [*options, item.answer]
+        choices = tuple(swap_answer(item.gold, item.answer, other) for other in options)
+        out.append(ChoiceItem(item.prompt, choices, options.index(item.answer)))
+    return out
+
+
+def choice_chance(items: Sequence[EvalItem], population: Sequence[EvalItem] | None = None,
+                  form: Callable[[str], str] = question_form) -> float:
+    """Forced-choice accuracy of the better of two guessers that know no fact: the uniform one
+    (the mean of 1 / choices) and the one that picks its form's commonest answer (`form_chance`)."""
+    if not items:
+        return float("nan")
+    choices = choice_items(items, population, form)
+    uniform = sum(1 / len(c.choices) for c in choices) / len(choices)
+    return max(uniform, form_chance(items, population, form))
+
+
+Logits = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+"""Token ids [B, T] -> {reader: next-token logits [B, T, vocab] over the real vocabulary}: one or
+more models (or a proxy's combination of them, lamina.finetune.proxy.sweep_logits) read on one batch."""
+
+
+def model_logits(models: dict[str, torch.nn.Module]) -> Logits:
+    """`Logits` of GPTs, each under its own name (padding ids dropped, float32)."""
+
+    def logits(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: m(idx)[0][..., : m.config.vocab_size].float() for name, m in models.items()}
+
+    return logits
+
+
+@torch.no_grad()
+def continuation_log_probs(logits_of: Logits, pairs: Sequence[tuple[str, str]], tokenizer, eot_id: int,
+                           block_size: int, device, batch_size: int = 64) -> dict[str, list[float]]:
+    """Per reader of `logits_of`, the summed log-probability of each (prompt, continuation) pair's
+    continuation after `<|endoftext|>` and the prompt (teacher-forced, one forward a batch); -inf
+    for a pair longer than the context (block_size + 1 tokens). Rows of a batch are right-padded:
+    a causal model's earlier positions never see the padding."""
+    prompts = tokenizer.encode_batch([p for p, _ in pairs], add_special_tokens=False) if pairs else []
+    ends = tokenizer.encode_batch([c for _, c in pairs], add_special_tokens=False) if pairs else []
+    rows = [([eot_id, *p.ids, *c.ids], len(c.ids)) for p, c in zip(prompts, ends, strict=True)]
+    fits = sorted((i for i, (ids, n) in enumerate(rows) if n and len(ids) - 1 <= block_size),
+                  key=lambda i: len(rows[i][0]))
+    out: dict[str, list[float]] = {}
+    if not fits:  # (the readers' names, from a batch of one token)
+        names = logits_of(torch.full((1, 1), eot_id, dtype=torch.long, device=device))
+        return {name: [float("-inf")] * len(rows) for name in names}
+    for start in range(0, len(fits), batch_size):
+        chunk = fits[start : start + batch_size]
+        width = max(len(rows[i][0]) for i in chunk) - 1
+        idx = torch.full((len(chunk), width), eot_id, dtype=torch.long)
+        target = torch.full((len(chunk), width), -1, dtype=torch.long)  # -1: not scored
+        for r, i in enumerate(chunk):
+            ids, n = rows[i]
+            idx[r, : len(ids) - 1] = torch.tensor(ids[:-1])
+            target[r, len(ids) - 1 - n : len(ids) - 1] = torch.tensor(ids[-n:])
+        idx, target = idx.to(device), target.to(device)
+        scored = target >= 0
+        row_of = torch.arange(len(chunk), device=device)[:, None].expand_as(target)[scored]
+        wanted = target[scored]
+        for name, logits in logits_of(idx).items():  # (only the continuations' positions are normalised)
+            logp = F.log_softmax(logits[scored].float(), dim=-1).gather(-1, wanted[:, None])[:, 0]
+            sums = torch.zeros(len(chunk), dtype=torch.float64, device=device).index_add_(0, row_of, logp.double())
+            values = out.setdefault(name, [float("-inf")] * len(rows))
+            for i, total in zip(chunk, sums.tolist(), strict=True):
+                values[i] = total
+    return out
+
+
+def choice_credit(scores: Sequence[float], answer: int) -> float:
+    """1 when the right choice scores highest, 1/t when it ties t ways for the highest, else 0 (and
+    0 when nothing could be scored: a question the context cannot hold counts wrong, as in `score`)."""
+    best = max(scores)
+    if best == float("-inf") or scores[answer] != best:
+        return 0.0
+    return 1.0 / sum(v == best for v in scores)
+
+
+def choice_accuracy(logits_of: Logits, items: Sequence[ChoiceItem], tokenizer, eot_id: int, block_size: int,
+                    device, batch_size: int = 64, chance: float = float("nan")) -> dict[str, Accuracy]:
+    """Forced-choice accuracy of each reader of `logits_of` on `items` (all choices of all items
+    scored in one pass; `outcomes`: the right choice alone scored highest)."""
+    pairs = [(item.prompt, choice) for item in items for choice in item.choices]
+    scores = continuation_log_probs(logits_of, pairs, tokenizer, eot_id, block_size, device, batch_size)
+    results = {}
+    for name, values in scores.items():
+        credits, at = [], 0
+        for item in items:
+            credits.append(choice_credit(values[at : at + len(item.choices)], item.answer))
+            at += len(item.choices)
+        results[name] = Accuracy(sum(credits), len(items), chance, [c == 1.0 for c in credits])
+    return results
+
+
 class RetentionSuite:
-    """The fact questions (and task pairs) of one evaluation, fixed once, scored on any completer."""
+    """The fact questions (and task pairs) of one evaluation, fixed once, scored on any completer
+    (exact match, `evaluate`) or, the fact questions, by forced choice on any `Logits`
+    (`evaluate_choices`: among the answers each form takes in the whole question set)."""
 
     def __init__(self, tokenizer, seed: int, items: int | None = None, task_files: Sequence[str] = (),
                  families: Sequence[str] = FACT_FAMILIES):
         self.sets: dict[str, list[EvalItem]] = {}
         self.chance: dict[str, float] = {}
+        self.choices: dict[str, list[ChoiceItem]] = {}
+        self.choice_chance: dict[str, float] = {}
         for family in families:
             tag = f"eval/facts/{family}"
             population = fact_items(family, seed)
             self.sets[tag] = population[:items]
             self.chance[tag] = form_chance(self.sets[tag], population)
+            self.choices[tag] = choice_items(self.sets[tag], population)
+            self.choice_chance[tag] = choice_chance(self.sets[tag], population)
         for path in task_files:
             tag = f"eval/task/{Path(path).stem}"
             if tag in self.sets:
@@ -279,9 +433,20 @@ class RetentionSuite:
             self.sets[tag] = task_items(path)
             self.chance[tag] = task_chance(self.sets[tag])
         self.budgets = {tag: token_budget(items, tokenizer) for tag, items in self.sets.items()}
+        self.tokenizer = tokenizer
 
     def evaluate(self, complete: Completer) -> dict[str, Accuracy]:
         return {tag: score(complete, items, self.budgets[tag], self.chance[tag]) for tag, items in self.sets.items()}
+
+    def evaluate_choices(self, logits_of: Logits, eot_id: int, block_size: int, device,
+                         batch_size: int = 64) -> dict[str, dict[str, Accuracy]]:
+        """Forced-choice accuracy on the fact questions: reader -> tag -> Accuracy."""
+        by_reader: dict[str, dict[str, Accuracy]] = defaultdict(dict)
+        for tag, items in self.choices.items():
+            for reader, acc in choice_accuracy(logits_of, items, self.tokenizer, eot_id, block_size, device,
+                                               batch_size, self.choice_chance[tag]).items():
+                by_reader[reader][tag] = acc
+        return dict(by_reader)
 
     @staticmethod
     def scalars(results: dict[str, Accuracy]) -> dict[str, float]:
@@ -382,18 +547,28 @@ def held_out_seed(data_seed: int) -> int:
 
 __all__ = [
     "Accuracy",
+    "ChoiceItem",
     "Completer",
     "EvalItem",
+    "Logits",
     "FACT_FAMILIES",
     "GreedyCompleter",
     "Retention",
     "RetentionSuite",
     "fact_items",
     "form_chance",
+    "choice_accuracy",
+    "choice_chance",
+    "choice_credit",
+    "choice_items",
+    "continuation_log_probs",
+    "form_answers",
     "held_out_seed",
     "line_break_ids",
+    "model_logits",
     "question_form",
     "score",
+    "swap_answer",
     "task_chance",
     "task_items",
     "token_budget",

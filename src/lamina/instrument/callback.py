@@ -41,6 +41,8 @@ from lamina.instrument import pictures
 from lamina.instrument import ablation as abl
 from lamina.instrument.config import (
     DEFAULT_SHUFFLED_DRAWS,  # noqa: F401 (kept importable from here)
+    LIGHT_ROWS_PER_WINDOW,
+    MIN_LIGHT_WINDOWS,
     MIN_NULL_DRAWS,  # noqa: F401
     AblationConfig,
     ContextConfig,
@@ -52,9 +54,9 @@ from lamina.instrument.config import (
     SparsityConfig,
     section,
 )
-from lamina.instrument.context import context_figure, context_scalars, context_vs_prior, counterfactual_probe
+from lamina.instrument.context import context_figure, context_scalars, context_vs_prior, world_counterfactual_probe
 from lamina.instrument.hierarchy import hierarchy_figure, hierarchy_scalars, measure_hierarchy
-from lamina.instrument.lastlayer import answer_positions_probe, lastlayer_stats
+from lamina.instrument.lastlayer import lastlayer_stats, prompt_positions_probe
 from lamina.instrument.layers import layer_scalars
 from lamina.instrument.modularity import (
     LayerModules,
@@ -67,6 +69,7 @@ from lamina.instrument.precision import AutocastFactory, measuring
 from lamina.instrument.sparsity import (
     STATS,
     ActiveRule,
+    ProbeStats,
     active_rule,
     default_eps,
     density_intervals,
@@ -81,6 +84,9 @@ from lamina.step import ends_optimizer_step, runs_logged_step
 
 IMPLS = ("auto", "kernel", "reference")
 PROBE_BATCH_TOKENS = 8192  # tokens per probe forward when instrument.probes.batch_size is null
+# On a CPU, smaller forwards keep a layer's recorded activations in cache: at tiny's shape the probes
+# took 7% less time in forwards of 2048 tokens than of 8192 (one core, 2026-12-07).
+CPU_PROBE_BATCH_TOKENS = 2048
 LIGHT_PROBES = ("id", "id_b", "shuffled", "random")  # the light tier: the familiarity gaps alone
 
 
@@ -174,13 +180,15 @@ class Instrumentation(L.Callback):
         self.context_probe = None
 
         self.probes: ProbeSet | None = None
+        self.light_windows: int | None = None  # the light tier's windows a probe (set with the probes)
         self.answer_probe = None  # the last-layer measures' arithmetic problems
         self.cadence = Cadence(self.every_n_steps)  # the full battery's (its last step kept in checkpoints)
         self.light_cadence = Cadence(self.sparsity.light_every_n_steps, at_start=False, at_end=False)
         self.rule: ActiveRule | None = None  # the active rule of the last measurement (train density reads it)
         self.train_hooks = TrainDensity()
         self.previous_labels: dict[int, torch.Tensor] = {}  # per layer, for stability
-        self.q_history: dict[int, list[tuple]] = {}  # per layer (step, q, q_heldout, q_null), for the picture
+        # Per layer (step, q, q_heldout, permutation-null draws, shuffled-weights draws), for the picture.
+        self.q_history: dict[int, list[tuple]] = {}
         self.last_seconds: float | None = None  # wall time of the last measurement
         self.timings: list[dict] = []  # {step, hook, seconds, partition, ablate} per measurement (benchmarks)
         self._warned: set[str] = set()
@@ -274,6 +282,7 @@ class Instrumentation(L.Callback):
         self.probes = build_probes(
             datamodule,
             tokens=self.probes_config.tokens,
+            family_tokens=self.probes_config.family_tokens,
             seed=self.probes_config.seed,
             task_examples=self.ablation.examples,
             tasks=self.ablation.enabled and self.modularity.enabled,
@@ -285,10 +294,10 @@ class Instrumentation(L.Callback):
             self.probes.tasks = TaskProbe(t.inputs.to(device), t.targets.to(device), t.task_ids.to(device), t.tasks)
         hp = datamodule.hparams
         if self.lastlayer.enabled and hp.source == "world":
-            self.answer_probe = answer_positions_probe(
+            self.answer_probe = prompt_positions_probe(
                 datamodule.tokenizer, world_seed(int(hp.seed), self.probes_config.seed, "lastlayer"),
-                world.ARITH_LEVELS,
-                self.lastlayer.problems, int(hp.block_size), datamodule.eot_id,
+                world.ARITH_LEVELS, self.lastlayer.problems, int(hp.block_size), datamodule.eot_id,
+                thoughts=hp.get("thoughts", "keep"),
             )
         if hp.source == "world":
             self._build_world_evaluations(datamodule, device)
@@ -298,6 +307,14 @@ class Instrumentation(L.Callback):
         )
         for note in self.probes.notes:
             rank_zero_info(f"lamina: instrumentation: {note}")
+        self.light_windows = light_windows(self.sparsity, trainer, len(self.probes.probes["id"]))
+        if self.sparsity.light_every_n_steps is not None:
+            rank_zero_info(
+                f"lamina: instrumentation: light tier every {self.sparsity.light_every_n_steps} steps on "
+                f"{min(self.light_windows, len(self.probes.probes['id']))} windows a probe (their gaps' /se say how wide)"
+                + (" (instrument.sparsity.light_windows null: one per 50 sequences trained between two)"
+                   if self.sparsity.light_windows is None else "")
+            )
         if self.ablation.enabled and not self.modularity.enabled:
             rank_zero_info("lamina: instrumentation: ablation skipped: it needs instrument.modularity.enabled")
         if trainer.is_global_zero and self.pictures:
@@ -317,23 +334,16 @@ class Instrumentation(L.Callback):
                 world_seed(seed, self.probes_config.seed, "hierarchy"), self.hierarchy.examples, families,
                 hp.get("levels"),
                 hp.get("tasks"), level_weights=hp.get("level_weights", "by_kind"), exposure_bins=hp.get("exposure_bins"),
+                roster_seed=seed,
             )
             windows = labelled_windows(
                 examples, datamodule.tokenizer, datamodule.eot_id, int(hp.block_size), self.hierarchy.examples
             )
             self.hierarchy_probe = (windows.inputs.to(device), {k: v.to(device) for k, v in windows.labels.items()})
         if self.context.enabled and "people" in families:
-            # The corpus writes `A: <answer>`: the candidates are the text after the prompt's `A:`.
-            items = [
-                {"prompt": c.prompt, "context_answer": " " + c.context_answer,
-                 "memorised_answer": " " + c.memorised_answer, "exposure_bin": c.bin}
-                for c in world.counterfactuals(
-                    world_seed(seed, self.probes_config.seed, "context"), self.context.prompts, hp.get("exposure_bins")
-                )
-            ]
-            tokenizer = datamodule.tokenizer
-            self.context_probe = counterfactual_probe(
-                items, lambda text: tokenizer.encode(text, add_special_tokens=False).ids, bos=datamodule.eot_id
+            self.context_probe = world_counterfactual_probe(
+                datamodule.tokenizer, datamodule.eot_id, data_seed=seed, probe_seed=self.probes_config.seed,
+                prompts=self.context.prompts, exposure_bins=hp.get("exposure_bins"),
             )
         elif self.context.enabled:
             self._info("context", "lamina: instrumentation: context against memory skipped: it needs the world "
@@ -354,6 +364,7 @@ class Instrumentation(L.Callback):
             ablate=ablate,
             probe=probe,
             context=context,
+            ends=hook in ("start", "end"),
             device=pl_module.device,
             autocast=trainer.precision_plugin.forward_context,  # a factory: entered once per forward
             rank=trainer.global_rank,
@@ -378,7 +389,7 @@ class Instrumentation(L.Callback):
         mode as a full measurement; logs density and gap tags, `perf/instrument_light_seconds`."""
         started = time.perf_counter()
         model = getattr(pl_module, "model", pl_module)
-        windows = self.sparsity.light_windows
+        windows = self.light_windows
         probes = {name: w[:windows] for name, w in self.probes.probes.items() if name in LIGHT_PROBES}
         device = pl_module.device
         batch = self._batch_rows()
@@ -412,7 +423,9 @@ class Instrumentation(L.Callback):
         return self.impl if self.impl != "auto" else ("auto" if device.type == "cuda" else "reference")
 
     def _batch_rows(self) -> int:
-        return self.probes_config.batch_size or max(1, PROBE_BATCH_TOKENS // self.probes.probes["id"].shape[1])
+        windows = self.probes.probes["id"]
+        tokens = CPU_PROBE_BATCH_TOKENS if windows.device.type == "cpu" else PROBE_BATCH_TOKENS
+        return self.probes_config.batch_size or max(1, tokens // windows.shape[1])
 
     def measure(
         self,
@@ -423,6 +436,7 @@ class Instrumentation(L.Callback):
         ablate: bool = False,
         probe: bool = False,
         context: bool = False,
+        ends: bool = True,
         device: torch.device | None = None,
         autocast: AutocastFactory | None = None,
         rank: int = 0,
@@ -430,7 +444,9 @@ class Instrumentation(L.Callback):
     ) -> Measurement:
         """Measure `model` (a GPT) on `self.probes`; returns the tags, logs nothing. `partition`:
         run modularity (if switched on) at this step; `ablate`: also the ablation; `probe`: the
-        hierarchy probes; `context`: context against memory (each if switched on and built).
+        hierarchy probes; `context`: context against memory (each if switched on and built);
+        `ends`: this is the step-0 or the final measurement (the permutation null's default
+        cadence, `instrument.modularity.permutation_null`).
         `autocast`: a factory of the context each forward runs in (the trainer's
         `precision_plugin.forward_context`); None: the autocast in force at the call. Only the
         forwards run in it: every statistic runs with autocast off, in fp32 or wider, whatever the
@@ -450,20 +466,21 @@ class Instrumentation(L.Callback):
             # (co-activation counts, CETT calibration, probe scores) would run in bf16.
             with torch.no_grad(), measuring(autocast):
                 rule = self.rule = self._rule(model, batch, device)
-                stats = measure_probes(
+                stats = self._measure_probes(
                     model, probes, rule=rule, batch_size=batch, device=device, impl=impl,
                     keep_active=samples if self.modularity.enabled and partition else (),
                     residual=samples if self.layers.enabled else (), rank=rank, world_size=world_size,
                 )
                 if rank != 0:
                     return out
-                out.scalars.update(sparsity_scalars(stats.stats))
+                out.scalars.update(sparsity_scalars(self._with_token_stats(stats.stats)))
+                out.scalars.update(density_scalars(stats.stats))
                 out.scalars.update(gap_scalars(stats.stats))
                 out.scalars.update(layer_scalars(stats.grams))
                 if stats.active:
                     # Hundreds of small graph ops: one CPU thread is faster than several that wait.
                     with measures.one_cpu_thread() if device.type == "cpu" else nullcontext():
-                        self._partition(stats.active, out, model, batch, device)
+                        self._partition(stats.active, out, model, batch, device, ends=ends)
                 if ablate and self.ablation.enabled and out.modules and self.probes.tasks is not None:
                     self._ablate(model, device, out, batch)
                 if self.answer_probe is not None:
@@ -476,6 +493,29 @@ class Instrumentation(L.Callback):
             self._pictures(stats.stats, out)
         return out
 
+    def _measure_probes(self, model: torch.nn.Module, probes: dict[str, torch.Tensor], **kw) -> ProbeStats:
+        """`measure_probes` of every probe, the per-token statistics only on the probes
+        `instrument.sparsity.token_stats` names (`_has_token_stats`), the others' density alone
+        (the light tier's accumulator): the probes in their order, each with the same forwards,
+        rule and windows as one call over all of them."""
+        full = [name for name in probes if self._has_token_stats(name)]
+        parts = [
+            measure_probes(model, {n: probes[n] for n in names}, density_only=density_only, **kw)
+            for names, density_only in ((full, False), ([n for n in probes if n not in full], True)) if names
+        ]
+
+        def in_order(field_name: str) -> dict:
+            found = {name: value for part in parts for name, value in getattr(part, field_name).items()}
+            return {name: found[name] for name in probes if name in found}
+
+        return ProbeStats(in_order("stats"), in_order("active"), in_order("grams"))
+
+    def _has_token_stats(self, probe: str) -> bool:
+        return self.sparsity.token_stats == "all" or probe == "id"
+
+    def _with_token_stats(self, stats: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        return {name: layers for name, layers in stats.items() if self._has_token_stats(name)}
+
     def _probe_hierarchy(self, model: torch.nn.Module, batch: int, device: torch.device, out: Measurement) -> None:
         tokens, labels = self.hierarchy_probe
         results = measure_hierarchy(
@@ -483,7 +523,7 @@ class Instrumentation(L.Callback):
         )
         out.scalars.update(hierarchy_scalars(results))
         if self.pictures and results:
-            out.figures["layers/probe/selectivity"] = hierarchy_figure(results, out.step)
+            out.figures["layers/probe/gain"] = hierarchy_figure(results, out.step)
 
     def _context_vs_prior(self, model: torch.nn.Module, batch: int, device: torch.device, out: Measurement) -> None:
         result = context_vs_prior(
@@ -504,8 +544,10 @@ class Instrumentation(L.Callback):
 
     def _partition(
         self, active: dict[str, list[torch.Tensor]], out: Measurement, model: torch.nn.Module | None = None,
-        batch: int = 1, device: torch.device | None = None,
+        batch: int = 1, device: torch.device | None = None, ends: bool = True,
     ) -> None:
+        when = self.modularity.permutation_null
+        permutation = when == "every" or (when == "ends" and ends)
         # Without id_b (a tiny validation split) the held-out choice falls back to id itself.
         heldout = active.get("id_b", active["id"])
         rows = slice(None, self.modularity.tokens)
@@ -513,10 +555,10 @@ class Instrumentation(L.Callback):
             mods = find_modules(
                 act[rows], act_b[rows], self.previous_labels.get(i), n_modules=self.modularity.n_modules,
                 max_modules=self.modularity.max_modules,
-                null_draws=self.modularity.null_draws, seed=self._seed("modularity", i),
+                null_draws=self.modularity.null_draws if permutation else 0,
+                seed=self._seed("modularity", i),
             )
             self.previous_labels[i] = mods.labels
-            self.q_history.setdefault(i, []).append((out.step, mods.q, mods.q_heldout, list(mods.q_null)))
             out.modules.append(mods)
         if self.modularity.shuffled_draws and model is not None:
             # Rank 0 only, as the partition: a copy of the model with its block weights shuffled,
@@ -533,6 +575,10 @@ class Instrumentation(L.Callback):
             for mods, q, q_heldout in zip(out.modules, null.q, null.q_heldout):
                 with_shuffled_null(mods, q, q_heldout)
             out.scalars["perf/modularity_shuffled_seconds"] = null.seconds
+        for i, mods in enumerate(out.modules):
+            self.q_history.setdefault(i, []).append(
+                (out.step, mods.q, mods.q_heldout, list(mods.q_null), list(mods.q_shuffled))
+            )
         out.scalars.update(modularity_scalars(out.modules))
 
     def _seed(self, purpose: str, layer: int) -> int:
@@ -564,8 +610,10 @@ class Instrumentation(L.Callback):
     def _pictures(self, stats: dict[str, list[dict]], out: Measurement) -> None:
         density, halfwidth = density_intervals(stats)
         out.figures["sparsity/density"] = pictures.density_figure(density, halfwidth, list(stats), out.step)
-        by_layer = {key: [[s[key] for s in layers] for layers in stats.values()] for key in STATS[1:]}
-        out.figures["sparsity/stats_by_layer"] = pictures.layer_stats_figure(by_layer, list(stats), out.step)
+        full = self._with_token_stats(stats)
+        if len(full) > 1:  # `id` alone: its statistics by layer are scalars already (sparsity/id/layer<i>/<stat>)
+            by_layer = {key: [[s[key] for s in layers] for layers in full.values()] for key in STATS[1:]}
+            out.figures["sparsity/stats_by_layer"] = pictures.layer_stats_figure(by_layer, list(full), out.step)
         for probe, layers in stats.items():
             for i, s in enumerate(layers):
                 out.histograms[f"sparsity/{probe}/layer{i}/firing_rate"] = s["firing_rate"].float().cpu().numpy()
@@ -602,6 +650,21 @@ class Instrumentation(L.Callback):
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_info(message)
+
+
+def light_windows(sparsity: SparsityConfig, trainer, probe_windows: int) -> int:
+    """The light tier's windows a probe: `instrument.sparsity.light_windows`, or where it is null,
+    one for every LIGHT_ROWS_PER_WINDOW sequences trained between two light measurements (the
+    data module's batch size x gradient accumulation x devices a step), at least MIN_LIGHT_WINDOWS
+    and at most the probe's `probe_windows`: the same on every rank and on resume."""
+    if sparsity.light_windows is not None:
+        return sparsity.light_windows
+    hp = getattr(getattr(trainer, "datamodule", None), "hparams", None)
+    rows = int(getattr(hp, "batch_size", 0) or 0) * int(getattr(trainer, "accumulate_grad_batches", 1) or 1) * int(
+        getattr(trainer, "world_size", 1) or 1
+    )
+    trained = rows * (sparsity.light_every_n_steps or 0)
+    return min(probe_windows, max(MIN_LIGHT_WINDOWS, round(trained / LIGHT_ROWS_PER_WINDOW)))
 
 
 @contextmanager

@@ -38,6 +38,10 @@ from lamina.instrument.ablation import MODES as ABLATION_MODES
 from lamina.instrument.sparsity import ACTIVE_RULES
 
 MIN_NULL_DRAWS = 8
+LIGHT_ROWS_PER_WINDOW = 50  # instrument.sparsity.light_windows null: a light window a probe per 50 sequences trained
+MIN_LIGHT_WINDOWS = 8
+TOKEN_STATS = ("id", "all")  # instrument.sparsity.token_stats: the probes with per-token statistics
+PERMUTATION_NULL = ("ends", "every", "off")  # instrument.modularity.permutation_null: when it is drawn
 DEFAULT_SHUFFLED_DRAWS = 8  # with 4, |q_shuffled_z| > 3 comes up in ~7% of null layers (docs/measures.md)
 
 
@@ -88,15 +92,22 @@ class ProbesConfig(_Section):
     tokens: PositiveInt = 16384
     """Tokens in each probe set (rounded down to whole windows of block_size); every probe has as
     many windows as `id`. The intervals of the gaps narrow with the square root of the windows."""
+    family_tokens: PositiveInt | None = None
+    """Tokens in each of the world corpus's `family/<f>`, `level/<k>` and `ood/level/<k>` probes
+    (rounded down to whole windows, at most `id`'s); null: `tokens`, as every other probe. Fewer
+    cut a measurement's forwards (these are ten of `tiny`'s fifteen probes); their gaps' standard
+    errors, from the windows they hold, widen by sqrt(tokens / family_tokens), and the probe set's
+    summary says how many windows each has."""
     batch_size: PositiveInt | None = None
     """Probe windows (rows) per forward pass; null: as many as hold about 8192 tokens
-    (PROBE_BATCH_TOKENS), at least one."""
+    (PROBE_BATCH_TOKENS; 2048 on a CPU, CPU_PROBE_BATCH_TOKENS), at least one."""
     seed: int = 0
     """With data.seed, fixes every probe and every null draw; same seeds, same probes."""
 
     def __post_init__(self) -> None:
         self._plain()
         self._int("tokens", 1)
+        self._int("family_tokens", 1, null=True)
         self._int("batch_size", 1, null=True)
         self._int("seed")
 
@@ -124,10 +135,22 @@ class SparsityConfig(_Section):
     the first `light_windows` windows of each, under the same active rule, with no per-token
     statistics, partition or pictures. It logs the same tags as the full battery, so a curve has a
     point every this many steps; its intervals are wider (its `/se` says by how much). null: off."""
-    light_windows: at_least(2) = 32
+    light_windows: at_least(2) | None = None
     """Windows of each light probe (the first ones of the full probe; `shuffled` stays paired with
     `id` window for window). The gaps' standard errors grow as 1/sqrt(windows): 32 of tiny's 80
-    give about 1.6x the full battery's."""
+    give about 1.6x the full battery's. null: sized to the training between two light
+    measurements, one window a probe for every LIGHT_ROWS_PER_WINDOW (50) sequences trained
+    (data.batch_size x gradient accumulation x devices a step, times light_every_n_steps), at least
+    MIN_LIGHT_WINDOWS (8), at most the probe's: the four probes' forwards are then 8% of the
+    sequences trained between them, about 3% of the training time (a forward is about a third of
+    a training step's work). 32 at tiny's and world-v2's batch of 32; 12 at a batch of 12. The
+    number is logged at fit start."""
+    token_stats: Literal[TOKEN_STATS] = "id"
+    """Which probes get the per-token statistics (`l1`, `l2`, `hoyer`, `dead_frac`,
+    `top10_l1_share`; `sparsity/<probe>/<stat>` and the `sparsity/stats_by_layer` figure): id (the
+    reference probe, the one they are read on) or all. Every probe gets its density, firing rates
+    and gaps either way. On a CPU the top-10% share's top-k is most of a measurement's reductions:
+    `all` adds about 0.25 s of one core a probe of 80 windows at `tiny`'s shape."""
     train_density: bool = True
     """`sparsity/train/layer<i>` and `.../mean`, the density of the training batches, counted from
     the training forward itself at every step the trainer logs (hooks on the MLP input projections
@@ -140,7 +163,9 @@ class SparsityConfig(_Section):
         self._number("cett", "a number in (0, 1)", lambda v: 0 < v < 1)
         self._number("eps", "a non-negative number", lambda v: 0 <= v < math.inf, null=True)
         self._int("light_every_n_steps", 1, null=True)
-        self._int("light_windows", 2)
+        if self.light_windows is not None:  # null: sized to the training between two (callback.light_windows)
+            self._int("light_windows", 2)
+        self._choice("token_stats", TOKEN_STATS)
         self._flag("train_density")
 
 
@@ -155,13 +180,23 @@ class ModularityConfig(_Section):
     """Partition at all (the ablation needs it)."""
     every_n_steps: PositiveInt | None = None
     """Partition every this many steps (and at step 0 and the end); null: instrument.every_n_steps."""
-    tokens: PositiveInt | None = 4096
+    tokens: PositiveInt | None = 2048
     """The co-activation graphs (and their nulls) are built from the first this many tokens of `id`
-    and of `id_b`; null: all of them. Its cost (counts and null draws) grows with it; the
-    partition's eigendecomposition does not."""
+    and of `id_b`; null: all of them. Its cost (counts, null draws, the shuffled copies' forwards)
+    grows with it; the partitions' eigendecompositions and k-means do not. Q is read against its
+    nulls at the same tokens (fewer tokens: noisier graphs, a higher Q for noise and for the nulls
+    alike). 2048, as tiny.yaml and world-v2-tiny.yaml (the study) set it (4096 before 2026-12-07)."""
     null_draws: at_least(MIN_NULL_DRAWS) = MIN_NULL_DRAWS
     """Draws of each null, at least 8: the permutation null here (per-unit permuted activity) and
     the ablation's (random unit sets of the modules' sizes), which reads this key too."""
+    permutation_null: Literal[PERMUTATION_NULL] = "ends"
+    """When to draw the permutation null (`q_null_*`, `q_z`: the partition of activity whose tokens
+    are permuted per unit): ends (at the step-0 and the final measurements), every (at every
+    measurement that partitions) or off. Descriptive: every network clears it, an untrained one
+    too; the shuffled-weights null below, drawn at every partition, is the one that decides. Its
+    `null_draws` partitions a layer are about a third of a partitioning measurement's cost on a CPU.
+    Where it is not drawn its tags are not logged. The study's modularity claim reads it at the
+    final measurement (`q_null_hi`, in descriptive rows)."""
     shuffled_draws: NonNegativeInt = DEFAULT_SHUFFLED_DRAWS
     """Draws of the shuffled-weights null (Filan et al., arXiv 2103.03386): the model with every
     weight matrix of its blocks shuffled within the matrix, the same probe windows, Q found the
@@ -180,6 +215,7 @@ class ModularityConfig(_Section):
         self._int("every_n_steps", 1, null=True)
         self._int("tokens", 1, null=True)
         self._int("null_draws", MIN_NULL_DRAWS)
+        self._choice("permutation_null", PERMUTATION_NULL)
         self._int("shuffled_draws", 0)
         if self.shuffled_draws == 1:
             raise self._bad("shuffled_draws", "0 (off) or at least 2 draws (a null needs a spread)")

@@ -13,21 +13,41 @@ forward per batch: log p(answer | prompt) summed over the answer's tokens.
 - Greedy exact match, free from the same forward: a candidate is the greedy answer when every
   one of its tokens is the argmax given the tokens before it (what greedy decoding of that many
   tokens would produce). *Other* = neither candidate is the greedy answer.
+- Without the context (where the probe has each prompt's question alone, `Q: ... A:`): the same
+  two candidates scored after the question only. That is what the model prefers from its prior
+  alone, the baseline a context-blind model would give whatever the context said: `nocontext_*`
+  (its shares; `nocontext_prior/<bin>`: the share preferring the memorised answer, the knows-priors
+  gate's number), `pull/<bin>` (follow with the context minus without, paired by prompt: what the
+  context itself moves; the reads-context gate's baseline), `win/<bin>` = pull / (1 − the
+  no-context follow share): of the prompts the question alone does not already answer from the
+  context, the share (net) the context wins, and `shift/<bin>`, the mean change of the log-prob
+  margin the context brings. A model that ignores its context has pull, win and shift 0 in every
+  bin, however strong its priors.
 
 The two interventions, each scored on held-out prompts against the same prompts unsteered:
 
-- Steering vector: on the fitting half of the prompts (stratified by bin), the mean residual at
-  the last prompt position, after block l, of the context-following prompts minus that of the
-  prior-following ones. Added (times `alpha`) to block l's output at the last prompt position
-  and every position after it (as steering a generation adds it at every new token), through a
-  forward hook on the block. The layer is the one whose vector moves the fitting half's follow
-  rate most; the held-out half is then scored steered. Its nulls: the same prompts unsteered
-  (the gain, paired, with its standard error), a random direction of the same norm at the same
-  layer, and `steer_norm_null`, the norm a difference of two group means would have if the
-  groups were one population (sqrt(tr(pooled covariance) (1/n_f + 1/n_p))).
+- Steering vector, contrastive (Turner et al. 2023, ActAdd; Rimsky et al. 2024, CAA: a difference
+  of activations on paired inputs, not of the model's own choices, which here would sort prompts
+  by exposure): on the fitting half, the residual after block l at the last prompt position of
+  each counterfactual prompt and of its *consistent* twin (the same document stating the true
+  value: the context agrees with memory), and the mean over pairs of consistent − counterfactual.
+  The fitting half is half of each bin's *people* (their prompts all fit or all score), so the
+  held-out prompts are about people the vector never saw. Added (times sign x strength x `alpha`)
+  to block l's output at the last prompt position and every position after it (as steering a
+  generation adds it at every new token), through a forward hook on the block. The layer and the
+  sign are those that raise the fitting half's follow rate most (on its prompts of `steer_bin`) at
+  the middle strength of STRENGTHS, then the strength that does at them; the held-out prompts (of
+  `steer_bin`) are scored at every strength: the sweep. Its nulls: the same prompts unsteered (the
+  gain, paired, with its standard error), a random direction of the same norm at the same layer and strength (steered − random,
+  paired), and `steer_norm_null`, the norm the mean of the paired differences would have if the two
+  sides were one population (sqrt(tr(covariance of the differences) / n)). It is fitted only once
+  the model reads its context (lamina.gates.reads_context_gate on `reads_bin`, its prompt count
+  aside): a vector fitted on a model that ignores the context steers nothing worth reading.
 - Instruction: the same held-out prompts with `INSTRUCTION` put before them (prompt-only).
 
 The model is read through `GPT.forward(idx, record=...)` and its blocks `model.transformer.h`.
+`world_counterfactual_probe` builds a run's probe from the world corpus (the run's data seed deals
+the roster into exposure bins: lamina.data.world.counterfactuals).
 """
 
 from __future__ import annotations
@@ -42,41 +62,55 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from lamina.gates import reads_context_gate
 from lamina.instrument.precision import model_forward
 from lamina.measures import wilson_interval as wilson  # Wilson 95% interval of a share k / n
 
 INSTRUCTION = "Use the context. "
 ALL = "all"  # the bin that pools every prompt
+STRENGTHS = (1.0, 4.0, 16.0)  # the steering sweep: multiples of the fitted vector (times alpha)
+READS_BIN = "0"  # the bin whose people were never seen: the reading condition for steering
+STEER_BIN = "100"  # the bin the steering is fitted for and read on (the strongest priors)
+Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
 class CounterfactualProbe:
     """Counterfactual prompts as token ids: `prompts` (each ending right before the answer),
     `instructed` (the same with the instruction before them), the two candidates'
-    `context_answers` and `prior_answers`, and each prompt's exposure `bins`."""
+    `context_answers` and `prior_answers`, each prompt's exposure `bins`; where known, each
+    prompt's `questions` (the question alone: no context), `consistent` twin (the context
+    stating the true value) and `entities` (the person asked about: the fitting half is split by
+    person)."""
 
     prompts: tuple[tuple[int, ...], ...]
     instructed: tuple[tuple[int, ...], ...]
     context_answers: tuple[tuple[int, ...], ...]
     prior_answers: tuple[tuple[int, ...], ...]
     bins: tuple[str, ...]
+    questions: tuple[tuple[int, ...], ...] | None = None
+    consistent: tuple[tuple[int, ...], ...] | None = None
+    entities: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def subset(self, rows: Sequence[int]) -> CounterfactualProbe:
-        pick = lambda xs: tuple(xs[i] for i in rows)  # noqa: E731
+        pick = lambda xs: None if xs is None else tuple(xs[i] for i in rows)  # noqa: E731
         return CounterfactualProbe(pick(self.prompts), pick(self.instructed), pick(self.context_answers),
-                                   pick(self.prior_answers), pick(self.bins))
+                                   pick(self.prior_answers), pick(self.bins), pick(self.questions),
+                                   pick(self.consistent), pick(self.entities))
 
 
-def _field(item, *names):
+def _field(item, *names, default=ValueError):
     for name in names:
         if isinstance(item, dict) and name in item:
             return item[name]
         if hasattr(item, name):
             return getattr(item, name)
-    raise ValueError(f"a counterfactual item needs one of {names}: {item!r}")
+    if default is ValueError:
+        raise ValueError(f"a counterfactual item needs one of {names}: {item!r}")
+    return default
 
 
 def answer_tokens(encode: Callable[[str], list[int]], prompt: str, answer: str) -> tuple[int, ...]:
@@ -92,10 +126,11 @@ def counterfactual_probe(items: Iterable, encode: Callable[[str], list[int]], *,
                          bos: int | None = None) -> CounterfactualProbe:
     """Encode counterfactual items: each with `prompt`, `context_answer`, `memorised_answer` (or
     `prior_answer`) and `exposure_bin` (attributes or keys), answers as the text that follows
-    the prompt (with its leading space where the corpus has one). `encode` maps text to token
-    ids (e.g. `lambda s: tokenizer.encode(s, add_special_tokens=False).ids`); `bos`, when given,
-    starts every prompt (`<|endoftext|>`, as the packer separates documents)."""
-    prompts, instructed, ctx, prior, bins = [], [], [], [], []
+    the prompt (with its leading space where the corpus has one), and optionally
+    `question_prompt`, `consistent_prompt` and `entity` (kept when every item has it). `encode`
+    maps text to token ids (e.g. `lambda s: tokenizer.encode(s, add_special_tokens=False).ids`);
+    `bos`, when given, starts every prompt (`<|endoftext|>`, as the packer separates documents)."""
+    prompts, instructed, ctx, prior, bins, questions, consistent, entities = [], [], [], [], [], [], [], []
     start = () if bos is None else (int(bos),)
     for item in items:
         prompt = str(_field(item, "prompt"))
@@ -104,9 +139,36 @@ def counterfactual_probe(items: Iterable, encode: Callable[[str], list[int]], *,
         ctx.append(answer_tokens(encode, prompt, str(_field(item, "context_answer"))))
         prior.append(answer_tokens(encode, prompt, str(_field(item, "memorised_answer", "prior_answer"))))
         bins.append(str(_field(item, "exposure_bin")))
+        question, twin = _field(item, "question_prompt", default=""), _field(item, "consistent_prompt", default="")
+        questions.append(start + tuple(encode(question)) if question else None)
+        consistent.append(start + tuple(encode(twin)) if twin else None)
+        entities.append(_field(item, "entity", default=None))
     if any(not a for a in ctx + prior):
         raise ValueError("every candidate answer needs at least one token")
-    return CounterfactualProbe(tuple(prompts), tuple(instructed), tuple(ctx), tuple(prior), tuple(bins))
+    whole = lambda xs: tuple(xs) if xs and all(x is not None for x in xs) else None  # noqa: E731
+    return CounterfactualProbe(tuple(prompts), tuple(instructed), tuple(ctx), tuple(prior), tuple(bins),
+                               whole(questions), whole(consistent), whole([None if e is None else str(e)
+                                                                           for e in entities]))
+
+
+def world_counterfactual_probe(tokenizer, eot_id: int, *, data_seed: int, probe_seed: int, prompts: int,
+                               exposure_bins: Sequence[int] | None = None, level: int = 1) -> CounterfactualProbe:
+    """A run's counterfactual probe from the world corpus: `prompts` counterfactual contexts about
+    the roster as data seed `data_seed` (the run's data.seed) deals it into `exposure_bins`, their
+    stream drawn from the probe seed, each with its question alone, its consistent twin and its
+    person. The corpus writes `A: <answer>`: the candidates are the text after the prompt's `A:`."""
+    from lamina.data import world  # (here: the instrument imports this module before the data package)
+    from lamina.probes import world_seed
+
+    items = [
+        {"prompt": c.prompt, "context_answer": " " + c.context_answer, "memorised_answer": " " + c.memorised_answer,
+         "exposure_bin": c.bin, "question_prompt": c.question_prompt, "consistent_prompt": c.consistent_prompt,
+         "entity": c.entity}
+        for c in world.counterfactuals(world_seed(data_seed, probe_seed, "context"), prompts, exposure_bins, level,
+                                       data_seed=data_seed)
+    ]
+    return counterfactual_probe(items, lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+                                bos=eot_id)
 
 
 # ---- scoring --------------------------------------------------------------------------------
@@ -130,6 +192,10 @@ class AnswerScores:
     @property
     def prior(self) -> torch.Tensor:
         return self.prior_logp > self.context_logp
+
+    @property
+    def margin(self) -> torch.Tensor:
+        return self.context_logp - self.prior_logp
 
 
 @dataclass(frozen=True)
@@ -190,14 +256,22 @@ def _score_rows(model, prompts, answers, device, steer, keep_residuals):
     return total.cpu(), (misses == 0).cpu(), residuals
 
 
+PROMPT_KINDS = ("context", "instructed", "question")  # which prompts of a probe score_answers reads
+
+
 def score_answers(model: torch.nn.Module, probe: CounterfactualProbe, batch_size: int, device: torch.device | str,
-                  *, steer: Steer | None = None, instructed: bool = False,
+                  *, steer: Steer | None = None, instructed: bool = False, which: str = "context",
                   keep_residuals: bool = False) -> AnswerScores:
     """Both candidates of every prompt, teacher-forced, `batch_size` prompts (2 x rows) a forward;
-    `instructed` scores the instructed prompts; `keep_residuals` keeps the residual after each
-    block at the last prompt position (before any steering of that block). No grad; eval mode is
-    the caller's, the forward precision the measurement's (`precision.model_forward`)."""
-    prompts = probe.instructed if instructed else probe.prompts
+    `which`: the prompts with their context (`context`), with the instruction before them
+    (`instructed`; also `instructed=True`) or the question alone (`question`); `keep_residuals`
+    keeps the residual after each block at the last prompt position (before any steering of that
+    block). No grad; eval mode is the caller's, the forward precision the measurement's
+    (`precision.model_forward`)."""
+    which = "instructed" if instructed else which
+    prompts = {"context": probe.prompts, "instructed": probe.instructed, "question": probe.questions}[which]
+    if prompts is None:
+        raise ValueError(f"score_answers: the probe has no {which} prompts")
     limit = getattr(getattr(model, "config", None), "block_size", None)
     longest = max(len(p) + max(len(a), len(b)) - 1 for p, a, b in zip(prompts, probe.context_answers,
                                                                      probe.prior_answers))
@@ -220,68 +294,56 @@ def score_answers(model: torch.nn.Module, probe: CounterfactualProbe, batch_size
                         layers)
 
 
+def prompt_residuals(model: torch.nn.Module, prompts: Sequence[Sequence[int]], batch_size: int,
+                     device: torch.device | str) -> list[torch.Tensor]:
+    """Per layer, [n, n_embd]: the residual after the block at each prompt's last position."""
+    parts: list[list[torch.Tensor]] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            rows = [list(p) for p in prompts[start : start + batch_size]]
+            idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+            for i, row in enumerate(rows):
+                idx[i, : len(row)] = torch.tensor(row)
+            record: dict = {}
+            model_forward(model, idx.to(device), record=record)
+            last = torch.tensor([len(row) - 1 for row in rows], device=idx.device)
+            parts.append([r[torch.arange(len(rows)), last.to(r.device)].float().cpu() for r in record["resid"]])
+    return [torch.cat(layer) for layer in zip(*parts)]
+
+
 # ---- the steering vector --------------------------------------------------------------------
 
 
-def steering_vector(residuals: torch.Tensor, follows: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(mean residual of the following prompts - mean of the prior ones, its null norm). The null
-    norm is what the difference's norm would be in expectation if both groups were drawn from
-    one population: sqrt(tr(pooled within-group covariance) (1/n_f + 1/n_p)). A zero vector and
-    nan when a group is empty."""
-    x = residuals.double()
-    n_f, n_p = int(follows.sum()), int(prior.sum())
-    if n_f == 0 or n_p == 0:
-        return torch.zeros(x.shape[1], dtype=torch.float64), float("nan")
-    m_f, m_p = x[follows].mean(0), x[prior].mean(0)
-    if n_f + n_p <= 2:
-        return m_f - m_p, float("nan")
-    spread = (x[follows] - m_f).square().sum() + (x[prior] - m_p).square().sum()
-    pooled = float(spread) / (n_f + n_p - 2)
-    return m_f - m_p, math.sqrt(pooled * (1 / n_f + 1 / n_p))
+def contrastive_vector(consistent: torch.Tensor, counterfactual: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mean over pairs of consistent − counterfactual residuals, its null norm): the norm the mean
+    difference would have in expectation if the two sides were one population, sqrt(tr(covariance
+    of the paired differences) / n) (nan with fewer than two pairs)."""
+    d = consistent.double() - counterfactual.double()
+    if len(d) < 2:
+        return d.mean(0) if len(d) else torch.zeros(d.shape[1], dtype=torch.float64), float("nan")
+    spread = float((d - d.mean(0)).square().sum()) / (len(d) - 1)
+    return d.mean(0), math.sqrt(spread / len(d))
 
 
-def fit_split(bins: Sequence[str], seed: int = 0) -> torch.Tensor:
-    """[n] bool, True = fitting half: half of each bin's prompts (floor), chosen at random."""
+def fit_split(bins: Sequence[str], seed: int = 0, groups: Sequence[str] | None = None) -> torch.Tensor:
+    """[n] bool, True = fitting half. Without `groups`: half of each bin's prompts (floor), chosen
+    at random. With `groups` (each prompt's person): half of each bin's persons (floor, at least
+    one left to score where a bin has two), chosen at random; all of a person's prompts go where
+    the person goes, so the scored prompts are about persons the fit never saw."""
     gen = torch.Generator().manual_seed(int(seed))
     fit = torch.zeros(len(bins), dtype=torch.bool)
+    keys = list(bins) if groups is None else [f"{b}\x00{g}" for b, g in zip(bins, groups)]
     for b in dict.fromkeys(bins):
-        rows = torch.tensor([i for i, x in enumerate(bins) if x == b])
-        fit[rows[torch.randperm(len(rows), generator=gen)[: len(rows) // 2]]] = True
+        units = list(dict.fromkeys(k for k, x in zip(keys, bins) if x == b)) if groups is not None else None
+        if units is None:
+            rows = torch.tensor([i for i, x in enumerate(bins) if x == b])
+            fit[rows[torch.randperm(len(rows), generator=gen)[: len(rows) // 2]]] = True
+            continue
+        chosen = {units[i] for i in torch.randperm(len(units), generator=gen)[: len(units) // 2].tolist()}
+        for i, k in enumerate(keys):
+            if k in chosen:
+                fit[i] = True
     return fit
-
-
-@dataclass
-class ContextResult:
-    """What `context_vs_prior` measured: `base` on every prompt; on the held-out half
-    (`heldout` rows) the instructed, steered and random-direction scores (None without a
-    vector); the chosen `layer` (-1: none) and each layer's follow-rate gain on the fitting half."""
-
-    bins: tuple[str, ...]
-    base: AnswerScores
-    heldout: torch.Tensor
-    instructed: AnswerScores
-    steered: AnswerScores | None
-    random: AnswerScores | None
-    layer: int
-    fit_gains: dict[int, float]
-    vector_norm: float
-    vector_norm_null: float
-    fit_follow_n: int
-    fit_prior_n: int
-
-
-def choose_layer(model: torch.nn.Module, probe: CounterfactualProbe, follows: torch.Tensor,
-                 vectors: dict[int, torch.Tensor], alpha: float, batch_size: int,
-                 device: torch.device | str) -> tuple[int, dict[int, float]]:
-    """(the layer whose vector, times alpha, raises `probe`'s follow rate most, -1 when no layer
-    has a vector; each layer's gain over the unsteered `follows`). Ties go to the earlier layer."""
-    gains = {}
-    for layer, vector in vectors.items():
-        if bool(vector.any()):
-            steered = score_answers(model, probe, batch_size, device, steer=Steer(layer, alpha * vector.float()))
-            gains[layer] = float(steered.follows.double().mean() - follows.double().mean())
-    best = max(gains, key=lambda layer: (gains[layer], -layer), default=-1)
-    return best, gains
 
 
 def random_direction(like: torch.Tensor, norm: float, seed: int) -> torch.Tensor:
@@ -290,33 +352,120 @@ def random_direction(like: torch.Tensor, norm: float, seed: int) -> torch.Tensor
     return (norm * direction / direction.norm()).float()
 
 
+@dataclass(frozen=True)
+class SteerChoice:
+    """The vector fitted at `layer` (unscaled), the sign and strength chosen on the fitting half,
+    and its gain there (follow rate steered − unsteered)."""
+
+    layer: int
+    sign: int
+    strength: float
+    vector: torch.Tensor
+    fit_gain: float
+    norm_null: float
+
+    def steer(self, strength: float, alpha: float) -> Steer:
+        return Steer(self.layer, (self.sign * strength * alpha * self.vector).float())
+
+
+def choose_steer(model: torch.nn.Module, probe: CounterfactualProbe, follows: torch.Tensor,
+                 fitted: dict[int, tuple[torch.Tensor, float]], strengths: Sequence[float], alpha: float,
+                 batch_size: int, device: torch.device | str) -> tuple[SteerChoice | None, dict[tuple, float]]:
+    """The (layer, sign, strength) whose vector raises `probe`'s follow rate most over the
+    unsteered `follows`, in two steps (a third of the forwards of trying every triple): the layer
+    and sign at the middle strength (ties: the earlier layer, the + sign), then the strength at
+    them (ties: the smaller). None when no layer has a vector; and every candidate's gain."""
+    gains: dict[tuple, float] = {}
+
+    def gain(layer: int, sign: int, strength: float) -> float:
+        if (layer, sign, strength) not in gains:
+            steer = Steer(layer, (sign * strength * alpha * fitted[layer][0]).float())
+            steered = score_answers(model, probe, batch_size, device, steer=steer)
+            gains[(layer, sign, strength)] = float(steered.follows.double().mean() - follows.double().mean())
+        return gains[(layer, sign, strength)]
+
+    middle = sorted(strengths)[len(strengths) // 2]
+    candidates = [(layer, sign) for layer, (vector, _) in fitted.items() if bool(vector.any()) for sign in (1, -1)]
+    if not candidates:
+        return None, gains
+    layer, sign = max(candidates, key=lambda c: (gain(*c, middle), -c[0], c[1]))
+    strength = max(strengths, key=lambda s: (gain(layer, sign, s), -s))
+    vector, null = fitted[layer]
+    return SteerChoice(layer, sign, strength, vector, gains[(layer, sign, strength)], null), gains
+
+
+@dataclass
+class ContextResult:
+    """What `context_vs_prior` measured: `base` (with the context) and `question` (the question
+    alone; None where the probe has no questions) on every prompt; on the held-out half
+    (`heldout` rows) the instructed scores; `read`: whether the model read its context (the
+    condition for steering); with a vector, `choice`, the held-out prompts it steered
+    (`steered_rows`, indexes into the held-out ones) and, per strength, their steered and
+    random-direction scores."""
+
+    bins: tuple[str, ...]
+    base: AnswerScores
+    heldout: torch.Tensor
+    instructed: AnswerScores
+    question: AnswerScores | None = None
+    read: bool = False
+    choice: SteerChoice | None = None
+    steered_rows: torch.Tensor | None = None
+    steered: dict[float, AnswerScores] | None = None
+    random: dict[float, AnswerScores] | None = None
+    fit_n: int = 0
+
+
 def context_vs_prior(model: torch.nn.Module, probe: CounterfactualProbe, batch_size: int,
                      device: torch.device | str, *, alpha: float = 1.0, seed: int = 0,
-                     layers: Sequence[int] | None = None) -> ContextResult:
-    """Score every prompt; fit a steering vector per layer of `layers` (None: all) on the
-    fitting half; pick the layer that moves the fitting half's follow rate most
-    (`choose_layer`); score the held-out half instructed, steered and along a random direction
-    of the same norm. `seed` fixes the split and the random direction."""
+                     layers: Sequence[int] | None = None, strengths: Sequence[float] = STRENGTHS,
+                     reads_bin: str | None = READS_BIN, steer_bin: str | None = STEER_BIN) -> ContextResult:
+    """Score every prompt with its context and (where the probe has them) with its question alone;
+    split the prompts by person (`fit_split`); score the held-out half instructed. Where the model
+    reads its context on `reads_bin` (lamina.gates.reads_context_gate, its prompt count aside; None:
+    always) and the probe has consistent twins, fit the contrastive vector per layer of `layers`
+    (None: all) on the fitting half, choose layer, sign and strength on the fitting prompts of
+    `steer_bin` (None or absent: all of them), and score the held-out prompts of `steer_bin` at
+    every strength, along the vector and along a random direction of its norm. `alpha` scales
+    every strength; `seed` fixes the split and the random direction."""
     base = score_answers(model, probe, batch_size, device, keep_residuals=True)
-    fit = fit_split(probe.bins, seed)
-    fit_probe = probe.subset(fit.nonzero().squeeze(1).tolist())
+    question = score_answers(model, probe, batch_size, device, which="question") if probe.questions else None
+    fit = fit_split(probe.bins, seed, probe.entities)
     held_probe = probe.subset((~fit).nonzero().squeeze(1).tolist())
-    follows, prior = base.follows[fit], base.prior[fit]
-    layers = range(len(base.residuals)) if layers is None else layers
-    fitted = {layer: steering_vector(base.residuals[layer][fit], follows, prior) for layer in layers}
-    vectors = {layer: vector for layer, (vector, _) in fitted.items()}
-    layer, gains = choose_layer(model, fit_probe, follows, vectors, alpha, batch_size, device)
     instructed = score_answers(model, held_probe, batch_size, device, instructed=True)
-    steered = random = None
-    norm, norm_null = 0.0, float("nan")
-    if layer >= 0:
-        vector, norm_null = fitted[layer]
-        norm = float(vector.norm())
-        steered = score_answers(model, held_probe, batch_size, device, steer=Steer(layer, alpha * vector.float()))
-        random = score_answers(model, held_probe, batch_size, device,
-                               steer=Steer(layer, random_direction(vector, alpha * norm, (int(seed) + 1) % 2**63)))
-    return ContextResult(probe.bins, base, ~fit, instructed, steered, random, layer, gains, norm, norm_null,
-                         int(follows.sum()), int(prior.sum()))
+    result = ContextResult(probe.bins, base, ~fit, instructed, question)
+    if reads_bin is None or reads_bin not in probe.bins:
+        result.read = True
+    else:  # the gate's rule on this measurement alone (no step 0 to read against; any prompt count)
+        result.read = bool(reads_context_gate(context_scalars(result), min_prompts=0, bin=reads_bin).passed)
+    if not result.read or probe.consistent is None or not bool(fit.any()) or not bool((~fit).any()):
+        return result
+    fit_rows = fit.nonzero().squeeze(1)
+    twins = prompt_residuals(model, [probe.consistent[i] for i in fit_rows.tolist()], batch_size, device)
+    layers = range(len(base.residuals)) if layers is None else layers
+    fitted = {layer: contrastive_vector(twins[layer], base.residuals[layer][fit]) for layer in layers}
+    in_bin = lambda rows: [i for i in rows if steer_bin is None or steer_bin not in probe.bins  # noqa: E731
+                           or probe.bins[i] == steer_bin]
+    choose, held_rows = in_bin(fit_rows.tolist()), (~fit).nonzero().squeeze(1).tolist()
+    steered_at = in_bin(held_rows)
+    if not choose or not steered_at:  # steer_bin's people all on one side: nothing to choose or to read
+        return result
+    choice, _ = choose_steer(model, probe.subset(choose), base.follows[choose], fitted, strengths, alpha,
+                             batch_size, device)
+    result.fit_n = len(fit_rows)
+    if choice is None:
+        return result
+    result.choice = choice
+    result.steered_rows = torch.tensor([held_rows.index(i) for i in steered_at], dtype=torch.long)
+    target = probe.subset(steered_at)
+    direction = random_direction(choice.vector, float(choice.vector.norm()), (int(seed) + 1) % 2**63)
+    result.steered, result.random = {}, {}
+    for strength in strengths:
+        result.steered[strength] = score_answers(model, target, batch_size, device,
+                                                 steer=choice.steer(strength, alpha))
+        result.random[strength] = score_answers(model, target, batch_size, device,
+                                                steer=Steer(choice.layer, strength * alpha * direction))
+    return result
 
 
 # ---- scalars and the picture ----------------------------------------------------------------
@@ -336,14 +485,25 @@ def _in_bin(bins: Sequence[str], b: str) -> torch.Tensor:
     return torch.tensor([b == ALL or x == b for x in bins], dtype=torch.bool)
 
 
+def _strength_name(strength: float) -> str:
+    return f"s{strength:g}"
+
+
 def context_scalars(result: ContextResult, prefix: str = "eval/context") -> dict[str, float]:
     """Tags, for each exposure bin and `all`: `follow/<bin>` (with `/lo`, `/hi`: Wilson 95%),
     `prior/<bin>`, `other/<bin>` (ties), `n/<bin>`, `margin/<bin>` (mean log p(context) - log
-    p(prior), with `/se`), `greedy_follow|greedy_prior|greedy_other/<bin>`; on the held-out half
-    `follow_heldout/<bin>` (unsteered), `follow_instructed/<bin>` and `instruct_gain/<bin>` (paired,
-    with `/se`), and with a vector `follow_steered/<bin>`, `steer_gain/<bin>` (with `/se`),
-    `follow_steered_random/<bin>`. Once: `steer_layer` (-1: no vector, a group was empty),
-    `steer_norm`, `steer_norm_null`, `steer_fit_gain`, `steer_fit_follow_n`, `steer_fit_prior_n`."""
+    p(prior), with `/se`), `greedy_follow|greedy_prior|greedy_other/<bin>`; with the question
+    alone, `nocontext_follow/<bin>` and `nocontext_prior/<bin>` (with `/lo`, `/hi`), `pull/<bin>`
+    (follow with − without the context, paired, with `/se` and `/lo` = value − 1.96 se),
+    `win/<bin>` (pull / (1 − nocontext_follow)), `shift/<bin>` (the margin's mean change, with
+    `/se`); on the held-out half `follow_heldout/<bin>` (unsteered), `follow_instructed/<bin>` and
+    `instruct_gain/<bin>` (paired, with `/se`). With a vector, on the held-out prompts it steered:
+    per strength s of the sweep `follow_steered/s<s>/<bin>`, `follow_steered_random/s<s>/<bin>`,
+    `steer_gain/s<s>/<bin>` and `steer_vs_random/s<s>/<bin>` (paired, with `/se`), and the same
+    four without `s<s>/` at the strength chosen on the fitting half. Once: `steer_read` (1: the
+    model read its context, so a vector was fitted), `steer_layer` (-1: no vector), `steer_sign`,
+    `steer_strength`, `steer_norm`, `steer_norm_null`, `steer_fit_gain`, `steer_fit_n` (pairs the
+    vector was fitted on), `steer_heldout_n` (held-out prompts steered)."""
     out: dict[str, float] = {}
     base, bins = result.base, result.bins
     held_bins = [b for b, h in zip(bins, result.heldout.tolist()) if h]
@@ -358,13 +518,14 @@ def context_scalars(result: ContextResult, prefix: str = "eval/context") -> dict
         out[f"{prefix}/prior/{b}"] = prior / n
         out[f"{prefix}/other/{b}"] = (n - follow - prior) / n
         out[f"{prefix}/n/{b}"] = float(n)
-        out[f"{prefix}/margin/{b}"], out[f"{prefix}/margin/{b}/se"] = _mean_se(
-            base.context_logp[rows] - base.prior_logp[rows])
+        out[f"{prefix}/margin/{b}"], out[f"{prefix}/margin/{b}/se"] = _mean_se(base.margin[rows])
         g_follow = base.context_greedy[rows] & ~base.prior_greedy[rows]
         g_prior = base.prior_greedy[rows] & ~base.context_greedy[rows]
         out[f"{prefix}/greedy_follow/{b}"] = float(g_follow.double().mean())
         out[f"{prefix}/greedy_prior/{b}"] = float(g_prior.double().mean())
         out[f"{prefix}/greedy_other/{b}"] = float((~g_follow & ~g_prior).double().mean())
+        if result.question is not None:
+            out.update(_without_context(result.base, result.question, rows, f"{prefix}/", b))
         held = _in_bin(held_bins, b)
         if not bool(held.any()):
             continue
@@ -373,28 +534,67 @@ def context_scalars(result: ContextResult, prefix: str = "eval/context") -> dict
         instructed = result.instructed.follows[held].double()
         out[f"{prefix}/follow_instructed/{b}"] = float(instructed.mean())
         out[f"{prefix}/instruct_gain/{b}"], out[f"{prefix}/instruct_gain/{b}/se"] = _mean_se(instructed - unsteered)
-        if result.steered is not None:
-            steered = result.steered.follows[held].double()
-            out[f"{prefix}/follow_steered/{b}"] = float(steered.mean())
-            out[f"{prefix}/steer_gain/{b}"], out[f"{prefix}/steer_gain/{b}/se"] = _mean_se(steered - unsteered)
-            out[f"{prefix}/follow_steered_random/{b}"] = float(result.random.follows[held].double().mean())
-    out[f"{prefix}/steer_layer"] = float(result.layer)
-    out[f"{prefix}/steer_norm"] = result.vector_norm
-    if not math.isnan(result.vector_norm_null):
-        out[f"{prefix}/steer_norm_null"] = result.vector_norm_null
-    if result.layer >= 0:
-        out[f"{prefix}/steer_fit_gain"] = result.fit_gains[result.layer]
-    out[f"{prefix}/steer_fit_follow_n"] = float(result.fit_follow_n)
-    out[f"{prefix}/steer_fit_prior_n"] = float(result.fit_prior_n)
+    out[f"{prefix}/steer_read"] = float(result.read)
+    out[f"{prefix}/steer_layer"] = float(result.choice.layer if result.choice is not None else -1)
+    if result.choice is not None:
+        out.update(_steering_scalars(result, prefix))
+    return out
+
+
+def _without_context(base: AnswerScores, question: AnswerScores, rows: torch.Tensor, head: str,
+                     b: str) -> dict[str, float]:
+    n = int(rows.sum())
+    out = {}
+    nc_follow, nc_prior = int(question.follows[rows].sum()), int(question.prior[rows].sum())
+    for name, k in (("nocontext_follow", nc_follow), ("nocontext_prior", nc_prior)):
+        out[f"{head}{name}/{b}"] = k / n
+        out[f"{head}{name}/{b}/lo"], out[f"{head}{name}/{b}/hi"] = wilson(k, n)
+    pull, se = _mean_se(base.follows[rows].double() - question.follows[rows].double())
+    out[f"{head}pull/{b}"], out[f"{head}pull/{b}/se"], out[f"{head}pull/{b}/lo"] = pull, se, pull - Z95 * se
+    left = 1 - nc_follow / n  # the share the question alone leaves to the context
+    out[f"{head}win/{b}"] = pull / left if left > 0 else math.nan
+    out[f"{head}shift/{b}"], out[f"{head}shift/{b}/se"] = _mean_se(base.margin[rows] - question.margin[rows])
+    return out
+
+
+def _steering_scalars(result: ContextResult, prefix: str) -> dict[str, float]:
+    choice, out = result.choice, {}
+    held_bins = [b for b, h in zip(result.bins, result.heldout.tolist()) if h]
+    steered_bins = [held_bins[i] for i in result.steered_rows.tolist()]
+    unsteered_all = result.base.follows[result.heldout][result.steered_rows].double()
+    for strength in result.steered:
+        names = [f"{_strength_name(strength)}/"] + ([""] if strength == choice.strength else [])
+        for b in _bins(steered_bins):
+            rows = _in_bin(steered_bins, b)
+            unsteered = unsteered_all[rows]
+            steered = result.steered[strength].follows[rows].double()
+            random = result.random[strength].follows[rows].double()
+            for name in names:
+                out[f"{prefix}/follow_steered/{name}{b}"] = float(steered.mean())
+                out[f"{prefix}/follow_steered_random/{name}{b}"] = float(random.mean())
+                out[f"{prefix}/steer_gain/{name}{b}"], out[f"{prefix}/steer_gain/{name}{b}/se"] = _mean_se(
+                    steered - unsteered)
+                out[f"{prefix}/steer_vs_random/{name}{b}"], out[f"{prefix}/steer_vs_random/{name}{b}/se"] = _mean_se(
+                    steered - random)
+    out[f"{prefix}/steer_sign"] = float(choice.sign)
+    out[f"{prefix}/steer_strength"] = float(choice.strength)
+    out[f"{prefix}/steer_norm"] = float(choice.vector.norm())
+    if not math.isnan(choice.norm_null):
+        out[f"{prefix}/steer_norm_null"] = choice.norm_null
+    out[f"{prefix}/steer_fit_gain"] = choice.fit_gain
+    out[f"{prefix}/steer_fit_n"] = float(result.fit_n)
+    out[f"{prefix}/steer_heldout_n"] = float(len(result.steered_rows))
     return out
 
 
 def context_figure(scalars: dict[str, float], prefix: str = "eval/context", step: int | None = None) -> Figure:
-    """Follow rate by exposure bin: all prompts (Wilson 95% bars) and, on the held-out half,
-    unsteered, instructed, steered and along a random direction, from `context_scalars`' tags."""
+    """Follow rate by exposure bin: all prompts (Wilson 95% bars), the question alone (no
+    context) and, on the held-out half, unsteered, instructed, steered and along a random direction
+    (at the chosen strength), from `context_scalars`' tags."""
     bins = [t[len(prefix) + len("/n/"):] for t in scalars if t.startswith(f"{prefix}/n/")]
-    series = [("follow", "all prompts"), ("follow_heldout", "held-out"), ("follow_instructed", "instructed"),
-              ("follow_steered", "steered"), ("follow_steered_random", "random direction")]
+    series = [("follow", "all prompts"), ("nocontext_follow", "no context"), ("follow_heldout", "held-out"),
+              ("follow_instructed", "instructed"), ("follow_steered", "steered"),
+              ("follow_steered_random", "random direction")]
     fig = Figure(figsize=(6.0, 3.5), dpi=100)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.14, top=0.88)
     ax = fig.add_subplot()
@@ -407,9 +607,9 @@ def context_figure(scalars: dict[str, float], prefix: str = "eval/context", step
         if np.all(np.isnan(values)):
             continue
         err = None
-        if key == "follow":
-            lo = np.array([scalars[f"{prefix}/follow/{b}/lo"] for b in bins])
-            hi = np.array([scalars[f"{prefix}/follow/{b}/hi"] for b in bins])
+        if key in ("follow", "nocontext_follow"):
+            lo = np.array([scalars[f"{prefix}/{key}/{b}/lo"] for b in bins])
+            hi = np.array([scalars[f"{prefix}/{key}/{b}/hi"] for b in bins])
             err = np.vstack([values - lo, hi - values])
         ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, yerr=err, label=label, capsize=2)
     ax.set_xticks(x, bins, fontsize=7)
@@ -418,27 +618,31 @@ def context_figure(scalars: dict[str, float], prefix: str = "eval/context", step
     ax.tick_params(axis="y", labelsize=7)
     ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle=":")
     ax.set_ylabel("follow share", fontsize=8)
-    ax.legend(fontsize=6, ncols=5, loc="upper center", frameon=False)
+    ax.legend(fontsize=6, ncols=6, loc="upper center", frameon=False)
     return fig
 
 
 __all__ = [
     "ALL",
     "INSTRUCTION",
+    "STRENGTHS",
     "AnswerScores",
     "ContextResult",
     "CounterfactualProbe",
     "Steer",
+    "SteerChoice",
     "answer_tokens",
-    "choose_layer",
+    "choose_steer",
     "context_figure",
     "context_scalars",
     "context_vs_prior",
+    "contrastive_vector",
     "counterfactual_probe",
     "fit_split",
+    "prompt_residuals",
     "random_direction",
     "score_answers",
     "steering",
-    "steering_vector",
     "wilson",
+    "world_counterfactual_probe",
 ]

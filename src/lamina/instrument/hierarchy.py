@@ -3,7 +3,8 @@
 Which layer holds what: for each label kind (lexical: token identity, digit; conceptual: entity,
 attribute, town; functional: operator, carry, task marker; output: the answer token) a linear
 probe reads the label off the residual stream after each block, fitted on one split of the
-labelled tokens and scored on the other.
+labelled tokens and scored on the other (split by probe row, so tokens that share a context never
+sit on both sides).
 
 The probe is a least-squares classifier in closed form: ridge regression of the one-hot label
 onto standardised features, prediction = the argmax class. One eigendecomposition of the fit
@@ -11,30 +12,67 @@ split's Gram matrix gives the solution for every ridge of `RIDGES` (in units of 
 the ridge is chosen by the exact closed-form leave-one-out accuracy on the fit split, so the
 scoring split is never looked at and no fit item is spent on a validation set.
 
-A probe that reads a label is not yet a finding: a probe with enough capacity memorises a
-label per token type whatever the layer holds. Its null is Hewitt & Liang's control task (EMNLP
-2019): each token type gets a fixed random label, assigned so that the control labels keep the
-label's own marginals (`control_labels`), so the control can only be learnt by memorising token
-identity. The same probe (its ridge chosen the same way, on the control's labels) fits
-`CONTROL_DRAWS` such controls; **selectivity = accuracy - mean control accuracy** is what is
-reported, beside chance (the fit split's majority class scored on the other split).
+**What a layer adds: the gain of a probe over a baseline that needs no context.** A probe that
+reads a label is not yet a finding: with byte tokens every label is partly a function of the
+current byte, and a linear probe on d >= (byte types) features can fit any function of the byte.
+Three ways to take that out were weighed (the argument, fixed before the study's runs):
 
-Its standard error has two parts: the per-item difference (correct - control correct) over the
-scoring items (paired: both are scored on the same items), and the spread s between control
-draws (one random function of the tokens is easier to fit than another by luck; read as the
-null, the label is one more draw, so s^2 (1 + 1/K) enters). Without the second part a label
-that is itself a function of the token type would show a "finding" from the luck of its draw.
+- Hewitt & Liang's control task (EMNLP 2019: the same probe on a random function of the token
+  type; selectivity = accuracy - control accuracy), this module's earlier reading. With byte tokens
+  the lexical labels (token, digit) *are* functions of the byte, as is the control, so their
+  selectivity is 0 by construction; and the probe fits a random function of the byte about as well
+  as the byte is kept (on 1000-step world-v2-tiny runs, seeds 1 and 3: control accuracy 0.95-1.00 for
+  every label at the first block, falling with the token at later ones), so the selectivity of every
+  label above the lexical tier came out negative or nil at every block. It could show nothing.
+- MDL probing (Voita & Titov, EMNLP 2020: the online code length of the labels given the layer,
+  against the uniform code). It reads information and the effort to extract it, but against a
+  uniform code the token itself compresses every label as well at the embedding as at any layer,
+  so it leaves in what the byte gives (taking that out needs the baseline below anyway); and an
+  online code is 7-10 probe fits per label and layer (one per portion): several times this
+  instrument's cost, in the measurement battery of every fit.
+- **Conditional probing** (Hewitt, Ethayarajh, Liang & Manning, EMNLP 2021, "measuring usable
+  information beyond a baseline"): the accuracy of a probe on [baseline; layer] minus that of a
+  probe on the baseline alone, the usable (V-)information the layer adds beyond the baseline. With
+  the baseline the embedding output (the input of block 0: the token, and its position where the
+  model embeds positions), it reads what the block has computed from the context, and it needs no
+  random draws: one fit per label on the embedding and one per block (on twice the features), in
+  place of a fit and 8 control draws per block: a little more (two 1000-step world-v2-tiny runs,
+  about 5500 items, one thread: 1.13-1.17 s of CPU a measurement before, 1.27-1.30 s after). **Chosen.**
 
-How to read it: selectivity > 0 (z > 3) says the layer holds the label beyond what memorising
-token types gives. A label with no structure in a layer that holds token identity gives
-selectivity < 0 (the control is memorised, the label is not): never a finding. For the token
-label itself the control is a random many-to-one grouping of the same tokens; there the curve
-to read is `acc` against `chance`.
+So every label is read by one rule, **gain = accuracy of the reading - accuracy of its baseline**,
+the baseline being what needs no network at all:
 
-`layers/probe/<label>/peak_layer` is the layer of highest selectivity and `peak_gap_z` the z of
-its lead over the runner-up layer: below ~2 the peak is not told apart from noise. Everything
-runs on the features' device: the decomposition in float64 (float32 on MPS), the [items,
-classes] score products in float32.
+- conceptual, functional and output labels: the probe on [embedding; block output] against the
+  probe on the embedding (`embed_acc`), read as [embedding; embedding] so that both probes have the
+  same features, standardisation and ridge grid, and a block that is the embedding (a zero-init
+  model's at step 0) gains exactly 0;
+- lexical labels (token, digit): the label *is* the token, so a gain beyond the embedding is 0 by
+  construction; they are read as the probe on the block output against chance (the fit split's
+  majority class scored on the other split): where in the network the token is still readable.
+
+**Depth** of a label: the centre of gravity of its positive gains over the blocks (Tenney, Das &
+Pavlick, ACL 2019, "BERT rediscovers the classical NLP pipeline": sum_l l s(l) / sum_l s(l)),
+block 0 at 0 and the last block at 1. A flat profile sits at 0.5; one that fades with depth
+below it (the token, as blocks turn to the next token); one that builds up, above it.
+
+**Intervals within a run**: a bootstrap over the scoring split's probe rows (a row's tokens share
+a context, so they are resampled together), `BOOTSTRAP_DRAWS` draws, the same draws for every
+label, so that a tier's depth, the mean of its labels', and the contrast between tiers keep the
+labels' correlation. Each gain, mean gain, depth, tier depth and the contrast carries its `_se`.
+
+**Readable**: a label's mean gain over the blocks above its null with z > `READ_Z` (bootstrap se);
+the null of a gain is 0 (a probe of labels with no relation to the features scores chance; a
+block that adds nothing beyond the embedding gains nothing: both tested). Only readable labels
+get a depth that enters their tier's: a label read nowhere has no centre of gravity to speak of.
+Against an untrained network (the study reads step 0 of the same run) a higher tier's gain is
+compared there; for a lexical label the untrained network is no null (its residual stream is the
+embedding, which holds the token). An untrained GPT-2-init network (no zero-init projections)
+does read context beyond the embedding through its near-uniform attention, a little more at each
+block: in tests/test_claim_hierarchy.py five such toy networks give a depth contrast of a few
+hundredths, inside the claim's margin.
+
+Everything runs on the features' device: the decomposition in float64 (float32 on MPS), the
+[items, classes] score products in float32.
 """
 
 from __future__ import annotations
@@ -49,7 +87,7 @@ from matplotlib import colormaps
 from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
-from lamina.instrument.precision import in_full_precision, model_forward
+from lamina.instrument.precision import forward_precision, in_full_precision, model_forward
 from lamina.measures import wide_dtype
 
 TIERS: dict[str, str] = {
@@ -64,63 +102,118 @@ TIERS: dict[str, str] = {
     "answer": "output",
 }
 TIER_ORDER = ("lexical", "conceptual", "functional", "output", "other")
+HIGHER_TIERS = ("conceptual", "functional", "output")  # the claim's "higher" tiers, pooled as `higher`
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # lambda / fit items, on standardised features
 MIN_ITEMS = 16  # per split: fewer and a label is skipped (an accuracy on 5 items is noise)
-CONTROL_DRAWS = 8  # control tasks per label: their spread is part of the selectivity's error
-
-
-@dataclass
-class LayerProbe:
-    """One label's probe at one layer: accuracies on the scoring split, and what they rest on.
-
-    `correct` ([n_test] bool) and `control_correct` ([n_test] float: the share of control draws
-    the item was right in) stay on the features' device for paired comparisons (between layers,
-    for the peak's z); `control_accs` holds each control draw's accuracy."""
-
-    acc: float
-    chance: float
-    n_train: int
-    n_test: int
-    ridge: float
-    control_ridge: float
-    correct: torch.Tensor
-    control_correct: torch.Tensor
-    control_accs: tuple[float, ...]
-
-    @property
-    def control_acc(self) -> float:
-        return sum(self.control_accs) / len(self.control_accs)
-
-    @property
-    def selectivity(self) -> float:
-        return self.acc - self.control_acc
-
-    @property
-    def selectivity_se(self) -> float:
-        """Standard error of the selectivity: the paired item-level error over the scoring items,
-        and the spread between control draws (a random function of the tokens is easier or harder
-        to fit by luck; under the null the label is one more such draw: variance s^2 (1 + 1/K))."""
-        items = paired_se(self.correct, self.control_correct)
-        k = len(self.control_accs)
-        if k < 2:
-            return items
-        spread = float(np.var(self.control_accs, ddof=1))
-        return math.sqrt(items**2 + spread * (1 + 1 / k))
+BOOTSTRAP_DRAWS = 200  # resamples of the scoring rows: a standard error to within about 5%
+READ_Z = 3.0  # a label is read where its mean gain / se exceeds this
 
 
 def tier_of(label: str) -> str:
     return TIERS.get(label, "other")
 
 
-def paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Standard error of mean(a - b) over paired items (ddof=1); 0 with fewer than 2 items."""
-    diff = a.double() - b.double()
-    if diff.numel() < 2:
-        return 0.0
-    return float(diff.std(correction=1)) / math.sqrt(diff.numel())
+def is_lexical(label: str) -> bool:
+    return tier_of(label) == "lexical"
 
 
-# ---- splits and the control task ------------------------------------------------------------
+@dataclass
+class LayerProbe:
+    """One label's reading at one block: `acc` its accuracy (lexical: the probe on the block output;
+    else the probe on [embedding; block output]), `base_acc` its baseline's (lexical: chance; else
+    the probe on the embedding), `ridge` the ridge chosen, `correct` ([n_test] bool) its hits on
+    the label's scoring items, `gain_se` the bootstrap standard error of `gain` (set by
+    `probe_hierarchy`)."""
+
+    acc: float
+    base_acc: float
+    ridge: float
+    correct: torch.Tensor
+    gain_se: float = math.nan
+
+    @property
+    def gain(self) -> float:
+        """The reading's accuracy minus its baseline's: what the block adds (see the module's text)."""
+        return self.acc - self.base_acc
+
+
+@dataclass
+class LabelProbe:
+    """One label's probes at every block, and what they rest on. `base_correct` ([n_test] bool)
+    the baseline's hits (lexical: the majority class; else the probe on the embedding), `groups`
+    ([n_test]) the probe row of each scoring item (the bootstrap resamples rows),
+    `gain_draws` ([draws, layers]) the mean gain per layer in each bootstrap draw."""
+
+    name: str
+    layers: list[LayerProbe]
+    chance: float
+    embed_acc: float
+    base_correct: torch.Tensor
+    groups: torch.Tensor
+    n_train: int
+    n_test: int
+    gain_draws: torch.Tensor | None = None
+
+    @property
+    def tier(self) -> str:
+        return tier_of(self.name)
+
+    @property
+    def gains(self) -> list[float]:
+        return [r.gain for r in self.layers]
+
+    @property
+    def mean_gain(self) -> float:
+        return float(np.mean(self.gains))
+
+    @property
+    def mean_gain_se(self) -> float:
+        return _se(self.gain_draws.mean(dim=1)) if self.gain_draws is not None else math.nan
+
+    @property
+    def depth(self) -> float:
+        return float(centre_of_gravity(torch.tensor(self.gains, dtype=torch.float64)))
+
+    @property
+    def depth_draws(self) -> torch.Tensor:
+        return centre_of_gravity(self.gain_draws)
+
+    @property
+    def depth_se(self) -> float:
+        return _se(self.depth_draws) if self.gain_draws is not None else math.nan
+
+    @property
+    def readable(self) -> bool:
+        """Its mean gain over the blocks stands above 0 by more than READ_Z bootstrap se."""
+        se = self.mean_gain_se
+        return bool(se > 0 and self.mean_gain / se > READ_Z) or bool(se == 0 and self.mean_gain > 0)
+
+    @property
+    def peak_layer(self) -> int:
+        return int(np.argmax(self.gains))
+
+
+def centre_of_gravity(gains: torch.Tensor) -> torch.Tensor:
+    """Per row of `gains` ([..., L]): the layer position (0: first block, 1: last) weighted by the
+    positive gains (Tenney et al. 2019's centre of gravity); nan where no gain is positive or L < 2."""
+    gains = gains.double()
+    n = gains.shape[-1]
+    if n < 2:
+        return torch.full(gains.shape[:-1], math.nan, dtype=torch.float64)
+    weights = gains.clamp_min(0.0)
+    total = weights.sum(dim=-1)
+    positions = torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=gains.device)
+    centre = (weights * positions).sum(dim=-1) / total
+    return torch.where(total > 0, centre, torch.full_like(centre, math.nan))
+
+
+def _se(draws: torch.Tensor) -> float:
+    """The bootstrap standard error: the standard deviation of the finite draws (nan with < 2)."""
+    finite = draws[torch.isfinite(draws)].double()
+    return float(finite.std(correction=1)) if finite.numel() > 1 else math.nan
+
+
+# ---- splits -----------------------------------------------------------------------------------
 
 
 def split_items(n: int, seed: int = 0, groups: torch.Tensor | None = None, train_fraction: float = 0.5,
@@ -138,35 +231,6 @@ def split_items(n: int, seed: int = 0, groups: torch.Tensor | None = None, train
     chosen = torch.zeros(len(ids), dtype=torch.bool)
     chosen[torch.randperm(len(ids), generator=gen)[: int(round(train_fraction * len(ids)))]] = True
     return chosen[inverse].to(device)
-
-
-def control_labels(labels: torch.Tensor, token_ids: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Hewitt & Liang's control task: every token type among the labelled items gets one label at
-    random, so that the labelled items' control labels have the label's own marginals (to within
-    one type's count per class: a control whose majority class were larger by luck would have a
-    higher chance and bias the selectivity down). Types are laid out in a random order, each
-    spanning as many slots as it has items, against the items' labels sorted by a random class
-    order; each type takes the label at its span's midpoint. Unlabelled items (-1) stay -1. A
-    fixed function of (labels, token_ids, seed): every measurement of a run probes the same
-    control."""
-    labels_cpu, tokens_cpu = labels.cpu(), token_ids.cpu()
-    labelled = labels_cpu >= 0
-    out = torch.full_like(labels_cpu, -1)
-    if not bool(labelled.any()):
-        return out.to(labels.device)
-    types, inverse, type_counts = torch.unique(tokens_cpu[labelled], return_inverse=True, return_counts=True)
-    classes, class_counts = torch.unique(labels_cpu[labelled], return_counts=True)
-    gen = torch.Generator().manual_seed(int(seed))
-    type_order = torch.randperm(len(types), generator=gen)
-    class_order = torch.randperm(len(classes), generator=gen)
-    ends = torch.cumsum(class_counts[class_order], 0).double()
-    spans = type_counts[type_order].double()
-    midpoints = torch.cumsum(spans, 0) - spans / 2
-    slot = torch.searchsorted(ends, midpoints).clamp_max(len(classes) - 1)
-    per_type = torch.empty(len(types), dtype=labels_cpu.dtype)
-    per_type[type_order] = classes[class_order[slot]]
-    out[labelled] = per_type[inverse]
-    return out.to(labels.device)
 
 
 # ---- the probe ------------------------------------------------------------------------------
@@ -187,8 +251,7 @@ class RidgeClassifier:
     The constructor decomposes the fit split's Gram matrix once; `targets` turns one label vector
     into the moments every ridge shares; `loo_accuracy` is the exact leave-one-out accuracy of a
     ridge (y_-i = (y_i - h_i t_i) / (1 - h_i), h the hat matrix's diagonal, the intercept's 1/n
-    included); `predict` scores items projected once by `project`. The task and its control
-    draws, on the same items, share the decomposition and the projection."""
+    included); `predict` scores items projected once by `project`."""
 
     def __init__(self, x: torch.Tensor):
         dtype = wide_dtype(x.device)
@@ -242,136 +305,203 @@ class RidgeClassifier:
         return (z @ self._weights(zty, ridge) + prior.float()).argmax(dim=1)
 
 
+def fit_and_score(x_fit: torch.Tensor, x_score: torch.Tensor, y_fit: torch.Tensor, y_score: torch.Tensor,
+                  n_classes: int, ridges: Sequence[float] = RIDGES) -> tuple[torch.Tensor, float]:
+    """(hits [m] bool on the scoring items, the ridge chosen by leave-one-out on the fit items)."""
+    probe = RidgeClassifier(x_fit)
+    targets = probe.targets(y_fit, n_classes)
+    ridge = probe.best_ridge(targets, ridges)
+    return probe.predict(probe.project(x_score), targets, ridge) == y_score, ridge
+
+
 @in_full_precision  # the score products are fp32 matmuls: under autocast, bf16 ones
-def probe_layer(features: torch.Tensor, labels: torch.Tensor, controls: Sequence[torch.Tensor],
-                train: torch.Tensor, ridges: Sequence[float] = RIDGES) -> LayerProbe | None:
-    """The probe and its control draws at one layer. `features` [N, d]; `labels` and each of
-    `controls` [N] (items with label -1 are left out); `train` [N] bool. The control's ridge is
-    chosen (leave-one-out) on the first draw and kept for the others. None when a split has
-    fewer than MIN_ITEMS labelled items or the fit split holds a single class."""
-    device = features.device
-    labels, train = labels.to(device), train.to(device)
+def probe_label(name: str, embedding: torch.Tensor, residuals: Sequence[torch.Tensor], labels: torch.Tensor,
+                train: torch.Tensor, groups: torch.Tensor, ridges: Sequence[float] = RIDGES) -> LabelProbe | None:
+    """One label's probes: on the embedding output (`embedding` [N, d], read as [embedding;
+    embedding]) and at each block (`residuals` [N, d] each): for a lexical label on the block
+    output, for the others on [embedding; block output] (conditional probing).
+    `labels` [N] (-1: no label), `train` [N] bool, `groups` [N] (each item's probe row). None when a
+    split has fewer than MIN_ITEMS labelled items or the fit split holds a single class."""
+    device = embedding.device
+    labels, train, groups = labels.to(device), train.to(device), groups.to(device)
     keep = labels >= 0
     fit, score = keep & train, keep & ~train
     if int(fit.sum()) < MIN_ITEMS or int(score.sum()) < MIN_ITEMS:
         return None
-    y_tr, y_te, n_classes = _class_index(labels[fit], labels[score])
+    y_fit, y_score, n_classes = _class_index(labels[fit], labels[score])
     if n_classes < 2:
         return None
-    probe = RidgeClassifier(features[fit])
-    z_test = probe.project(features[score])
-    task = probe.targets(y_tr, n_classes)
-    ridge = probe.best_ridge(task, ridges)
-    correct = probe.predict(z_test, task, ridge) == y_te
-    control_ridge, control_hits = None, []
-    for control in controls:
-        c_tr, c_te, n_control = _class_index(control.to(device)[fit], control.to(device)[score])
-        if n_control < 2:  # a one-class control: the probe predicts the fit split's class
-            control_hits.append(c_te == 0)
-            continue
-        targets = probe.targets(c_tr, n_control)
-        if control_ridge is None:
-            control_ridge = probe.best_ridge(targets, ridges)
-        control_hits.append(probe.predict(z_test, targets, control_ridge) == c_te)
-    hits = torch.stack(control_hits).double()
-    majority = torch.bincount(y_tr, minlength=n_classes).argmax()
-    return LayerProbe(
-        acc=float(correct.double().mean()),
-        chance=float((y_te == majority).double().mean()),
-        n_train=int(fit.sum()),
-        n_test=int(score.sum()),
-        ridge=ridge,
-        control_ridge=float("nan") if control_ridge is None else control_ridge,
-        correct=correct,
-        control_correct=hits.mean(dim=0),
-        control_accs=tuple(float(a) for a in hits.mean(dim=1)),
-    )
+    majority = torch.bincount(y_fit, minlength=n_classes).argmax()
+    chance_correct = y_score == majority
+    # The baseline reads the embedding twice, so that it and the reading of [embedding; block] have
+    # the same features, standardisation and ridge grid, and a block that is the embedding gains
+    # exactly 0 (beside the embedding alone, a duplicated feature set gains by its halved effective
+    # ridge: +0.025 on `entity` at step 0 of a zero-init world-v2-tiny model, whose blocks are the identity).
+    # A lexical label needs none: its baseline is chance (the embedding holds the token).
+    lexical = is_lexical(name)
+    embed_correct = None
+    if not lexical:
+        twice = torch.cat([embedding, embedding], dim=1)
+        embed_correct, _ = fit_and_score(twice[fit], twice[score], y_fit, y_score, n_classes, ridges)
+    base_correct = chance_correct if lexical else embed_correct
+    base_acc = float(base_correct.double().mean())
+    layers = []
+    for h in residuals:
+        x = h if lexical else torch.cat([embedding, h], dim=1)  # conditional probing: the baseline beside the block
+        correct, ridge = fit_and_score(x[fit], x[score], y_fit, y_score, n_classes, ridges)
+        layers.append(LayerProbe(acc=float(correct.double().mean()), base_acc=base_acc, ridge=ridge, correct=correct))
+    return LabelProbe(name, layers, chance=float(chance_correct.double().mean()),
+                      embed_acc=math.nan if lexical else float(embed_correct.double().mean()),
+                      base_correct=base_correct,
+                      groups=groups[score], n_train=int(fit.sum()), n_test=int(score.sum()))
 
 
-def control_draws(labels: torch.Tensor, token_ids: torch.Tensor, seed: int = 0,
-                  draws: int = CONTROL_DRAWS) -> list[torch.Tensor]:
-    """`draws` control tasks (`control_labels` with seeds derived from `seed`)."""
-    return [control_labels(labels, token_ids, (int(seed) * 1_000_003 + k) % 2**63) for k in range(draws)]
+def row_draws(groups: torch.Tensor, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bootstrap over groups: (the groups' ids [R], counts [draws, R]: how often each group is
+    drawn in each of `draws` resamples of R groups with replacement)."""
+    ids = torch.unique(groups.cpu())
+    gen = torch.Generator().manual_seed(int(seed))
+    picks = torch.randint(len(ids), (draws, len(ids)), generator=gen)
+    counts = torch.zeros(draws, len(ids), dtype=torch.float64)
+    counts.scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
+    return ids, counts
 
 
-def probe_layers(residuals: Sequence[torch.Tensor], labels: torch.Tensor, token_ids: torch.Tensor,
-                 split: torch.Tensor | int = 0, *, groups: torch.Tensor | None = None,
-                 ridges: Sequence[float] = RIDGES, control_seed: int = 0,
-                 draws: int = CONTROL_DRAWS) -> list[LayerProbe] | None:
-    """One label's probe at every layer: `residuals` [N, d] per layer, `labels` [N] (-1 = no
-    label), `token_ids` [N] (the token type of each item, for the control), `split` a [N] bool
-    mask (True = fit) or a seed for `split_items` (by `groups` when given). The same split and
-    the same control draws serve every layer. None when the label has too few items."""
-    n = int(labels.shape[0])
-    if isinstance(split, int):
-        split = split_items(n, split, groups)
-    controls = control_draws(labels, token_ids, control_seed, draws)
-    results = [probe_layer(x, labels, controls, split, ridges) for x in residuals]
-    return None if any(r is None for r in results) else results
-
-
-def peak_layer(results: Sequence[LayerProbe]) -> tuple[int, float]:
-    """(layer of highest selectivity, z of its lead over the runner-up layer: the paired item
-    error on the shared scoring items plus each layer's control-mean error s^2 / K; +inf when the
-    lead has no variance, nan with one layer)."""
-    sel = [r.selectivity for r in results]
-    order = sorted(range(len(sel)), key=lambda i: sel[i], reverse=True)
-    best = order[0]
-    if len(order) < 2:
-        return best, float("nan")
-    top, runner = results[best], results[order[1]]
-    lead = sel[best] - sel[order[1]]
-    a = top.correct.double() - top.control_correct
-    b = runner.correct.double() - runner.control_correct
-    var = paired_se(a, b) ** 2 + sum(_control_mean_var(r) for r in (top, runner))
-    se = math.sqrt(var)
-    return best, (lead / se if se > 0 else (0.0 if lead == 0 else math.inf))
-
-
-def _control_mean_var(r: LayerProbe) -> float:
-    k = len(r.control_accs)
-    return float(np.var(r.control_accs, ddof=1)) / k if k > 1 else 0.0
+def bootstrap(results: Mapping[str, LabelProbe], groups: torch.Tensor, draws: int = BOOTSTRAP_DRAWS,
+              seed: int = 0) -> None:
+    """Each label's `gain_draws` and each layer's `gain_se` from one bootstrap over the scoring
+    rows (`groups`: the scoring items' rows, every label's among them), shared by every label."""
+    if not results:
+        return
+    ids, counts = row_draws(groups, draws, seed)
+    for probe in results.values():
+        where = torch.searchsorted(ids, probe.groups.cpu())
+        weights = counts[:, where]  # [draws, n_test]
+        diffs = torch.stack([r.correct.cpu().double() for r in probe.layers]) - probe.base_correct.cpu().double()
+        total = weights.sum(dim=1, keepdim=True)
+        probe.gain_draws = torch.where(total > 0, weights @ diffs.T / total.clamp_min(1e-12),
+                                       torch.full((draws, len(probe.layers)), math.nan, dtype=torch.float64))
+        for i, layer in enumerate(probe.layers):
+            layer.gain_se = _se(probe.gain_draws[:, i])
 
 
 def probe_hierarchy(residuals: Sequence[torch.Tensor], labels: Mapping[str, torch.Tensor], token_ids: torch.Tensor,
-                    split: torch.Tensor | int = 0, *, groups: torch.Tensor | None = None,
-                    ridges: Sequence[float] = RIDGES, control_seed: int = 0,
-                    draws: int = CONTROL_DRAWS) -> dict[str, list[LayerProbe]]:
-    """`probe_layers` for each label kind of `labels` (name -> [N]), plus `token` (the token
-    identity, from `token_ids`) unless given; labels with too few items are left out."""
+                    split: torch.Tensor | int = 0, *, embedding: torch.Tensor, groups: torch.Tensor | None = None,
+                    ridges: Sequence[float] = RIDGES, seed: int = 0,
+                    draws: int = BOOTSTRAP_DRAWS) -> dict[str, LabelProbe]:
+    """`probe_label` for each label kind of `labels` (name -> [N]), plus `token` (the token
+    identity, from `token_ids`) unless given, then the bootstrap. `residuals` [N, d] per block,
+    `embedding` [N, d] the embedding output (block 0's input); `split` a [N] bool mask (True = fit)
+    or a seed for `split_items`; `groups` [N] each item's probe row (the split keeps rows whole and
+    the bootstrap resamples them; None: every item its own). Labels with too few items are left out."""
+    n = int(token_ids.shape[0])
     labels = dict(labels)
     labels.setdefault("token", token_ids)
+    groups = torch.arange(n, device=token_ids.device) if groups is None else groups
     if isinstance(split, int):
-        split = split_items(int(token_ids.shape[0]), split, groups)
+        split = split_items(n, split, groups, device=token_ids.device)
     out = {}
     for name, y in labels.items():
-        results = probe_layers(residuals, y, token_ids, split, ridges=ridges, control_seed=control_seed, draws=draws)
-        if results is not None:
-            out[name] = results
+        result = probe_label(name, embedding, residuals, y, split, groups, ridges)
+        if result is not None:
+            out[name] = result
+    bootstrap(out, groups[~split.to(groups.device)], draws, seed)
     return out
 
 
-def hierarchy_scalars(results: Mapping[str, Sequence[LayerProbe]]) -> dict[str, float]:
-    """Tags: `layers/layer<i>/probe/<label>/acc`, `/control_acc`, `/selectivity`,
-    `/selectivity_se`, `/chance`; per label `layers/probe/<label>/peak_layer`, `/peak_selectivity`,
-    `/peak_gap_z` (lead of the peak over the runner-up layer, paired z), `/n_train`, `/n_test`."""
+# ---- tiers --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TierReading:
+    """A tier's mean gain (over its labels and blocks) and the depth of its readable labels (the
+    mean of their centres of gravity), each with its bootstrap draws."""
+
+    labels: tuple[str, ...]  # every label of the tier probed
+    read: tuple[str, ...]  # those readable: their depths enter the tier's
+    gain: float
+    gain_draws: torch.Tensor
+    depth: float
+    depth_draws: torch.Tensor
+
+    @property
+    def gain_se(self) -> float:
+        return _se(self.gain_draws)
+
+    @property
+    def depth_se(self) -> float:
+        return _se(self.depth_draws)
+
+
+def tier_reading(results: Mapping[str, LabelProbe], tiers: Sequence[str]) -> TierReading | None:
+    """The reading of the labels of `tiers` pooled (None: none probed)."""
+    probes = [p for p in results.values() if p.tier in tiers and p.gain_draws is not None]
+    if not probes:
+        return None
+    gain = float(np.mean([p.mean_gain for p in probes]))
+    gain_draws = torch.stack([p.gain_draws.mean(dim=1) for p in probes]).mean(dim=0)
+    read = [p for p in probes if p.readable and math.isfinite(p.depth)]
+    if read:
+        depth = float(np.mean([p.depth for p in read]))
+        depth_draws = torch.stack([p.depth_draws for p in read]).nanmean(dim=0)
+    else:
+        depth, depth_draws = math.nan, torch.full_like(gain_draws, math.nan)
+    return TierReading(tuple(p.name for p in probes), tuple(p.name for p in read), gain, gain_draws, depth, depth_draws)
+
+
+def tier_readings(results: Mapping[str, LabelProbe]) -> dict[str, TierReading]:
+    """Each tier of TIER_ORDER but `other` with a label probed, and `higher` (HIGHER_TIERS pooled)."""
+    out = {t: tier_reading(results, (t,)) for t in TIER_ORDER[:-1]}
+    out["higher"] = tier_reading(results, HIGHER_TIERS)
+    return {t: r for t, r in out.items() if r is not None}
+
+
+def hierarchy_scalars(results: Mapping[str, LabelProbe]) -> dict[str, float]:
+    """Tags, per label and block i: `layers/layer<i>/probe/<label>/acc` (the reading's accuracy:
+    lexical, the probe on the block output; else on [embedding; block output]), `/gain`, `/gain_se`;
+    per label `layers/probe/<label>/chance`, `/embed_acc` (not for lexical labels), `/mean_gain`,
+    `/mean_gain_se`, `/peak_layer` (of highest gain), `/n_train`, `/n_test`, and where it is
+    readable `/depth`, `/depth_se`; per tier (lexical, conceptual, functional, output,
+    higher) `layers/tier/<tier>/gain`, `/gain_se`, `/labels_read` and, where a label is read,
+    `/depth`, `/depth_se`; and `layers/tier/contrast`, `/contrast_se` (higher - lexical depth)."""
     out: dict[str, float] = {}
-    for name, layers in results.items():
-        for i, r in enumerate(layers):
+    for name, probe in results.items():
+        for i, r in enumerate(probe.layers):
             prefix = f"layers/layer{i}/probe/{name}"
             out[f"{prefix}/acc"] = r.acc
-            out[f"{prefix}/control_acc"] = r.control_acc
-            out[f"{prefix}/selectivity"] = r.selectivity
-            out[f"{prefix}/selectivity_se"] = r.selectivity_se
-            out[f"{prefix}/chance"] = r.chance
-        best, z = peak_layer(layers)
-        out[f"layers/probe/{name}/peak_layer"] = float(best)
-        out[f"layers/probe/{name}/peak_selectivity"] = layers[best].selectivity
-        if not math.isnan(z):
-            out[f"layers/probe/{name}/peak_gap_z"] = z
-        out[f"layers/probe/{name}/n_train"] = float(layers[0].n_train)
-        out[f"layers/probe/{name}/n_test"] = float(layers[0].n_test)
+            out[f"{prefix}/gain"] = r.gain
+            if math.isfinite(r.gain_se):
+                out[f"{prefix}/gain_se"] = r.gain_se
+        prefix = f"layers/probe/{name}"
+        out.update({f"{prefix}/chance": probe.chance, f"{prefix}/mean_gain": probe.mean_gain,
+                    f"{prefix}/peak_layer": float(probe.peak_layer), f"{prefix}/n_train": float(probe.n_train),
+                    f"{prefix}/n_test": float(probe.n_test)})
+        _finite_into(out, f"{prefix}/embed_acc", probe.embed_acc)  # (lexical labels: none)
+        _finite_into(out, f"{prefix}/mean_gain_se", probe.mean_gain_se)
+        if probe.readable:
+            _finite_into(out, f"{prefix}/depth", probe.depth)
+            _finite_into(out, f"{prefix}/depth_se", probe.depth_se)
+    tiers = tier_readings(results)
+    for tier, reading in tiers.items():
+        prefix = f"layers/tier/{tier}"
+        out[f"{prefix}/gain"] = reading.gain
+        out[f"{prefix}/labels_read"] = float(len(reading.read))
+        _finite_into(out, f"{prefix}/gain_se", reading.gain_se)
+        _finite_into(out, f"{prefix}/depth", reading.depth)
+        _finite_into(out, f"{prefix}/depth_se", reading.depth_se)
+    if "higher" in tiers and "lexical" in tiers:
+        contrast = tiers["higher"].depth - tiers["lexical"].depth
+        _finite_into(out, "layers/tier/contrast", contrast)
+        if math.isfinite(contrast):
+            draws = tiers["higher"].depth_draws - tiers["lexical"].depth_draws  # the same draws: paired
+            _finite_into(out, "layers/tier/contrast_se", _se(draws))
     return out
+
+
+def _finite_into(out: dict[str, float], tag: str, value: float) -> None:
+    """A tag only where its value is finite (a nan in TensorBoard would read as a measurement)."""
+    if math.isfinite(value):
+        out[tag] = float(value)
 
 
 # ---- reading the model ----------------------------------------------------------------------
@@ -379,11 +509,12 @@ def hierarchy_scalars(results: Mapping[str, Sequence[LayerProbe]]) -> dict[str, 
 
 @dataclass
 class LabelledResiduals:
-    """Residual streams at labelled positions: `residuals` [N, d] per layer (float32, on the
-    device), `labels` name -> [N], `token_ids` [N], `rows` [N] (each item's probe row, the group
-    `split_items` keeps whole)."""
+    """Residual streams at labelled positions: `residuals` [N, d] per block and `embedding` [N, d]
+    the embedding output (block 0's input; float32, on the device), `labels` name -> [N],
+    `token_ids` [N], `rows` [N] (each item's probe row, the group `split_items` keeps whole)."""
 
     residuals: list[torch.Tensor]
+    embedding: torch.Tensor
     labels: dict[str, torch.Tensor]
     token_ids: torch.Tensor
     rows: torch.Tensor
@@ -407,22 +538,39 @@ def labelled_positions(labels: Mapping[str, torch.Tensor], shape: tuple[int, int
     return mask
 
 
+def embedding_output(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """What block 0 of a lamina GPT reads ([B, T, d]): the token embedding, plus the position
+    embedding where the model has one (rotary models put positions in attention instead); dropout
+    is the identity in eval mode."""
+    transformer = getattr(model, "transformer", None)
+    if transformer is None or "wte" not in transformer:
+        raise TypeError(f"hierarchy: expected a lamina GPT (model.transformer.wte), got {type(model).__name__}")
+    with forward_precision():
+        x = transformer.wte(idx)
+        if "wpe" in transformer:
+            x = x + transformer.wpe(torch.arange(idx.shape[1], device=idx.device))
+    return x
+
+
 def collect_residuals(model: torch.nn.Module, tokens: torch.Tensor, labels: Mapping[str, torch.Tensor],
                       batch_size: int, device: torch.device | str, max_items: int | None = 8192,
                       seed: int = 0) -> LabelledResiduals:
     """Run `tokens` [rows, T] through the model (no grad; eval mode is the caller's; the forward
-    precision the measurement's) and keep each block's output residual, as fp32, at the positions of
-    `labelled_positions`.
+    precision the measurement's) and keep the embedding output and each block's output residual,
+    as fp32, at the positions of `labelled_positions`.
     `labels` name -> [rows, T] per-token labels (-1 = none)."""
     mask = labelled_positions(labels, tuple(tokens.shape), max_items, seed)
     kept: list[list[torch.Tensor]] = []
+    embedded: list[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, tokens.shape[0], batch_size):
             part = mask[start : start + batch_size].to(device)
             if not bool(part.any()):
                 continue
+            idx = tokens[start : start + batch_size].to(device)
             record: dict = {}
-            model_forward(model, tokens[start : start + batch_size].to(device), record=record)
+            model_forward(model, idx, record=record)
+            embedded.append(embedding_output(model, idx)[part].float())
             for i, resid in enumerate(record["resid"]):
                 if len(kept) <= i:
                     kept.append([])
@@ -430,18 +578,19 @@ def collect_residuals(model: torch.nn.Module, tokens: torch.Tensor, labels: Mapp
             del record
     rows = torch.arange(tokens.shape[0])[:, None].expand_as(mask)[mask]
     flat = {name: torch.as_tensor(y).cpu()[mask].to(device) for name, y in labels.items()}
-    return LabelledResiduals([torch.cat(parts) for parts in kept], flat, tokens.cpu()[mask].to(device),
-                             rows.to(device))
+    return LabelledResiduals([torch.cat(parts) for parts in kept], torch.cat(embedded), flat,
+                             tokens.cpu()[mask].to(device), rows.to(device))
 
 
 def measure_hierarchy(model: torch.nn.Module, tokens: torch.Tensor, labels: Mapping[str, torch.Tensor],
                       batch_size: int, device: torch.device | str, *, max_items: int | None = 8192,
-                      seed: int = 0) -> dict[str, list[LayerProbe]]:
-    """`collect_residuals`, then `probe_hierarchy` split by probe row (seeded); the control task
+                      seed: int = 0) -> dict[str, LabelProbe]:
+    """`collect_residuals`, then `probe_hierarchy` split by probe row (seeded); the bootstrap
     shares the seed. Feed the result to `hierarchy_scalars` and `hierarchy_figure`."""
     data = collect_residuals(model, tokens, labels, batch_size, device, max_items, seed)
     split = split_items(len(data.rows), seed, data.rows, device=data.rows.device)
-    return probe_hierarchy(data.residuals, data.labels, data.token_ids, split, control_seed=seed)
+    return probe_hierarchy(data.residuals, data.labels, data.token_ids, split, embedding=data.embedding,
+                           groups=data.rows, seed=seed)
 
 
 # ---- the picture ----------------------------------------------------------------------------
@@ -452,74 +601,76 @@ def tier_sorted(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: (TIER_ORDER.index(tier_of(n)), n))
 
 
-def hierarchy_figure(results: Mapping[str, Sequence[LayerProbe]], step: int | None = None) -> Figure:
-    """Selectivity per label (rows, grouped by tier) and layer (columns): a diverging heatmap
-    centred at 0, each cell written with its standard error, each row's peak boxed where it is
-    a finding (selectivity > 3 se)."""
+def hierarchy_figure(results: Mapping[str, LabelProbe], step: int | None = None) -> Figure:
+    """The gain per label (rows, grouped by tier) and block (columns): a diverging heatmap centred
+    at 0, each cell written with its standard error, each row's depth (centre of gravity) marked
+    where the label is read (mean gain > 3 se)."""
     names = tier_sorted(list(results))
-    n_layers = max((len(results[n]) for n in names), default=0)
-    sel = np.full((len(names), n_layers), np.nan)
-    se = np.full_like(sel, np.nan)
+    n_layers = max((len(results[n].layers) for n in names), default=0)
+    gain = np.full((len(names), n_layers), np.nan)
+    se = np.full_like(gain, np.nan)
     for r, name in enumerate(names):
-        for c, probe in enumerate(results[name]):
-            sel[r, c], se[r, c] = probe.selectivity, probe.selectivity_se
+        for c, probe in enumerate(results[name].layers):
+            gain[r, c], se[r, c] = probe.gain, probe.gain_se
     width, height = max(4.0, 2.2 + 0.7 * n_layers), max(2.5, 1.2 + 0.35 * len(names))
     fig = Figure(figsize=(width, height), dpi=100)
     fig.subplots_adjust(left=1.6 / width, right=1 - 1.0 / width, bottom=0.55 / height, top=1 - 0.4 / height)
     ax = fig.add_subplot()
-    ax.set_title("probe selectivity (acc - control acc) by layer" + ("" if step is None else f", step {step}"),
-                 fontsize=8)
-    if sel.size == 0:
+    ax.set_title("probe gain by block (lexical: acc - chance; others: beyond the embedding)"
+                 + ("" if step is None else f", step {step}"), fontsize=8)
+    if gain.size == 0:
         ax.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([]), ax.set_yticks([])
         return fig
-    finite = sel[np.isfinite(sel)]
+    finite = gain[np.isfinite(gain)]
     half = max(float(np.abs(finite).max()) if finite.size else 1.0, 0.05)
-    image = ax.imshow(np.ma.masked_invalid(sel), cmap=colormaps["RdBu_r"].with_extremes(bad="0.8"),
+    image = ax.imshow(np.ma.masked_invalid(gain), cmap=colormaps["RdBu_r"].with_extremes(bad="0.8"),
                       norm=CenteredNorm(0.0, half), aspect="auto", interpolation="nearest")
     ax.set_xticks(np.arange(n_layers), [str(i) for i in range(n_layers)], fontsize=7)
     ax.set_yticks(np.arange(len(names)), [f"{tier_of(n)}: {n}" for n in names], fontsize=7)
-    ax.set_xlabel("layer", fontsize=8)
+    ax.set_xlabel("block", fontsize=8)
     for r, name in enumerate(names):
-        best, _ = peak_layer(results[name])
-        peak = results[name][best]
-        if peak.selectivity > 3 * peak.selectivity_se:  # box only a peak that is a finding
-            ax.add_patch(_box(best, r))
-        for c in range(len(results[name])):
-            ax.text(c, r, f"{sel[r, c]:.2f}\n\u00b1{se[r, c]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if abs(sel[r, c]) > 0.6 * half else "black")
+        probe = results[name]
+        if probe.readable and math.isfinite(probe.depth) and len(probe.layers) > 1:
+            ax.plot([probe.depth * (len(probe.layers) - 1)], [r], marker="|", markersize=14, color="black")
+        for c in range(len(probe.layers)):
+            ax.text(c, r, f"{gain[r, c]:.2f}\n\u00b1{se[r, c]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(gain[r, c]) > 0.6 * half else "black")
     cax = fig.add_axes((1 - 0.85 / width, 0.55 / height, 0.12 / width, 1 - 0.95 / height))
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label("selectivity", fontsize=7)
+    bar.set_label("gain", fontsize=7)
     bar.ax.tick_params(labelsize=7)
     return fig
 
 
-def _box(col: int, row: int):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5)
-
-
 __all__ = [
+    "BOOTSTRAP_DRAWS",
+    "HIGHER_TIERS",
     "MIN_ITEMS",
+    "READ_Z",
     "RIDGES",
     "TIERS",
+    "TIER_ORDER",
+    "LabelProbe",
     "LabelledResiduals",
     "LayerProbe",
     "RidgeClassifier",
+    "TierReading",
+    "bootstrap",
+    "centre_of_gravity",
     "collect_residuals",
-    "CONTROL_DRAWS",
-    "control_draws",
-    "control_labels",
+    "embedding_output",
+    "fit_and_score",
     "hierarchy_figure",
     "hierarchy_scalars",
+    "is_lexical",
     "labelled_positions",
     "measure_hierarchy",
-    "peak_layer",
     "probe_hierarchy",
-    "probe_layer",
-    "probe_layers",
+    "probe_label",
+    "row_draws",
     "split_items",
     "tier_of",
+    "tier_readings",
+    "tier_sorted",
 ]

@@ -87,7 +87,8 @@ KMEANS_RESTARTS = 4
 class LayerModules:
     """A layer's partition and its null (see the module docstring). `labels`: CPU LongTensor
     [d], -1 excluded; `similarity`: the `id` phi matrix (CPU, for pictures); `q_null`, `k_null`:
-    Q and k of each permutation-null draw; `stability`: None at the first measurement;
+    Q and k of each permutation-null draw (empty, and their summaries None, where it was not
+    drawn); `stability`: None at the first measurement;
     `q_shuffled`, `q_heldout_shuffled` and their summaries: the shuffled-weights null (empty and
     None until `with_shuffled_null` sets them: it needs the model, `find_modules` only activity)."""
 
@@ -97,9 +98,9 @@ class LayerModules:
     q: float
     q_heldout: float
     q_null: list[float]
-    q_null_mean: float
-    q_null_std: float
-    q_z: float
+    q_null_mean: float | None
+    q_null_std: float | None
+    q_z: float | None
     stability: float | None
     stability_floor: float
     k_null: list[int] = field(default_factory=list)
@@ -156,7 +157,8 @@ def find_modules(
     active_id [n, d], active_id_b [n_b, d]: 0/1 activity (bool) of the same d units on the two
     samples, on any device; previous: the previous measurement's labels of this layer, or None;
     n_modules: a fixed k (None: chosen by Q on the `id` graph in 2..max_modules); null_draws:
-    draws of the permutation null; seed: all randomness (k-means seeding, null draws) comes from it.
+    draws of the permutation null (0: none drawn: `q_null` and `k_null` empty, their summaries
+    None, no `q_null_*` tags); seed: all randomness (k-means seeding, null draws) comes from it.
     """
     kw = _options(n_modules, max_modules, seed)
     active_id_b = active_id_b.to(active_id.device)
@@ -164,8 +166,8 @@ def find_modules(
     similarity_b, labels_b, _, _ = _partition(active_id_b, kw)
     q_heldout = measures.modularity_q(similarity_b, labels)  # neither the partition nor its k saw id_b
     stability_floor = measures.partition_nmi(labels, labels_b)
-    q_null, k_null = measures.modularity_null(active_id, draws=null_draws, **kw)
-    q_null_mean, q_null_std, q_z = null_summary(q, q_null)
+    q_null, k_null = measures.modularity_null(active_id, draws=null_draws, **kw) if null_draws else ([], [])
+    q_null_mean, q_null_std, q_z = null_summary(q, q_null) if q_null else (None, None, None)
     labels = labels.cpu()
     stability = None if previous is None else measures.partition_nmi(labels, previous)
     return LayerModules(
@@ -325,11 +327,12 @@ def modularity_scalars(layers: list[LayerModules]) -> dict[str, float]:
         tag = f"modularity/layer{i}"
         scalars[f"{tag}/q"] = mods.q
         scalars[f"{tag}/q_heldout"] = mods.q_heldout
-        scalars[f"{tag}/q_null_mean"] = mods.q_null_mean
-        scalars[f"{tag}/q_null_std"] = mods.q_null_std
-        scalars[f"{tag}/q_null_lo"] = mods.q_null_mean - 2 * mods.q_null_std
-        scalars[f"{tag}/q_null_hi"] = mods.q_null_mean + 2 * mods.q_null_std
-        scalars[f"{tag}/q_z"] = mods.q_z
+        if mods.q_null:  # the permutation null, where it was drawn
+            scalars[f"{tag}/q_null_mean"] = mods.q_null_mean
+            scalars[f"{tag}/q_null_std"] = mods.q_null_std
+            scalars[f"{tag}/q_null_lo"] = mods.q_null_mean - 2 * mods.q_null_std
+            scalars[f"{tag}/q_null_hi"] = mods.q_null_mean + 2 * mods.q_null_std
+            scalars[f"{tag}/q_z"] = mods.q_z
         if mods.q_shuffled:
             scalars[f"{tag}/q_shuffled_mean"] = mods.q_shuffled_mean
             scalars[f"{tag}/q_shuffled_std"] = mods.q_shuffled_std

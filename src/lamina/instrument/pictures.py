@@ -7,7 +7,8 @@ its `plt.close` finds no pyplot manager for these figures and does nothing), or 
 uint8 [H, W, 3] array with `figure_to_array` for loggers that take images.
 
 - `density_figure`: fraction active per probe across layers, with 95% intervals.
-- `modularity_figure`: Newman Q, held-out Q and the permutation null over steps, one panel a layer.
+- `modularity_figure`: Newman Q, held-out Q and its null over steps (the shuffled-weights null where
+  it was drawn, else the permutation null), one panel a layer.
 - `coactivation_figure`: a layer's unit similarity ordered by module, boundaries marked.
 - `ablation_figure`: loss increase per [module, task] when the module is ablated.
 
@@ -174,16 +175,21 @@ def _null_summary(draws) -> tuple[float, float, float]:
 
 def modularity_figure(history: Mapping[int, Sequence[tuple]], max_cols: int = 4) -> Figure:
     """Newman Q over steps, one panel per layer (a row, or a grid of `max_cols` columns), read
-    against its null: `history[layer]` = [(step, q, q_heldout, q_null draws), ...]. Q is a solid
-    line with markers, held-out Q dashed, the null's min-max a grey band with its mean dotted."""
+    against its null: `history[layer]` = [(step, q, q_heldout, permutation-null draws[, shuffled-
+    weights draws]), ...]. Q is a solid line with markers, held-out Q dashed, the null's min-max a
+    grey band with its mean dotted. The null is the shuffled-weights one (the one that decides)
+    where any entry has its draws, else the permutation null; the title says which."""
     layers = sorted(history)
+    shuffled = any(len(e) > 4 and e[4] for entries in history.values() for e in entries)
+    null_of = (lambda e: e[4] if len(e) > 4 else None) if shuffled else (lambda e: e[3] if len(e) > 3 else None)
     n = max(len(layers), 1)
     cols = min(n, max_cols)
     rows = -(-n // cols)
     fig = _figure((SIZE[0], SIZE[1] if rows == 1 else 0.5 + 2.2 * rows), bottom=0.72, top=0.5,
                   wspace=0.08, hspace=0.35)
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
-    fig.suptitle("modularity Q against its permutation null", fontsize=MEDIUM)
+    fig.suptitle(f"modularity Q against its {'shuffled-weights' if shuffled else 'permutation'} null",
+                 fontsize=MEDIUM)
     if not layers:
         _no_data(axes[0])
         return fig
@@ -205,7 +211,7 @@ def modularity_figure(history: Mapping[int, Sequence[tuple]], max_cols: int = 4)
         all_steps.extend(steps)
         q = np.array([np.nan if e[1] is None else e[1] for e in entries], dtype=np.float64)
         held = np.array([np.nan if e[2] is None else e[2] for e in entries], dtype=np.float64)
-        lo, hi, mean = np.array([_null_summary(e[3] if len(e) > 3 else None) for e in entries]).T
+        lo, hi, mean = np.array([_null_summary(null_of(e)) for e in entries]).T
         if len(steps) > 1:
             ax.fill_between(steps, lo, hi, color="0.6", alpha=0.3, linewidth=0, label="null min-max")
         else:

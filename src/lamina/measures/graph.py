@@ -14,6 +14,7 @@ symmetrised, self-loops dropped; it must be finite and non-negative. Determinist
 
 from __future__ import annotations
 
+import scipy.linalg
 import torch
 
 from lamina.measures.kmeans import first_appearance_order, kmeans, kmeans_many
@@ -52,11 +53,18 @@ def _eigengap_k(laplacian_eigs: torch.Tensor, min_k: int, max_k: int) -> int:
     return low + int(torch.argmax(gaps))  # the first of equal gaps: the smaller k
 
 
-def _spectrum(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _spectrum(w: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(live, eigvals, eigvecs) of a graph from ``_graph``: live = the units with an edge (CPU
     bool [d]); the eigenpairs of the normalised adjacency D^-1/2 W D^-1/2 over the live units,
-    largest eigenvalue first (CPU float64 [m], [m, m]; empty when fewer than 2 units are live).
-    One decomposition serves every k."""
+    largest eigenvalue first (CPU float64 [m], [m, m]; empty when fewer than 2 units are live);
+    with ``top``, only the ``top`` largest (CPU float64 [top], [m, top]). One decomposition
+    serves every k up to ``top``.
+
+    On the CPU a ``top`` smaller than m asks LAPACK's dsyevr for those eigenpairs alone (scipy's
+    ``eigh`` by index): the reduction to tridiagonal form is the same, but only ``top`` vectors are
+    found and back-transformed, about 4x faster than every pair at 512 units. The vectors agree with
+    the full decomposition's to rounding, up to each one's sign, which neither the row-normalised
+    embedding's distances nor k-means can see."""
     degree = w.sum(dim=1)
     live = degree > 0
     if int(live.sum()) <= 1:
@@ -64,7 +72,14 @@ def _spectrum(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         return live.cpu(), empty, empty.view(0, 0)
     inv_sqrt = degree[live].rsqrt()
     adjacency = inv_sqrt[:, None] * w[live][:, live] * inv_sqrt[None, :]
-    eigvals, eigvecs = torch.linalg.eigh(adjacency)  # ascending
+    m = adjacency.shape[0]
+    if top is not None and top < m and adjacency.device.type == "cpu":
+        values, vectors = scipy.linalg.eigh(adjacency.numpy(), subset_by_index=[m - top, m - 1], driver="evr")
+        eigvals, eigvecs = torch.from_numpy(values), torch.from_numpy(vectors)  # ascending
+    else:
+        eigvals, eigvecs = torch.linalg.eigh(adjacency)  # ascending
+        if top is not None:
+            eigvals, eigvecs = eigvals[-top:], eigvecs[:, -top:]
     return live.cpu(), eigvals.flip(0).cpu(), eigvecs.flip(1).cpu()
 
 
@@ -96,7 +111,8 @@ def partition(similarity: torch.Tensor, k: int | None = None, *, min_k: int = 1,
     if not 1 <= min_k <= max_k:
         raise ValueError(f"need 1 <= min_k <= max_k, got min_k={min_k}, max_k={max_k}")
     w = _graph(similarity)
-    live, eigvals, eigvecs = _spectrum(w)
+    # The eigengap at max_k reads lambda_(max_k + 1); a given k reads its k vectors alone.
+    live, eigvals, eigvecs = _spectrum(w, top=k if k is not None else max_k + 1)
     labels = torch.full((w.shape[0],), -1, dtype=torch.long)
     m = int(live.sum())
     if m <= 1:
@@ -169,7 +185,7 @@ def partition_by_q(similarity: torch.Tensor, min_k: int = 2, max_k: int = 8, *,
     h = w if select is None else _graph(select)
     if h.shape != w.shape:
         raise ValueError(f"select {tuple(h.shape)} must match similarity {tuple(w.shape)}")
-    live, _, eigvecs = _spectrum(w)
+    live, _, eigvecs = _spectrum(w, top=k if k is not None else max_k)
     m = int(live.sum())
     labels = torch.full((w.shape[0],), -1, dtype=torch.long)
     if m <= 1:

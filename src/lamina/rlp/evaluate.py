@@ -5,6 +5,7 @@ GPT models; the ThoughtEval callback (lamina.callbacks) runs them during trainin
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -20,8 +21,10 @@ from lamina.rlp.decoding import ThoughtRules, decode
 from lamina.rlp.objective import no_thought_logprob, sample_thoughts, thought_scores
 
 
-def arith_problems(seed: int, level: int, n: int) -> list[tuple[str, str]]:
-    """Up to n distinct (question, answer) of world arithmetic at `level`, e.g. ("Q: 47+38=?", "85")."""
+def arith_problems(seed: int, level: int, n: int, exclude: frozenset[str] | set[str] = frozenset()
+                   ) -> list[tuple[str, str]]:
+    """Up to n distinct (question, answer) of world arithmetic at `level`, e.g. ("Q: 47+38=?", "85"),
+    none of whose questions is in `exclude` (e.g. corpus_questions of the text a model trained on)."""
     problems: dict[str, str] = {}
     examples = world.generate(seed, families=("arith",), levels=[level])
     for _ in range(50 * n):
@@ -29,13 +32,58 @@ def arith_problems(seed: int, level: int, n: int) -> list[tuple[str, str]]:
             break
         text = next(examples).text
         question, rest = text.split(f" {world.THINK_OPEN}", 1)
-        problems.setdefault(question, rest.rsplit("A: ", 1)[1].strip())
+        if question not in exclude:
+            problems.setdefault(question, rest.rsplit("A: ", 1)[1].strip())
     return list(problems.items())
+
+
+ARITH_QUESTION = re.compile(r"Q: [0-9+\-*]+=\?")  # as the world corpus writes one, thoughts kept or stripped
+
+
+def corpus_questions(data: dict) -> set[str]:
+    """Every arithmetic question (`Q: 47+38=?`) in the text a data module with these settings (its
+    hyperparameters: source, seed, families, levels, level_weights, thoughts, max_bytes, ...) reads,
+    both splits, up to its max_bytes as it counts them (stripped text is shorter, so the same cap
+    holds more problems): the questions a model trained on it may have seen, with their answers."""
+    from lamina.data import TextDataModule  # (here: lamina.data imports the world generator's users)
+    from lamina.data.sources import iter_passages
+
+    module = TextDataModule(**data)  # resolves the source; reads nothing
+    found: set[str] = set()
+    for passage in iter_passages(module.corpus, 0.0, module.hparams.get("max_bytes")):
+        found.update(ARITH_QUESTION.findall(passage.text))
+    return found
 
 
 def newline_ids(tokenizer) -> list[int]:
     """Ids whose text holds a line break (an answer ends at the end of its line)."""
     return [i for i in range(tokenizer.get_vocab_size()) if "\n" in tokenizer.decode([i], skip_special_tokens=False)]
+
+
+# The ways a held-out question can be put to a model: with room for a thought or without, spelled as
+# each training text spells it (lamina.data.thoughts). A model trained on one spelling can fail on
+# another for the spelling alone, so a comparison across arms trained on different text scores each
+# in every format (`FormatScorer`) and reads its best (lamina.rlp.elicitation.best_format).
+PROMPT_FORMATS = {
+    "think": "stripped text's thought slot (`Q: 47+38=?` then `<think>`, where RLP puts its thoughts)",
+    "think-spaced": "the text with its thoughts (`Q: 47+38=? <think>`)",
+    "answer": "stripped text, no thought (`Q: 47+38=? A:`)",
+    "empty-thought": "the text with its thoughts, an empty one (`Q: 47+38=? <think> </think> A:`)",
+}
+THINKING_FORMATS = ("think", "think-spaced")  # the model writes a thought, `</think>`, then its answer
+FORMAT_OF = {("strip", True): "think", ("strip", False): "answer", ("keep", True): "think-spaced",
+             ("keep", False): "empty-thought"}  # (data.thoughts, thinking) -> the format of that text
+
+
+def format_prompt(tokenizer, question: str, fmt: str, think_id: int) -> list[int]:
+    """The prompt of a held-out question in one of PROMPT_FORMATS."""
+    if fmt == "think":
+        return tokenizer.encode(question).ids + [think_id]
+    suffix = {"think-spaced": f" {world.THINK_OPEN}", "answer": " A:",
+              "empty-thought": f" {world.THINK_OPEN} {world.THINK_CLOSE} A:"}.get(fmt)
+    if suffix is None:
+        raise ConfigError(f"prompt format: expected one of {', '.join(PROMPT_FORMATS)}, got {fmt!r}")
+    return tokenizer.encode(question + suffix).ids
 
 
 def arith_prompt(tokenizer, question: str, think: bool, thoughts: str, think_id: int) -> list[int]:
@@ -46,10 +94,7 @@ def arith_prompt(tokenizer, question: str, think: bool, thoughts: str, think_id:
     data.thoughts strip (`Q: 47+38=? A: 85`): without thinking `Q: 47+38=? A:`; with thinking the
     question and `<think>`, where RLP's thought slots put it (right before ` A:`).
     """
-    if thoughts == "strip":
-        return tokenizer.encode(question).ids + [think_id] if think else tokenizer.encode(f"{question} A:").ids
-    suffix = f" {world.THINK_OPEN}" if think else f" {world.THINK_OPEN} {world.THINK_CLOSE} A:"
-    return tokenizer.encode(question + suffix).ids
+    return format_prompt(tokenizer, question, FORMAT_OF[(thoughts, think)], think_id)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -68,6 +113,83 @@ def paired_interval(differences) -> tuple[float, float, float]:
         return mean, math.nan, math.nan
     half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
     return mean, mean - half, mean + half
+
+
+def is_correct(continuation: str, answer: str, think: bool) -> bool:
+    """Exact match on the continuation's first line: with thinking, `</think>` then exactly `A: 85`
+    (a thought never closed is wrong); without, exactly `85`."""
+    line = continuation.split("\n", 1)[0].split("<|endoftext|>", 1)[0]
+    if think:
+        if world.THINK_CLOSE not in line:
+            return False
+        return line.split(world.THINK_CLOSE, 1)[1].strip() == f"A: {answer}"
+    return line.strip() == answer
+
+
+def solve(model: GPT, tokenizer, prompts: list[list[int]], answers: list[str], think: bool, budget: int,
+          batch_size: int, rules: ThoughtRules, stop_ids: list[int], samples: int = 1,
+          generator: torch.Generator | None = None) -> list[int]:
+    """Correct answers per prompt out of `samples` (greedy when samples is 1, else at temperature 1):
+    prompts of near lengths decode together, `batch_size` rows at a time, up to `budget` new tokens
+    (a thought, `</think>` and the answer line with thinking, the answer line without); thoughts keep
+    to `rules`. A prompt that fills the context alone scores 0. Call it in eval mode."""
+    correct = [0] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    per_batch = max(1, batch_size // samples)
+    block = model.config.block_size
+    for start in range(0, len(order), per_batch):
+        chunk = [i for i in order[start : start + per_batch] if len(prompts[i]) <= block]
+        if not chunk:
+            continue  # the prompt alone fills the context: no room to answer
+        new = min(budget, block - len(prompts[chunk[-1]]) + 1)
+        tokens, lengths = decode(
+            model, [prompts[i] for i in chunk], new, 1.0 if samples > 1 else 0.0, num_samples=samples,
+            generator=generator, stop_ids=stop_ids, rules=rules if think else None, compact=True,
+        )
+        tokens, lengths = tokens.tolist(), lengths.tolist()
+        for row, i in enumerate(chunk):
+            for r in range(row * samples, (row + 1) * samples):
+                text = tokenizer.decode(tokens[r][: lengths[r]], skip_special_tokens=False)
+                correct[i] += is_correct(text, answers[i], think)
+    return correct
+
+
+class FormatScorer:
+    """Held-out problems put to a model in each prompt format (PROMPT_FORMATS), outside a fit: greedy
+    correctness per problem and format, and correct counts out of n sampled answers (temperature 1,
+    a generator seeded by `seed`) for pass@k. The same problems, formats and budgets for every model
+    scored, so that arms trained on differently spelled text compare on what they solve in the format
+    that suits each (lamina.study.claims.reasoning_in_pretraining)."""
+
+    def __init__(self, tokenizer, think_id: int, end_think_id: int, eot_id: int, problems: list[tuple[str, str]],
+                 thought_budget: int, answer_budget: int = 12, batch_size: int = 256):
+        self.tokenizer, self.problems = tokenizer, list(problems)
+        self.rules = ThoughtRules(think_id, end_think_id, eot_id)
+        self.stop_ids = sorted(set(newline_ids(tokenizer)) | {eot_id})
+        self.thought_budget, self.answer_budget, self.batch_size = thought_budget, answer_budget, batch_size
+
+    def _run(self, model: GPT, fmt: str, samples: int = 1, generator: torch.Generator | None = None) -> list[int]:
+        think = fmt in THINKING_FORMATS
+        prompts = [format_prompt(self.tokenizer, q, fmt, self.rules.think_id) for q, _ in self.problems]
+        budget = self.answer_budget + (self.thought_budget if think else 0)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return solve(model, self.tokenizer, prompts, [a for _, a in self.problems], think, budget,
+                             self.batch_size, self.rules, self.stop_ids, samples, generator)
+        finally:
+            model.train(was_training)
+
+    def greedy(self, model: GPT, formats=tuple(PROMPT_FORMATS)) -> dict[str, list[int]]:
+        """{format: [1 where the greedy answer is right, else 0] per problem}."""
+        return {fmt: self._run(model, fmt) for fmt in formats}
+
+    def sampled(self, model: GPT, fmt: str, samples: int, seed: int) -> list[int]:
+        """Correct answers out of `samples` per problem, sampled at temperature 1 in format `fmt`."""
+        generator = torch.Generator(device=next(model.parameters()).device)
+        generator.manual_seed(seed)
+        return self._run(model, fmt, samples, generator)
 
 
 def elicitation_share(rl: dict, base: dict, k: int = 64) -> dict[int, tuple[float, int]]:
@@ -114,9 +236,11 @@ class ThoughtEvaluator:
       over problems.
     - with `pass_at_k`: `pass_samples` thoughts per problem at temperature 1 for the first
       `pass_problems` problems, `eval/pass_at_<k>/level<l>` the unbiased pass@k (Chen et al. 2021).
-    Problems come from the world generator at `seed`, disjoint from the training stream's seed (the
-    problems of the lowest levels are few, so some also occur in training text). `records` holds the
-    last evaluation's results per problem (for `elicitation_share`).
+    Problems come from the world generator at `seed`, another stream than the training text's, not
+    other problems: the low levels' problems are few, so many also occur in training text (206 of
+    the 256 level-2 problems of seed 1_000_003 are in the 4 MB arithmetic text of data.seed 1; `lamina
+    study` holds its own out with `corpus_questions`). `records` holds the last evaluation's results
+    per problem (for `elicitation_share`).
 
     Next-token loss with a thought, at `nll_positions` fixed val positions (consecutive windows of
     the val split, x_t after a context of the RLP length): `eval/think_nll` = -log p(x_t | context,
@@ -215,36 +339,18 @@ class ThoughtEvaluator:
     def _solve(
         self, model: GPT, items: list[_Item], think: bool, samples: int = 1, generator: torch.Generator | None = None
     ) -> dict[int, list[int]]:
-        """Correct answers per problem (out of `samples`; greedy when samples is 1), by level. All
-        levels decode together, `batch_size` rows at a time, prompts of near lengths side by side."""
+        """Correct answers per problem (out of `samples`; greedy when samples is 1), by level."""
         budget = self.config.max_answer_tokens + (self.config.thought_budget if think else 0)
+        counts = solve(model, self.tokenizer, [item.prompt for item in items], [item.answer for item in items], think,
+                       budget, self.config.batch_size, self.rules, self.stop_ids, samples, generator)
         correct = {level: [0] * count for level, count in Counter(item.level for item in items).items()}
-        ordered = sorted(items, key=lambda item: len(item.prompt))
-        per_batch = max(1, self.config.batch_size // samples)
-        for start in range(0, len(ordered), per_batch):
-            chunk = [item for item in ordered[start : start + per_batch] if len(item.prompt) <= self.block_size]
-            if not chunk:
-                continue  # the prompt alone fills the context: no room to answer
-            new = min(budget, self.block_size - len(chunk[-1].prompt) + 1)
-            tokens, lengths = decode(
-                model, [item.prompt for item in chunk], new, 1.0 if samples > 1 else 0.0, num_samples=samples,
-                generator=generator, stop_ids=self.stop_ids, rules=self.rules if think else None, compact=True,
-            )
-            tokens, lengths = tokens.tolist(), lengths.tolist()
-            for row, item in enumerate(chunk):
-                for r in range(row * samples, (row + 1) * samples):
-                    text = self.tokenizer.decode(tokens[r][: lengths[r]], skip_special_tokens=False)
-                    correct[item.level][item.index] += self._is_correct(text, item.answer, think)
+        for item, count in zip(items, counts):
+            correct[item.level][item.index] = count
         return correct
 
     @staticmethod
     def _is_correct(continuation: str, answer: str, think: bool) -> bool:
-        line = continuation.split("\n", 1)[0].split("<|endoftext|>", 1)[0]
-        if think:
-            if world.THINK_CLOSE not in line:
-                return False
-            return line.split(world.THINK_CLOSE, 1)[1].strip() == f"A: {answer}"
-        return line.strip() == answer
+        return is_correct(continuation, answer, think)
 
     def _thought_nll(self, model: GPT) -> dict[str, float]:
         device = next(model.parameters()).device

@@ -10,30 +10,20 @@ lamina studies (docs/studies.md), from lamina's own configs, each with a verdict
   claim (its primary contrast's), then the secondary and descriptive rows
 - `claim`: `Claim` (name, sentence, run(ctx) -> ClaimResult) and `StudyContext`
 
-A claim plugs in as a module that defines `CLAIM = Claim(name, sentence, run)` and one entry in
-`CLAIMS` below. Claims: density-familiarity, sparsify-difficulty, hierarchy, modularity and context-vs-prior
-(lamina.study.pretraining, sharing their world-v2 runs), reasoning-in-pretraining (lamina.study.rlp),
-elicitation (lamina.study.elicitation, on reasoning-in-pretraining's runs), finetune-fragility
-(lamina.study.finetune).
+A claim plugs in as a module under `claims/` that defines `CLAIM = Claim(name, sentence, run)`,
+and one entry in `claims.CLAIMS`. Claims: density-familiarity, sparsify-difficulty, hierarchy,
+modularity and context-vs-prior (sharing the world-v2 runs of `world_runs`), reasoning-in-pretraining,
+elicitation (on reasoning-in-pretraining's runs) and finetune-fragility; `evaluation`: what the
+claims that decode from checkpoints share.
 """
 
 from lamina.study.claim import Claim, StudyContext
-from lamina.study.finetune import CLAIM as FINETUNE_FRAGILITY
-from lamina.study.pretraining import CLAIMS as PRETRAINING_CLAIMS
-from lamina.study.rlp import CLAIM as REASONING_IN_PRETRAINING
-from lamina.study.elicitation import CLAIM as ELICITATION
+from lamina.study.claims import CLAIMS
 from lamina.study.command import main, parser
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_index, write_report
 from lamina.study.runs import Run, Runner, RunSpec
 from lamina.verdict import RULE, Prediction, Verdict, decide, holm
 
-DENSITY_FAMILIARITY, SPARSIFY_DIFFICULTY, HIERARCHY, MODULARITY, CONTEXT_VS_PRIOR = PRETRAINING_CLAIMS
-# In the order docs/studies.md gives them (index.md lists them so).
-CLAIMS: dict[str, Claim] = {
-    claim.name: claim
-    for claim in (DENSITY_FAMILIARITY, SPARSIFY_DIFFICULTY, HIERARCHY, MODULARITY, REASONING_IN_PRETRAINING,
-                  ELICITATION, FINETUNE_FRAGILITY, CONTEXT_VS_PRIOR)
-}
 
 __all__ = [
     "CLAIMS",

@@ -12,6 +12,7 @@ the gpu preset's code path, bf16-mixed included, on a machine without CUDA.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -120,8 +121,8 @@ def preset_for(ctx: StudyContext, presets: dict[str, P], toy: P) -> P:
     return rehearsal(preset, toy) if ctx.rehearse else preset
 
 
-__all__ = ["Claim", "GPU", "PRESETS", "REHEARSAL", "StudyContext", "preset_for", "rehearsal", "repo_configs",
-           "shrunk", "study_configs"]
+__all__ = ["Claim", "GPU", "PRESETS", "REHEARSAL", "StudyContext", "fmt3", "preset_for", "rehearsal", "repo_configs",
+           "shrunk", "study_configs", "word_value", "yaml_value"]
 
 
 def yaml_value(paths, *keys: str):
@@ -137,3 +138,18 @@ def yaml_value(paths, *keys: str):
         if data is not None:
             found = data
     return found
+
+
+def word_value(words: tuple[str, ...], key: str) -> str | None:
+    """The value the last `--key value` pair in CLI words gives (`key` dotted, without the dashes;
+    None: none does)."""
+    found = None
+    for i, word in enumerate(words[:-1]):
+        if word == f"--{key}":
+            found = words[i + 1]
+    return found
+
+
+def fmt3(x) -> str:
+    """A number as a report's tables write it: three decimals, `n/a` for None or not finite."""
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"

@@ -50,7 +50,7 @@ def seeds_from(values: list[int]) -> list[int]:
 # CPU minutes one seed of a group's fits took at the cpu preset (one thread, 2026-12-01; world-v2
 # 2026-12-07: its 1000-step fit took 10.3 CPU-minutes, so about 15.5 at 1500 steps, the small one
 # about half): --jobs starts the longest units first, so that no core idles at the end while one long unit runs.
-MINUTES_PER_SEED = {"reasoning-in-pretraining": 20.0, "world-v2": 23.0, "finetune-fragility": 8.0}
+MINUTES_PER_SEED = {"reasoning-in-pretraining": 12.0, "world-v2": 23.0, "finetune-fragility": 6.0}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -266,6 +266,9 @@ def power_gate(name: str, question: str, differences: PerSeed, margin: float, pl
         return Gate(name, question, False, f"fewer than two seeds with a value in {source}: no seed-to-seed spread "
                     f"to plan from (margin {fmt(margin, 3)})")
     st = summarize(values)
+    if not st.std > 0:  # every seed alike: the rule reads the contrast as not tested (zero variance), and names it
+        return Gate(name, question, True, f"no seed-to-seed spread in {source} ({len(values)} seeds, every "
+                    f"difference {fmt(values[0], 3)}): nothing to plan from; the rule names zero variance itself")
     d, h = detectable(st.std, planned), half_width(st.std, planned)
     return Gate(name, question, d <= margin,
                 f"sd of the per-seed differences {fmt(st.std, 3)} over {len(values)} seed(s) ({source}); with "

@@ -1,4 +1,4 @@
-"""The claims read off world-v2 pretraining runs (lamina.study.pretraining): their pieces on data
+"""The claims read off the shared world-v2 runs (lamina.study.claims, lamina.study.world_runs): their pieces on data
 whose answer is known by construction, and the five claims end to end at the test preset."""
 
 from __future__ import annotations
@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from lamina.errors import ConfigError
-from lamina.model import GPT, GPTConfig
-from lamina.study import pretraining as pt
+from lamina.study.claims import hierarchy, modularity
 from lamina.study.command import main as study_main, unit_order
 from lamina.study.runs import Run, RunSpec
 
@@ -32,64 +30,38 @@ def event_run(folder: Path, values: dict[str, list[tuple[int, float]]]) -> Run:
 def test_matched_profiles_score_one_and_random_profiles_stay_inside_their_null():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(5, 9))
-    assert pt.match_score(a, a[rng.permutation(5)]) == pytest.approx(1.0)  # the same modules, relabelled
+    assert modularity.match_score(a, a[rng.permutation(5)]) == pytest.approx(1.0)  # the same modules, relabelled
     # No structure in (two seeds' modules unrelated), no finding out.
     for seed in range(5):
         b = rng.normal(size=(5, 9))
-        score, null_mean, null_std = pt.profile_match(a, b, 200, seed)
+        score, null_mean, null_std = modularity.profile_match(a, b, 200, seed)
         assert abs(score - null_mean) / null_std < 3
     # Shared structure (the same profiles plus noise) stands far out of the null.
-    score, null_mean, null_std = pt.profile_match(a, a[::-1] + 0.1 * rng.normal(size=a.shape), 200, 1)
+    score, null_mean, null_std = modularity.profile_match(a, a[::-1] + 0.1 * rng.normal(size=a.shape), 200, 1)
     assert (score - null_mean) / null_std > 3
 
 
-def test_label_depths_weigh_layers_by_positive_selectivity(tmp_path):
-    sel = {"token": [0.5, 0.1, -0.2, 0.0], "entity": [0.0, 0.0, 0.3, 0.3], "carry": [-0.1, -0.1, -0.1, -0.1]}
-    values = {}
-    for name, layers in sel.items():
-        values[f"layers/probe/{name}/peak_layer"] = [(10, float(np.argmax(layers)))]
-        for i, v in enumerate(layers):
-            values[f"layers/layer{i}/probe/{name}/selectivity"] = [(10, v)]
-            values[f"layers/layer{i}/probe/{name}/selectivity_se"] = [(10, 0.05)]
-    run = event_run(tmp_path / "run", values)
-    depths = pt.label_depths(run)
-    assert depths["token"] == pytest.approx((0 * 0.5 + (1 / 3) * 0.1) / 0.6, abs=1e-6)
-    assert depths["entity"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-6)
-    assert "carry" not in depths  # nothing read beyond its control anywhere: no depth
-    assert pt.tier_depth(run, pt.HIGHER_TIERS) == pytest.approx(depths["entity"], abs=1e-6)
-    assert pt.readable(run, ("lexical",)) and pt.readable(run, pt.HIGHER_TIERS)  # 0.5/0.05 and 0.3/0.05 > 3
-
-
-def test_right_minus_wrong_is_within_level():
-    levels = {
-        # level 1: right 0.6, 0.4 (mean 0.5), wrong 0.2: +0.3
-        "1": {"correct": [True, True, False], "density": [0.6, 0.4, 0.2]},
-        # level 2: right 0.3, wrong 0.2, 0.1: +0.15
-        "2": {"correct": [True, False, False], "density": [0.3, 0.2, 0.1]},
-        "3": {"correct": [False, False], "density": [0.9, 0.9]},  # no right answer: left out
+def test_tiers_are_read_against_their_nulls_and_depths_come_from_the_tags(tmp_path):
+    values = {
+        # lexical: against 0 (the shuffled-labels null), never against step 0, whose embedding holds the token
+        "layers/tier/lexical/gain": [(0, 0.9), (10, 0.8)], "layers/tier/lexical/gain_se": [(0, 0.01), (10, 0.02)],
+        # read as well by the untrained network: no more than its null
+        "layers/tier/conceptual/gain": [(0, 0.3), (10, 0.35)], "layers/tier/conceptual/gain_se": [(0, 0.02), (10, 0.02)],
+        "layers/tier/functional/gain": [(0, 0.0), (10, 0.2)], "layers/tier/functional/gain_se": [(0, 0.0), (10, 0.05)],
+        "layers/tier/output/gain": [(0, 0.0), (10, 0.0)], "layers/tier/output/gain_se": [(0, 0.0), (10, 0.0)],
+        "layers/tier/lexical/depth": [(0, 0.5), (10, 0.45)], "layers/tier/higher/depth": [(10, 0.6)],
     }
-    assert pt.correct_minus_wrong(levels, minimum=1) == pytest.approx((0.3 + 0.15) / 2)
-    assert np.isnan(pt.correct_minus_wrong({"5": levels["3"]}, minimum=1))
-    assert pt.mixed_levels(levels, minimum=1) == ["1", "2"]
-    # Two right answers do not make a comparison: below the minimum a level is left out.
-    assert pt.mixed_levels(levels, minimum=2) == [] and np.isnan(pt.correct_minus_wrong(levels, minimum=2))
+    run = event_run(tmp_path / "run", values)
+    assert hierarchy.tier_z(run, "lexical") == pytest.approx(0.8 / 0.02, rel=1e-5)
+    assert hierarchy.tier_z(run, "conceptual") == pytest.approx(0.05 / (0.02 * 2**0.5), rel=1e-4)
+    assert hierarchy.tier_z(run, "functional") == pytest.approx(0.2 / 0.05, rel=1e-5)
+    assert hierarchy.tier_z(run, "output") == 0.0  # no gain, no spread: nothing read
+    assert hierarchy.readable(run, ("lexical", "functional")) and not hierarchy.readable(run)
+    assert hierarchy.tier_depth(run, "higher") == pytest.approx(0.6) and hierarchy.tier_depth(run, "lexical", 0) == 0.5
+    assert np.isnan(hierarchy.tier_depth(run, "conceptual"))  # no label read: no depth
 
 
-def test_prompt_density_does_not_depend_on_batching():
-    from lamina.data.tokenizer import byte_tokenizer
-
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
-    tokenizer = byte_tokenizer()
-    eot = tokenizer.token_to_id("<|endoftext|>")
-    prompts = ["Q: 3+4=? <think>", "Q: 12+30=? <think>", "x", "Q: 9+9=? <think>", "a" * 50]
-    one = pt.prompt_density(model, tokenizer, prompts, eot, torch.device("cpu"), 1)
-    many = pt.prompt_density(model, tokenizer, prompts, eot, torch.device("cpu"), 16)
-    assert np.allclose(one, many, atol=1e-6) and all(0 < d < 1 for d in one)
-    record: dict = {}
-    model(torch.tensor([[eot, *tokenizer.encode("x", add_special_tokens=False).ids]]), record=record)
-    by_hand = float(np.mean([(pre > 0).float().mean() for pre in record["mlp_pre"]]))
-    assert one[2] == pytest.approx(by_hand, abs=1e-6)
+# sparsify-difficulty's pieces (right − wrong, matched levels, prompt density): tests/test_claim_sparsify_difficulty.py
 
 
 def test_the_five_claims_at_the_test_preset(tmp_path, capsys):
@@ -150,7 +122,7 @@ def test_units_run_the_longest_first():
     groups = {"finetune-fragility": ["finetune-fragility"], "world-v2": ["density-familiarity", "hierarchy"],
               "reasoning-in-pretraining": ["reasoning-in-pretraining", "elicitation"], "other": ["x"]}
     order = [(group, seed) for group, _, seed in unit_order(groups, [3, 1])]
-    # world-v2's 1500-step fits (23 CPU-minutes a seed) before the RLP group's (20), then fine-tuning (8)
+    # world-v2's 1500-step fits (23 CPU-minutes a seed) before the RLP group's (12), then fine-tuning (6)
     assert order == [("world-v2", 3), ("world-v2", 1), ("reasoning-in-pretraining", 3),
                      ("reasoning-in-pretraining", 1), ("finetune-fragility", 3), ("finetune-fragility", 1),
                      ("other", 3), ("other", 1)]
