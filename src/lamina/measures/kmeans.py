@@ -33,27 +33,12 @@ def _kmeans_pp_init(x: torch.Tensor, k: int, n_init: int, gen: torch.Generator) 
     return torch.stack(centres, dim=1)
 
 
-def _sq_distances(xt: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor,
+def _sq_distances(x: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor,
                   penalty: torch.Tensor) -> torch.Tensor:
-    """Squared distances [B, K, m] of centres [B, K, D] to points xt [B, D, m] (the points
-    transposed; x_sq [B, m]: their squared norms), plus ``penalty`` [B, K] (+inf for centre slots a
-    problem leaves unused). Centres first: each centre's distances are one contiguous row, so the
-    nearest centre is K row comparisons (``_nearest``), not a reduction over a short last axis."""
-    offset = ((centres ** 2).sum(dim=2) + penalty)[:, :, None] + x_sq[:, None, :]
-    return torch.baddbmm(offset, centres, xt, alpha=-2.0)
-
-
-def _nearest(d2: torch.Tensor) -> torch.Tensor:
-    """argmin over the centres of d2 [B, K, m], the first of equidistant centres: [B, m] long.
-    A running minimum over the K rows (strict <, so a later equal centre never wins): the same
-    answer as ``d2.argmin(dim=1)``, several times faster on the CPU for the few centres here."""
-    best = d2[:, 0].clone()
-    index = torch.zeros(best.shape, dtype=torch.long)
-    for c in range(1, d2.shape[1]):
-        row = d2[:, c]
-        index.masked_fill_(row < best, c)
-        torch.minimum(best, row, out=best)
-    return index
+    """Squared distances [B, m, K] of points x [B, m, D] (x_sq [B, m]: their squared norms) to
+    centres [B, K, D], plus ``penalty`` [B, K] (+inf for centre slots a problem leaves unused)."""
+    offset = x_sq[:, :, None] + ((centres ** 2).sum(dim=2) + penalty)[:, None, :]
+    return torch.baddbmm(offset, x, centres.transpose(1, 2), alpha=-2.0)
 
 
 def kmeans_many(xs: list[torch.Tensor], ks: list[int], n_init: int, seed: int,
@@ -85,53 +70,42 @@ def _batched_kmeans(xs: list[torch.Tensor], ks: list[int], n_init: int, seed: in
         gen = torch.Generator().manual_seed(seed)
         centres[rows, :k, : xp.shape[1]] = _kmeans_pp_init(xp, k, n_init, gen)
     x_sq = (x ** 2).sum(dim=2)
-    xt = x.transpose(1, 2).contiguous()
     slots = torch.arange(kmax)
     unused = slots[None, :] >= torch.tensor(ks).repeat_interleave(n_init)[:, None]
     penalty = torch.zeros(total, kmax, dtype=torch.float64).masked_fill_(unused, math.inf)
-    # The restarts in the batch, with their own copies of what they need; la: their labels. A
-    # restart whose labels stop changing has converged: its centres are kept from that iteration
-    # and it is finished, though it may stay in the batch (ignored) until enough others have joined
-    # it: copying the batch at every convergence costs more than carrying a few finished restarts.
-    moving, xa, xta, xa_sq, pa, ca = torch.arange(total), x, xt, x_sq, penalty, centres.clone()
-    la, ua = torch.full((total, m), -1, dtype=torch.long), unused
-    finished = torch.zeros(total, dtype=torch.bool)
+    # The restarts still moving, with their own copies of what they need; ma: their labels.
+    moving, xa, xa_sq, pa, ca = torch.arange(total), x, x_sq, penalty, centres.clone()
+    ma, ua = torch.zeros(total, m, kmax, dtype=torch.bool), unused
     for _ in range(max_iter):
-        d2 = _sq_distances(xta, xa_sq, ca, pa)
-        nearest = _nearest(d2)
-        changed = (nearest != la).any(dim=1) & ~finished[moving]
+        d2 = _sq_distances(xa, xa_sq, ca, pa)
+        nearest = d2 == d2.amin(dim=2, keepdim=True)
+        if (nearest.sum(dim=2) > 1).any():  # equidistant centres: the first one
+            nearest &= nearest.cumsum(dim=2) == 1
+        changed = (nearest != ma).flatten(1).any(dim=1)
         if not changed.all():  # converged: its centres are the means of its labels already
             done = ~changed
-            first = done & ~finished[moving]
-            centres[moving[first]] = ca[first]
-            finished[moving[first]] = True
-            if not changed.any():
+            centres[moving[done]] = ca[done]
+            moving, xa, xa_sq, pa, ua = moving[changed], xa[changed], xa_sq[changed], pa[changed], ua[changed]
+            d2, nearest = d2[changed], nearest[changed]
+            if moving.numel() == 0:
                 break
-            if 4 * int(done.sum()) >= len(moving):
-                keep = torch.nonzero(changed).flatten()
-                moving, xa, xta, xa_sq = moving[keep], xa[keep], xta[keep], xa_sq[keep]
-                pa, ua, d2, nearest = pa[keep], ua[keep], d2[keep], nearest[keep]
-        la = nearest
-        # Each centre the mean of its points: sums and counts by label, O(m D) (not a one-hot
-        # [K, m] product), the points added in their order.
-        sums = torch.zeros(len(moving), kmax, dim, dtype=torch.float64).scatter_add_(
-            1, nearest[:, :, None].expand(-1, -1, dim), xa)
-        counts = torch.zeros(len(moving), kmax, dtype=torch.float64).scatter_add_(
-            1, nearest, torch.ones(nearest.shape, dtype=torch.float64))
+        ma = nearest
+        weights = nearest.to(torch.float64)
+        sums = weights.transpose(1, 2) @ xa
+        counts = weights.sum(dim=1)
         empty = (counts == 0) & ~ua
         if empty.any():
-            served = d2.gather(1, nearest[:, None, :]).squeeze(1)  # each point's distance to its centre
+            served = (d2 * weights).sum(dim=2)
             for b, c in torch.nonzero(empty).tolist():
                 worst = int(served[b].argmax())
                 sums[b, c], counts[b, c] = xa[b, worst], 1.0
                 served[b, worst] = 0.0
         ca = sums / counts.clamp_min(1.0)[:, :, None]
-    else:  # max_iter reached: stop where the restarts still moving are
-        still = ~finished[moving]
-        centres[moving[still]] = ca[still]
-    d2 = _sq_distances(xt, x_sq, centres, penalty)
-    labels = _nearest(d2)
-    inertia = d2.gather(1, labels[:, None, :]).clamp_min(0.0).sum(dim=(1, 2))
+    else:  # max_iter reached: stop where the restarts are
+        centres[moving] = ca
+    d2 = _sq_distances(x, x_sq, centres, penalty)
+    labels = d2.argmin(dim=2)  # the first of equidistant centres
+    inertia = d2.gather(2, labels[:, :, None]).clamp_min(0.0).sum(dim=(1, 2))
     best = inertia.view(n_prob, n_init).argmin(dim=1)  # the first of equal inertias
     return [labels[p * n_init + int(best[p])] for p in range(n_prob)]
 
