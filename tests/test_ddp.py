@@ -28,6 +28,7 @@ def run_fit(tmp_path: Path, name: str, *extra: str) -> Path:
             "--trainer.val_check_interval", "5",
             "--instrument.every_n_steps", "5", "--instrument.probes.tokens", "512",
             "--instrument.ablation.enabled", "false",
+            "--instrument.series", "all",  # every per-layer reduction compared across ranks, not the summary only
             *extra,
         ),
     ]

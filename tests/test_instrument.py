@@ -190,7 +190,8 @@ INSTRUMENT_PREFIXES = ("sparsity/", "modularity/", "layers/", "lastlayer/", "per
 def test_fit_logs_tags_and_pictures_and_leaves_the_loss_curve_bit_identical(tmp_path):
     probe_file = tmp_path / "letters.txt"
     probe_file.write_text("Dear friend, the weather here is fine and the sea is calm.\n" * 30)
-    on = events(fit(tmp_path, "on", "--data.probe_files", f"[{probe_file}]",
+    # (every measured tag a series: instrument.series summary is tests/test_instrument_series.py's)
+    on = events(fit(tmp_path, "on", "--data.probe_files", f"[{probe_file}]", "--instrument.series", "all",
                     "--instrument.sparsity.light_every_n_steps", "2", "--instrument.sparsity.light_windows", "4"))
     off = events(fit(tmp_path, "off", "--data.probe_files", f"[{probe_file}]", "--instrument.enabled", "false"))
     tags = scalars(on)

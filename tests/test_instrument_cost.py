@@ -55,8 +55,12 @@ def test_per_token_statistics_on_id_alone_leave_every_density_and_gap_as_they_we
         assert only_id.scalars[tag] == every.scalars[tag], tag
     for tag, rates in every.histograms.items():
         assert (only_id.histograms[tag] == rates).all(), tag
-    # id's statistics by layer are scalars already: the picture of them is drawn for several probes only.
-    assert "sparsity/stats_by_layer" in every.figures and "sparsity/stats_by_layer" not in only_id.figures
+    # Under instrument.series all id's statistics by layer are series already: the picture of them is
+    # drawn for several probes only; under summary (the default) they are not, and it is drawn for id too.
+    _, only_id_all = measured(modularity={"shuffled_draws": 0}, series="all")
+    assert "sparsity/stats_by_layer" in every.figures and "sparsity/stats_by_layer" not in only_id_all.figures
+    assert "sparsity/stats_by_layer" in only_id.figures
+    assert only_id_all.scalars == only_id.scalars  # the setting moves tags, it changes no number
 
 
 def test_token_stats_setting_is_checked():

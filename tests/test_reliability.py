@@ -272,7 +272,8 @@ def test_resume_with_instrumentation_repeats_its_measurements(tmp_path):
     n = 6
     common = ["--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", str(n),
               "--instrument.every_n_steps", "3", "--instrument.probes.tokens", "256",
-              "--instrument.ablation.examples", "2"]
+              "--instrument.ablation.examples", "2",
+              "--instrument.series", "all"]  # every measured number a series, compared across the resume
     main(fit_args(tmp_path, "once", *common, "--trainer.max_steps", str(2 * n),
                   "--checkpoint.every_n_train_steps", str(n), "--checkpoint.save_top_k", "-1"))
     once_dir = tmp_path / "runs" / "once" / "version_0"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lamina.callbacks import ThoughtEval
+from lamina.verdict import detectable
 from lamina.cli import LaminaCLI, cli_kwargs
 from lamina.compare import KEY_METRICS
 from lamina.compare import main as compare_main
@@ -25,15 +26,16 @@ from lamina.lm import LanguageModel
 from lamina.rlp import PROMPT_FORMATS, RLPModel, arith_problems, elicitation_share, pass_at_k
 from lamina.study.claims import elicitation
 from lamina.study.claims import reasoning_in_pretraining as study
-from lamina.study.claim import repo_configs
+from lamina.study import rlp_evaluation, rlp_runs
+from lamina.study.claim import repo_configs, word_value, yaml_value
 from lamina.study.report import ClaimResult, markdown
 
 CONFIGS = repo_configs()
-PATHS = study.config_paths(CONFIGS)
+PATHS = rlp_runs.config_paths(CONFIGS)
 N = 512  # problems a seed, as the cpu preset draws them
 
 
-# ---- built per-seed numbers (lamina.study.claims.reasoning_in_pretraining.seed_numbers' layout) -----------------------------------
+# ---- built per-seed numbers (lamina.study.rlp_evaluation.seed_numbers' layout) ------------------------------------
 
 
 def solved(accuracy: float, n: int = N, rng: random.Random | None = None) -> list[int]:
@@ -96,12 +98,12 @@ def verdicts(result: ClaimResult) -> dict[str, str]:
 def test_the_score_is_the_best_format_on_the_choice_half_read_on_the_score_half():
     rng = random.Random(1)
     o = outcomes(0.6, "think", others=0.2, rng=rng)
-    s = study.score(o)
+    s = rlp_evaluation.score(o)
     assert s["format"] == "think" and s["accuracy"] == pytest.approx(round(0.6 * 256) / 256) and s["n"] == 256
     assert s["by_format"]["answer"] == pytest.approx(2 * round(0.2 * 256) / 512)
     # a format that is best only on the score half is not chosen: the choice half decides
     o = {"think": [0, 1] * 8, "answer": [1, 0] * 8}  # think right on the odd (choice), answer on the even
-    assert study.score(o)["format"] == "think" and study.score(o)["accuracy"] == 0.0
+    assert rlp_evaluation.score(o)["format"] == "think" and rlp_evaluation.score(o)["accuracy"] == 0.0
 
 
 @pytest.mark.parametrize("accuracy, passed", [(0.0, False), (0.14, False), (0.5, True), (0.84, True), (0.9, False),
@@ -115,19 +117,19 @@ def test_base_thinks_passes_inside_the_range_and_fails_at_chance_or_the_ceiling(
 
 def test_room_and_power_gates():
     base = {"think-spaced": [1, 0, 0, 0], "think": [0] * 4}
-    r = study.room(base, {"format": "think-spaced", "n": 64, "counts": [64, 3, 1, 0]})
+    r = rlp_evaluation.room(base, {"format": "think-spaced", "n": 64, "counts": [64, 3, 1, 0]})
     assert r == {"pass": pytest.approx(0.75), "greedy": 0.25, "n": 4, "k": 64, "format": "think-spaced"}
-    assert study.room(base, {}) == {}
+    assert rlp_evaluation.room(base, {}) == {}
     assert study.room_gate({1: r}).passed
     assert not study.room_gate({1: {**r, "pass": 0.25}}).passed  # sampling finds nothing greedy misses
     assert not study.room_gate({1: r, 2: {}}).passed
 
     # the detectable difference comes from the seed-to-seed spread of the per-seed differences: by hand
     # at sd 0.05, 3 seeds, (t(0.975, 2) + t(0.8, 2)) sd / sqrt(3)
-    d3 = study.detectable_difference(0.05, 3)
+    d3 = detectable(0.05, 3)
     assert d3 == pytest.approx((4.302653 + 1.060660) * 0.05 / math.sqrt(3), rel=1e-5)
-    assert study.detectable_difference(0.05, 10) < d3 and study.detectable_difference(0.1, 3) == pytest.approx(2 * d3)
-    assert study.detectable_difference(0.05, 1) == math.inf  # one seed: no spread over seeds to read
+    assert detectable(0.05, 10) < d3 and detectable(0.1, 3) == pytest.approx(2 * d3)
+    assert detectable(0.05, 1) == math.inf  # one seed: no spread over seeds to read
     tight = study.power_gate({1: 0.10, 2: 0.11, 3: 0.12, 4: 0.11}, 4)
     assert tight.passed and "half-width" in tight.detail and "margin 0.05" in tight.detail
     # the spread of the 2026-12-01 run's rlp − base (−0.17, +0.07, −0.08) cannot see the margin
@@ -165,7 +167,7 @@ def test_format_neutral_scoring_reads_each_arm_in_its_own_format():
     # the base thinks in its own spelling (`think-spaced`): each is read in its format, not in the slot's
     formats = {"ntp-tokens": "answer", "ntp-flops": "answer", "rlp": "think", "rlp-shuffled": "think",
                "rlp-paper": "think"}
-    flat = {arm: 0.5 for arm in study.ARMS}
+    flat = {arm: 0.5 for arm in rlp_runs.ARMS}
     result = assembled({s: seed_numbers({**flat, "ntp-tokens": 0.5 + 0.01 * s}, formats=formats) for s in (1, 2, 3)})
     by_name = {c.name: c for c in result.contrasts}
     half = N // 2
@@ -200,10 +202,10 @@ def test_a_base_at_chance_or_at_the_ceiling_is_not_tested():
 def test_no_structure_in_nothing_supported_rlp():
     rng = random.Random(7)
     for draw in range(10):  # every arm the same accuracy, up to noise between seeds, 5 seeds
-        acc = {s: {arm: round(0.5 + rng.gauss(0, 0.03), 3) for arm in study.ARMS} for s in range(1, 6)}
+        acc = {s: {arm: round(0.5 + rng.gauss(0, 0.03), 3) for arm in rlp_runs.ARMS} for s in range(1, 6)}
         numbers = {s: seed_numbers(acc[s], base=round(0.5 + rng.gauss(0, 0.03), 3)) for s in acc}
         assert "supported" not in verdicts(assembled(numbers)).values(), draw
-    same = assembled({s: seed_numbers(dict.fromkeys(study.ARMS, 0.5)) for s in range(1, 6)})  # identical arms
+    same = assembled({s: seed_numbers(dict.fromkeys(rlp_runs.ARMS, 0.5)) for s in range(1, 6)})  # identical arms
     assert set(verdicts(same).values()) == {"not tested"}
     assert "zero variance across seeds" in same.verdicts()["rlp − shuffled"].reason
 
@@ -228,9 +230,9 @@ def elicitation_world(seed: int, gains: str, rl_gain: float = 0.5) -> dict:
               "none": np.zeros(N)}[gains]
     rl = [int(b or rng.random() < c) for b, c in zip(base, chance)]
     blank = [0] * N
-    numbers = seed_numbers({arm: 0.5 for arm in study.ARMS}, samples=[int(c) for c in rng.binomial(16, p)])
+    numbers = seed_numbers({arm: 0.5 for arm in rlp_runs.ARMS}, samples=[int(c) for c in rng.binomial(16, p)])
     numbers["outcomes"]["base"] = {"think-spaced": base, "think": blank, "answer": blank, "empty-thought": blank}
-    for arm in study.ARMS:  # shuffled-reward RLP gains nothing; the other arms as `rl`
+    for arm in rlp_runs.ARMS:  # shuffled-reward RLP gains nothing; the other arms as `rl`
         mine = blank if arm == "rlp-shuffled" else rl
         numbers["outcomes"][arm] = {"think-spaced": mine, "think": blank, "answer": blank, "empty-thought": blank}
     return numbers
@@ -299,7 +301,7 @@ def test_the_elicitation_margin_is_fixed_in_the_code():
 
 
 def parsed(arm: str, *words: str):
-    args = [w for c in study.arm_configs(PATHS, arm) for w in ("--config", c)] + list(words)
+    args = [w for c in rlp_runs.arm_configs(PATHS, arm) for w in ("--config", c)] + list(words)
     return LaminaCLI(LanguageModel, TextDataModule, run=False, args=args, **cli_kwargs())
 
 
@@ -325,9 +327,9 @@ def differences(a: dict, b: dict) -> dict:
 @pytest.fixture(scope="module")
 def arms():
     init = "/some/phase1/last.ckpt"
-    clis = {arm: parsed(arm, *study.arm_words(study.PRESETS["cpu"], arm, 7, Path(init)))
+    clis = {arm: parsed(arm, *rlp_runs.arm_words(rlp_runs.PRESETS["cpu"], arm, 7, Path(init)))
             for arm in ("rlp", "rlp-shuffled", "rlp-paper", "ntp-tokens")}
-    clis["pretrain"] = parsed("pretrain", *study.arm_words(study.PRESETS["cpu"], "pretrain", 7, None))
+    clis["pretrain"] = parsed("pretrain", *rlp_runs.arm_words(rlp_runs.PRESETS["cpu"], "pretrain", 7, None))
     return clis
 
 
@@ -366,35 +368,35 @@ def test_arms_parse_and_differ_only_where_they_should(arms):
 
 
 def test_the_problems_are_held_out_of_both_phases_and_drawn_per_seed(monkeypatch):
-    toy = study.PRESETS["test"]
-    phases = {seed: [study.phase_data(study.arm_configs(PATHS, arm), study.arm_words(toy, arm, seed, Path("x")), seed)
+    toy = rlp_runs.PRESETS["test"]
+    phases = {seed: [rlp_runs.phase_data(rlp_runs.arm_configs(PATHS, arm), rlp_runs.arm_words(toy, arm, seed, Path("x")), seed)
                      for arm in ("pretrain", "ntp-tokens")] for seed in (1, 2)}
     pre, phase2 = phases[1]
     assert (pre["thoughts"], phase2["thoughts"]) == ("keep", "strip") and pre["seed"] == phase2["seed"] == 1
     assert pre["max_bytes"] == phase2["max_bytes"] == 60_000  # the toy's words over the configs
-    problems = {seed: study.held_out_problems(seed, 40, phases[seed]) for seed in (1, 2)}
+    problems = {seed: rlp_evaluation.held_out_problems(seed, 40, phases[seed]) for seed in (1, 2)}
     from lamina.rlp import corpus_questions
 
     for seed, (items, info) in problems.items():
         seen = set().union(*(corpus_questions(p) for p in phases[seed]))
         assert len(items) == 40 and not {q for q, _ in items} & seen and info["training_questions"] == len(seen)
-        assert info["seed"] == study.world_seed(seed) != seed
+        assert info["seed"] == rlp_evaluation.world_seed(seed) != seed
     assert {q for q, _ in problems[1][0]} != {q for q, _ in problems[2][0]}  # each seed its own problems
-    monkeypatch.setattr(study, "arith_problems", lambda seed, level, n, exclude: [("Q: 1+1=?", "2")])  # too few left
+    monkeypatch.setattr(rlp_evaluation, "arith_problems", lambda seed, level, n, exclude: [("Q: 1+1=?", "2")])  # too few left
     with pytest.raises(ConfigError, match=r"expected 40 level-2 problems outside the training text, found 1"):
-        study.held_out_problems(1, 40, phases[1])
+        rlp_evaluation.held_out_problems(1, 40, phases[1])
 
 
 def test_ntp_flops_steps_and_cadence():
-    assert study.flop_matched_steps(10.0e9, 1.0e9, 10) == 100  # 0.1e9 a step
-    assert study.flop_matched_steps(10.05e9, 1.0e9, 10) == 101  # rounded up: at least rlp's FLOPs
+    assert rlp_runs.flop_matched_steps(10.0e9, 1.0e9, 10) == 100  # 0.1e9 a step
+    assert rlp_runs.flop_matched_steps(10.05e9, 1.0e9, 10) == 101  # rounded up: at least rlp's FLOPs
     with pytest.raises(ConfigError):
-        study.flop_matched_steps(0.0, 1.0, 1)
-    phase2 = study.yaml_value([PATHS["phase2"]], "trainer", "max_steps")
-    every = study.yaml_value([PATHS["phase2"]], "trainer", "val_check_interval")
-    words = study.ntp_flops_words(PATHS, (), 10 * phase2, phase2)
-    assert study.word_value(words, "trainer.val_check_interval") == str(10 * every)
-    assert study.word_value(words, "checkpoint.every_n_train_steps") == str(10 * phase2)
+        rlp_runs.flop_matched_steps(0.0, 1.0, 1)
+    phase2 = yaml_value([PATHS["phase2"]], "trainer", "max_steps")
+    every = yaml_value([PATHS["phase2"]], "trainer", "val_check_interval")
+    words = rlp_runs.ntp_flops_words(PATHS, (), 10 * phase2, phase2)
+    assert word_value(words, "trainer.val_check_interval") == str(10 * every)
+    assert word_value(words, "checkpoint.every_n_train_steps") == str(10 * phase2)
 
 
 # ---- lamina compare: the key metrics and the elicitation share ---------------------------------------------
@@ -479,7 +481,7 @@ def test_both_claims_run_at_the_test_preset(tmp_path, monkeypatch, capsys):
         assert (out / name / "report.md").is_file() and result.primary
         assert result.claim_verdict().verdict == "not tested", name
     numbers = json.loads((out / study.NAME / "numbers" / "seed1.json").read_text())
-    assert set(numbers["outcomes"]) == {"base", *study.ARMS}
+    assert set(numbers["outcomes"]) == {"base", *rlp_runs.ARMS}
     assert all(set(o) == set(PROMPT_FORMATS) for o in numbers["outcomes"].values())
-    assert len(numbers["questions"]) == len(numbers["samples"]["counts"]) == study.PRESETS["test"].problems
-    assert (out / "runs" / "rlp" / "seed1" / "version_0" / study.EVAL).is_file()  # kept: a second pass reuses it
+    assert len(numbers["questions"]) == len(numbers["samples"]["counts"]) == rlp_runs.PRESETS["test"].problems
+    assert (out / "runs" / "rlp" / "seed1" / "version_0" / rlp_evaluation.EVAL).is_file()  # kept: a second pass reuses it

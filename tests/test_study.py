@@ -17,14 +17,13 @@ from pathlib import Path
 
 from lamina.errors import ConfigError
 from lamina.study import CLAIMS, main
-from lamina.study.claims import finetune_fragility as ft
-from lamina.study import world_runs
-from lamina.study.claims import reasoning_in_pretraining as rlp
+from lamina.study import finetune_runs, rlp_runs, world_runs
+from lamina.study.evaluation import arith_items, training_questions
 from lamina.study.claim import GPU, REHEARSAL, StudyContext, is_words, rehearsal, repo_configs
 from lamina.study.command import check_device, parser, unit_words
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, write_report
 from lamina.study.runs import Runner, RunSpec
-from lamina.verdict import NOT_TESTED, SUPPORTED, Prediction
+from lamina.verdict import NOT_TESTED, SUPPORTED, Prediction, detectable
 
 # ---- a contrast ----------------------------------------------------------------------------------
 
@@ -154,21 +153,22 @@ def test_report_writes_its_files_on_a_made_up_result(tmp_path):
 
 def test_held_out_arithmetic_leaves_out_the_fine_tuning_problems():
     data = {"seed": 3, "families": ["arith"], "levels": [1, 2], "tasks": ["add"], "max_bytes": 20_000}
-    seen = ft.training_questions(data)
+    seen = training_questions(data)
     assert seen and all(q.startswith("Q: ") and q.endswith("=?") for q in seen)
-    items, info = ft.arith_items(99, 2, 20, seen)
+    items, info = arith_items(99, 2, 20, seen)
     assert len(items) == 20 and info["held_out"] and info["drawn"] >= 20
     assert not {item.prompt.removesuffix(" <think>") for item in items} & seen
     # level 1 has 100 problems, all in a text this size: none held out, the level's own are scored (and said so)
-    ones = ft.training_questions({**data, "levels": [1], "max_bytes": 50_000})
-    level1, info1 = ft.arith_items(99, 1, 100, ones)
+    ones = training_questions({**data, "levels": [1], "max_bytes": 50_000})
+    level1, info1 = arith_items(99, 1, 100, ones)
     assert len(ones) == 100 and not info1["held_out"] and len(level1) == 100
     gold = items[0]
     assert gold.is_correct(gold.gold) and not gold.is_correct(" 1+1=2. </think> A: -1\n")
-    assert (ft.checkpoint_every(746, 200), ft.checkpoint_every(400, 200), ft.checkpoint_every(7, 2)) == (373, 200, 1)
+    every = finetune_runs.checkpoint_every
+    assert (every(746, 200), every(400, 200), every(7, 2)) == (373, 200, 1)
     # power from the seed-to-seed spread of the per-seed differences: more spread, fewer seeds, less power
-    assert ft.detectable_difference(0.1, 3) > ft.detectable_difference(0.05, 3)
-    assert ft.detectable_difference(0.05, 3) > ft.detectable_difference(0.05, 10)
+    assert detectable(0.1, 3) > detectable(0.05, 3)
+    assert detectable(0.05, 3) > detectable(0.05, 10)
 
 
 def test_study_command_refuses_bad_input_in_one_line(tmp_path):
@@ -210,7 +210,8 @@ def test_finetune_fragility_smoke_run_writes_a_report_with_verdicts(tmp_path, on
     # (4 steps) stops the study with one line, and the report says why
     counted = []
     monkeypatch.setattr("lamina.study.runs.in_process_fit", lambda words: counted.append(words))
-    monkeypatch.setitem(ft.PRESETS, "test", dataclasses.replace(ft.PRESETS["test"], stop_on_gate=True))
+    presets = finetune_runs.PRESETS
+    monkeypatch.setitem(presets, "test", dataclasses.replace(presets["test"], stop_on_gate=True))
     with pytest.raises(ConfigError, match="^study finetune-fragility: gate base-knows-one-hop failed"):
         main(args)
     assert counted == []
@@ -228,19 +229,20 @@ def settings(words) -> dict[str, str]:
 
 
 def arm_words(module, preset) -> dict[str, tuple[str, ...]]:
-    """The CLI words each arm of a claim module's runs gets after its config files, at `preset`."""
+    """The CLI words each arm of a runs module (world_runs, finetune_runs, rlp_runs) gets after its config files,
+    at `preset`."""
     if module is world_runs:
         ctx = StudyContext("density-familiarity", Path("unused"), [1], "gpu", None, repo_configs())
         return {arm: spec.overrides for arm, spec in world_runs.specs_for(ctx, preset, 1).items()}
-    if module is ft:
+    if module is finetune_runs:
         return {"base": preset.every + preset.base, "small": preset.every + preset.small,
                 "finetuned-base": preset.every + preset.base + preset.tune,
                 "finetuned-small": preset.every + preset.small + preset.tune}
-    return {arm: rlp.arm_words(preset, arm, 1, None if arm == "pretrain" else Path("phase1.ckpt"))
-            for arm in ("pretrain", *rlp.ARMS[:-1])}
+    return {arm: rlp_runs.arm_words(preset, arm, 1, None if arm == "pretrain" else Path("phase1.ckpt"))
+            for arm in ("pretrain", *rlp_runs.ARMS[:-1])}
 
 
-MODULES = (world_runs, ft, rlp)
+MODULES = (world_runs, finetune_runs, rlp_runs)
 # what a rehearsal sets beyond the test preset's words: the CPU, and what it keeps of the gpu preset
 # (its precision, and a choice of data that is not a size: the fine-tuning's arithmetic levels)
 BEYOND_TEST = {"trainer.accelerator": "cpu", "trainer.devices": "1", "trainer.precision": "bf16-mixed",

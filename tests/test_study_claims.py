@@ -41,6 +41,50 @@ def test_matched_profiles_score_one_and_random_profiles_stay_inside_their_null()
     assert (score - null_mean) / null_std > 3
 
 
+def profile_runs(folder: Path, profiles: dict[int, np.ndarray], layers: int = 2) -> dict[int, dict[str, Run]]:
+    """Per seed, a run whose every layer's ablation damage profiles are `profiles[seed]` [modules, tasks]."""
+    runs = {}
+    for seed, matrix in profiles.items():
+        values = {}
+        for layer in range(layers):
+            values[f"modularity/layer{layer}/q"] = [(10, 0.3)]
+            for m, row in enumerate(matrix):
+                for t, v in enumerate(row):
+                    values[f"modularity/layer{layer}/ablation/m{m}/task{t:02d}"] = [(10, float(v))]
+        runs[seed] = {modularity.ARM: event_run(folder / f"seed{seed}", values)}
+    return runs
+
+
+def matching_verdict(runs: dict[int, dict[str, Run]]):
+    from lamina.study.report import ClaimResult, Contrast, Gate
+    from lamina.verdict import Prediction
+
+    result = ClaimResult("modularity", "", {}, sorted(runs), gates=[Gate("tasks-learned", "", True, "")])
+    result.contrasts = [Contrast("match", "", {}, permutation=modularity.matching_test(runs, draws=300),
+                                 prediction=Prediction(1, modularity.MATCH_MARGIN), needs=("tasks-learned",))]
+    result.primary = "match"
+    return result.verdicts()["match"]
+
+
+def test_matching_across_seeds_is_one_permutation_test_that_finds_shared_modules_and_nothing_else(tmp_path):
+    rng = np.random.default_rng(3)
+    shared = rng.normal(size=(4, 8))
+    # The same four modules in every seed (their order shuffled, noise added): supported, small p.
+    planted = {s: shared[rng.permutation(4)] + 0.2 * rng.normal(size=shared.shape) for s in (1, 2, 3)}
+    v = matching_verdict(profile_runs(tmp_path / "planted", planted))
+    assert v.verdict == "supported" and v.p < 0.01 and v.n == 3, v
+    # No structure in: each seed's modules unrelated to the others': nothing supported, in any of 5 draws.
+    for draw in range(5):
+        unrelated = {s: rng.normal(size=(4, 8)) for s in (1, 2, 3)}
+        v = matching_verdict(profile_runs(tmp_path / f"unrelated{draw}", unrelated))
+        assert v.verdict != "supported" and v.lo < 0 < v.hi, v
+    # A seed without usable profiles leaves two: the rule says the planned third is missing.
+    runs = profile_runs(tmp_path / "short", {1: shared, 2: shared + 0.1})
+    runs[3] = profile_runs(tmp_path / "empty", {3: np.zeros((0, 0))})[3]
+    v = matching_verdict(runs)
+    assert v.verdict == "not tested" and "2 of 3 planned seeds" in v.reason, v
+
+
 def test_tiers_are_read_against_their_nulls_and_depths_come_from_the_tags(tmp_path):
     values = {
         # lexical: against 0 (the shuffled-labels null), never against step 0, whose embedding holds the token
@@ -129,3 +173,23 @@ def test_units_run_the_longest_first():
     assert unit_order(groups, [1])[0][1] == ["density-familiarity", "hierarchy"]  # a group's claims stay together
     with pytest.raises(ConfigError, match="^--jobs: expected a count >= 1, got 0"):
         study_main(["--jobs", "0", "--out", "unused"])
+
+
+def test_cached_json_reuses_a_value_while_its_key_holds_and_recomputes_otherwise(tmp_path):
+    from lamina.study.evaluation import cached_json
+
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            return {"v": value}
+        return run
+
+    path = tmp_path / "evals" / "seed1.json"
+    assert cached_json(path, "k1", "numbers", compute(1)) == {"v": 1}
+    assert cached_json(path, "k1", "numbers", compute(2)) == {"v": 1}  # the same key: read back, not computed
+    assert cached_json(path, "k2", "numbers", compute(3)) == {"v": 3}  # a new checkpoint or setting: computed
+    path.write_text("{not json", encoding="utf-8")  # a torn file: computed again, never an error
+    assert cached_json(path, "k2", "numbers", compute(4)) == {"v": 4}
+    assert calls == [1, 3, 4] and not list(path.parent.glob("*.tmp-*"))

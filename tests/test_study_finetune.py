@@ -14,6 +14,8 @@ from lamina.finetune.drift import DriftMeter
 from lamina.finetune.retention import RetentionSuite, held_out_seed, task_chance, token_budget
 from lamina.model import GPT, GPTConfig
 from lamina.study.claims import finetune_fragility as ft
+from lamina.study.evaluation import arith_items
+from lamina.study.finetune_evaluation import ARMS, score_arms
 from lamina.study.report import ClaimResult
 from lamina.verdict import NOT_TESTED, SUPPORTED, decide
 
@@ -33,7 +35,7 @@ def built_numbers(rng: random.Random, facts: dict[str, float], task: dict[str, f
         return min(1.0, max(0.0, x + rng.gauss(0, spread)))
 
     accuracy = {}
-    for arm in ft.ARMS:
+    for arm in ARMS:
         level = near(task.get(arm, 0.4))
         accuracy[arm] = {"facts/one_hop": acc(near(facts.get(arm, 0.7)), 0.10),
                          "facts/two_hop": acc(near(facts.get(arm, 0.7)), 0.17, 125),
@@ -91,7 +93,7 @@ def test_every_arm_at_chance_is_not_tested_whatever_the_interval():
         assert verdicts[name].verdict == NOT_TESTED and "a floor" in verdicts[name].reason, verdicts[name]
     assert result.claim_verdict().verdict == NOT_TESTED
     # at the top of the scale: a ceiling, not "no difference"
-    top = {s: built_numbers(rng, {a: 1.0 for a in ft.ARMS}, UNTUNED, spread=0.0) for s in range(1, 4)}
+    top = {s: built_numbers(rng, {a: 1.0 for a in ARMS}, UNTUNED, spread=0.0) for s in range(1, 4)}
     _, verdicts = judged(top)
     assert verdicts[ft.PRIMARY].verdict == NOT_TESTED and "a ceiling" in verdicts[ft.PRIMARY].reason
 
@@ -110,10 +112,10 @@ def untouched_seed(seed: int) -> dict:
               "finetuned-base": copy.deepcopy(base), "continued-base": copy.deepcopy(base)}
     tok = byte_tokenizer()
     suite = RetentionSuite(tok, held_out_seed(seed), items=4)
-    items, _ = ft.arith_items(seed, 1, 5, set())
+    items, _ = arith_items(seed, 1, 5, set())
     suite.sets["arith/level1"], suite.chance["arith/level1"] = items, task_chance(items)
     suite.budgets["arith/level1"] = token_budget(items, tok)
-    accuracy = ft.score_arms(models, suite, EOT, torch.device("cpu"), 64)
+    accuracy = score_arms(models, suite, EOT, torch.device("cpu"), 64)
     windows = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(seed))
     meter = DriftMeter(base, windows, batch_rows=4)
     drift = {arm: meter.measure(models[arm]) for arm in ("finetuned-base", "continued-base")}
@@ -130,7 +132,7 @@ def test_nothing_fine_tuned_restores_nothing_and_supports_nothing(one_thread):
             assert by_arm[arm]["facts/one_hop"] == by_arm["base"]["facts/one_hop"], (s, arm)
             assert by_arm[arm]["arith"] == by_arm["base"]["arith"], (s, arm)
         assert by_arm["proxy-base@2"]["facts/two_hop"] == by_arm["base"]["facts/two_hop"]
-        assert set(by_arm) == set(ft.ARMS) and "exact/one_hop" in by_arm["proxy-base"]
+        assert set(by_arm) == set(ARMS) and "exact/one_hop" in by_arm["proxy-base"]
     result, verdicts = judged(numbers)
     assert SUPPORTED not in {v.verdict for v in verdicts.values()}
     gates = result.gate_map

@@ -87,11 +87,14 @@ def test_ckpt_path_last_continues_the_latest_version(tmp_path):
     assert max(steps) >= 7
 
 
-def test_a_fit_validates_at_its_last_step_whatever_its_length(tmp_path):
+def test_a_fit_validates_and_keeps_last_ckpt_at_its_last_step_whatever_its_length(tmp_path):
+    # 7 steps, a checkpoint every 3: Lightning alone would leave last.ckpt at step 6
     main(fit_args(tmp_path, "odd", "--trainer.max_steps", "7", "--trainer.val_check_interval", "5",
-                  "--trainer.log_every_n_steps", "5"))
-    tags = scalars(tmp_path / "runs" / "odd" / "version_0")
+                  "--trainer.log_every_n_steps", "5", "--checkpoint.every_n_train_steps", "3"))
+    run = tmp_path / "runs" / "odd" / "version_0"
+    tags = scalars(run)
     assert sorted(tags["val/bpb"]) == [0, 5, 7]
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 7
 
 
 def test_extending_a_run_keeps_its_learning_rate_schedule(tmp_path, caplog):

@@ -452,3 +452,17 @@ def test_a_bad_compare_question_is_one_line(kwargs, message):
         Question(**kwargs)
     assert "\n" not in str(info.value)
     assert Question(primary="val/bpb", margin=0.005, predict="higher").margin == 0.005
+
+
+def test_a_permutation_test_reads_its_effect_interval_and_p_off_its_null():
+    from lamina.verdict import PermutationTest
+
+    null = tuple(x / 100 for x in range(-50, 51))  # mean 0, quantiles known: q(0.975) = 0.475
+    test = PermutationTest(0.8, null, (1, 2, 3))
+    assert test.effect == pytest.approx(0.8)
+    lo, hi = test.interval()
+    assert (lo, hi) == (pytest.approx(0.8 - 0.475), pytest.approx(0.8 + 0.475))
+    assert test.p == pytest.approx(1 / 102)  # no draw as far from the mean as 0.8
+    assert PermutationTest(0.0, null).p == pytest.approx(1.0)  # every draw at least as far as 0
+    with pytest.raises(ValueError):
+        PermutationTest(0.0, (0.1, 0.2))

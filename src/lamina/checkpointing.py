@@ -4,7 +4,8 @@
 fsyncs it, then renames it into place (an atomic replace on POSIX), so a kill, a crash or a full
 disk at any moment leaves the previous checkpoint whole. `StopOnSignal` turns the first Ctrl-C
 (SIGINT) or SIGTERM into "finish this step, save `last.ckpt`, exit"; a second Ctrl-C aborts at
-once (the last good checkpoint is still whole).
+once (the last good checkpoint is still whole). `LastAtFinalStep` makes `last.ckpt` the final
+step's whatever `checkpoint.every_n_train_steps` is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina import tags
 from lamina.errors import ConfigError, write_failure
 
 TEMP_MARK = ".tmp-"
@@ -147,9 +149,9 @@ class ReportRunFolder(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        if "val/loss" in metrics:  # not after a partial sanity pass, which lamina does not log
-            bpb = metrics.get("val/bpb")
-            self._validation = (trainer.global_step, float(metrics["val/loss"]), None if bpb is None else float(bpb))
+        if tags.VAL_LOSS in metrics:  # not after a partial sanity pass, which lamina does not log
+            bpb = metrics.get(tags.VAL_BPB)
+            self._validation = (trainer.global_step, float(metrics[tags.VAL_LOSS]), None if bpb is None else float(bpb))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks
@@ -179,6 +181,25 @@ def run_folder_summary(folder: Path) -> str:
         f"lamina: run folder {folder}: {megabytes(folder_bytes(folder))} "
         f"(checkpoints {megabytes(checkpoints)}, TensorBoard events {megabytes(events)})"
     )
+
+
+class LastAtFinalStep(L.Callback):
+    """`last.ckpt` at the step training ended on. Lightning's ModelCheckpoint saves every
+    `every_n_train_steps` steps and keeps last.ckpt at the latest of those: a fit of 1500 steps
+    saving every 200 would end with last.ckpt at step 1400, and a model that is not the one the
+    final validation measured. At the end of training, where the latest checkpoint written (any
+    callback's: this one hears every save) is from an earlier step, last.ckpt is saved now."""
+
+    def __init__(self):
+        self.saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        keeps_last = any(isinstance(c, ModelCheckpoint) and c.save_last for c in trainer.checkpoint_callbacks)
+        if keeps_last and trainer.global_step > 0 and self.saved_step != trainer.global_step:
+            save_last(trainer)
 
 
 class StopOnSignal(L.Callback):

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lamina.callbacks import TerminalDefaults, ThoughtEval, Throughput, training_callbacks
 from lamina.verdict import Question
-from lamina.checkpointing import ReportRunFolder, StopOnSignal, use_atomic_checkpoints
+from lamina.checkpointing import LastAtFinalStep, ReportRunFolder, StopOnSignal, use_atomic_checkpoints
 from lamina.data import TextDataModule
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
@@ -314,7 +314,8 @@ def cli_kwargs() -> dict:
         parser_kwargs={"exit_on_error": False, "default_env": False},
         auto_configure_optimizers=False,
         # TerminalDefaults after the config's callbacks: it swaps only the bar and summary Lightning adds
-        trainer_defaults={"callbacks": [*fit_callbacks(), StopOnSignal(), ReportRunFolder(), TerminalDefaults()]},
+        trainer_defaults={"callbacks": [*fit_callbacks(), StopOnSignal(), LastAtFinalStep(), ReportRunFolder(),
+                                         TerminalDefaults()]},
     )
 
 

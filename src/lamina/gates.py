@@ -43,9 +43,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-THINKING_TAG, THINKING_N_TAG = "eval/arith_acc/level2", "eval/arith_n/level2"
-TASK_LOSS, TASK_CHANCE = "modularity/task_loss/", "modularity/task_chance/"
-CONTEXT = "eval/context"
+from lamina import tags
+
+THINKING_TAG, THINKING_N_TAG = tags.arith_acc(2), tags.arith_n(2)
+TASK_LOSS, TASK_CHANCE = tags.task_loss(""), tags.task_chance("")  # the prefixes: one tag a task
 UNSEEN_BIN, SEEN_BIN = "0", "100"  # exposure bins: never seen (reads_context), seen most (knows_priors)
 
 THINKING_MIN = 0.5  # greedy level-2 accuracy
@@ -111,12 +112,12 @@ def reads_context_gate(values: Mapping[str, float], start: Mapping[str, float] |
                        min_prompts: int = MIN_PROMPTS, bin: str = UNSEEN_BIN) -> GateResult:
     """`min_prompts`, `bin`: the prompts needed and the bin read (the context instrument reads the
     rule on one measurement, any count: lamina.instrument.context)."""
-    lower, n = _finite(values, f"{CONTEXT}/follow/{bin}/lo"), _finite(values, f"{CONTEXT}/n/{bin}")
+    lower, n = _finite(values, tags.lo(tags.context("follow", bin))), _finite(values, tags.context("n", bin))
     if lower is None:
         return GateResult("reads_context", None, math.nan, f"no counterfactual contexts about exposure-{bin} people "
                           "(instrument.context, the people family)")
-    pull_lo = _finite(values, f"{CONTEXT}/pull/{bin}/lo")
-    untrained = _finite(start or {}, f"{CONTEXT}/follow/{bin}")
+    pull_lo = _finite(values, tags.lo(tags.context("pull", bin)))
+    untrained = _finite(start or {}, tags.context("follow", bin))
     bar = READS_CONTEXT_ABOVE if untrained is None else max(READS_CONTEXT_ABOVE, untrained)
     against = ("no step-0 rate to read it against" if untrained is None
                else f"the untrained network's {untrained:.3f} at step 0")
@@ -132,12 +133,12 @@ def reads_context_gate(values: Mapping[str, float], start: Mapping[str, float] |
 
 def knows_priors_gate(values: Mapping[str, float], start: Mapping[str, float] | None = None) -> GateResult:
     # (start unused: the never-seen people's share at the same step is the null)
-    lower = _finite(values, f"{CONTEXT}/nocontext_prior/{SEEN_BIN}/lo")
-    n = _finite(values, f"{CONTEXT}/n/{SEEN_BIN}")
+    lower = _finite(values, tags.lo(tags.context("nocontext_prior", SEEN_BIN)))
+    n = _finite(values, tags.context("n", SEEN_BIN))
     if lower is None:
         return GateResult("knows_priors", None, math.nan, f"no questions alone about exposure-{SEEN_BIN} people "
                           "(instrument.context on the people family, with each prompt's question)")
-    unseen = _finite(values, f"{CONTEXT}/nocontext_prior/{UNSEEN_BIN}")
+    unseen = _finite(values, tags.context("nocontext_prior", UNSEEN_BIN))
     bar = KNOWS_PRIORS_ABOVE if unseen is None else max(KNOWS_PRIORS_ABOVE, unseen)
     against = "no never-seen share to read it against" if unseen is None else f"never-seen people's {unseen:.3f}"
     count = "?" if n is None else f"{int(n)}"

@@ -61,6 +61,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina import tags
 from lamina.config_types import (
     Activation,
     ClosedUnitInterval,
@@ -250,8 +251,8 @@ class LanguageModel(L.LightningModule):
         """At a log step: train/loss, the mean over the step's micro-batches and over ranks (one
         all-reduce and one device-to-host copy per logging interval), and the step's lr."""
         loss = host_scalar(self.trainer.strategy.reduce(mean_loss, reduce_op="mean"))
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", host_scalar(self._step_lr))
+        self.log(tags.TRAIN_LOSS, loss, prog_bar=True)
+        self.log(tags.LR, host_scalar(self._step_lr))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.guard.pending:  # raises, and nothing is written, when a pending step stops the run
@@ -296,10 +297,10 @@ class LanguageModel(L.LightningModule):
             return
         # For the progress bar and callbacks (a checkpoint may monitor val/loss); not for the loggers,
         # which Lightning would write one step early (below).
-        self.log("val/loss", loss, prog_bar=True, logger=False)
+        self.log(tags.VAL_LOSS, loss, prog_bar=True, logger=False)
         bpb = bits_per_byte(loss, self.trainer.datamodule.val_tokens_per_byte)
-        self.log("val/bpb", bpb, logger=False)
-        self._log_at_global_step({"val/loss": loss, "val/bpb": bpb})
+        self.log(tags.VAL_BPB, bpb, logger=False)
+        self._log_at_global_step({tags.VAL_LOSS: loss, tags.VAL_BPB: bpb})
 
     def _is_step_zero_validation(self) -> bool:
         """Lightning's sanity pass over the whole val set (`num_sanity_val_steps: -1`, lamina's

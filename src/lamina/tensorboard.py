@@ -10,9 +10,11 @@ import lightning as L
 from lightning.pytorch import loggers
 from lightning.pytorch.utilities import rank_zero_only
 
-FAMILIAR_VS_UNFAMILIAR = r"sparsity/(id|id_b|random|random_uniform|shuffled|ood/.+|novel|exposure/.+)/mean$"
+from lamina import tags
+
+FAMILIAR_VS_UNFAMILIAR = tags.density(r"(id|id_b|random|random_uniform|shuffled|ood/.+|novel|exposure/.+)") + "$"
 # The mean gaps, without their statistics (se, z, the band) and per-layer series.
-MEAN_GAPS = r"^sparsity/gap/(?!.*/(se|z|lo|hi|layer\d+)(/|$)).+$"
+MEAN_GAPS = "^" + tags.gap(r"(?!.*/(se|z|lo|hi|layer\d+)(/|$)).+") + "$"
 GAP_TITLES = {  # the HEADLINE_GAPS of lamina.instrument.sparsity, each with how to read it
     "id_b": "gap id - id_b: the same text, a second sample (95% band: should hold 0)",
     "shuffled": "gap id - shuffled: the same tokens, order destroyed (95% band)",
@@ -26,20 +28,19 @@ def layout(n_layer: int) -> dict:
     TensorBoard colours lines by run, not by tag: the charts read first are each one quantity with
     its band (Margin), or two lines whose levels cannot be confused (train loss under val loss)."""
     gaps = {
-        title: ["Margin", [f"sparsity/gap/{probe}", f"sparsity/gap/{probe}/lo", f"sparsity/gap/{probe}/hi"]]
+        title: ["Margin", [tags.gap(probe), tags.lo(tags.gap(probe)), tags.hi(tags.gap(probe))]]
         for probe, title in GAP_TITLES.items()
     }
     q_bands = {
         f"Q layer {i} against its shuffled-weights null (band: null mean +- 2 sd)": [
-            "Margin", [f"modularity/layer{i}/q", f"modularity/layer{i}/q_shuffled_lo",
-                       f"modularity/layer{i}/q_shuffled_hi"]
+            "Margin", [tags.q(i), tags.q_shuffled(i, "lo"), tags.q_shuffled(i, "hi")]
         ]
         for i in range(n_layer)
     }
     return {
         "lamina: read first": {
-            "loss: train and val": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
-            "bits per byte": ["Multiline", [r"^val/bpb$"]],
+            "loss: train and val": ["Multiline", [f"^{tags.TRAIN_LOSS}$", f"^{tags.VAL_LOSS}$"]],
+            "bits per byte": ["Multiline", [f"^{tags.VAL_BPB}$"]],
             **gaps,
         },
         "lamina: density": {
@@ -47,7 +48,7 @@ def layout(n_layer: int) -> dict:
                 "Multiline", [FAMILIAR_VS_UNFAMILIAR]
             ],
             "density of the training batches (from the training forward) and of id": [
-                "Multiline", [r"^sparsity/train/mean$", r"^sparsity/id/mean$"]
+                "Multiline", [f"^{tags.density(tags.TRAIN_PROBE)}$", f"^{tags.density('id')}$"]
             ],
             "density gaps (id minus probe), mean over layers: every probe": ["Multiline", [MEAN_GAPS]],
         },
@@ -80,6 +81,13 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         metrics = {k: v for k, v in metrics.items() if k != "epoch"}
         super().log_metrics(metrics, step)
+        self.remember(metrics, step)
+
+    @rank_zero_only
+    def remember(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Keep `metrics` in `last_values` and `start_values` without writing a series: the
+        measurements `instrument.series: summary` sends to the run's measurements.jsonl instead
+        (lamina.instrument.callback), which the gates read all the same."""
         for tag, value in metrics.items():
             if isinstance(value, (int, float)) or (hasattr(value, "numel") and value.numel() == 1):
                 self.last_values[tag] = float(value)

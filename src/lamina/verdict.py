@@ -37,6 +37,12 @@ fail by construction are **descriptive**: a number, no verdict.
 Holm (1979): sort the k p-values, p_(1) <= ... <= p_(k); p_Holm_(j) = max over i <= j of
 min(1, (k - i + 1) p_(i)). (scipy has no Holm; `holm` below is the whole of it.)
 
+A statistic over every seed at once (cross-seed matching: its pairs of seeds share seeds, so the
+pairs are no sample of independent values) is read from its **permutation null** instead
+(`PermutationTest`): the effect is the observed statistic minus the null's mean, its interval the
+test inverted under a shift (the observed statistic minus the null's (1 + c)/2 and (1 - c)/2
+quantiles), its p two-sided, (1 + #draws at least as far from the null's mean) / (1 + draws).
+
 Power (`detectable`, `half_width`): from the seed-to-seed standard deviation sd of a contrast's
 per-seed differences (earlier seeds or a pilot), with n seeds the 95% interval's half-width is
 t(0.975, n - 1) sd / sqrt(n), and the smallest true difference beyond a bound that the interval
@@ -210,6 +216,45 @@ def holm_confidence(p: float, p_holm: float, alpha: float = ALPHA) -> float:
     return 1 - alpha * min(1.0, p / p_holm)
 
 
+@dataclass(frozen=True)
+class PermutationTest:
+    """A statistic over the seeds `seeds` and its permutation null (`null`: the statistic with the
+    exchangeable labels permuted, one value a draw): effect = observed - mean(null)."""
+
+    observed: float
+    null: tuple[float, ...]
+    seeds: tuple = ()
+
+    def __post_init__(self):
+        if len(self.null) < 20:
+            raise ValueError(f"a permutation null needs at least 20 draws, got {len(self.null)}")
+
+    @property
+    def null_mean(self) -> float:
+        return sum(self.null) / len(self.null)
+
+    @property
+    def effect(self) -> float:
+        return self.observed - self.null_mean
+
+    @property
+    def p(self) -> float:
+        far = abs(self.effect) - 1e-12
+        return (1 + sum(abs(x - self.null_mean) >= far for x in self.null)) / (1 + len(self.null))
+
+    def interval(self, confidence: float = 1 - ALPHA) -> tuple[float, float]:
+        """The effect's interval at `confidence`, inverting the test under a shift: the observed
+        statistic minus the null's upper and lower (1 +- confidence) / 2 quantiles."""
+        null = sorted(self.null)
+
+        def quantile(q: float) -> float:  # linear interpolation between order statistics (numpy's default)
+            x = q * (len(null) - 1)
+            i = min(int(x), len(null) - 2)
+            return null[i] + (x - i) * (null[i + 1] - null[i])
+
+        return self.observed - quantile(0.5 + confidence / 2), self.observed - quantile(0.5 - confidence / 2)
+
+
 def _values(arm) -> list[float]:
     if isinstance(arm, Mapping):
         arm = arm.values()
@@ -347,5 +392,5 @@ def _classify(lo: float, hi: float, sign: int, margin: float, **numbers) -> Verd
 
 
 __all__ = ["AGAINST", "ALPHA", "DESCRIPTIVE", "INCONCLUSIVE", "NEGLIGIBLE", "NOT_TESTED", "POWER", "PRIMARY",
-           "Prediction", "RULE", "SECONDARY", "SUPPORTED", "VERDICTS", "Verdict", "decide", "detectable",
+           "PermutationTest", "Prediction", "RULE", "SECONDARY", "SUPPORTED", "VERDICTS", "Verdict", "decide", "detectable",
            "half_width", "holm", "holm_confidence", "seeds_text"]

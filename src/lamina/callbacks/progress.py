@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
+from lamina import tags
 from lamina.step import ends_logged_step
 
 # Lightning's rank_zero_info (which lamina's lines go through) logs here; the handlers that print
@@ -151,10 +152,10 @@ class StepProgressBar(TQDMProgressBar):
         logged with prog_bar=True under its last name. (No v_num: the run folder is printed at the end.)"""
         shown = dict(trainer.progress_bar_metrics)
         metrics: dict[str, float] = {}
-        for key, name in (("train/loss", "loss"), ("val/loss", "val")):
+        for key, name in ((tags.TRAIN_LOSS, "loss"), (tags.VAL_LOSS, "val")):
             if key in shown:
                 metrics[name] = float(shown.pop(key))
-        tokens_per_sec = trainer.callback_metrics.get("perf/tokens_per_sec")  # on the host (Throughput)
+        tokens_per_sec = trainer.callback_metrics.get(tags.TOKENS_PER_SEC)  # on the host (Throughput)
         if tokens_per_sec is not None:
             metrics["tok/s"] = float(tokens_per_sec)
         for key, value in shown.items():

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lamina import tags
 from lamina.cadence import Cadence
 from lamina.errors import ConfigError
 from lamina.rlp.config import ThoughtEvalConfig, thought_eval_settings
@@ -110,7 +111,7 @@ class ThoughtEval(L.Callback):
         start = time.perf_counter()
         with trainer.precision_plugin.forward_context():
             metrics = self._evaluator.evaluate(pl_module.model, pass_at_k=at_start or at_end)
-        metrics["perf/thought_eval_seconds"] = time.perf_counter() - start
+        metrics[tags.perf("thought_eval_seconds")] = time.perf_counter() - start
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         if log_dir:

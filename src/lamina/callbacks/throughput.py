@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina import tags
 from lamina.config_types import PositiveNumber, plain
 from lamina.step import ends_logged_step
 
@@ -135,12 +136,12 @@ class Throughput(L.Callback):
         if self._peak:
             perf["mfu"] = tokens_per_sec * pl_module.flops_per_token / (self._peak * trainer.world_size)
         for name, value in perf.items():
-            pl_module.log(f"perf/{name}", torch.tensor(float(value)), rank_zero_only=True)
+            pl_module.log(tags.perf(name), torch.tensor(float(value)), rank_zero_only=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The counters of the final weights, at the last step (the logging rounds above stop one short)."""
         if trainer.is_global_zero:
-            final = {f"perf/{name}": float(value) for name, value in counters(pl_module).items()}
+            final = {tags.perf(name): float(value) for name, value in counters(pl_module).items()}
             for logger in trainer.loggers:
                 logger.log_metrics(final, step=trainer.global_step)
 
@@ -151,7 +152,7 @@ class Throughput(L.Callback):
         self._first_marks = None  # once a fit
         if trainer.is_global_zero:  # straight to the loggers: a value logged once, not every round
             for logger in trainer.loggers:
-                logger.log_metrics({"perf/first_step_seconds": first}, step=self._first_step)
+                logger.log_metrics({tags.perf("first_step_seconds"): first}, step=self._first_step)
         rank_zero_info(
             f"lamina: the first step took {first:.2f} s, later ones {later:.3f} s: about {max(first - later, 0):.2f} s "
             f"of {'compilation and ' if pl_module.hparams.get('compile') else ''}warm-up"

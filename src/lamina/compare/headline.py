@@ -19,11 +19,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina import tags
 from lamina.compare.runs import AXES, Group, event_dirs, value_at
 from lamina.compare.stats import Cell, Comparison, budget, table_row
 from lamina.verdict import Verdict, decide
 
-DEFAULT_PRIMARY = "val/bpb"
+DEFAULT_PRIMARY = tags.VAL_BPB
 LOWER_IS_BETTER = re.compile(r"(bpb|loss|perplexity|ppl|error|nll)", re.IGNORECASE)
 NO_MARGIN = "no margin given: no verdict"
 

@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
+from lamina import tags
 from lamina.compare.runs import AXES, FLOPS, STATISTICS, TOKENS, Group, Run
 from lamina.compare.stats import VIEWS, Cell, Comparison, Difference, EndStep, Stats, summarize
 
@@ -437,7 +438,7 @@ def write_csv(result: Comparison, path: Path) -> None:
 
 # ---- plots -------------------------------------------------------------------------------------
 
-ARITH = re.compile(r"eval/arith_acc(_nothink)?/level(\d+)")
+ARITH = re.compile(rf"{tags.ARITH_ACC}({tags.NO_THOUGHT})?/level(\d+)")
 THINK_STYLES = ("with thinking", "no thinking")  # line styles of an arithmetic plot, in LINESTYLES order
 LINESTYLES = ("-", "--", ":", "-.")
 MUTED = "0.45"  # grey of the legend's style, band and budget entries
@@ -486,7 +487,7 @@ def slug(text: str) -> str:
 
 PER_LAYER = re.compile(r"(.+)/layer(\d+)")
 PER_LEVEL = re.compile(r"(.+)/level(\d+)")
-GAP = re.compile(r"sparsity/gap/(.+)")
+GAP = re.compile(rf"{tags.GAPS}/(.+)")
 
 
 def placement(tag: str) -> tuple[str, str, str, str, str | None]:

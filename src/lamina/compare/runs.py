@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lamina import tags
 from lamina.errors import ConfigError
 
-TOKENS, FLOPS = "perf/tokens_seen", "perf/flops"
+TOKENS, FLOPS = tags.TOKENS_SEEN, tags.FLOPS
 
 
 class Axis(NamedTuple):
@@ -29,15 +30,13 @@ AXES = {
     "flops": Axis(FLOPS, "training FLOPs", "At matched FLOPs"),
 }
 KEY_METRICS = (
-    "val/bpb",
-    "val/loss",
-    "eval/arith_acc/level*",
-    "eval/arith_acc_nothink/level*",
-    "eval/think_acc_gain/level[0-9]",  # with minus without a thought (its /lo, /hi bounds left out)
-    "rlp/reward_std",  # what can show RLP learning: rewards that differ within a group,
-    "rlp/advantage_abs_mean",
-    "rlp/zero_variance_frac",  # and few groups without any (no advantage, no gradient)
-    "sparsity/gap/*",
+    tags.VAL_BPB,
+    tags.VAL_LOSS,
+    tags.arith_acc("*"),
+    tags.arith_acc("*", thought=False),
+    tags.think_acc_gain("[0-9]"),  # with minus without a thought (its /lo, /hi bounds left out)
+    *tags.RLP_SIGNAL,  # what can show RLP learning: rewards that differ within a group, and few groups without any
+    tags.gap("*"),
 )
 
 Curve = tuple[np.ndarray, np.ndarray]  # (x, y), x increasing
@@ -305,7 +304,7 @@ def assemble(run_specs: list[str], group_specs: list[str]) -> list[Group]:
     return [Group(label, runs) for label, runs in groups.items()]
 
 
-STATISTICS = ("se", "z")  # `<tag>/se`, `<tag>/z`: statistics of `<tag>` (its standard error, its z), not metrics
+STATISTICS = (tags.SE, tags.Z)  # `<tag>/se`, `<tag>/z`: statistics of `<tag>` (its standard error, its z), not metrics
 
 
 def statistics_of(tags: list[str]) -> dict[str, dict[str, str]]:

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina import tags
 from lamina.data import world
 from lamina.cadence import Cadence
 from lamina.errors import ConfigError
@@ -420,14 +421,14 @@ class RetentionSuite:
         self.choices: dict[str, list[ChoiceItem]] = {}
         self.choice_chance: dict[str, float] = {}
         for family in families:
-            tag = f"eval/facts/{family}"
+            tag = tags.facts(family)
             population = fact_items(family, seed)
             self.sets[tag] = population[:items]
             self.chance[tag] = form_chance(self.sets[tag], population)
             self.choices[tag] = choice_items(self.sets[tag], population)
             self.choice_chance[tag] = choice_chance(self.sets[tag], population)
         for path in task_files:
-            tag = f"eval/task/{Path(path).stem}"
+            tag = tags.eval_task(Path(path).stem)
             if tag in self.sets:
                 raise ConfigError(f"task_files: expected files with distinct names, got two named {Path(path).stem!r}")
             self.sets[tag] = task_items(path)

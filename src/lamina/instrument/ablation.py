@@ -67,6 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lamina import tags
 from lamina.instrument.precision import model_forward
 from lamina.probes import TaskProbe
 
@@ -309,17 +310,16 @@ def layer_ablation(
 
 def ablation_scalars(layer: int, result: LayerAblation, tasks: Sequence[str]) -> dict[str, float]:
     """The layer's damage per (module, task) and, where defined, specificity with its null."""
-    prefix = f"modularity/layer{layer}"
     scalars = {
-        f"{prefix}/ablation/m{m}/{task}": float(result.damage[m, t])
+        tags.ablation_damage(layer, m, task): float(result.damage[m, t])
         for m in range(result.damage.shape[0])
         for t, task in enumerate(tasks)
     }
     if result.specificity is not None:
-        scalars[f"{prefix}/specificity"] = result.specificity
-        scalars[f"{prefix}/specificity_null_mean"] = result.null_mean
-        scalars[f"{prefix}/specificity_null_std"] = result.null_std
-        scalars[f"{prefix}/specificity_z"] = result.z
+        scalars[tags.specificity(layer)] = result.specificity
+        scalars[tags.specificity(layer, "null_mean")] = result.null_mean
+        scalars[tags.specificity(layer, "null_std")] = result.null_std
+        scalars[tags.specificity(layer, "z")] = result.z
     return scalars
 
 
@@ -327,7 +327,7 @@ def task_scalars(
     tasks: Sequence[str], base_losses: torch.Tensor, chance: torch.Tensor, learned: torch.Tensor
 ) -> dict[str, float]:
     """Per task its loss and chance loss, and the count of unlearned tasks (left out of specificity)."""
-    scalars = {f"modularity/task_loss/{task}": float(base_losses[t]) for t, task in enumerate(tasks)}
-    scalars.update({f"modularity/task_chance/{task}": float(chance[t]) for t, task in enumerate(tasks)})
-    scalars["modularity/unlearned_tasks"] = float((~torch.as_tensor(learned, dtype=torch.bool)).sum())
+    scalars = {tags.task_loss(task): float(base_losses[t]) for t, task in enumerate(tasks)}
+    scalars.update({tags.task_chance(task): float(chance[t]) for t, task in enumerate(tasks)})
+    scalars[tags.UNLEARNED_TASKS] = float((~torch.as_tensor(learned, dtype=torch.bool)).sum())
     return scalars

@@ -9,7 +9,9 @@ level contrasts. At fit start it builds the probe set once; at step 0, every
 `every_n_steps` optimizer steps and at the end of training it runs the probes through the model
 in eval mode, without grad, each forward under the trainer's autocast and every statistic in fp32
 or wider (`lamina.instrument.precision`), streams the activations through `lamina.measures` on
-the device, and logs scalars, images and histograms from rank zero.
+the device, and logs scalars, images and histograms from rank zero. Under `instrument.series:
+summary` (the default) only the scalars a reader and the custom-scalars layout read are TensorBoard
+series; the rest go, at the same step, to the run's `measurements.jsonl` (`in_summary`, `write_sidecar`).
 
 Measurement never touches training state: it uses no global RNG (the probes and the clustering
 have their own generators), restores every submodule's train/eval flag exactly, and adds the
@@ -20,9 +22,12 @@ curve, bit for bit, as one with it off.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -32,7 +37,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from lamina import measures
+from lamina import measures, tags
 from lamina.cadence import Cadence, is_last_step, multiple_of
 from lamina.config_types import PositiveInt, plain
 from lamina.data import world
@@ -44,6 +49,7 @@ from lamina.instrument.config import (
     LIGHT_ROWS_PER_WINDOW,
     MIN_LIGHT_WINDOWS,
     MIN_NULL_DRAWS,  # noqa: F401
+    SERIES,
     AblationConfig,
     ContextConfig,
     HierarchyConfig,
@@ -54,6 +60,7 @@ from lamina.instrument.config import (
     SparsityConfig,
     section,
 )
+from lamina.instrument.context import ALL as ALL_PROMPTS
 from lamina.instrument.context import context_figure, context_scalars, context_vs_prior, world_counterfactual_probe
 from lamina.instrument.hierarchy import hierarchy_figure, hierarchy_scalars, measure_hierarchy
 from lamina.instrument.lastlayer import lastlayer_stats, prompt_positions_probe
@@ -89,6 +96,25 @@ PROBE_BATCH_TOKENS = 8192  # tokens per probe forward when instrument.probes.bat
 CPU_PROBE_BATCH_TOKENS = 2048
 LIGHT_PROBES = ("id", "id_b", "shuffled", "random")  # the light tier: the familiarity gaps alone
 
+# ---- instrument.series summary: which measured scalars stay TensorBoard series ---------------------
+# A tag with a layer index stays only as a measure beside its null: Q in its shuffled-weights band
+# and its z (the custom-scalars layout draws the band: lamina.tensorboard.layout), ablation
+# specificity and its z, the effective rank and its id_b floor. Every other per-layer tag goes to
+# the sidecar (and, where drawn, a picture).
+PER_LAYER = re.compile(r"(^|/)layer\d+(/|$)")
+LAYER = r"\d+"  # any layer index, as regular-expression text in the builders
+PER_LAYER_SERIES = re.compile("|".join([
+    tags.q(LAYER), tags.q_shuffled(LAYER, "lo"), tags.q_shuffled(LAYER, "hi"), tags.q_shuffled(LAYER, "z"),
+    tags.specificity(LAYER), tags.specificity(LAYER, "z"),
+    tags.effective_rank(LAYER), tags.effective_rank(LAYER, "floor"),
+]))
+# Detail without a layer index, summarised by a tag that stays: per label (layers/tier/*), per level
+# and unmatched (lastlayer/matched_gap/*), per exposure bin (the bin of all prompts, `all`).
+BY_LABEL_OR_LEVEL = (tags.LABEL_PROBES, tags.LASTLAYER_LEVELS, tags.LASTLAYER_GAPS)
+CONTEXT = tags.context("")
+STATISTIC_SUFFIXES = (tags.LO, tags.HI, tags.SE)
+SIDECAR = "measurements.jsonl"  # the scalars instrument.series summary does not log, in the run's log folder
+
 
 @dataclass
 class Measurement:
@@ -115,6 +141,7 @@ class Instrumentation(L.Callback):
         hierarchy: HierarchyConfig = HierarchyConfig(),
         context: ContextConfig = ContextConfig(),
         pictures: bool = True,
+        series: Literal[SERIES] = "summary",
         impl: Literal[IMPLS] = "auto",
     ):
         """In-loop measurements of the model's representations, each beside its null.
@@ -145,6 +172,30 @@ class Instrumentation(L.Callback):
                 prompts, alpha).
             pictures: figures (density with intervals, Q against its null, co-activation by
                 module, damage matrix) and firing-rate histograms, on a TensorBoard logger.
+            series: which measured scalars are TensorBoard series. all: every one. summary (the
+                default): those a reader and the custom-scalars layout (lamina.tensorboard.layout)
+                read, by kind of tag (`in_summary`): (1) means over layers and their statistics:
+                each probe's density `sparsity/<probe>/mean` and its per-token statistics'
+                means, `sparsity/train/mean`, each gap `sparsity/gap/<probe>` with `/se`, `/z` (the
+                headline gaps also `/lo`, `/hi`); (2) per layer only a measure beside its null:
+                `modularity/layer<i>/q` with its shuffled-weights band `q_shuffled_lo`, `_hi` and
+                `q_shuffled_z`, `specificity` with `specificity_z`, `layers/layer<i>/effective_rank`
+                with `effective_rank_floor`; (3) the readings that summarise labels, levels or
+                prompts: `modularity/task_*` and `unlearned_tasks`, `layers/tier/*`,
+                `lastlayer/matched_gap/*` (level gaps at matched length, with `/se`, `/z`),
+                `lastlayer/skipped`, `eval/context/*` over all prompts (bin `all`) and the steering
+                vector's own tags; (4) every `perf/` tag. The rest (every other per-layer tag;
+                `layers/probe/<label>/*`; `lastlayer/level<k>/*` and the unmatched
+                `lastlayer/gap/*`; `eval/context/...` by exposure bin) is written at the same step to
+                `measurements.jsonl` in the run's log folder (a JSON line per measurement: `step`,
+                `kind` full, light or train, `scalars` {tag: value} at full precision; non-finite
+                values as Python's json writes them) and drawn where a picture shows it
+                (`sparsity/density`, `sparsity/stats_by_layer`, `modularity/q_vs_null`,
+                `modularity/layer<i>/ablation`, `layers/probe/gain`, `eval/context/follow`). The
+                numbers are the same either way, and so are the capability gates, which read every
+                value. Scalars logged by anything else (loss, val, lr, throughput, thinking
+                evaluations) are not touched. `tiny.yaml` (4 layers, 15 probes) for 20 steps: 211
+                series, 821 with all.
             impl: measures implementation: auto (Triton kernels on CUDA, the PyTorch reference
                 elsewhere; never the CPU interpreter, which is for testing kernels), kernel,
                 reference.
@@ -162,6 +213,8 @@ class Instrumentation(L.Callback):
             raise ConfigError(f"instrument.every_n_steps: expected an integer >= 1, got {every_n_steps!r}")
         if impl not in IMPLS:
             raise ConfigError(f"instrument.impl: expected one of {', '.join(IMPLS)}, got {impl!r}")
+        if series not in SERIES:
+            raise ConfigError(f"instrument.series: expected one of {', '.join(SERIES)}, got {series!r}")
         # (`self.probes` is the ProbeSet built at fit start: the section's settings are `probes_config`)
         self.probes_config: ProbesConfig = section(ProbesConfig, probes)
         self.sparsity: SparsityConfig = section(SparsityConfig, sparsity)
@@ -175,6 +228,7 @@ class Instrumentation(L.Callback):
         self.hierarchy: HierarchyConfig = section(HierarchyConfig, hierarchy)
         self.context: ContextConfig = section(ContextConfig, context)
         self.pictures = pictures
+        self.series = series
         self.impl = impl
         self.hierarchy_probe: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self.context_probe = None
@@ -378,11 +432,12 @@ class Instrumentation(L.Callback):
         self.last_seconds = time.perf_counter() - started  # measuring and logging
         self.timings.append(
             {"step": trainer.global_step, "hook": hook, "seconds": self.last_seconds, "partition": partition,
-             "ablate": ablate, "shuffled_seconds": measurement.scalars.get("perf/modularity_shuffled_seconds", 0.0)}
+             "ablate": ablate,
+             "shuffled_seconds": measurement.scalars.get(tags.perf("modularity_shuffled_seconds"), 0.0)}
         )
         if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics({"perf/instrument_seconds": self.last_seconds}, step=trainer.global_step)
+            timing = {tags.perf("instrument_seconds"): self.last_seconds}
+            self._log_scalars(trainer, timing, trainer.global_step, "full")
 
     def _measure_light(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The light tier: see `instrument.sparsity.light_every_n_steps`. Same forwards' precision and eval
@@ -406,9 +461,9 @@ class Instrumentation(L.Callback):
         self.timings.append({"step": trainer.global_step, "hook": "light", "seconds": seconds, "partition": False,
                              "ablate": False, "shuffled_seconds": 0.0})
         if trainer.is_global_zero:
-            scalars = {**density_scalars(stats.stats), **gap_scalars(stats.stats), "perf/instrument_light_seconds": seconds}
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step)
+            scalars = {**density_scalars(stats.stats), **gap_scalars(stats.stats),
+                       tags.perf("instrument_light_seconds"): seconds}
+            self._log_scalars(trainer, scalars, trainer.global_step, "light")
 
     def _log_train_density(self, trainer: L.Trainer) -> None:
         self.train_hooks.detach()
@@ -416,8 +471,7 @@ class Instrumentation(L.Callback):
         scalars = self.train_hooks.scalars(reduce)
         if scalars and trainer.is_global_zero:
             # At train/loss's step: the forward ran with the weights after global_step - 1 updates.
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step - 1)
+            self._log_scalars(trainer, scalars, trainer.global_step - 1, "train")
 
     def _impl(self, device: torch.device) -> str:
         return self.impl if self.impl != "auto" else ("auto" if device.type == "cuda" else "reference")
@@ -529,10 +583,10 @@ class Instrumentation(L.Callback):
         result = context_vs_prior(
             model, self.context_probe, min(batch, 64), device, alpha=self.context.alpha, seed=self._seed("context", 0)
         )
-        tags = context_scalars(result)
-        out.scalars.update(tags)
+        scalars = context_scalars(result)
+        out.scalars.update(scalars)
         if self.pictures:
-            out.figures["eval/context/follow"] = context_figure(tags, step=out.step)
+            out.figures["eval/context/follow"] = context_figure(scalars, step=out.step)
 
     def _rule(self, model: torch.nn.Module, batch: int, device: torch.device):
         activation = getattr(getattr(model, "config", None), "activation", "gelu")
@@ -574,7 +628,7 @@ class Instrumentation(L.Callback):
             )
             for mods, q, q_heldout in zip(out.modules, null.q, null.q_heldout):
                 with_shuffled_null(mods, q, q_heldout)
-            out.scalars["perf/modularity_shuffled_seconds"] = null.seconds
+            out.scalars[tags.perf("modularity_shuffled_seconds")] = null.seconds
         for i, mods in enumerate(out.modules):
             self.q_history.setdefault(i, []).append(
                 (out.step, mods.q, mods.q_heldout, list(mods.q_null), list(mods.q_shuffled))
@@ -611,12 +665,13 @@ class Instrumentation(L.Callback):
         density, halfwidth = density_intervals(stats)
         out.figures["sparsity/density"] = pictures.density_figure(density, halfwidth, list(stats), out.step)
         full = self._with_token_stats(stats)
-        if len(full) > 1:  # `id` alone: its statistics by layer are scalars already (sparsity/id/layer<i>/<stat>)
+        # `id` alone: its statistics by layer are series under instrument.series all (sparsity/id/layer<i>/<stat>)
+        if len(full) > 1 or self.series == "summary":
             by_layer = {key: [[s[key] for s in layers] for layers in full.values()] for key in STATS[1:]}
             out.figures["sparsity/stats_by_layer"] = pictures.layer_stats_figure(by_layer, list(full), out.step)
         for probe, layers in stats.items():
             for i, s in enumerate(layers):
-                out.histograms[f"sparsity/{probe}/layer{i}/firing_rate"] = s["firing_rate"].float().cpu().numpy()
+                out.histograms[tags.sparsity_stat(probe, "firing_rate", i)] = s["firing_rate"].float().cpu().numpy()
         for i, mods in enumerate(out.modules):
             out.figures[f"modularity/layer{i}/coactivation"] = pictures.coactivation_figure(
                 mods.similarity.float().cpu().numpy(), mods.labels.numpy(),
@@ -628,8 +683,7 @@ class Instrumentation(L.Callback):
     # ---- logging --------------------------------------------------------------------------------
 
     def _log(self, trainer: L.Trainer, m: Measurement) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(m.scalars, step=m.step)
+        self._log_scalars(trainer, m.scalars, m.step, "full")
         if not (m.figures or m.histograms):
             return
         boards = self._tensorboards(trainer)
@@ -642,6 +696,24 @@ class Instrumentation(L.Callback):
             for tag, values in m.histograms.items():
                 writer.add_histogram(tag, values, m.step)
 
+    def _log_scalars(self, trainer: L.Trainer, scalars: dict[str, float], step: int, kind: str) -> None:
+        """Log `scalars` at `step` (global rank zero): under `instrument.series` summary the tags
+        `in_summary` keeps; the others as one line of the sidecar (`kind`: full, light or train),
+        and to every logger that keeps last values (lamina.tensorboard.TensorBoardLogger.remember)
+        for the end-of-fit gates, which then read the same values under either setting."""
+        if self.series == "all":
+            logged, detail = scalars, {}
+        else:
+            logged = {tag: value for tag, value in scalars.items() if in_summary(tag)}
+            detail = {tag: value for tag, value in scalars.items() if tag not in logged}
+        for logger in trainer.loggers:
+            if logged:
+                logger.log_metrics(logged, step=step)
+            if detail and hasattr(logger, "remember"):
+                logger.remember(detail, step=step)
+        if detail:
+            write_sidecar(trainer.loggers, step, kind, detail)
+
     @staticmethod
     def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
         return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
@@ -650,6 +722,59 @@ class Instrumentation(L.Callback):
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_info(message)
+
+
+def in_summary(tag: str) -> bool:
+    """Whether `instrument.series: summary` logs the measured scalar `tag` as a series (the rule
+    in `Instrumentation`'s docstring): a per-layer tag only as a measure beside its null
+    (PER_LAYER_SERIES); no detail by label or level (BY_LABEL_OR_LEVEL) or by exposure bin
+    (`context_bin`); every other tag (means over layers, their statistics, summaries, perf/)."""
+    if PER_LAYER.search(tag):
+        return PER_LAYER_SERIES.fullmatch(tag) is not None
+    if tag.startswith(BY_LABEL_OR_LEVEL):
+        return False
+    if tag.startswith(CONTEXT):
+        return context_bin(tag) in (None, ALL_PROMPTS)
+    return True
+
+
+def context_bin(tag: str) -> str | None:
+    """The exposure bin of an `eval/context/...` tag (its last part, before `/lo`, `/hi` or `/se`;
+    lamina.instrument.context.context_scalars), None for a tag of the whole measurement
+    (`eval/context/steer_layer`)."""
+    parts = tag[len(CONTEXT):].split("/")
+    if parts[-1] in STATISTIC_SUFFIXES:
+        parts = parts[:-1]
+    return parts[-1] if len(parts) > 1 else None
+
+
+def sidecar_path(loggers) -> Path | None:
+    """SIDECAR in the run's log folder: the first logger's `log_dir`, else its `save_dir`; None
+    without a logger (nothing is logged then)."""
+    for logger in loggers:
+        folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if folder:
+            return Path(folder) / SIDECAR
+    return None
+
+
+def write_sidecar(loggers, step: int, kind: str, scalars: dict[str, float]) -> None:
+    """One line of the sidecar, `{"step": s, "kind": "full" | "light" | "train", "scalars": {tag:
+    value}}`, each value a float at full precision, appended (a resumed run goes on in the same
+    file)."""
+    path = sidecar_path(loggers)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"step": int(step), "kind": kind, "scalars": {t: float(v) for t, v in scalars.items()}})
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def read_sidecar(path: str | Path) -> list[dict]:
+    """The lines of a run's SIDECAR (`write_sidecar`), in the order written."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def light_windows(sparsity: SparsityConfig, trainer, probe_windows: int) -> int:

@@ -1,7 +1,7 @@
 """The settings of `Instrumentation` (the `instrument:` section of a config), one dataclass per concern.
 
 The top level keeps the switches of the whole battery (`instrument.enabled`, `.every_n_steps`,
-`.pictures`, `.impl`); each part has a section of its own:
+`.pictures`, `.series`, `.impl`; documented on `Instrumentation`); each part has a section of its own:
 
 - `instrument.probes`: the probe sets (`tokens`, `batch_size`, `seed`);
 - `instrument.sparsity`: the active rule, the light tier and the training density;
@@ -43,6 +43,7 @@ MIN_LIGHT_WINDOWS = 8
 TOKEN_STATS = ("id", "all")  # instrument.sparsity.token_stats: the probes with per-token statistics
 PERMUTATION_NULL = ("ends", "every", "off")  # instrument.modularity.permutation_null: when it is drawn
 DEFAULT_SHUFFLED_DRAWS = 8  # with 4, |q_shuffled_z| > 3 comes up in ~7% of null layers (docs/measures.md)
+SERIES = ("summary", "all")  # instrument.series: which measured scalars are TensorBoard series
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from lamina import tags
 from lamina.gates import reads_context_gate
 from lamina.instrument.precision import model_forward
 from lamina.measures import wilson_interval as wilson  # Wilson 95% interval of a share k / n
@@ -485,11 +486,7 @@ def _in_bin(bins: Sequence[str], b: str) -> torch.Tensor:
     return torch.tensor([b == ALL or x == b for x in bins], dtype=torch.bool)
 
 
-def _strength_name(strength: float) -> str:
-    return f"s{strength:g}"
-
-
-def context_scalars(result: ContextResult, prefix: str = "eval/context") -> dict[str, float]:
+def context_scalars(result: ContextResult, prefix: str = tags.CONTEXT) -> dict[str, float]:
     """Tags, for each exposure bin and `all`: `follow/<bin>` (with `/lo`, `/hi`: Wilson 95%),
     `prior/<bin>`, `other/<bin>` (ties), `n/<bin>`, `margin/<bin>` (mean log p(context) - log
     p(prior), with `/se`), `greedy_follow|greedy_prior|greedy_other/<bin>`; with the question
@@ -513,47 +510,49 @@ def context_scalars(result: ContextResult, prefix: str = "eval/context") -> dict
         if n == 0:
             continue
         follow, prior = int(base.follows[rows].sum()), int(base.prior[rows].sum())
-        out[f"{prefix}/follow/{b}"] = follow / n
-        out[f"{prefix}/follow/{b}/lo"], out[f"{prefix}/follow/{b}/hi"] = wilson(follow, n)
-        out[f"{prefix}/prior/{b}"] = prior / n
-        out[f"{prefix}/other/{b}"] = (n - follow - prior) / n
-        out[f"{prefix}/n/{b}"] = float(n)
-        out[f"{prefix}/margin/{b}"], out[f"{prefix}/margin/{b}/se"] = _mean_se(base.margin[rows])
+        tag = lambda stat: tags.context(stat, b, prefix=prefix)  # noqa: E731
+        out[tag("follow")] = follow / n
+        out[tags.lo(tag("follow"))], out[tags.hi(tag("follow"))] = wilson(follow, n)
+        out[tag("prior")] = prior / n
+        out[tag("other")] = (n - follow - prior) / n
+        out[tag("n")] = float(n)
+        out[tag("margin")], out[tags.se(tag("margin"))] = _mean_se(base.margin[rows])
         g_follow = base.context_greedy[rows] & ~base.prior_greedy[rows]
         g_prior = base.prior_greedy[rows] & ~base.context_greedy[rows]
-        out[f"{prefix}/greedy_follow/{b}"] = float(g_follow.double().mean())
-        out[f"{prefix}/greedy_prior/{b}"] = float(g_prior.double().mean())
-        out[f"{prefix}/greedy_other/{b}"] = float((~g_follow & ~g_prior).double().mean())
+        out[tag("greedy_follow")] = float(g_follow.double().mean())
+        out[tag("greedy_prior")] = float(g_prior.double().mean())
+        out[tag("greedy_other")] = float((~g_follow & ~g_prior).double().mean())
         if result.question is not None:
-            out.update(_without_context(result.base, result.question, rows, f"{prefix}/", b))
+            out.update(_without_context(result.base, result.question, rows, prefix, b))
         held = _in_bin(held_bins, b)
         if not bool(held.any()):
             continue
         unsteered = base.follows[result.heldout][held].double()
-        out[f"{prefix}/follow_heldout/{b}"] = float(unsteered.mean())
+        out[tag("follow_heldout")] = float(unsteered.mean())
         instructed = result.instructed.follows[held].double()
-        out[f"{prefix}/follow_instructed/{b}"] = float(instructed.mean())
-        out[f"{prefix}/instruct_gain/{b}"], out[f"{prefix}/instruct_gain/{b}/se"] = _mean_se(instructed - unsteered)
-    out[f"{prefix}/steer_read"] = float(result.read)
-    out[f"{prefix}/steer_layer"] = float(result.choice.layer if result.choice is not None else -1)
+        out[tag("follow_instructed")] = float(instructed.mean())
+        out[tag("instruct_gain")], out[tags.se(tag("instruct_gain"))] = _mean_se(instructed - unsteered)
+    out[tags.context("steer_read", prefix=prefix)] = float(result.read)
+    out[tags.context("steer_layer", prefix=prefix)] = float(result.choice.layer if result.choice is not None else -1)
     if result.choice is not None:
         out.update(_steering_scalars(result, prefix))
     return out
 
 
-def _without_context(base: AnswerScores, question: AnswerScores, rows: torch.Tensor, head: str,
+def _without_context(base: AnswerScores, question: AnswerScores, rows: torch.Tensor, prefix: str,
                      b: str) -> dict[str, float]:
     n = int(rows.sum())
     out = {}
+    tag = lambda stat: tags.context(stat, b, prefix=prefix)  # noqa: E731
     nc_follow, nc_prior = int(question.follows[rows].sum()), int(question.prior[rows].sum())
     for name, k in (("nocontext_follow", nc_follow), ("nocontext_prior", nc_prior)):
-        out[f"{head}{name}/{b}"] = k / n
-        out[f"{head}{name}/{b}/lo"], out[f"{head}{name}/{b}/hi"] = wilson(k, n)
+        out[tag(name)] = k / n
+        out[tags.lo(tag(name))], out[tags.hi(tag(name))] = wilson(k, n)
     pull, se = _mean_se(base.follows[rows].double() - question.follows[rows].double())
-    out[f"{head}pull/{b}"], out[f"{head}pull/{b}/se"], out[f"{head}pull/{b}/lo"] = pull, se, pull - Z95 * se
+    out[tag("pull")], out[tags.se(tag("pull"))], out[tags.lo(tag("pull"))] = pull, se, pull - Z95 * se
     left = 1 - nc_follow / n  # the share the question alone leaves to the context
-    out[f"{head}win/{b}"] = pull / left if left > 0 else math.nan
-    out[f"{head}shift/{b}"], out[f"{head}shift/{b}/se"] = _mean_se(base.margin[rows] - question.margin[rows])
+    out[tag("win")] = pull / left if left > 0 else math.nan
+    out[tag("shift")], out[tags.se(tag("shift"))] = _mean_se(base.margin[rows] - question.margin[rows])
     return out
 
 
@@ -563,35 +562,37 @@ def _steering_scalars(result: ContextResult, prefix: str) -> dict[str, float]:
     steered_bins = [held_bins[i] for i in result.steered_rows.tolist()]
     unsteered_all = result.base.follows[result.heldout][result.steered_rows].double()
     for strength in result.steered:
-        names = [f"{_strength_name(strength)}/"] + ([""] if strength == choice.strength else [])
+        # each strength's own tags (`.../s<strength>/<bin>`), and the chosen one's also without it
+        named = [strength] + ([None] if strength == choice.strength else [])
         for b in _bins(steered_bins):
             rows = _in_bin(steered_bins, b)
             unsteered = unsteered_all[rows]
             steered = result.steered[strength].follows[rows].double()
             random = result.random[strength].follows[rows].double()
-            for name in names:
-                out[f"{prefix}/follow_steered/{name}{b}"] = float(steered.mean())
-                out[f"{prefix}/follow_steered_random/{name}{b}"] = float(random.mean())
-                out[f"{prefix}/steer_gain/{name}{b}"], out[f"{prefix}/steer_gain/{name}{b}/se"] = _mean_se(
-                    steered - unsteered)
-                out[f"{prefix}/steer_vs_random/{name}{b}"], out[f"{prefix}/steer_vs_random/{name}{b}/se"] = _mean_se(
-                    steered - random)
-    out[f"{prefix}/steer_sign"] = float(choice.sign)
-    out[f"{prefix}/steer_strength"] = float(choice.strength)
-    out[f"{prefix}/steer_norm"] = float(choice.vector.norm())
+            for tag_strength in named:
+                tag = lambda stat: tags.context(stat, b, strength=tag_strength, prefix=prefix)  # noqa: E731
+                out[tag("follow_steered")] = float(steered.mean())
+                out[tag("follow_steered_random")] = float(random.mean())
+                out[tag("steer_gain")], out[tags.se(tag("steer_gain"))] = _mean_se(steered - unsteered)
+                out[tag("steer_vs_random")], out[tags.se(tag("steer_vs_random"))] = _mean_se(steered - random)
+    once = lambda stat: tags.context(stat, prefix=prefix)  # noqa: E731
+    out[once("steer_sign")] = float(choice.sign)
+    out[once("steer_strength")] = float(choice.strength)
+    out[once("steer_norm")] = float(choice.vector.norm())
     if not math.isnan(choice.norm_null):
-        out[f"{prefix}/steer_norm_null"] = choice.norm_null
-    out[f"{prefix}/steer_fit_gain"] = choice.fit_gain
-    out[f"{prefix}/steer_fit_n"] = float(result.fit_n)
-    out[f"{prefix}/steer_heldout_n"] = float(len(result.steered_rows))
+        out[once("steer_norm_null")] = choice.norm_null
+    out[once("steer_fit_gain")] = choice.fit_gain
+    out[once("steer_fit_n")] = float(result.fit_n)
+    out[once("steer_heldout_n")] = float(len(result.steered_rows))
     return out
 
 
-def context_figure(scalars: dict[str, float], prefix: str = "eval/context", step: int | None = None) -> Figure:
+def context_figure(scalars: dict[str, float], prefix: str = tags.CONTEXT, step: int | None = None) -> Figure:
     """Follow rate by exposure bin: all prompts (Wilson 95% bars), the question alone (no
     context) and, on the held-out half, unsteered, instructed, steered and along a random direction
     (at the chosen strength), from `context_scalars`' tags."""
-    bins = [t[len(prefix) + len("/n/"):] for t in scalars if t.startswith(f"{prefix}/n/")]
+    counts = tags.context("n", "", prefix=prefix)  # `<prefix>/n/`: one tag a bin
+    bins = [t[len(counts):] for t in scalars if t.startswith(counts)]
     series = [("follow", "all prompts"), ("nocontext_follow", "no context"), ("follow_heldout", "held-out"),
               ("follow_instructed", "instructed"), ("follow_steered", "steered"),
               ("follow_steered_random", "random direction")]
@@ -603,13 +604,13 @@ def context_figure(scalars: dict[str, float], prefix: str = "eval/context", step
     width = 0.8 / len(series)
     x = np.arange(len(bins))
     for j, (key, label) in enumerate(series):
-        values = np.array([scalars.get(f"{prefix}/{key}/{b}", np.nan) for b in bins])
+        values = np.array([scalars.get(tags.context(key, b, prefix=prefix), np.nan) for b in bins])
         if np.all(np.isnan(values)):
             continue
         err = None
         if key in ("follow", "nocontext_follow"):
-            lo = np.array([scalars[f"{prefix}/{key}/{b}/lo"] for b in bins])
-            hi = np.array([scalars[f"{prefix}/{key}/{b}/hi"] for b in bins])
+            lo = np.array([scalars[tags.lo(tags.context(key, b, prefix=prefix))] for b in bins])
+            hi = np.array([scalars[tags.hi(tags.context(key, b, prefix=prefix))] for b in bins])
             err = np.vstack([values - lo, hi - values])
         ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, yerr=err, label=label, capsize=2)
     ax.set_xticks(x, bins, fontsize=7)

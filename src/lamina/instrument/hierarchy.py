@@ -87,6 +87,7 @@ from matplotlib import colormaps
 from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
+from lamina import tags
 from lamina.instrument.precision import forward_precision, in_full_precision, model_forward
 from lamina.measures import wide_dtype
 
@@ -467,34 +468,33 @@ def hierarchy_scalars(results: Mapping[str, LabelProbe]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, probe in results.items():
         for i, r in enumerate(probe.layers):
-            prefix = f"layers/layer{i}/probe/{name}"
-            out[f"{prefix}/acc"] = r.acc
-            out[f"{prefix}/gain"] = r.gain
+            out[tags.label_probe(name, "acc", i)] = r.acc
+            out[tags.label_probe(name, "gain", i)] = r.gain
             if math.isfinite(r.gain_se):
-                out[f"{prefix}/gain_se"] = r.gain_se
-        prefix = f"layers/probe/{name}"
-        out.update({f"{prefix}/chance": probe.chance, f"{prefix}/mean_gain": probe.mean_gain,
-                    f"{prefix}/peak_layer": float(probe.peak_layer), f"{prefix}/n_train": float(probe.n_train),
-                    f"{prefix}/n_test": float(probe.n_test)})
-        _finite_into(out, f"{prefix}/embed_acc", probe.embed_acc)  # (lexical labels: none)
-        _finite_into(out, f"{prefix}/mean_gain_se", probe.mean_gain_se)
+                out[tags.label_probe(name, "gain_se", i)] = r.gain_se
+        out.update({tags.label_probe(name, "chance"): probe.chance,
+                    tags.label_probe(name, "mean_gain"): probe.mean_gain,
+                    tags.label_probe(name, "peak_layer"): float(probe.peak_layer),
+                    tags.label_probe(name, "n_train"): float(probe.n_train),
+                    tags.label_probe(name, "n_test"): float(probe.n_test)})
+        _finite_into(out, tags.label_probe(name, "embed_acc"), probe.embed_acc)  # (lexical labels: none)
+        _finite_into(out, tags.label_probe(name, "mean_gain_se"), probe.mean_gain_se)
         if probe.readable:
-            _finite_into(out, f"{prefix}/depth", probe.depth)
-            _finite_into(out, f"{prefix}/depth_se", probe.depth_se)
+            _finite_into(out, tags.label_probe(name, "depth"), probe.depth)
+            _finite_into(out, tags.label_probe(name, "depth_se"), probe.depth_se)
     tiers = tier_readings(results)
     for tier, reading in tiers.items():
-        prefix = f"layers/tier/{tier}"
-        out[f"{prefix}/gain"] = reading.gain
-        out[f"{prefix}/labels_read"] = float(len(reading.read))
-        _finite_into(out, f"{prefix}/gain_se", reading.gain_se)
-        _finite_into(out, f"{prefix}/depth", reading.depth)
-        _finite_into(out, f"{prefix}/depth_se", reading.depth_se)
+        out[tags.tier(tier, "gain")] = reading.gain
+        out[tags.tier(tier, "labels_read")] = float(len(reading.read))
+        _finite_into(out, tags.tier(tier, "gain_se"), reading.gain_se)
+        _finite_into(out, tags.tier(tier, "depth"), reading.depth)
+        _finite_into(out, tags.tier(tier, "depth_se"), reading.depth_se)
     if "higher" in tiers and "lexical" in tiers:
         contrast = tiers["higher"].depth - tiers["lexical"].depth
-        _finite_into(out, "layers/tier/contrast", contrast)
+        _finite_into(out, tags.TIER_CONTRAST, contrast)
         if math.isfinite(contrast):
             draws = tiers["higher"].depth_draws - tiers["lexical"].depth_draws  # the same draws: paired
-            _finite_into(out, "layers/tier/contrast_se", _se(draws))
+            _finite_into(out, tags.TIER_CONTRAST_SE, _se(draws))
     return out
 
 

@@ -54,7 +54,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lamina import measures
+from lamina import measures, tags
 from lamina.data import world
 from lamina.data.tokenizer import EOT
 from lamina.instrument.precision import forward_precision, model_forward, wide
@@ -316,10 +316,10 @@ def stats_from_values(values: dict[str, torch.Tensor], levels: torch.Tensor,
     for k in level_list:
         for s in STATS:
             mean, se = mean_se(per_level[k][s])
-            out[f"lastlayer/level{k}/{s}"] = mean
-            out[f"lastlayer/level{k}/{s}/se"] = se
+            out[tags.lastlayer(k, s)] = mean
+            out[tags.se(tags.lastlayer(k, s))] = se
         if lengths is not None:
-            out[f"lastlayer/level{k}/length"] = float(torch.as_tensor(lengths).cpu()[levels == k].double().mean())
+            out[tags.lastlayer(k, "length")] = float(torch.as_tensor(lengths).cpu()[levels == k].double().mean())
     if not level_list:
         return out
     ref = level_list[0]
@@ -327,17 +327,17 @@ def stats_from_values(values: dict[str, torch.Tensor], levels: torch.Tensor,
     for k in level_list[1:]:
         for s in STATS:
             gap, se, z = welch_gap(per_level[ref][s], per_level[k][s])
-            out[f"lastlayer/gap/level{k}/{s}"] = gap
-            out[f"lastlayer/gap/level{k}/{s}/se"] = se
-            out[f"lastlayer/gap/level{k}/{s}/z"] = z
+            out[tags.lastlayer_gap(k, s)] = gap
+            out[tags.se(tags.lastlayer_gap(k, s))] = se
+            out[tags.z(tags.lastlayer_gap(k, s))] = z
             if lengths is None:
                 continue
             gap, se, z = matched_gap(values[s].cpu()[keep], levels[keep], torch.as_tensor(lengths).cpu()[keep],
                                      [ref], [k])
             if math.isfinite(gap):
-                out[f"lastlayer/matched_gap/level{k}/{s}"] = gap
-                out[f"lastlayer/matched_gap/level{k}/{s}/se"] = se
-                out[f"lastlayer/matched_gap/level{k}/{s}/z"] = z
+                out[tags.lastlayer_gap(k, s, matched=True)] = gap
+                out[tags.se(tags.lastlayer_gap(k, s, matched=True))] = se
+                out[tags.z(tags.lastlayer_gap(k, s, matched=True))] = z
     return out
 
 
@@ -347,7 +347,7 @@ def lastlayer_stats(model: torch.nn.Module, probe: LastLayerProbe, batch_size: i
     `prompt_hidden_states` for what the caller sets up)."""
     h = wide(prompt_hidden_states(model, probe, batch_size, device))  # (the measures take it to float64)
     out = stats_from_values(lastlayer_values(h), probe.levels, probe.lengths)
-    out["lastlayer/skipped"] = float(probe.skipped)
+    out[tags.LASTLAYER_SKIPPED] = float(probe.skipped)
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from lamina import measures
+from lamina import measures, tags
 from lamina.measures import sum_over_ranks, wide_dtype
 
 
@@ -69,10 +69,10 @@ def layer_scalars(grams: dict[str, list[GramAccumulator]], reference: str = "id"
         return scalars
     for i, gram in enumerate(grams[reference]):
         rank = gram.effective_rank()
-        scalars[f"layers/layer{i}/effective_rank"] = rank
-        scalars[f"layers/layer{i}/effective_rank_rows"] = float(gram.rows)
+        scalars[tags.effective_rank(i)] = rank
+        scalars[tags.effective_rank(i, "rows")] = float(gram.rows)
         if floor in grams:
             other = grams[floor][i].effective_rank()
-            scalars[f"layers/layer{i}/effective_rank_{floor}"] = other
-            scalars[f"layers/layer{i}/effective_rank_floor"] = abs(rank - other)
+            scalars[tags.effective_rank(i, floor)] = other
+            scalars[tags.effective_rank(i, "floor")] = abs(rank - other)
     return scalars

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lamina import measures
+from lamina import measures, tags
 from lamina.instrument.precision import in_full_precision
 from lamina.instrument.sparsity import ActiveRule, forward_recorded
 from lamina.measures import phi_similarity
@@ -324,27 +324,28 @@ def modularity_scalars(layers: list[LayerModules]) -> dict[str, float]:
     """The scalars of each layer's modules, `modularity/layer{i}/...` (module docstring)."""
     scalars: dict[str, float] = {}
     for i, mods in enumerate(layers):
-        tag = f"modularity/layer{i}"
-        scalars[f"{tag}/q"] = mods.q
-        scalars[f"{tag}/q_heldout"] = mods.q_heldout
+        scalars[tags.q(i)] = mods.q
+        scalars[tags.modularity(i, "q_heldout")] = mods.q_heldout
         if mods.q_null:  # the permutation null, where it was drawn
-            scalars[f"{tag}/q_null_mean"] = mods.q_null_mean
-            scalars[f"{tag}/q_null_std"] = mods.q_null_std
-            scalars[f"{tag}/q_null_lo"] = mods.q_null_mean - 2 * mods.q_null_std
-            scalars[f"{tag}/q_null_hi"] = mods.q_null_mean + 2 * mods.q_null_std
-            scalars[f"{tag}/q_z"] = mods.q_z
+            scalars[tags.q_null(i, "mean")] = mods.q_null_mean
+            scalars[tags.q_null(i, "std")] = mods.q_null_std
+            scalars[tags.q_null(i, "lo")] = mods.q_null_mean - 2 * mods.q_null_std
+            scalars[tags.q_null(i, "hi")] = mods.q_null_mean + 2 * mods.q_null_std
+            scalars[tags.modularity(i, "q_z")] = mods.q_z
         if mods.q_shuffled:
-            scalars[f"{tag}/q_shuffled_mean"] = mods.q_shuffled_mean
-            scalars[f"{tag}/q_shuffled_std"] = mods.q_shuffled_std
-            scalars[f"{tag}/q_shuffled_z"] = mods.q_shuffled_z
-            scalars[f"{tag}/q_shuffled_lo"] = mods.q_shuffled_mean - 2 * mods.q_shuffled_std
-            scalars[f"{tag}/q_shuffled_hi"] = mods.q_shuffled_mean + 2 * mods.q_shuffled_std
-            scalars[f"{tag}/q_heldout_shuffled_mean"] = mods.q_heldout_shuffled_mean
-            scalars[f"{tag}/q_heldout_shuffled_std"] = mods.q_heldout_shuffled_std
-            scalars[f"{tag}/q_heldout_shuffled_z"] = mods.q_heldout_shuffled_z
-        scalars[f"{tag}/modules"] = float(mods.k)
-        scalars[f"{tag}/excluded_frac"] = float((mods.labels < 0).float().mean()) if mods.labels.numel() else 0.0
+            scalars[tags.q_shuffled(i, "mean")] = mods.q_shuffled_mean
+            scalars[tags.q_shuffled(i, "std")] = mods.q_shuffled_std
+            scalars[tags.q_shuffled(i, "z")] = mods.q_shuffled_z
+            scalars[tags.q_shuffled(i, "lo")] = mods.q_shuffled_mean - 2 * mods.q_shuffled_std
+            scalars[tags.q_shuffled(i, "hi")] = mods.q_shuffled_mean + 2 * mods.q_shuffled_std
+            scalars[tags.modularity(i, "q_heldout_shuffled_mean")] = mods.q_heldout_shuffled_mean
+            scalars[tags.modularity(i, "q_heldout_shuffled_std")] = mods.q_heldout_shuffled_std
+            scalars[tags.modularity(i, "q_heldout_shuffled_z")] = mods.q_heldout_shuffled_z
+        scalars[tags.modularity(i, "modules")] = float(mods.k)
+        scalars[tags.modularity(i, "excluded_frac")] = (
+            float((mods.labels < 0).float().mean()) if mods.labels.numel() else 0.0
+        )
         if mods.stability is not None:
-            scalars[f"{tag}/stability"] = mods.stability
-        scalars[f"{tag}/stability_floor"] = mods.stability_floor
+            scalars[tags.modularity(i, "stability")] = mods.stability
+        scalars[tags.modularity(i, "stability_floor")] = mods.stability_floor
     return scalars

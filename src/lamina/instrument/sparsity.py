@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lamina import measures
+from lamina import measures, tags
 from lamina.instrument.ablation import mlp_output_projections
 from lamina.instrument.layers import GramAccumulator
 from lamina.instrument.precision import in_full_precision, model_forward, wide
@@ -229,9 +229,9 @@ def sparsity_scalars(stats: dict[str, list[dict]]) -> dict[str, float]:
         if probe == "id":
             for i, s in enumerate(layers):
                 for key in STATS[1:]:
-                    scalars[f"sparsity/{probe}/layer{i}/{key}"] = s[key]
+                    scalars[tags.sparsity_stat(probe, key, i)] = s[key]
         for key in STATS[1:]:
-            scalars[f"sparsity/{probe}/{key}"] = sum(s[key] for s in layers) / len(layers)
+            scalars[tags.sparsity_stat(probe, key)] = sum(s[key] for s in layers) / len(layers)
     return scalars
 
 
@@ -240,8 +240,8 @@ def density_scalars(stats: dict[str, list[dict]]) -> dict[str, float]:
     scalars: dict[str, float] = {}
     for probe, layers in stats.items():
         for i, s in enumerate(layers):
-            scalars[f"sparsity/{probe}/layer{i}"] = s["frac_active"]
-        scalars[f"sparsity/{probe}/mean"] = sum(s["frac_active"] for s in layers) / len(layers)
+            scalars[tags.density(probe, i)] = s["frac_active"]
+        scalars[tags.density(probe)] = sum(s["frac_active"] for s in layers) / len(layers)
     return scalars
 
 
@@ -296,17 +296,17 @@ def gap_scalars(stats: dict[str, list[dict]], reference: str = "id") -> dict[str
         paired = probe in PAIRED_WITH_ID and len(layers[0]["window_frac_active"]) == len(
             ref_layers[0]["window_frac_active"]
         )
-        pairs = [("", layer_mean_windows(ref_layers), layer_mean_windows(layers))]
+        pairs = [(None, layer_mean_windows(ref_layers), layer_mean_windows(layers))]
         pairs += [
-            (f"/layer{i}", r["window_frac_active"], p["window_frac_active"])
+            (i, r["window_frac_active"], p["window_frac_active"])
             for i, (r, p) in enumerate(zip(ref_layers, layers))
         ]
-        for suffix, ref_windows, probe_windows in pairs:
+        for layer, ref_windows, probe_windows in pairs:
             gap = density_gap(ref_windows, probe_windows, paired)
-            tag = f"sparsity/gap/{probe}{suffix}"
-            scalars[tag], scalars[f"{tag}/se"], scalars[f"{tag}/z"] = gap.value, gap.se, gap.z
-            if not suffix and probe in HEADLINE_GAPS:
-                scalars[f"{tag}/lo"], scalars[f"{tag}/hi"] = gap.value - 1.96 * gap.se, gap.value + 1.96 * gap.se
+            tag = tags.gap(probe, layer)
+            scalars[tag], scalars[tags.se(tag)], scalars[tags.z(tag)] = gap.value, gap.se, gap.z
+            if layer is None and probe in HEADLINE_GAPS:
+                scalars[tags.lo(tag)], scalars[tags.hi(tag)] = gap.value - 1.96 * gap.se, gap.value + 1.96 * gap.se
     return scalars
 
 

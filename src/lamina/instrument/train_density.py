@@ -23,7 +23,7 @@ from functools import partial
 
 import torch
 
-from lamina import measures
+from lamina import measures, tags
 from lamina.instrument.sparsity import ActiveRule
 
 
@@ -78,6 +78,6 @@ class TrainDensity:
             both = reduce(both)
         counts, entries = both.cpu().tolist()[: len(self.entries)], both.cpu().tolist()[len(self.entries):]
         density = [c / e for c, e in zip(counts, entries)]
-        out = {f"sparsity/train/layer{i}": d for i, d in enumerate(density)}
-        out["sparsity/train/mean"] = sum(density) / len(density)
+        out = {tags.density(tags.TRAIN_PROBE, i): d for i, d in enumerate(density)}
+        out[tags.density(tags.TRAIN_PROBE)] = sum(density) / len(density)
         return out

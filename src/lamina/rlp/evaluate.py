@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from lamina import tags
 from lamina.data import world
 from lamina.errors import ConfigError
 from lamina.model import GPT
@@ -313,10 +314,10 @@ class ThoughtEvaluator:
             if not problems:
                 continue
             with_, without = np.array(think[level], dtype=float), np.array(nothink[level], dtype=float)
-            metrics[f"eval/arith_acc/level{level}"] = float(with_.mean())
-            metrics[f"eval/arith_acc_nothink/level{level}"] = float(without.mean())
-            metrics[f"eval/arith_n/level{level}"] = float(len(with_))  # problems scored (the gates need >= 256)
-            metrics.update(_with_interval(f"eval/think_acc_gain/level{level}", with_ - without))
+            metrics[tags.arith_acc(level)] = float(with_.mean())
+            metrics[tags.arith_acc(level, thought=False)] = float(without.mean())
+            metrics[tags.arith_n(level)] = float(len(with_))  # problems scored (the gates need >= 256)
+            metrics.update(_with_interval(tags.think_acc_gain(level), with_ - without))
             self.records[level] = {"questions": [q for q, _ in problems], "answers": [a for _, a in problems],
                                    "think": think[level], "nothink": nothink[level]}
         if pass_at_k:
@@ -332,7 +333,7 @@ class ThoughtEvaluator:
         metrics = {}
         for level, correct in counts.items():
             for k in self.config.pass_at:
-                metrics[f"eval/pass_at_{k}/level{level}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
+                metrics[tags.pass_at(k, level)] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
             self.records[level].update(pass_samples=n, pass_correct=correct)
         return metrics
 

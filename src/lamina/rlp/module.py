@@ -15,6 +15,7 @@ import dataclasses
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lamina import tags
 from lamina.data.thoughts import DEFAULT_THOUGHT_TOKENS, ThoughtSlots, longest_thought_tokens
 from lamina.errors import ConfigError
 from lamina.lm import LanguageModel
@@ -122,8 +123,8 @@ class RLPModel(LanguageModel):
         """rlp/<name> of the step's last micro-batch (this rank's) and lr (the counters
         perf/rlp_sample_tokens and perf/flops_unshared: Throughput)."""
         for name, value in self._step_metrics.items():
-            self.log(f"rlp/{name}", host_scalar(value), prog_bar=name in PROGRESS_BAR)
-        self.log("lr", host_scalar(self._step_lr))
+            self.log(tags.rlp(name), host_scalar(value), prog_bar=name in PROGRESS_BAR)
+        self.log(tags.LR, host_scalar(self._step_lr))
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

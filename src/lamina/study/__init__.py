@@ -13,8 +13,9 @@ lamina studies (docs/studies.md), from lamina's own configs, each with a verdict
 A claim plugs in as a module under `claims/` that defines `CLAIM = Claim(name, sentence, run)`,
 and one entry in `claims.CLAIMS`. Claims: density-familiarity, sparsify-difficulty, hierarchy,
 modularity and context-vs-prior (sharing the world-v2 runs of `world_runs`), reasoning-in-pretraining,
-elicitation (on reasoning-in-pretraining's runs) and finetune-fragility; `evaluation`: what the
-claims that decode from checkpoints share.
+elicitation (on reasoning-in-pretraining's runs; `rlp_runs`, `rlp_evaluation`) and finetune-fragility
+(`finetune_runs`, `finetune_evaluation`); `evaluation`: what the claims that decode from checkpoints
+share (held-out problems, `cached_json`, the checkpoint keys).
 """
 
 from lamina.study.claim import Claim, StudyContext

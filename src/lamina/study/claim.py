@@ -2,8 +2,10 @@
 at, and the function that runs it (through a `Runner`) and returns its `ClaimResult`.
 
 Presets: `cpu` (the configs as they are), `gpu` (one CUDA device, bf16-mixed, bigger shapes and
-more steps: each claim module sizes it so that one seed of every claim fits one 10-minute call on
-an H100, the reasoning beside each), `test` (the cpu preset at its module's toy sizes). A rehearsal
+more steps: each group's file sizes it so that one seed of every claim fits one 10-minute call on
+an H100, the reasoning beside each), `test` (the cpu preset at the group's toy sizes). Each group
+of claims that shares runs reads its presets from configs/study/<group>.yaml (`Presets`; the file's
+format: lamina.study.presets), or from DIR/study/ with `--configs DIR`. A rehearsal
 (`lamina study --rehearse`, `StudyContext.rehearse`) runs any preset's code at the same toy sizes on
 the CPU: the preset's words, then the toy's (a later `--key value` wins), then `REHEARSAL` (the
 accelerator back to the CPU; the precision stays the preset's), so `--preset gpu --rehearse` takes
@@ -20,12 +22,15 @@ from typing import Callable, TypeVar
 import yaml
 
 from lamina.errors import ConfigError
+from lamina.study.presets import read_presets
 from lamina.study.report import ClaimResult
 from lamina.study.runs import Runner
 
 PRESETS = ("cpu", "gpu", "test")  # test: a handful of steps at toy sizes, for the smoke test
 # Every fit of the gpu preset: one CUDA device (`gpu`, not `auto`: a machine without one fails at
 # once, never trains on its CPU for hours), bf16 autocast with fp32 weights and optimizer state.
+# Each group's gpu preset writes these words first in its `every` (configs/study/<group>.yaml, so
+# that the file says all a gpu fit runs with); tests/test_study.py holds every gpu fit to them.
 GPU = ("--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed")
 # A rehearsal's last words: the CPU, whatever the preset said (its precision stays: bf16-mixed runs
 # as CPU autocast, so the gpu preset's mixed-precision path is rehearsed too).
@@ -113,16 +118,37 @@ def rehearsal(preset: P, toy: P) -> P:
     return replace(small, every=small.every + REHEARSAL)
 
 
+class Presets(dict):
+    """A group's presets by name, `cpu`, `gpu` and `test` (cpu at the toy's sizes), read from
+    `configs`/study/<group>.yaml (lamina.study.presets), with the toy's sizes (`toy`, what the test
+    preset and a rehearsal shrink to) and the folder they were read from."""
+
+    def __init__(self, group: str, kind: type, configs: Path):
+        self.group, self.kind, self.configs = group, kind, Path(configs)
+        self.path = study_configs(group, self.configs / "study", {"presets": f"{group}.yaml"})["presets"]
+        read = read_presets(self.path, kind)
+        self.toy = read["toy"]
+        super().__init__(cpu=read["cpu"], gpu=read["gpu"], test=shrunk(read["cpu"], self.toy))
+
+    def read_from(self, configs: Path) -> bool:
+        return self.configs.resolve() == Path(configs).resolve()
+
+
 def preset_for(ctx: StudyContext, presets: dict[str, P], toy: P) -> P:
-    """The sizes a claim runs at: `presets[ctx.preset]`, or its rehearsal when `ctx.rehearse`."""
+    """The sizes a claim runs at: `presets[ctx.preset]`, or its rehearsal when `ctx.rehearse`.
+    `Presets` read from another configs folder than the study's (`--configs DIR`) are read again
+    from DIR/study/, the toy's sizes with them."""
+    if isinstance(presets, Presets) and not presets.read_from(ctx.configs):
+        presets = Presets(presets.group, presets.kind, ctx.configs)
+        toy = presets.toy
     if ctx.preset not in presets:
         raise ConfigError(f"--preset: expected one of {', '.join(presets)} for {ctx.claim}, got {ctx.preset!r}")
     preset = presets[ctx.preset]
     return rehearsal(preset, toy) if ctx.rehearse else preset
 
 
-__all__ = ["Claim", "GPU", "PRESETS", "REHEARSAL", "StudyContext", "fmt3", "preset_for", "rehearsal", "repo_configs",
-           "shrunk", "study_configs", "word_value", "yaml_value"]
+__all__ = ["Claim", "GPU", "PRESETS", "Presets", "REHEARSAL", "StudyContext", "fmt3", "preset_for", "rehearsal",
+           "repo_configs", "shrunk", "study_configs", "word_value", "yaml_value"]
 
 
 def yaml_value(paths, *keys: str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,6 +64,24 @@ def device_of(name: str) -> torch.device:
 
 def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_json(path: Path, key: str, field: str, compute: Callable[[], object]):
+    """`compute()`, kept in the JSON file `path` as {"key": key, field: value} and read back while
+    the key is the same (a fingerprint of the checkpoints and settings it was made from). The file
+    is replaced whole (a killed study leaves the old one or none)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved[field]
+    except (OSError, json.JSONDecodeError, KeyError):
+        pass
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, field: value}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return value
 
 
 def checkpoint_key(path: Path) -> list:

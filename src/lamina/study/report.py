@@ -35,6 +35,7 @@ from lamina.verdict import (
     PRIMARY,
     RULE,
     SECONDARY,
+    PermutationTest,
     Prediction,
     Verdict,
     decide,
@@ -58,13 +59,26 @@ class Gate:
     detail: str
 
 
+def every_seed_gate(name: str, question: str, per_seed: dict, check, missing: str) -> Gate:
+    """A gate that must hold in every seed (and with at least one): `check(value) -> (passed, words)`
+    on each seed's value; a seed whose value is empty fails with `missing`."""
+    per, passed = [], bool(per_seed)
+    for seed in sorted(per_seed):
+        ok, words = check(per_seed[seed]) if per_seed[seed] else (False, missing)
+        passed &= ok
+        per.append(f"seed {seed}: {words}")
+    return Gate(name, question, passed, "; ".join(per))
+
+
 @dataclass
 class Contrast:
     """A per-seed difference (a - b, matched by seed) and what the claim predicts of it (None: a
     descriptive row, no verdict). `needs`: the gates it cannot be read without. `dropped`: the
     seeds left out, each with why (a non-finite value, no value in one arm). `planned`: the keys
     planned (None: the claim's seeds). `arms`, `floor`, `ceiling`: the per-seed values of the arms
-    compared and the scale's chance level and top, for the rule's floor and ceiling."""
+    compared and the scale's chance level and top, for the rule's floor and ceiling. `permutation`:
+    a statistic over every seed at once read against its permutation null (the verdict's interval
+    and p are the test's; `per_seed` then only describes, e.g. per pair of seeds)."""
 
     name: str
     description: str
@@ -76,6 +90,7 @@ class Contrast:
     arms: dict[str, PerSeed] = field(default_factory=dict)
     floor: float | None = None
     ceiling: float | None = None
+    permutation: PermutationTest | None = None
 
     def __post_init__(self):
         self.per_seed = dict(self.per_seed)  # (never the caller's dict)
@@ -114,11 +129,27 @@ class Contrast:
         """The rule on this contrast alone (a secondary contrast's Holm level: ClaimResult.verdicts)."""
         if self.prediction is None:
             return None
+        if self.permutation is not None:
+            return self.permutation_verdict(gates, planned, confidence)
         differences = {**{s: math.nan for s in self.dropped}, **self.per_seed}
         planned = self.planned if self.planned is not None else (list(planned) if planned is not None else None)
         return decide(differences, sign=self.prediction.sign, margin=self.prediction.margin, planned=planned,
                       gates={g: (gates[g].passed if g in gates else None) for g in self.needs},
                       arms=self.arms or None, floor=self.floor, ceiling=self.ceiling, confidence=confidence)
+
+
+    def permutation_verdict(self, gates: dict[str, Gate], planned, confidence: float) -> Verdict:
+        """The rule on the permutation test's interval over the seeds it used (planned: the claim's seeds)."""
+        test = self.permutation
+        planned = self.planned if self.planned is not None else (list(planned) if planned is not None else None)
+        count = len(planned) if planned is not None and not isinstance(planned, int) else planned
+        v = decide(sign=self.prediction.sign, margin=self.prediction.margin, interval=test.interval(confidence),
+                   n=len(test.seeds), planned=count, confidence=confidence,
+                   gates={g: (gates[g].passed if g in gates else None) for g in self.needs})
+        if v.lo is None:
+            return v
+        return replace(v, mean=test.effect, p=test.p,
+                       reason=f"{v.reason} (permutation test, {len(test.null)} draws, p {test.p:.3g})")
 
 
 @dataclass
@@ -599,5 +630,5 @@ def write_index(out: str | Path) -> Path:
     return index
 
 
-__all__ = ["ClaimResult", "Contrast", "Figure", "Gate", "PerSeed", "draw", "markdown", "power_gate", "to_json",
+__all__ = ["ClaimResult", "Contrast", "Figure", "Gate", "PerSeed", "draw", "every_seed_gate", "markdown", "power_gate", "to_json",
            "write_index", "write_report"]

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lamina import tags
 from lamina.compare.runs import read_scalars
-from lamina.study.claim import GPU as ON_GPU
-from lamina.study.claim import StudyContext, preset_for, shrunk, study_configs
+from lamina.study.claim import Presets, StudyContext, preset_for, repo_configs, study_configs
 from lamina.study.report import Gate, PerSeed
 from lamina.study.runs import Run, RunSpec
 
@@ -39,7 +39,8 @@ NULL_Z = 3.0  # |z| below this on a probe with no structure: no finding (the gat
 @dataclass(frozen=True)
 class Preset:
     """CLI words for every run, for the small model only, the steps, the instrumentation cadence,
-    and the per-problem evaluation's items per arithmetic level."""
+    and the per-problem evaluation's items per arithmetic level and batch. The presets' values, and
+    the reasoning for each: configs/study/world-v2.yaml (these defaults serve code that builds one)."""
 
     every: tuple[str, ...] = ()
     small: tuple[str, ...] = ("--model.n_layer", "3", "--model.n_embd", "96")
@@ -49,53 +50,8 @@ class Preset:
     batch_size: int = 64
 
 
-# cpu: configs/world-v2-tiny.yaml's 1500 steps (where the capability gates passed in 5 of 5 seeds as
-# lamina.gates had them on 2026-12-07, the reads-context gate against 0.5 and step 0; at 1000 steps
-# the context was read in 3 of 5; the gate now also asks for a lead over the question alone, on 512
-# prompts a bin, not yet run over seeds), measured at 0, 500, 1000 and 1500.
-# 128 problems a level: sparsify-difficulty's right-and-wrong weight in a pilot (64 a level, 1400 steps) was
-# 8.9-14.5 against its gate's 8; 128 doubles it for about 9 s more decoding a seed.
-CPU = Preset(every=("--trainer.enable_progress_bar", "false"), steps=1500, measure_every=500, problems=128)
-# gpu: one seed of the two runs, the instrumentation and the per-problem decoding in about 2.5 minutes
-# of an H100 (all eight claims' one seed: about 6.5 minutes, within one 10-minute device call).
-# Reasoning (estimates: no GPU has run these yet):
-# - world-v2 at 6 x 256 (8 heads), 4.8M parameters, 31M training FLOPs a token; a step is 32 x 128
-#   byte tokens (the config's batch): 1.3e11 FLOPs, 0.3 ms at 40% of 989 TF bf16, so the step is
-#   bound by kernel launches and Lightning's loop, about 6 ms (a 4 x 128 step: a few ms): 3000 steps
-#   about 18 s; 12.3M tokens, one pass over data.max_bytes 12M (generated on every core: seconds).
-# - world-v2-small at 4 x 128 (the cpu preset's model): about 4.5 ms a step, 3000 steps about 14 s.
-# - instrumentation at 0, 1000, 2000 and 3000, with the partition and ablations each time (the
-#   probes' sizes are the config's): a measurement is thousands of small ops and the CPU-side
-#   partition, not FLOPs: about 8 s at 6 layers and 5 s at 4 (the same op count at toy width took
-#   8 s and 6 s of a loaded 2-core CPU), 4 x (8 + 5) s = about 52 s.
-# - validation every 100 steps (30 x 32768 tokens) and checkpoints every 1000: a few seconds.
-# - sparsify-difficulty: 256 held-out problems a level, greedy with a thought in batches of 256:
-#   5 x ~80 decode steps of a few ms, and the exclusion set (1.05 x 12 MB generated on one core at
-#   about 3 MB/s): about 10 s.
-# - process start and CUDA, Lightning's setup of two fits, five reports' figures: about 45 s.
-GPU = Preset(
-    every=(*ON_GPU, "--model.n_layer", "6", "--model.n_head", "8", "--model.n_embd", "256",
-           "--data.max_bytes", "12000000", "--checkpoint.every_n_train_steps", "1000",
-           "--trainer.enable_progress_bar", "false"),
-    small=("--model.n_layer", "4", "--model.n_head", "4", "--model.n_embd", "128"),
-    steps=3000, measure_every=1000, problems=256, batch_size=256,
-)
-# A handful of steps at toy sizes (the test preset, and a rehearsal of any preset): its words come
-# after the preset's, so each key a preset sets for size is set here again (small: all three).
-TOY = Preset(
-    every=("--data.max_bytes", "120000", "--data.val_tokens", "512", "--data.batch_size", "4",
-           "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
-           "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
-           "--checkpoint.every_n_train_steps", "2", "--model.warmup_steps", "0",
-           "--instrument.probes.tokens", "1024", "--instrument.modularity.tokens", "256",
-           "--instrument.hierarchy.items", "1024", "--instrument.hierarchy.examples", "48",
-           "--instrument.context.prompts", "16", "--instrument.lastlayer.problems", "4",
-           "--instrument.modularity.null_draws", "8", "--thought_eval.examples_per_level", "8",
-           "--thought_eval.batch_size", "16", "--trainer.enable_progress_bar", "false"),
-    small=("--model.n_layer", "3", "--model.n_head", "2", "--model.n_embd", "32"),
-    steps=4, measure_every=4, problems=4, batch_size=16,
-)
-PRESETS = {"cpu": CPU, "gpu": GPU, "test": shrunk(CPU, TOY)}
+PRESETS = Presets(ARM, Preset, repo_configs())  # cpu, gpu, test: configs/study/world-v2.yaml
+CPU, GPU, TOY = PRESETS["cpu"], PRESETS["gpu"], PRESETS.toy
 
 
 # ---- the shared runs ---------------------------------------------------------------------------------
@@ -199,7 +155,7 @@ def runs_gate(runs: dict[int, dict[str, Run]], arm: str = ARM) -> Gate:
     """The model learns its text: validation bpb at the end at most 3/4 of that at step 0, every seed."""
     rows, passed = [], True
     for seed, by_arm in sorted(runs.items()):
-        start, end = at(by_arm[arm], "val/bpb", 0), at(by_arm[arm], "val/bpb")
+        start, end = at(by_arm[arm], tags.VAL_BPB, 0), at(by_arm[arm], tags.VAL_BPB)
         ok = math.isfinite(start) and math.isfinite(end) and end <= 0.75 * start
         passed &= ok
         rows.append(f"seed {seed}: {start:.3f} -> {end:.3f}")

@@ -1,7 +1,8 @@
 """The research note's claims, one module each: its name and sentence, its primary contrast, its
 margins (each with its reason, fixed before any run) and its gates at the top, then its `run(ctx)`
 and `CLAIM`. Five read the shared world-v2 runs (lamina.study.world_runs); reasoning-in-pretraining,
-elicitation (on reasoning-in-pretraining's runs) and finetune-fragility train their own. What
+elicitation (on reasoning-in-pretraining's runs) and finetune-fragility train their own (their runs
+and evaluations: lamina.study.rlp_runs, rlp_evaluation, finetune_runs, finetune_evaluation). What
 the claims that decode from checkpoints share is lamina.study.evaluation.
 
 `CLAIMS`: every claim by name, in the research note's order (index.md lists them so).

@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import time
 
+from lamina import tags
 from lamina.gates import knows_priors_gate, reads_context_gate
 from lamina.instrument.context import STRENGTHS
 from lamina.study.claim import Claim, StudyContext
@@ -74,8 +75,8 @@ def steering_gate(runs) -> Gate:
     rows, passed = [], True
     for seed, by_arm in sorted(runs.items()):
         run = by_arm[ARM]
-        layer, norm, null = (at(run, f"eval/context/{t}") for t in ("steer_layer", "steer_norm", "steer_norm_null"))
-        n = at(run, "eval/context/steer_heldout_n")
+        layer, norm, null = (at(run, tags.context(t)) for t in ("steer_layer", "steer_norm", "steer_norm_null"))
+        n = at(run, tags.context("steer_heldout_n"))
         ok = (math.isfinite(layer) and layer >= 0 and math.isfinite(null) and norm > null
               and math.isfinite(n) and n >= MIN_STEERED)
         passed &= ok
@@ -91,9 +92,9 @@ def run(ctx: StudyContext) -> ClaimResult:
     started = time.perf_counter()
     runs, preset, seconds = train(ctx)
     result = ClaimResult(NAME, SENTENCE, {}, list(ctx.seeds))
-    tag = lambda name: (lambda r: at(r, f"eval/context/{name}"))  # noqa: E731
-    value = lambda name: per_seed(runs, tag(name))  # noqa: E731
-    bins = [b for b in ("0", "1", "10", "100") if has_values(value(f"follow/{b}"))]
+    value = lambda stat, bin=None, strength=None: per_seed(  # noqa: E731
+        runs, lambda r: at(r, tags.context(stat, bin, strength)))
+    bins = [b for b in ("0", "1", "10", "100") if has_values(value("follow", b))]
     result.gates = [
         runs_gate(runs),
         capability_gate(runs, reads_context_gate, "reads-context",
@@ -109,16 +110,16 @@ def run(ctx: StudyContext) -> ClaimResult:
         steering_gate(runs),
     ]
     result.arms[ARM] = {
-        **{f"win/{b}": value(f"win/{b}") for b in bins},
-        **{f"follow/{b}": value(f"follow/{b}") for b in bins},
-        **{f"follow without context/{b}": value(f"nocontext_follow/{b}") for b in bins},
-        **{f"prior without context/{b}": value(f"nocontext_prior/{b}") for b in bins},
-        **{f"pull/{b}": value(f"pull/{b}") for b in bins},
-        **{f"shift/{b}": value(f"shift/{b}") for b in bins},
-        **{f"prompts/{b}": value(f"n/{b}") for b in bins},
-        "follow held-out/100": value("follow_heldout/100"),
-        **{f"follow steered s{s:g}/100": value(f"follow_steered/s{s:g}/100") for s in STRENGTHS},
-        **{f"follow steered random s{s:g}/100": value(f"follow_steered_random/s{s:g}/100") for s in STRENGTHS},
+        **{f"win/{b}": value("win", b) for b in bins},
+        **{f"follow/{b}": value("follow", b) for b in bins},
+        **{f"follow without context/{b}": value("nocontext_follow", b) for b in bins},
+        **{f"prior without context/{b}": value("nocontext_prior", b) for b in bins},
+        **{f"pull/{b}": value("pull", b) for b in bins},
+        **{f"shift/{b}": value("shift", b) for b in bins},
+        **{f"prompts/{b}": value("n", b) for b in bins},
+        "follow held-out/100": value("follow_heldout", "100"),
+        **{f"follow steered s{s:g}/100": value("follow_steered", "100", s) for s in STRENGTHS},
+        **{f"follow steered random s{s:g}/100": value("follow_steered_random", "100", s) for s in STRENGTHS},
         "steer strength": value("steer_strength"),
         "steer layer": value("steer_layer"),
         "steer norm": value("steer_norm"),
@@ -132,36 +133,36 @@ def run(ctx: StudyContext) -> ClaimResult:
     result.contrasts = [
         Contrast.paired(PRIMARY, "of the prompts the question alone leaves to the context, the share (net) the "
                         "context wins, people seen 100x minus never-seen people (bin 0): (follow with − without the "
-                        "context) / (1 − follow without it), per bin", value("win/100"), value("win/0"),
+                        "context) / (1 − follow without it), per bin", value("win", "100"), value("win", "0"),
                         prediction=lower, needs=needs),
         Contrast.paired("steering gain at exposure 100", "follow rate with the contrastive vector added minus "
                         "without, on held-out people's prompts, at the strength chosen on the fitting people",
-                        value("steer_gain/100"), prediction=higher, needs=steer_needs),
+                        value("steer_gain", "100"), prediction=higher, needs=steer_needs),
         Contrast.paired("steered − random vector at exposure 100", "the vector against a random direction of the "
                         "same norm at the same layer and strength, the same held-out prompts",
-                        value("steer_vs_random/100"), prediction=higher, needs=steer_needs),
+                        value("steer_vs_random", "100"), prediction=higher, needs=steer_needs),
         *[Contrast.paired(f"steered − random, strength {s:g}", "descriptive: the sweep (the secondary reads the "
-                          "strength chosen on the fitting half)", value(f"steer_vs_random/s{s:g}/100"))
+                          "strength chosen on the fitting half)", value("steer_vs_random", "100", s))
           for s in STRENGTHS],
         Contrast.paired("follow: exposure 100 − exposure 0", "descriptive: prior strength and override together (a "
-                        "model that ignores its context gives about −0.5 here)", value("follow/100"),
-                        value("follow/0")),
+                        "model that ignores its context gives about −0.5 here)", value("follow", "100"),
+                        value("follow", "0")),
         Contrast.paired("log-odds shift: exposure 100 − exposure 0", "descriptive: the mean change the context "
-                        "brings to log p(context's answer) − log p(memorised one), in nats", value("shift/100"),
-                        value("shift/0")),
+                        "brings to log p(context's answer) − log p(memorised one), in nats", value("shift", "100"),
+                        value("shift", "0")),
     ]
-    series = {"with context": [value(f"follow/{b}") for b in bins],
-              "question alone": [value(f"nocontext_follow/{b}") for b in bins],
-              "context's win": [value(f"win/{b}") for b in bins]}
+    series = {"with context": [value("follow", b) for b in bins],
+              "question alone": [value("nocontext_follow", b) for b in bins],
+              "context's win": [value("win", b) for b in bins]}
     sweep = [f"s{s:g}" for s in STRENGTHS]
     result.figures = [
         Figure("follow_by_exposure", "Follow rate (answer from the context) by exposure bin, with the context and "
                "with the question alone, and the context's win", "exposure bin", "share", bins, series, kind="bar"),
         Figure("steering_sweep", "Held-out exposure-100 prompts: follow rate steered along the vector and along a "
                "random direction of its norm, by strength", "strength", "follow rate", sweep,
-               {"vector": [value(f"follow_steered/{s}/100") for s in sweep],
-                "random direction": [value(f"follow_steered_random/{s}/100") for s in sweep]},
-               {"unsteered": [value("follow_heldout/100") for _ in sweep]}),
+               {"vector": [value("follow_steered", "100", s) for s in STRENGTHS],
+                "random direction": [value("follow_steered_random", "100", s) for s in STRENGTHS]},
+               {"unsteered": [value("follow_heldout", "100") for _ in STRENGTHS]}),
     ]
     result.notes = [
         "Counterfactual prompts (lamina.instrument.context): a context states an attribute of a roster person that "

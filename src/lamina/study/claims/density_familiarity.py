@@ -44,19 +44,19 @@ familiar − random again), and the id − id_b null.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
 import numpy as np
 import torch
 
+from lamina import tags
 from lamina.compare.stats import summarize
 from lamina.data import world
 from lamina.pretrained import load_gpt
 from lamina.probes import NameSwappedWindows, name_swapped_windows, world_seed
 from lamina.study.claim import Claim, StudyContext
-from lamina.study.evaluation import checkpoint_key, device_of, fingerprint
+from lamina.study.evaluation import cached_json, checkpoint_key, device_of, fingerprint
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate
 from lamina.study.runs import Run
 from lamina.study.world_runs import (ARM, at, curve_series, has_values, null_probe_gate, per_seed, runs_gate, setup,
@@ -81,7 +81,6 @@ DENSITY_MARGIN_NOTE = ("margin 0.01: one point of the share of active MLP units,
 # reported beside each value. The seen-often bin is the roster's highest, the null pair's its 0.
 NAME_SWAP_WINDOWS = 128
 KINDS = ("both", "name", "attribute")  # the positions read: names and values, names only, values only
-TAG = "density/name_swap"  # density/name_swap/<bin>/<kind> (seen − swapped) and .../se
 CACHE_VERSION = "name-swap/v1"
 
 
@@ -150,7 +149,7 @@ def evaluate_name_swap(run: Run, device, batch_size: int = 32) -> dict[str, floa
     out = {}
     for b, pair in pairs.items():
         for kind, (value, se) in swap_difference(model, pair, batch_size, device).items():
-            out[f"{TAG}/{b}/{kind}"], out[f"{TAG}/{b}/{kind}/se"] = value, se
+            out[tags.name_swap(b, kind)], out[tags.se(tags.name_swap(b, kind))] = value, se
     return out
 
 
@@ -158,25 +157,19 @@ def name_swap_values(ctx: StudyContext, run: Run, seed: int, device) -> dict[str
     """The name-swapped numbers of one seed's run: its own `density/name_swap/...` tags where its
     instrumentation logged them, else evaluated once from its final checkpoint (cached in the
     claim's folder, keyed by the checkpoint)."""
-    logged = {tag: at(run, tag) for tag in (f"{TAG}/{b}/{k}{s}" for b in ("100", "0") for k in KINDS
-                                            for s in ("", "/se"))}
-    if math.isfinite(logged[f"{TAG}/100/both"]):
+    names = [tags.name_swap(b, k) for b in ("100", "0") for k in KINDS]
+    logged = {tag: at(run, tag) for tag in names + [tags.se(name) for name in names]}
+    if math.isfinite(logged[tags.name_swap("100", "both")]):
         return logged
     if not run.checkpoint.is_file():
         return {}
     key = fingerprint(checkpoint_key(run.checkpoint), NAME_SWAP_WINDOWS, CACHE_VERSION)
-    path = ctx.folder / f"name-swap-seed{seed}.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["values"]
-    except (OSError, json.JSONDecodeError):
-        pass
-    ctx.progress(f"seed {seed}: density on name-swapped windows")
-    values = evaluate_name_swap(run, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "values": values}) + "\n", encoding="utf-8")
-    return values
+
+    def compute() -> dict:
+        ctx.progress(f"seed {seed}: density on name-swapped windows")
+        return evaluate_name_swap(run, device)
+
+    return cached_json(ctx.folder / f"name-swap-seed{seed}.json", key, "values", compute)
 
 
 def null_pair_gate(values: dict[int, float]) -> Gate:
@@ -197,24 +190,26 @@ def run(ctx: StudyContext) -> ClaimResult:
     runs, preset, seconds = train(ctx)
     device = device_of(ctx.device)
     swaps = {seed: name_swap_values(ctx, by_arm[ARM], seed, device) for seed, by_arm in runs.items()}
-    swap = lambda b, kind: {s: float(v.get(f"{TAG}/{b}/{kind}", math.nan)) for s, v in swaps.items()}  # noqa: E731
+    swapped = lambda tag: {s: float(v.get(tag, math.nan)) for s, v in swaps.items()}  # noqa: E731
+    swap = lambda b, kind: swapped(tags.name_swap(b, kind))  # noqa: E731
+    swap_se = lambda b, kind: swapped(tags.se(tags.name_swap(b, kind)))  # noqa: E731
     result = ClaimResult(NAME, SENTENCE, {}, list(ctx.seeds))
-    result.gates = [runs_gate(runs), null_probe_gate(runs, "sparsity/gap/id_b/z", "id − id_b (two samples of the "
+    result.gates = [runs_gate(runs), null_probe_gate(runs, tags.z(tags.gap("id_b")), "id − id_b (two samples of the "
                                                      "training distribution)"), null_pair_gate(swap("0", "both"))]
     result.primary = PRIMARY
     pred = Prediction(1, DENSITY_MARGIN, DENSITY_MARGIN_NOTE)
-    gap = lambda probe, step=None: (lambda r: at(r, f"sparsity/gap/{probe}", step))  # noqa: E731
-    density = lambda probe: (lambda r: at(r, f"sparsity/{probe}/mean"))  # noqa: E731
+    gap = lambda probe, step=None: (lambda r: at(r, tags.gap(probe), step))  # noqa: E731
+    density = lambda probe: (lambda r: at(r, tags.density(probe)))  # noqa: E731
     bins = [b for b in ("0", "1", "10", "100") if has_values(per_seed(runs, density(f"exposure/{b}")))]
     result.arms[ARM] = {
         **{f"name-swapped 100 − novel ({kind})": swap("100", kind) for kind in KINDS},
-        **{f"name-swapped 100 − novel ({kind}) se": swap("100", f"{kind}/se") for kind in KINDS},
+        **{f"name-swapped 100 − novel ({kind}) se": swap_se("100", kind) for kind in KINDS},
         "name-swapped 0 − novel (both)": swap("0", "both"),
-        "name-swapped 0 − novel (both) se": swap("0", "both/se"),
+        "name-swapped 0 − novel (both) se": swap_se("0", "both"),
         **{f"density/{p}": per_seed(runs, density(p)) for p in ("id", "id_b", "random", "shuffled", "novel")},
         **{f"density/exposure/{b}": per_seed(runs, density(f"exposure/{b}")) for b in bins},
-        "density/id at step 0": per_seed(runs, lambda r: at(r, "sparsity/id/mean", 0)),
-        "density/random at step 0": per_seed(runs, lambda r: at(r, "sparsity/random/mean", 0)),
+        "density/id at step 0": per_seed(runs, lambda r: at(r, tags.density("id"), 0)),
+        "density/random at step 0": per_seed(runs, lambda r: at(r, tags.density("random"), 0)),
     }
     needs = ("learns-the-text", "null-probe-quiet")
     random_end, random_start = per_seed(runs, gap("random")), per_seed(runs, gap("random", 0))
@@ -249,8 +244,8 @@ def run(ctx: StudyContext) -> ClaimResult:
             "whole windows: exposure 100 − exposure 0", "descriptive: density on bios of people with 100 relative "
             "mentions minus the roster's bin 0 (never in the text), every token", per_seed(runs, gap("exposure/0")),
             per_seed(runs, gap("exposure/100"))))
-    x, series = curve_series(runs, {p: f"sparsity/{p}/mean" for p in ("id", "shuffled", "novel")})
-    _, reference = curve_series(runs, {p: f"sparsity/{p}/mean" for p in ("id_b", "random")})
+    x, series = curve_series(runs, {p: tags.density(p) for p in ("id", "shuffled", "novel")})
+    _, reference = curve_series(runs, {p: tags.density(p) for p in ("id_b", "random")})
     result.figures = [
         Figure("name_swapped_density", "Density difference, seen-often name − novel name (same documents), by "
                "the tokens read", "tokens read", "density difference", ["names and values", "names", "values"],

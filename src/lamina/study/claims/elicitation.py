@@ -49,7 +49,7 @@ from lamina.rlp.elicitation import arith_stratum, best_format, choose_k, elicite
 from lamina.rlp.evaluate import pass_at_k
 from lamina.study.claims import reasoning_in_pretraining as rlp
 from lamina.study.claim import Claim, StudyContext
-from lamina.study.report import ClaimResult, Contrast, Gate, PerSeed
+from lamina.study.report import ClaimResult, Contrast, Gate, PerSeed, every_seed_gate
 from lamina.study.report import power_gate as power_gate_of
 from lamina.verdict import POWER, Prediction
 
@@ -70,7 +70,7 @@ ARMS = ("rlp", "rlp-shuffled", "rlp-paper", "ntp-tokens", "ntp-flops")
 
 
 def seed_elicitation(numbers: dict) -> dict:
-    """One seed's numbers (lamina.study.claims.reasoning_in_pretraining.seed_numbers) read for elicitation: the k, the base's
+    """One seed's numbers (lamina.study.rlp_evaluation.seed_numbers) read for elicitation: the k, the base's
     pass@1, pass@k and pass@n on the choice half, and per arm elicited_share() on the score half."""
     samples = numbers.get("samples") or {}
     counts, n = samples.get("counts") or [], int(samples.get("n") or 0)
@@ -96,21 +96,16 @@ def seed_elicitation(numbers: dict) -> dict:
 
 def range_gate(read: dict[int, dict]) -> Gate:
     """base-in-range: every seed's chosen k gives a mean pass@k within K_RANGE of K_TARGET on the choice half."""
-    per, passed = [], bool(read)
-    for seed in sorted(read):
-        r = read[seed]
-        if not r:
-            passed = False
-            per.append(f"seed {seed}: no samples of the base")
-            continue
+    def check(r: dict) -> tuple[bool, str]:
         value, ok = r["choice pass@k"], abs(r["choice pass@k"] - K_TARGET) <= K_RANGE
         why = "" if ok else (f": at a ceiling, pass@1 already {r['choice pass@1']:.3f}" if value > K_TARGET else
                              f": near chance, pass@{r['n']} only {r['choice pass@n']:.3f}")
-        passed &= ok
-        per.append(f"seed {seed}: k {r['k']}, pass@{r['k']} {value:.3f} on the choice half (pass@1 "
-                   f"{r['choice pass@1']:.3f}, pass@{r['n']} {r['choice pass@n']:.3f}){why}")
-    return Gate("base-in-range", f"does some k of the base's samples give a mean pass@k within {K_TARGET} ± {K_RANGE} "
-                "on the choice half (neither at chance nor at the ceiling), every seed?", passed, "; ".join(per))
+        return ok, (f"k {r['k']}, pass@{r['k']} {value:.3f} on the choice half (pass@1 {r['choice pass@1']:.3f}, "
+                    f"pass@{r['n']} {r['choice pass@n']:.3f}){why}")
+
+    return every_seed_gate("base-in-range", f"does some k of the base's samples give a mean pass@k within {K_TARGET} "
+                           f"± {K_RANGE} on the choice half (neither at chance nor at the ceiling), every seed?", read,
+                           check, "no samples of the base")
 
 
 def improved_gate(differences: PerSeed) -> Gate:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import time
 
+from lamina import tags
 from lamina.instrument.hierarchy import HIGHER_TIERS, TIER_ORDER
 from lamina.study.claim import Claim, StudyContext
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate
@@ -69,16 +70,16 @@ DEPTH_MARGIN_NOTE = ("margin 0.1: a tenth of the network's depth, less than one 
 def tier_depth(run: Run, tier: str, step: int | None = None) -> float:
     """The depth (0: first block, 1: last) of `tier`'s read labels (or `higher`, the higher tiers
     pooled) at `step` (None: the end); nan where the tier has no label read."""
-    return at(run, f"layers/tier/{tier}/depth", step)
+    return at(run, tags.tier(tier, "depth"), step)
 
 
 def tier_z(run: Run, tier: str) -> float:
     """z of `tier`'s mean gain at the end against its null: 0 for the lexical tier (the shuffled-labels
     null: chance), the same reading at step 0 (the untrained network) for the others; nan where a
     reading is missing."""
-    gain, se = at(run, f"layers/tier/{tier}/gain"), at(run, f"layers/tier/{tier}/gain_se")
-    null, null_se = (0.0, 0.0) if tier == "lexical" else (at(run, f"layers/tier/{tier}/gain", 0),
-                                                           at(run, f"layers/tier/{tier}/gain_se", 0))
+    gain, se = at(run, tags.tier(tier, "gain")), at(run, tags.tier(tier, "gain_se"))
+    null, null_se = (0.0, 0.0) if tier == "lexical" else (at(run, tags.tier(tier, "gain"), 0),
+                                                           at(run, tags.tier(tier, "gain_se"), 0))
     lead, spread = gain - null, math.sqrt(se**2 + null_se**2)
     if not math.isfinite(lead) or not math.isfinite(spread):
         return math.nan
@@ -96,7 +97,7 @@ def tiers_gate(runs: dict[int, dict[str, Run]], arm: str) -> Gate:
         run = by_arm[arm]
         zs = {t: tier_z(run, t) for t in TIERS}
         passed &= all(z > NULL_Z for z in zs.values())
-        contrast, se = at(run, "layers/tier/contrast"), at(run, "layers/tier/contrast_se")
+        contrast, se = at(run, tags.TIER_CONTRAST), at(run, tags.TIER_CONTRAST_SE)
         within = (f"; depth contrast {contrast:+.3f} ± {1.96 * se:.3f} (95%, within the run)"
                   if math.isfinite(contrast) else "")
         rows.append(f"seed {seed}: z " + ", ".join(f"{t} {z:.1f}" for t, z in zs.items()) + within)

@@ -19,13 +19,14 @@ import time
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from lamina import tags
 from lamina.gates import strings_gate
 from lamina.probes import world_seed
 from lamina.study.claim import Claim, StudyContext
 from lamina.study.report import ClaimResult, Contrast, Figure
 from lamina.study.runs import Run
 from lamina.study.world_runs import ARM, at, capability_gate, curve_series, per_seed, runs_gate, scalars, setup, train
-from lamina.verdict import Prediction
+from lamina.verdict import PermutationTest, Prediction
 
 NAME = "modularity"
 SENTENCE = (
@@ -51,7 +52,7 @@ MATCH_MARGIN_NOTE = "margin 0.1: a tenth of a perfect match of the damage profil
 
 def layers_of(run: Run) -> int:
     i = 0
-    while math.isfinite(at(run, f"modularity/layer{i}/q")):
+    while math.isfinite(at(run, tags.q(i))):
         i += 1
     return i
 
@@ -64,7 +65,7 @@ def mean_over_layers(run: Run, fn) -> float:
 
 def damage_profiles(run: Run, layer: int) -> tuple[np.ndarray, list[str]]:
     """[modules, tasks] loss increase of ablating each module of `layer` at the final measurement."""
-    prefix = f"modularity/layer{layer}/ablation/m"
+    prefix = tags.ablation_prefix(layer)
     cells = {}
     for tag in scalars(run):
         if tag.startswith(prefix):
@@ -97,36 +98,79 @@ def profile_match(a: np.ndarray, b: np.ndarray, draws: int, seed: int) -> tuple[
     return observed, float(np.mean(null)), float(np.std(null, ddof=1))
 
 
+def usable_profiles(runs: dict[int, dict[str, Run]]) -> dict[int, dict[int, np.ndarray]]:
+    """seed -> layer -> damage profiles [modules, tasks], for the seeds that have any and the layers
+    all of those can be matched on (the same tasks, at least 2 modules and 3 tasks, every cell a number)."""
+    profiles: dict[int, dict[int, tuple[np.ndarray, list[str]]]] = {}
+    for s in sorted(runs):
+        layers = {layer: damage_profiles(runs[s][ARM], layer) for layer in range(layers_of(runs[s][ARM]))}
+        layers = {layer: p for layer, p in layers.items()
+                  if p[0].shape[0] >= 2 and p[0].shape[1] >= 3 and not np.isnan(p[0]).any()}
+        if layers:
+            profiles[s] = layers
+    seeds = sorted(profiles)
+    if not seeds:
+        return {}
+    layers = [layer for layer, (_, tasks) in profiles[seeds[0]].items()
+              if all(layer in profiles[s] and profiles[s][layer][1] == tasks for s in seeds)]
+    return {s: {layer: profiles[s][layer][0] for layer in layers} for s in seeds} if layers else {}
+
+
 def cross_seed_matches(runs: dict[int, dict[str, Run]], draws: int = 200) -> dict[str, dict]:
-    """Per pair of seeds, the layer-averaged match minus its null mean, and each layer's numbers."""
-    seeds = sorted(runs)
+    """Per pair of seeds, the layer-averaged match minus its task-permutation null mean, and each
+    layer's numbers (descriptive: the pairs share seeds; `matching_test` judges)."""
+    profiles = usable_profiles(runs)
+    seeds = sorted(profiles)
     out = {}
     for i, s in enumerate(seeds):
         for t in seeds[i + 1:]:
             layers = []
-            for layer in range(layers_of(runs[s][ARM])):
-                a, tasks_a = damage_profiles(runs[s][ARM], layer)
-                b, tasks_b = damage_profiles(runs[t][ARM], layer)
-                if tasks_a != tasks_b or min(a.shape[0], b.shape[0]) < 2 or a.shape[1] < 3 or np.isnan(a).any() or np.isnan(b).any():
-                    continue
-                score, null_mean, null_std = profile_match(a, b, draws, world_seed(s * 1000 + t, layer, "study/match"))
+            for layer, a in profiles[s].items():
+                score, null_mean, null_std = profile_match(a, profiles[t][layer], draws,
+                                                           world_seed(s * 1000 + t, layer, "study/match"))
                 layers.append({"layer": layer, "score": score, "null_mean": null_mean, "null_std": null_std})
-            if layers:
-                out[f"{s}-{t}"] = {"excess": float(np.mean([x["score"] - x["null_mean"] for x in layers])),
-                                   "null_std": float(np.mean([x["null_std"] for x in layers])), "layers": layers}
+            out[f"{s}-{t}"] = {"excess": float(np.mean([x["score"] - x["null_mean"] for x in layers])),
+                               "null_std": float(np.mean([x["null_std"] for x in layers])), "layers": layers}
     return out
+
+
+def matching_statistic(profiles: dict[int, dict[int, np.ndarray]], perms: dict[int, np.ndarray] | None = None) -> float:
+    """Mean over pairs of seeds and layers of the matched modules' profile correlation, with each
+    seed's task columns permuted by `perms[seed]` (None: as they are)."""
+    seeds = sorted(profiles)
+    cols = lambda s, x: x if perms is None else x[:, perms[s]]  # noqa: E731
+    scores = [match_score(cols(s, profiles[s][layer]), cols(t, profiles[t][layer]))
+              for i, s in enumerate(seeds) for t in seeds[i + 1:] for layer in profiles[s]]
+    return float(np.mean(scores))
+
+
+def matching_test(runs: dict[int, dict[str, Run]], draws: int = 1000) -> PermutationTest | None:
+    """Cross-seed matching judged by one permutation test over every seed at once: the statistic is
+    the mean matched-profile correlation over all pairs of seeds and layers; a draw of its null
+    relabels each seed's tasks by a permutation of its own (the same for all its layers), so a pair
+    of seeds shares no task labels beyond chance while each seed keeps its modules. The pairs share
+    seeds, so they are no independent sample: the permutation over seeds is what makes the test
+    exact. None: fewer than two seeds with usable profiles."""
+    profiles = usable_profiles(runs)
+    if len(profiles) < 2:
+        return None
+    seeds = sorted(profiles)
+    tasks = next(iter(profiles[seeds[0]].values())).shape[1]
+    rng = np.random.default_rng(world_seed(len(seeds), tasks, "study/matching-test"))
+    null = tuple(matching_statistic(profiles, {s: rng.permutation(tasks) for s in seeds}) for _ in range(draws))
+    return PermutationTest(matching_statistic(profiles), null, tuple(seeds))
 
 
 def run(ctx: StudyContext) -> ClaimResult:
     started = time.perf_counter()
     runs, preset, seconds = train(ctx)
     result = ClaimResult(NAME, SENTENCE, {}, list(ctx.seeds))
-    q_excess = lambda r: mean_over_layers(r, lambda r, i: at(r, f"modularity/layer{i}/q") -  # noqa: E731
-                                          at(r, f"modularity/layer{i}/q_null_hi"))
-    heldout_excess = lambda r: mean_over_layers(r, lambda r, i: at(r, f"modularity/layer{i}/q_heldout") -  # noqa: E731
-                                                at(r, f"modularity/layer{i}/q_null_hi"))
-    spec_excess = lambda r: mean_over_layers(r, lambda r, i: at(r, f"modularity/layer{i}/specificity") - (  # noqa: E731
-        at(r, f"modularity/layer{i}/specificity_null_mean") + 2 * at(r, f"modularity/layer{i}/specificity_null_std")))
+    q_excess = lambda r: mean_over_layers(r, lambda r, i: at(r, tags.q(i)) -  # noqa: E731
+                                          at(r, tags.q_null(i, "hi")))
+    heldout_excess = lambda r: mean_over_layers(r, lambda r, i: at(r, tags.modularity(i, "q_heldout")) -  # noqa: E731
+                                                at(r, tags.q_null(i, "hi")))
+    spec_excess = lambda r: mean_over_layers(r, lambda r, i: at(r, tags.specificity(i)) - (  # noqa: E731
+        at(r, tags.specificity(i, "null_mean")) + 2 * at(r, tags.specificity(i, "null_std"))))
     result.gates = [
         runs_gate(runs),
         capability_gate(runs, strings_gate, "tasks-learned",
@@ -134,14 +178,14 @@ def run(ctx: StudyContext) -> ClaimResult:
                         "so that an ablation's damage can differ between tasks, every seed?"),
     ]
     matches = cross_seed_matches(runs) if len(runs) > 1 else {}
-    pair_keys = {k: i for i, k in enumerate(matches, 1)}
+    matching = matching_test(runs)
     # Filan et al. 2021 (arXiv 2103.03386): the same network with each weight matrix's entries shuffled
     # (lamina.instrument.modularity): what Q an arrangement of these weights gets by chance. At step 0
     # the weights are exchangeable with their shuffles, so the step-0 excess is ~0 by construction,
     # and the end's excess over it is what training arranged.
     shuffled_excess = lambda step: (lambda r: mean_over_layers(r, lambda r, i: at(  # noqa: E731
-        r, f"modularity/layer{i}/q", step) - at(r, f"modularity/layer{i}/q_shuffled_mean", step)))
-    shuffled_z = lambda r: mean_over_layers(r, lambda r, i: at(r, f"modularity/layer{i}/q_shuffled_z"))  # noqa: E731
+        r, tags.q(i), step) - at(r, tags.q_shuffled(i, "mean"), step)))
+    shuffled_z = lambda r: mean_over_layers(r, lambda r, i: at(r, tags.q_shuffled(i, "z")))  # noqa: E731
     result.arms[ARM] = {
         "Q − shuffled-weights null mean, mean over layers": per_seed(runs, shuffled_excess(None)),
         "Q at step 0 − shuffled-weights null mean": per_seed(runs, shuffled_excess(0)),
@@ -152,7 +196,6 @@ def run(ctx: StudyContext) -> ClaimResult:
     }
     needs = ("learns-the-text",)
     result.primary = PRIMARY
-    n_pairs = len(runs) * (len(runs) - 1) // 2
     result.contrasts = [
         Contrast.paired(PRIMARY, "Q minus the mean Q of the same network with each weight matrix's "
                         "entries shuffled (Filan et al. 2021), averaged over layers, at the end minus at step 0: "
@@ -172,16 +215,16 @@ def run(ctx: StudyContext) -> ClaimResult:
                         result.arms[ARM]["specificity − null top (2 sd)"],
                         prediction=Prediction(1, SPECIFICITY_MARGIN, SPECIFICITY_MARGIN_NOTE),
                         needs=needs + ("tasks-learned",)),
-        Contrast("modules match across seeds", "per pair of seeds (keys: pairs, not seeds), the mean correlation "
-                 "of matched modules' task-damage profiles minus its task-permutation null, averaged over layers; "
-                 "the pairs share seeds, so the interval is optimistic",
-                 {pair_keys[k]: v["excess"] for k, v in matches.items()},
-                 prediction=Prediction(1, MATCH_MARGIN, MATCH_MARGIN_NOTE), needs=needs + ("tasks-learned",),
-                 planned=tuple(range(1, n_pairs + 1))),
+        Contrast("modules match across seeds", "the mean correlation of matched modules' task-damage profiles "
+                 "over every pair of seeds and layer, minus its null (each seed's tasks relabelled by a permutation "
+                 "of its own, 1000 draws); the verdict reads the permutation test's interval, the per-pair "
+                 "values (keys: pairs of seeds) only describe",
+                 {k: v["excess"] for k, v in matches.items()} if matching else {}, permutation=matching,
+                 prediction=Prediction(1, MATCH_MARGIN, MATCH_MARGIN_NOTE), needs=needs + ("tasks-learned",)),
     ]
-    x, series = curve_series(runs, {f"layer{i} Q": f"modularity/layer{i}/q" for i in range(layers_of(
+    x, series = curve_series(runs, {f"layer{i} Q": tags.q(i) for i in range(layers_of(
         next(iter(runs.values()))[ARM]))})
-    _, reference = curve_series(runs, {f"layer{i} shuffled weights": f"modularity/layer{i}/q_shuffled_mean"
+    _, reference = curve_series(runs, {f"layer{i} shuffled weights": tags.q_shuffled(i, "mean")
                                        for i in range(layers_of(next(iter(runs.values()))[ARM]))})
     result.figures = [Figure("q_over_training", "Modularity Q by layer over training, beside the mean Q of its "
                              "shuffled-weights copies",
@@ -193,15 +236,16 @@ def run(ctx: StudyContext) -> ClaimResult:
         "partitions of the same sizes (lamina.instrument.ablation).",
         "Matching across seeds: each module's damage profile (loss increase per task when it is ablated) is "
         "centred; the modules of two seeds' same layer are matched by the Hungarian assignment on their "
-        "correlations; the null permutes the tasks of one seed (200 draws). Pairs: "
+        "correlations. The verdict: one permutation test over every seed (each seed's tasks relabelled by its "
+        "own permutation, 1000 draws; "
+        + (f"observed {matching.observed:.3f}, null mean {matching.null_mean:.3f}, p {matching.p:.3g}"
+           if matching else "not run: fewer than two seeds with usable profiles")
+        + "). Per pair, against a null that permutes one seed's tasks (200 draws): "
         + ("; ".join(f"{k}: {v['excess']:+.3f} (null sd {v['null_std']:.3f})" for k, v in matches.items()) or "none")
         + ".",
     ]
     result.setup = setup(ctx, preset, runs, seconds, started)
     return result
-
-
-# ---- context-vs-prior --------------------------------------------------------------------------------
 
 
 CLAIM = Claim(NAME, SENTENCE, run, group=ARM)

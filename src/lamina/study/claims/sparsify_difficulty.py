@@ -67,13 +67,13 @@ about 9 s of greedy decoding and 2 s rebuilding the training text's questions.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 
 import numpy as np
 import torch
 
+from lamina import tags
 from lamina.data import world
 from lamina.finetune.retention import GreedyCompleter, score, token_budget
 from lamina.gates import thinking_gate
@@ -90,7 +90,7 @@ from lamina.pretrained import load_gpt
 from lamina.probes import world_seed
 from lamina.study.claim import Claim, StudyContext
 from lamina.study.claims.density_familiarity import DENSITY_MARGIN, DENSITY_MARGIN_NOTE
-from lamina.study.evaluation import arith_items, checkpoint_key, device_of, fingerprint, training_questions
+from lamina.study.evaluation import arith_items, cached_json, checkpoint_key, device_of, fingerprint, training_questions
 from lamina.study.report import ClaimResult, Contrast, Figure, Gate, PerSeed
 from lamina.study.runs import Run
 from lamina.study.world_runs import ARM, Preset, at, capability_gate, per_seed, runs_gate, setup, train
@@ -209,18 +209,12 @@ def evaluate_problems(run: Run, seed: int, preset: Preset, device) -> dict:
 
 def cached_problems(ctx: StudyContext, run: Run, seed: int, preset: Preset, device) -> dict:
     key = fingerprint(checkpoint_key(run.checkpoint), preset.problems, seed, "difficulty/v2")
-    path = ctx.folder / f"problems-seed{seed}.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["levels"]
-    except (OSError, json.JSONDecodeError):
-        pass
-    ctx.progress(f"seed {seed}: decoding held-out problems of every level")
-    levels = evaluate_problems(run, seed, preset, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "levels": levels}) + "\n", encoding="utf-8")
-    return levels
+
+    def compute() -> dict:
+        ctx.progress(f"seed {seed}: decoding held-out problems of every level")
+        return evaluate_problems(run, seed, preset, device)
+
+    return cached_json(ctx.folder / f"problems-seed{seed}.json", key, "levels", compute)
 
 
 # ---- the per-seed contrasts ------------------------------------------------------------------------
@@ -360,8 +354,8 @@ def level_tables(runs, problems: dict[int, dict]) -> dict[str, PerSeed]:
         return {label.format(k): {s: fn(p[k]) for s, p in problems.items() if k in p and p[k]["correct"]}
                 for k in levels}
 
-    run_probes = lambda r: (np.mean([at(r, f"sparsity/level/{k}/mean") for k in (1, 2, 3)])  # noqa: E731
-                            - np.mean([at(r, f"sparsity/ood/level/{k}/mean") for k in (4, 5)]))
+    run_probes = lambda r: (np.mean([at(r, tags.density(f"level/{k}")) for k in (1, 2, 3)])  # noqa: E731
+                            - np.mean([at(r, tags.density(f"ood/level/{k}")) for k in (4, 5)]))
     return {
         **by_level("accuracy level {}", lambda lv: float(np.mean(lv["correct"]))),
         **by_level("prompt length level {} (tokens)", lambda lv: float(np.mean(lv["length"]))),
