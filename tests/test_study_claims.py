@@ -78,6 +78,15 @@ def test_matching_across_seeds_is_one_permutation_test_that_finds_shared_modules
         unrelated = {s: rng.normal(size=(4, 8)) for s in (1, 2, 3)}
         v = matching_verdict(profile_runs(tmp_path / f"unrelated{draw}", unrelated))
         assert v.verdict != "supported" and v.lo < 0 < v.hi, v
+    # The confound without the effect: every module of every seed damages the same tasks more (one
+    # vulnerability profile, scaled per module) and nothing module-specific recurs: nothing supported,
+    # though it would clear a null that relabels whole profiles.
+    vulnerability = rng.gamma(2.0, size=8)
+    for draw in range(5):
+        shared_only = {s: np.outer(rng.uniform(0.5, 2.0, 4), vulnerability) + 0.3 * rng.normal(size=(4, 8))
+                       for s in (1, 2, 3)}
+        v = matching_verdict(profile_runs(tmp_path / f"shared{draw}", shared_only))
+        assert v.verdict != "supported" and abs(v.mean) < modularity.MATCH_MARGIN / 2, v
     # A seed without usable profiles leaves two: the rule says the planned third is missing.
     runs = profile_runs(tmp_path / "short", {1: shared, 2: shared + 0.1})
     runs[3] = profile_runs(tmp_path / "empty", {3: np.zeros((0, 0))})[3]

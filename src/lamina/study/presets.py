@@ -35,16 +35,22 @@ def read_presets(path: Path, kind: type[P]) -> dict[str, P]:
     try:
         root = parsed(path, "", loader.get_single_node)
         sections = mapping_of(path, "", root, f"a mapping of the presets {', '.join(SECTIONS)}")
-        unknown = [name for name in sections if name not in SECTIONS]
-        if unknown:
-            raise ConfigError(f"{path}: {unknown[0]}: expected one of the presets {', '.join(SECTIONS)} (test is cpu "
-                              "at toy's sizes), got an unknown one")
-        missing = [name for name in SECTIONS if name not in sections]
-        if missing:
-            raise ConfigError(f"{path}: expected the presets {', '.join(SECTIONS)}, got no {missing[0]}")
+        exactly(path, "", sections, SECTIONS, f"one of the presets {', '.join(SECTIONS)} (test is cpu at toy's sizes)",
+                f"the presets {', '.join(SECTIONS)}")
         return {name: preset_of(path, name, sections[name], kind, loader) for name in SECTIONS}
     finally:
         loader.dispose()
+
+
+def exactly(path: Path, where: str, given: dict, names, one_of: str, every: str) -> None:
+    """`given` holds each of `names` and nothing else: else one line naming the key (`one_of`:
+    what an unknown key should have been; `every`: what the mapping must hold)."""
+    unknown = [name for name in given if name not in names]
+    if unknown:
+        raise ConfigError(f"{path}: {dotted(where, unknown[0])}: expected {one_of}, got an unknown one")
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise ConfigError(f"{path}: {where + ': ' if where else ''}expected {every}, got no {missing[0]}")
 
 
 def read_text(path: Path) -> str:
@@ -82,13 +88,8 @@ def preset_of(path: Path, section: str, node, kind: type[P], loader: yaml.SafeLo
     hints = get_type_hints(kind)
     names = [f.name for f in fields(kind)]
     given = mapping_of(path, section, node, f"a mapping of {kind.__name__}'s fields ({', '.join(names)})")
-    unknown = [name for name in given if name not in names]
-    if unknown:
-        raise ConfigError(f"{path}: {section}.{unknown[0]}: expected a field of {kind.__name__} ({', '.join(names)}), "
-                          "got an unknown one")
-    missing = [name for name in names if name not in given]
-    if missing:
-        raise ConfigError(f"{path}: {section}: expected every field of {kind.__name__}, got no {missing[0]}")
+    exactly(path, section, given, names, f"a field of {kind.__name__} ({', '.join(names)})",
+            f"every field of {kind.__name__}")
     values = {}
     for name in names:
         where = f"{section}.{name}"
