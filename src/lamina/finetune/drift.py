@@ -57,6 +57,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from lamina import tags
 from lamina.data import world
 from lamina.cadence import Cadence
 from lamina.errors import ConfigError
@@ -267,9 +268,9 @@ class DriftMeter:
         for tag, layers in halves.items():
             for layer, (even, odd) in enumerate(layers):
                 single = odd.xx is None or odd.rows < 2  # a single window: no second half to compare
-                out[f"drift/layer{layer}/{tag}{suffix}"] = even.cka() if single else even.merged(odd).cka()
+                out[tags.drift(layer, f"{tag}{suffix}")] = even.cka() if single else even.merged(odd).cka()
                 if floors:
-                    out[f"drift/layer{layer}/{tag}_floor"] = float("nan") if single else abs(even.cka() - odd.cka())
+                    out[tags.drift(layer, f"{tag}_floor")] = float("nan") if single else abs(even.cka() - odd.cka())
         return out
 
     def _fit_fact_probes(self, twin: GPT) -> None:
@@ -280,11 +281,11 @@ class DriftMeter:
             probe = fit_ridge_probe(x[train], facts.labels[train], n_classes, self.ridge)
             control = fit_ridge_probe(x[train], facts.control[train], n_classes, self.ridge)
             self.probes.append(probe)
-            self.constants[f"drift/layer{layer}/probe_acc_ref"] = probe.accuracy(x[test], facts.labels[test])
-            self.constants[f"drift/layer{layer}/probe_acc_control"] = control.accuracy(x[test], facts.control[test])
+            self.constants[tags.drift(layer, "probe_acc_ref")] = probe.accuracy(x[test], facts.labels[test])
+            self.constants[tags.drift(layer, "probe_acc_control")] = control.accuracy(x[test], facts.control[test])
         self.constants.update(self._probe_accuracy(twin, "probe_acc_init"))
         counts = torch.bincount(facts.labels[test], minlength=n_classes)
-        self.constants["drift/probe_chance"] = float(counts.max()) / max(int(test.sum()), 1)
+        self.constants[tags.DRIFT_PROBE_CHANCE] = float(counts.max()) / max(int(test.sum()), 1)
         self.constants["drift/probe_heldout_rows"] = float(test.sum())
         self.constants["drift/probe_heldout_questions"] = float(facts.heldout_questions)
 
@@ -293,7 +294,7 @@ class DriftMeter:
         labels = self.facts.labels[test]
         residuals = residuals_at(model, self.facts, self.batch_rows)
         return {
-            f"drift/layer{layer}/{name}": probe.accuracy(x[test], labels)
+            tags.drift(layer, name): probe.accuracy(x[test], labels)
             for layer, (probe, x) in enumerate(zip(self.probes, residuals, strict=True))
         }
 
