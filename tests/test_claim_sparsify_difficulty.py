@@ -20,6 +20,7 @@ from lamina.model import GPT, GPTConfig
 from lamina.pretrained import LoadedCheckpoint
 from lamina.study import world_runs
 from lamina.study.claim import StudyContext
+from lamina.study import sparsify_evaluation as se
 from lamina.study.claims import sparsify_difficulty as sd
 from lamina.study.report import Contrast
 from lamina.study.runs import Run, RunSpec
@@ -77,11 +78,11 @@ def test_density_counts_the_prompts_own_tokens(tok):
     with the prompt's length, level 5 below level 1 by more than the margin; the mean over the prompt's
     own tokens is 0.3 at every level: trained − held-out 0, as built."""
     probe = prompt_positions_probe(tok, 1, problems_per_level=32)
-    start = sd.shared_prefix(probe)
+    start = se.shared_prefix(probe)
     assert start == 4 and tok.decode(probe.tokens[0, 1:start].tolist()) == "Q: "
     net = PositionDensity(lambda p: 0.6 if p < 4 else 0.3)
-    own = sd.prompt_density(net, probe, start, 16, "cpu")
-    every = sd.prompt_density(net, probe, 0, 16, "cpu")
+    own = se.prompt_density(net, probe, start, 16, "cpu")
+    every = se.prompt_density(net, probe, 0, 16, "cpu")
     assert np.allclose(own, 0.3)
     by_level = lambda d: {k: [d[i] for i in np.nonzero(probe.levels == k)[0]] for k in world.ARITH_LEVELS}  # noqa: E731
     lengths = {k: probe.lengths[probe.levels == k].tolist() for k in world.ARITH_LEVELS}
@@ -94,8 +95,8 @@ def test_density_falling_along_the_prompt_is_matched_out(tok):
     density falls with length, so longer held-out prompts look sparser as measured (above the margin
     between levels 1 and 5); at matched length the difference is 0. Add a held-out effect and it is found."""
     probe = prompt_positions_probe(tok, 2, problems_per_level=48)
-    start = sd.shared_prefix(probe)
-    dens = np.array(sd.prompt_density(PositionDensity(lambda p: 0.40 - 0.01 * p), probe, start, 32, "cpu"))
+    start = se.shared_prefix(probe)
+    dens = np.array(se.prompt_density(PositionDensity(lambda p: 0.40 - 0.01 * p), probe, start, 32, "cpu"))
     levels = probe.levels.numpy()
     lengths = {k: probe.lengths[probe.levels == k].tolist() for k in world.ARITH_LEVELS}
     for shift in (0.0, 0.03):
@@ -110,8 +111,8 @@ def test_prompt_density_by_hand_and_batching(tok):
     eot = tok.token_to_id("<|endoftext|>")
     prompts = ["Q: 3+4=? <think>", "Q: 12+30=? <think>", "Q: 9+9=? <think>", "Q: 123+456+789=? <think>"]
     probe = prompts_probe(tok, prompts, [1, 2, 1, 5], eot)
-    start = sd.shared_prefix(probe)
-    one, many = (sd.prompt_density(model, probe, start, b, "cpu") for b in (1, 16))
+    start = se.shared_prefix(probe)
+    one, many = (se.prompt_density(model, probe, start, b, "cpu") for b in (1, 16))
     assert np.allclose(one, many, atol=1e-6) and all(0 < d < 1 for d in one)
     record: dict = {}
     ids = [eot, *tok.encode(prompts[3], add_special_tokens=False).ids]
@@ -203,8 +204,8 @@ def claim_on_untrained_gpts(tmp_path, monkeypatch, thinks: float):
 
     preset = world_runs.Preset(problems=16, batch_size=80)
     monkeypatch.setattr(sd, "train", lambda ctx, arms=(world_runs.ARM,): (runs, preset, 0.0))
-    monkeypatch.setattr(sd, "load_gpt", load)
-    monkeypatch.setattr(sd, "training_questions", lambda data: set())
+    monkeypatch.setattr(se, "load_gpt", load)
+    monkeypatch.setattr(se, "training_questions", lambda data: set())
     monkeypatch.setattr(world_runs, "scalars", lambda run: scalars_of(thinks))
     ctx = StudyContext(sd.NAME, tmp_path / "study", seeds, "test", None, device="cpu", log=lambda _: None)
     return ctx, sd.run(ctx)
@@ -233,9 +234,9 @@ def test_untrained_networks_support_nothing_and_a_model_at_chance_is_not_tested(
     assert [first[k]["trained"] for k in "12345"] == [True, True, True, False, False]
     for lv in first.values():
         n = len(lv["correct"])
-        assert all(len(lv[m]) == n and len(lv["untrained"][m]) == n for m in sd.MEASURES) and len(lv["length"]) == n
+        assert all(len(lv[m]) == n and len(lv["untrained"][m]) == n for m in se.MEASURES) and len(lv["length"]) == n
     assert sorted(set(first["5"]["length"])) == [14, 19, 20] and first["1"]["length"][0] == 11
-    monkeypatch.setattr(sd, "evaluate_problems", None)  # (a cache miss would call it)
+    monkeypatch.setattr(se, "evaluate_problems", None)  # (a cache miss would call it)
     ctx, result = claim_on_untrained_gpts(tmp_path, monkeypatch, thinks=0.0)
     primary = result.claim_verdict()
     assert primary.verdict == NOT_TESTED and "thinks failed" in primary.reason
@@ -245,7 +246,7 @@ def test_the_untrained_twin_mixes_its_context_and_leaves_the_rng():
     model = world_gpt(0)
     model.config.zero_init_projections = True  # as the world-v2 runs start
     state = torch.get_rng_state()
-    a, b = sd.untrained_twin(model, 3, "cpu"), sd.untrained_twin(model, 3, "cpu")
+    a, b = se.untrained_twin(model, 3, "cpu"), se.untrained_twin(model, 3, "cpu")
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert any(m.weight.abs().sum() > 0 for n, m in a.named_modules() if n.endswith("c_proj"))

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lamina.cli import main
 from lamina.instrument.sparsity import HEADLINE_GAPS
-from lamina.tensorboard import GAP_TITLES, layout
+from lamina.tensorboard import GAP_TITLES, PINNED, layout, timeseries_url
 
 
 def test_every_chart_of_the_layout_reads_tags_a_fit_logs(tmp_path):
@@ -42,3 +42,18 @@ def test_every_chart_of_the_layout_reads_tags_a_fit_logs(tmp_path):
     every_probe = layout(2)["lamina: density"]["density gaps (id minus probe), mean over layers: every probe"][1][0]
     shown = {t for t in tags if re.search(every_probe, t)}
     assert "sparsity/gap/random" in shown and not {t for t in shown if t.endswith(("/se", "/z", "/lo", "/hi"))}
+    # The TIME SERIES tab's URL pins tags the fit logs, loss first, with smoothing 0.
+    assert PINNED[0] == "train/loss" and not [t for t in PINNED if t not in tags]
+
+
+def test_the_timeseries_url_pins_the_cards_to_read_first_with_smoothing_0():
+    from urllib.parse import parse_qs, urlsplit
+    import json
+
+    url = urlsplit(timeseries_url(port=6007))
+    assert (url.netloc, url.fragment) == ("localhost:6007", "timeseries")
+    query = parse_qs(url.query)
+    assert query["smoothing"] == ["0"]
+    pinned = json.loads(query["pinnedCards"][0])  # the format TensorBoard's deep link reads back
+    assert [card["tag"] for card in pinned] == list(PINNED)
+    assert all(card == {"plugin": "scalars", "tag": card["tag"]} for card in pinned)

@@ -1,10 +1,13 @@
 """TensorBoard a researcher can read at a glance: lamina's TensorBoardLogger (Lightning's, without
 its `hp_metric` and `epoch` series) and a custom-scalars layout in every run (the CUSTOM SCALARS tab):
-the charts to read first, each number beside what it must be read against."""
+the charts to read first, each number beside what it must be read against, and the URL of a TIME
+SERIES tab that opens on them (`timeseries_url`; `python -m lamina.tensorboard` prints it)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote
 
 import lightning as L
 from lightning.pytorch import loggers
@@ -56,6 +59,20 @@ def layout(n_layer: int) -> dict:
     }
 
 
+# The TIME SERIES tab sorts its cards by tag name (it would open on `gate/*` and `lastlayer/*`), and
+# its default smoothing (0.6) draws end points that are not the values. Its URL can pin cards above
+# the rest and set the smoothing (`pinnedCards`, `smoothing`: TensorBoard's dashboard deep links):
+# these are the cards it opens on, in this order.
+PINNED = (tags.TRAIN_LOSS, tags.VAL_LOSS, tags.VAL_BPB, *(tags.gap(probe) for probe in GAP_TITLES),
+          tags.density("id"), tags.density(tags.TRAIN_PROBE))
+
+
+def timeseries_url(host: str = "localhost", port: int = 6006) -> str:
+    """The TIME SERIES tab with `PINNED` at the top and smoothing 0: where to open TensorBoard."""
+    pinned = json.dumps([{"plugin": "scalars", "tag": tag} for tag in PINNED], separators=(",", ":"))
+    return f"http://{host}:{port}/?smoothing=0&pinnedCards={quote(pinned, safe='')}#timeseries"
+
+
 class TensorBoardLogger(loggers.TensorBoardLogger):
     """Lightning's TensorBoardLogger with no `hp_metric` placeholder (default_hp_metric false) and no
     `epoch` series (lamina streams one endless epoch): the scalars tab starts with lamina's tags.
@@ -105,3 +122,7 @@ class TensorBoardLayout(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, loggers.TensorBoardLogger):
                 logger.experiment.add_custom_scalars(layout(pl_module.hparams.get("n_layer", 0)))
+
+
+if __name__ == "__main__":
+    print(timeseries_url())

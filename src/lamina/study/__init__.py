@@ -12,10 +12,12 @@ lamina studies (docs/studies.md), from lamina's own configs, each with a verdict
 
 A claim plugs in as a module under `claims/` that defines `CLAIM = Claim(name, sentence, run)`,
 and one entry in `claims.CLAIMS`. Claims: density-familiarity, sparsify-difficulty, hierarchy,
-modularity and context-vs-prior (sharing the world-v2 runs of `world_runs`), reasoning-in-pretraining,
+modularity and context-vs-prior (sharing the world-v2 runs of `world_runs`; sparsify-difficulty's
+decoding of held-out problems: `sparsify_evaluation`), reasoning-in-pretraining,
 elicitation (on reasoning-in-pretraining's runs; `rlp_runs`, `rlp_evaluation`) and finetune-fragility
 (`finetune_runs`, `finetune_evaluation`); `evaluation`: what the claims that decode from checkpoints
-share (held-out problems, `cached_json`, the checkpoint keys).
+share (held-out problems, `cached_json`, the checkpoint keys); `pilots`: the power plan read before a
+claim runs (configs/study/pilots.yaml: a group its pilots say the seeds cannot power is not run).
 """
 
 from lamina.study.claim import Claim, StudyContext

@@ -77,6 +77,8 @@ class Claim:
     run: Callable[[StudyContext], ClaimResult]
     presets: tuple[str, ...] = PRESETS
     group: str = ""  # claims of one group share runs (fitted once a seed, in one --jobs unit); "": the claim's own
+    primary: str = ""  # the name of its primary contrast (its file's PRIMARY, fixed before it runs)
+    margin: float | None = None  # the primary's margin: what a pilot's power is planned against (lamina.study.pilots)
 
     @property
     def runs_with(self) -> str:

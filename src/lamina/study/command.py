@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lamina.errors import ArgumentParser, ConfigError
+from lamina.study import pilots
 from lamina.study.claim import PRESETS, StudyContext, repo_configs
 from lamina.study.report import write_index, write_report
 from lamina.study.runs import Runner
@@ -31,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
                    help="fit up to N seeds at once, each seed of a group of claims (claims that share runs) in a "
                         "process of its own with one thread; the reports are then written here (default: 1, "
                         "everything in this process)")
+    p.add_argument("--run-underpowered", action="store_true",
+                   help="run every claim named, also a group of claims whose pilots (configs/study/pilots.yaml) "
+                        "say the seeds cannot tell their margins (default: such a group is not run and each of its "
+                        "claims reports not tested, with the seeds its pilot would need)")
     p.add_argument("--fits-for-seed", type=int, default=None, metavar="S",
                    help="run seed S's fits and evaluations only, and write no report (what --jobs gives each "
                         "process; another machine's share of a study)")
@@ -79,14 +84,22 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names:
             run_claim(args, name, [args.fits_for_seed], unit=True)
         return {}
+    configs = Path(args.configs) if args.configs else repo_configs()
+    plan = pilots.plan(CLAIMS, names, args.preset, len(seeds), configs, args.run_underpowered, args.rehearse)
     groups: dict[str, list[str]] = {}
-    for name in names:
+    for name in plan.run:
         groups.setdefault(CLAIMS[name].runs_with, []).append(name)
     if args.jobs > 1:
         run_units(args, groups, seeds)
     results = {}
     for name in names:  # every run is finished now (with --jobs) or is fitted here
-        results[name] = result = run_claim(args, name, seeds)
+        if name in plan.not_run:
+            print(f"study {name}: not run: gate {pilots.GATE} failed: {plan.not_run[name].detail}")
+            ctx = StudyContext(name, Path(args.out), seeds, args.preset, None, configs, rehearse=args.rehearse)
+            result = pilots.not_run_result(CLAIMS[name], ctx, plan.not_run[name])
+        else:
+            result = run_claim(args, name, seeds)
+        results[name] = result
         report = write_report(result, args.out)
         verdicts = result.verdicts()
         claim = result.claim_verdict(verdicts)

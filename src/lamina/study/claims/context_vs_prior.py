@@ -179,4 +179,4 @@ def run(ctx: StudyContext) -> ClaimResult:
     return result
 
 
-CLAIM = Claim(NAME, SENTENCE, run, group=ARM)
+CLAIM = Claim(NAME, SENTENCE, run, group=ARM, primary=PRIMARY, margin=FOLLOW_MARGIN)

@@ -191,6 +191,7 @@ def run(ctx: StudyContext) -> ClaimResult:
     return result
 
 
-CLAIM = Claim(NAME, SENTENCE, run, presets=rlp.CLAIM.presets, group=rlp.NAME)  # on the RLP study's runs, at its presets
+CLAIM = Claim(NAME, SENTENCE, run, presets=rlp.CLAIM.presets, group=rlp.NAME, primary=PRIMARY,
+              margin=SHARE_MARGIN)  # on the RLP study's runs, at its presets
 
 __all__ = ["CLAIM", "NAME", "PRIMARY", "SENTENCE", "from_rlp", "range_gate", "run", "seed_elicitation"]

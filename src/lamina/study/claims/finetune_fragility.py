@@ -287,6 +287,6 @@ def run(ctx: StudyContext) -> ClaimResult:
     return result
 
 
-CLAIM = Claim(NAME, SENTENCE, run)
+CLAIM = Claim(NAME, SENTENCE, run, primary=PRIMARY, margin=RETENTION_MARGIN)
 
 __all__ = ["CLAIM", "NAME", "PRIMARY", "RESTORE", "SENTENCE", "assemble", "run"]

@@ -290,7 +290,7 @@ def run(ctx: StudyContext) -> ClaimResult:
     return study(ctx)[0]
 
 
-CLAIM = Claim(NAME, SENTENCE, run, presets=tuple(PRESETS))
+CLAIM = Claim(NAME, SENTENCE, run, presets=tuple(PRESETS), primary=PRIMARY, margin=ACCURACY_MARGIN)
 
 __all__ = ["ACCURACY_MARGIN", "CLAIM", "NAME", "PRIMARY", "SENTENCE", "assemble", "base_thinks", "base_thinks_gate",
            "power_gate", "room_gate", "run", "signal_gate", "study"]
