@@ -87,7 +87,12 @@ def test_ckpt_path_last_continues_the_latest_version(tmp_path):
     assert max(steps) >= 7
 
 
-def test_a_fit_validates_and_keeps_last_ckpt_at_its_last_step_whatever_its_length(tmp_path):
+def test_a_fit_validates_and_keeps_last_ckpt_at_its_last_step_whatever_its_length(tmp_path, monkeypatch):
+    from lamina import checkpointing
+
+    saved = []
+    monkeypatch.setattr(checkpointing, "save_last", lambda trainer, save=checkpointing.save_last: saved.append(
+        trainer.global_step) or save(trainer))
     # 7 steps, a checkpoint every 3: Lightning alone would leave last.ckpt at step 6
     main(fit_args(tmp_path, "odd", "--trainer.max_steps", "7", "--trainer.val_check_interval", "5",
                   "--trainer.log_every_n_steps", "5", "--checkpoint.every_n_train_steps", "3"))
@@ -95,6 +100,13 @@ def test_a_fit_validates_and_keeps_last_ckpt_at_its_last_step_whatever_its_lengt
     tags = scalars(run)
     assert sorted(tags["val/bpb"]) == [0, 5, 7]
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 7
+    assert saved == [7]
+    # 2 steps, a checkpoint every 3: nothing saved during the fit, so ModelCheckpoint's own end-of-training
+    # save writes last.ckpt at step 2, and LastAtFinalStep writes nothing more
+    main(fit_args(tmp_path, "short", "--trainer.max_steps", "2", "--checkpoint.every_n_train_steps", "3"))
+    last = tmp_path / "runs" / "short" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert saved == [7]
 
 
 def test_extending_a_run_keeps_its_learning_rate_schedule(tmp_path, caplog):

@@ -188,7 +188,9 @@ class LastAtFinalStep(L.Callback):
     `every_n_train_steps` steps and keeps last.ckpt at the latest of those: a fit of 1500 steps
     saving every 200 would end with last.ckpt at step 1400, and a model that is not the one the
     final validation measured. At the end of training, where the latest checkpoint written (any
-    callback's: this one hears every save) is from an earlier step, last.ckpt is saved now."""
+    callback's: this one hears every save) is from an earlier step, last.ckpt is saved now. A fit
+    that wrote none is left to ModelCheckpoint's own end-of-training save of last.ckpt (it saves
+    then when it has saved nothing), so that the file is written once."""
 
     def __init__(self):
         self.saved_step: int | None = None
@@ -198,7 +200,7 @@ class LastAtFinalStep(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         keeps_last = any(isinstance(c, ModelCheckpoint) and c.save_last for c in trainer.checkpoint_callbacks)
-        if keeps_last and trainer.global_step > 0 and self.saved_step != trainer.global_step:
+        if keeps_last and self.saved_step is not None and self.saved_step != trainer.global_step:
             save_last(trainer)
 
 
