@@ -16,8 +16,8 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="lamina study", description="Run the studies of the research note's claims and write each "
                 "one's report with a verdict (DIR/<claim>/report.md) and DIR/index.md.")
     p.add_argument("claims", nargs="*", metavar="CLAIM", help="claims to study (default: all)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[3], metavar="N",
-                   help="one number N: seeds 1..N; several numbers: exactly those seeds (default: 3)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[5], metavar="N",
+                   help="one number N: seeds 1..N; several numbers: exactly those seeds (default: 5, as make study)")
     p.add_argument("--out", default="study", help="folder for runs/, <claim>/ and index.md (default: study)")
     p.add_argument("--preset", default="cpu", help=f"sizes: {', '.join(PRESETS)} (default: cpu; gpu: one CUDA "
                    "device, bf16-mixed, one seed of every claim within one 10-minute call of an H100 (about 6.5 "
