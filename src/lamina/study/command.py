@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names:
             run_claim(args, name, [args.fits_for_seed], unit=True)
         return {}
-    configs = Path(args.configs) if args.configs else repo_configs()
+    configs = configs_of(args)
     plan = pilots.plan(CLAIMS, names, args.preset, len(seeds), configs, args.run_underpowered, args.rehearse)
     groups: dict[str, list[str]] = {}
     for name in plan.run:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name in plan.not_run:
             print(f"study {name}: not run: gate {pilots.GATE} failed: {plan.not_run[name].detail}")
             ctx = StudyContext(name, Path(args.out), seeds, args.preset, None, configs, rehearse=args.rehearse)
-            result = pilots.not_run_result(CLAIMS[name], ctx, plan.not_run[name])
+            result = pilots.not_run_result(CLAIMS[name], ctx, plan.not_run[name], plan.reach[name])
         else:
             result = run_claim(args, name, seeds)
         results[name] = result
@@ -133,13 +133,18 @@ def check_device(preset: str, device: str, rehearse: bool = False) -> None:
                           f"is False); run --device cpu (or auto) with --preset {preset} on this machine")
 
 
+def configs_of(args: argparse.Namespace) -> Path:
+    """The study configs' folder: --configs, or the repository's configs/."""
+    return Path(args.configs) if args.configs else repo_configs()
+
+
 def run_claim(args: argparse.Namespace, name: str, seeds: list[int], unit: bool = False):
     """A claim's study over `seeds` (its fits run or are reused); its ClaimResult, no report.
     unit: one seed's share of a study (--fits-for-seed), nothing that reads every seed."""
     from lamina.study import CLAIMS
 
     out = Path(args.out)
-    configs = Path(args.configs) if args.configs else repo_configs()
+    configs = configs_of(args)
     runner = Runner(out / "runs", name, isolate=args.isolate)
     return CLAIMS[name].run(StudyContext(name, out, seeds, args.preset, runner, configs, args.device, unit=unit,
                                          rehearse=args.rehearse))
@@ -191,5 +196,5 @@ def run_units(args: argparse.Namespace, groups: dict[str, list[str]], seeds: lis
                           f"{code} (its lines above say why); the reports written so far are in {index}")
 
 
-__all__ = ["MINUTES_PER_SEED", "check_device", "main", "parser", "run_claim", "run_units", "seeds_from", "unit_order",
+__all__ = ["MINUTES_PER_SEED", "check_device", "configs_of", "main", "parser", "run_claim", "run_units", "seeds_from", "unit_order",
            "unit_words"]

@@ -102,19 +102,23 @@ def pilot_gate(claim: Claim, pilot: Pilot, planned: int) -> Gate:
     gate = power_gate(GATE, f"can {planned} seed(s) tell a {pilot.contrast} of twice the margin from none "
                       f"(the pilot's seed-to-seed spread, 80% power, two-sided 5%)?", pilot.differences, claim.margin,
                       planned, source=f"the pilot: {pilot.source}")
-    if gate.passed:
-        return gate
+    return gate if gate.passed else Gate(gate.name, gate.question, False, f"{gate.detail}; {reach(claim, pilot)}")
+
+
+def reach(claim: Claim, pilot: Pilot) -> str:
+    """How many seeds the pilot says would reach the claim's margin, in words."""
     needed = seeds_needed(pilot, claim.margin)
-    more = f"about {needed} seeds" if needed else "more than 1000 seeds"
-    return Gate(gate.name, gate.question, False, f"{gate.detail}; {more} would reach it")
+    return f"{f'about {needed}' if needed else 'more than 1000'} seeds would reach it"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a study runs: the claims to run, and each claim left out with its failed pilot gate."""
+    """What a study runs: the claims to run, and each claim left out with its failed pilot gate and
+    the seeds its pilot says would reach the margin (`reach`)."""
 
     run: list[str]
     not_run: dict[str, Gate]
+    reach: dict[str, str]
 
 
 def plan(claims: dict[str, Claim], names: list[str], preset: str, seeds: int, configs: Path,
@@ -132,18 +136,21 @@ def plan(claims: dict[str, Claim], names: list[str], preset: str, seeds: int, co
     for name in names:
         groups.setdefault(claims[name].runs_with, []).append(name)
     idle = {name for group in groups.values() if all(n in failed for n in group) for name in group}
-    return Plan([n for n in names if n not in idle], {n: failed[n] for n in names if n in idle})
+    left = [n for n in names if n in idle]
+    return Plan([n for n in names if n not in idle], {n: failed[n] for n in left},
+                {n: reach(claims[n], pilots[n]) for n in left})
 
 
-def not_run_result(claim: Claim, ctx: StudyContext, gate: Gate) -> ClaimResult:
-    """The report of a claim its pilot left out: not tested, with the failed gate and its numbers."""
+def not_run_result(claim: Claim, ctx: StudyContext, gate: Gate, needed: str) -> ClaimResult:
+    """The report of a claim its pilot left out: not tested, with the failed gate and its numbers
+    (`needed`: the plan's `reach` of the claim)."""
     setup = {"preset": ctx.preset_text, "seeds planned": " ".join(map(str, ctx.seeds)),
              "runs": "none: not run (its pilot's power gate failed for every claim that shares its runs); "
                      "lamina study --run-underpowered runs it"}
-    needed = gate.detail.rsplit("; ", 1)[-1]  # "about N seeds would reach it"
     return ClaimResult(claim.name, claim.sentence, setup, list(ctx.seeds), gates=[gate], primary=claim.primary,
                        stopped=f"not run: by its pilot, {len(ctx.seeds)} seeds cannot tell its margin; {needed} "
                                f"(gate {gate.name})")
 
 
-__all__ = ["FILE", "GATE", "Pilot", "Plan", "not_run_result", "pilot_gate", "plan", "read_pilots", "seeds_needed"]
+__all__ = ["FILE", "GATE", "Pilot", "Plan", "not_run_result", "pilot_gate", "plan", "reach", "read_pilots",
+           "seeds_needed"]
